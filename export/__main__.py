@@ -1,0 +1,82 @@
+"""CLI: ``python -m export onnx|verify|trt|all --model M --out DIR``.
+
+onnx    export the graphs, tokenizer.json and manifest.json
+verify  ONNX Runtime vs PyTorch parity (2 shapes per component + both chains) → parity_report.json
+trt     TensorRT engines from the ONNX files (needs a CUDA GPU; stops at once without one)
+all     onnx + verify (+ trt when a GPU is present)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from export.spec import COMPONENTS
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("onnx", "verify", "trt", "all"))
+    parser.add_argument("--model", default="facebook/sam3", help="HF id, checkpoint dir, or 'tiny' (default facebook/sam3)")
+    parser.add_argument("--out", type=Path, required=True, help="artifacts directory")
+    parser.add_argument("--components", default=",".join(COMPONENTS), help="comma list of " + ",".join(COMPONENTS))
+    parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--hf-token", default=os.environ.get("HF_TOKEN"), help="token for gated models (default $HF_TOKEN)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="parity absolute tolerance")
+    parser.add_argument("--rtol", type=float, default=1e-4, help="parity tolerance relative to max |expected|")
+    parser.add_argument("--precision", default=None, help="trt: fp32|fp16|bf16 for every component (default per component)")
+    args = parser.parse_args(argv)
+    args.components = _components(parser, args.components)
+    return args
+
+
+def _components(parser, text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown or not names:
+        parser.error(f"unknown component(s) {unknown}; choose from {', '.join(COMPONENTS)}")
+    return names
+
+
+def run(args: argparse.Namespace) -> None:
+    from export import pipeline
+    if args.command in ("onnx", "all"):
+        pipeline.export_onnx(args.model, args.out, args.components, args.opset, args.hf_token)
+    if args.command in ("verify", "all"):
+        pipeline.verify(args.out, args.hf_token, args.atol, args.rtol)
+    if args.command == "trt" or (args.command == "all" and _has_gpu()):
+        from export.trt import build_engines
+        build_engines(args.out, components=args.components, precision=args.precision)
+    elif args.command == "all":
+        pipeline.log("no CUDA GPU here: skipping TensorRT engines (run `python -m export trt` on a GPU machine)")
+
+
+def _has_gpu() -> bool:
+    from export.trt import GpuUnavailableError, require_gpu
+    try:
+        require_gpu()
+    except GpuUnavailableError:
+        return False
+    return True
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from export.checkpoint import CheckpointError
+    from export.manifest import ManifestError
+    from export.onnx_export import ExportError
+    from export.parity import ParityError
+    from export.trt import GpuUnavailableError
+    try:
+        run(args)
+    except (CheckpointError, ManifestError, ExportError, ParityError, GpuUnavailableError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

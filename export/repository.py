@@ -1,0 +1,396 @@
+"""Generate a Triton model repository from the spec (export/spec.py) and an artifacts dir.
+
+The artifacts dir holds ``manifest.json``, one ``<component>.onnx`` per component and
+``tokenizer.json`` (written by ``python -m export onnx``). The repository holds:
+
+    sam3_vision, sam3_text, sam3_concept, sam3_prompt   one model per ComponentSpec
+    sam3                                                 the orchestrator (Python backend, BLS)
+
+Targets:
+    cpu  each component is a Python-backend model running its graph in ONNX Runtime (CPU):
+         ``1/model.py`` = triton_repo/ort_component/1/model.py, ``1/<component>.onnx`` beside it.
+    gpu  ``platform: tensorrt_plan`` with ``1/model.plan`` from ``engines_dir/<component>.plan``;
+         components without an engine fall back to ``onnxruntime_onnx`` with ``1/model.onnx``.
+
+Every config.pbtxt is built as a dict from the spec and serialized by :func:`to_pbtxt` (protobuf
+text format); :func:`parse_config_text` reads that format back into dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from export.manifest import Manifest, load_manifest
+from export.spec import SAM3_INPUTS, SAM3_OUTPUTS, ComponentSpec, TensorSpec
+
+SOURCE_DIR = Path(__file__).resolve().parents[1] / "triton_repo"
+ORT_COMPONENT = Path("ort_component") / "1" / "model.py"
+SPEC_FILE = Path(__file__).resolve().parent / "spec.py"
+ORCHESTRATOR = "sam3"
+TARGETS = ("cpu", "gpu")
+MARKER = ".sam3-repository"
+VERSION = "1"
+QUEUE_DELAY_US = {"vision": 2000}  # dynamic batching delay per batched component; others get the default
+DEFAULT_QUEUE_DELAY_US = 1000
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+class RepositoryError(RuntimeError):
+    """The model repository cannot be built from these artifacts / options."""
+
+
+class Enum(str):
+    """A protobuf enum identifier (e.g. TYPE_FP32): written without quotes."""
+
+
+# ---------------------------------------------------------------- protobuf text format writer
+
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_UNESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "r": "\r"}
+
+
+def _scalar(value) -> str:
+    """One scalar in protobuf text format: bool, int, float, Enum (bare) or str (quoted)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Enum):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + "".join(_ESCAPES.get(c, c) for c in value) + '"'
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) to protobuf text")
+
+
+def _field(key: str, value, pad: str) -> list[str]:
+    """Lines of one field: message ``k { }``, repeated message ``k [ {..}, {..} ]``, list ``k: [a, b]``, scalar."""
+    if isinstance(value, dict):
+        return [f"{pad}{key} {{", *_lines(value, pad + "  "), f"{pad}}}"]
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        inner = pad + "  "
+        blocks = [f"{inner}{{\n" + "\n".join(_lines(v, inner + "  ")) + f"\n{inner}}}" for v in value]
+        return [f"{pad}{key} [", ",\n".join(blocks), f"{pad}]"]
+    if isinstance(value, list):
+        return [f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]"]
+    return [f"{pad}{key}: {_scalar(value)}"]
+
+
+def _lines(message: dict, pad: str) -> list[str]:
+    return [line for k, v in message.items() if v is not None for line in _field(k, v, pad)]
+
+
+def to_pbtxt(message: dict) -> str:
+    """Serialize a message given as a dict (values: scalars, Enum, dicts, lists) to protobuf text."""
+    return "\n".join(_lines(message, "")) + "\n"
+
+
+# ---------------------------------------------------------------- protobuf text format reader
+
+_TOKEN = re.compile(r"""\s+|\#[^\n]*|("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[{}\[\]:,;]|[^\s{}\[\]:,;"'\#]+)""")
+_INT = re.compile(r"[-+]?(0x[0-9a-fA-F]+|\d+)$")
+
+
+def _tokens(text: str) -> list[str]:
+    out, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise ValueError(f"protobuf text: cannot read {text[pos:pos + 20]!r} at offset {pos}")
+        if m.group(1):
+            out.append(m.group(1))
+        pos = m.end()
+    return out
+
+
+def _atom(token: str):
+    """Scalar value of one token: quoted string, bool, int, float or enum identifier (Enum)."""
+    if token[0] in "\"'":
+        return re.sub(r"\\(.)", lambda m: _UNESCAPES.get(m.group(1), m.group(1)), token[1:-1])
+    if token in ("true", "false"):
+        return token == "true"
+    if _INT.match(token):
+        return int(token, 0)
+    try:
+        return float(token)
+    except ValueError:
+        return Enum(token)
+
+
+def _add(message: dict, key: str, value) -> None:
+    """Store a field; a key seen again (or written with [ ]) becomes a list."""
+    if key not in message:
+        message[key] = value
+        return
+    old = message[key] if isinstance(message[key], list) else [message[key]]
+    message[key] = old + (value if isinstance(value, list) else [value])
+
+
+def _value(tokens: list, pos: int):
+    token = tokens[pos]
+    if token == "{":
+        return _message(tokens, pos + 1, "}")
+    if token != "[":
+        return _atom(token), pos + 1
+    items, pos = [], pos + 1
+    while tokens[pos] != "]":
+        item, pos = _value(tokens, pos)
+        items.append(item)
+        pos += tokens[pos] == ","
+    return items, pos + 1
+
+
+def _message(tokens: list, pos: int, end: str | None):
+    message = {}
+    while (tokens[pos] if pos < len(tokens) else None) != end:
+        key = tokens[pos]
+        pos += 1 + (tokens[pos + 1] == ":")
+        value, pos = _value(tokens, pos)
+        _add(message, key, value)
+        pos += pos < len(tokens) and tokens[pos] in ",;"
+    return message, pos + 1
+
+
+def parse_config_text(text: str) -> dict:
+    """Read protobuf text (a config.pbtxt) into dicts; repeated fields become lists.
+
+    Enum identifiers come back as :class:`Enum` (a str), so ``to_pbtxt(parse_config_text(t))``
+    round-trips what :func:`to_pbtxt` writes. Raises ValueError on malformed text.
+    """
+    tokens = _tokens(text)
+    try:
+        return _message(tokens, 0, None)[0]
+    except IndexError:
+        raise ValueError("protobuf text: unexpected end (unbalanced braces or brackets)") from None
+
+
+def config_parameters(config: dict) -> dict[str, str]:
+    """{key: string_value} of a parsed config's ``parameters`` map."""
+    entries = config.get("parameters", [])
+    return {e["key"]: e["value"]["string_value"] for e in (entries if isinstance(entries, list) else [entries])}
+
+
+# ---------------------------------------------------------------- config builders (dicts)
+
+def triton_dtype(dtype: str) -> Enum:
+    """config.pbtxt data type of a spec dtype (BYTES is TYPE_STRING in Triton)."""
+    return Enum("TYPE_STRING" if dtype == "BYTES" else f"TYPE_{dtype}")
+
+
+def tensor_config(t: TensorSpec, batched: bool) -> dict:
+    """One ``input``/``output`` entry: name, data_type, dims (-1 dynamic; batch axis dropped if batched)."""
+    entry = {"name": t.name, "data_type": triton_dtype(t.dtype), "dims": t.triton_dims(batched)}
+    if t.optional:
+        entry["optional"] = True
+    return entry
+
+
+def parameters(values: dict) -> list[dict]:
+    """The ``parameters`` map; non-string values are JSON-encoded."""
+    return [{"key": k, "value": {"string_value": v if isinstance(v, str) else json.dumps(v)}}
+            for k, v in values.items()]
+
+
+def max_batch_size(spec: ComponentSpec) -> int:
+    """Profile max of the batch axis, 0 when the component is not batched; checks the axis leads every tensor."""
+    if spec.batch_axis is None:
+        return 0
+    unbatched = [t.name for t in spec.inputs + spec.outputs if t.shape[:1] != (spec.batch_axis,)]
+    if unbatched:
+        raise RepositoryError(f"{spec.name}: batch axis {spec.batch_axis!r} is not the leading axis of "
+                              f"{unbatched}; fix export/spec.py")
+    return spec.profiles[spec.batch_axis].max
+
+
+def component_config(spec: ComponentSpec, platform: str, count: int, params: dict | None = None) -> dict:
+    """config.pbtxt dict of one component; platform 'python', 'tensorrt_plan' or 'onnxruntime_onnx'."""
+    batch = max_batch_size(spec)
+    kind = "KIND_CPU" if platform == "python" else "KIND_GPU"
+    config = {"name": spec.triton_name}
+    config.update({"backend": "python"} if platform == "python" else {"platform": platform})
+    config.update(max_batch_size=batch,
+                  input=[tensor_config(t, batch > 0) for t in spec.inputs],
+                  output=[tensor_config(t, batch > 0) for t in spec.outputs],
+                  instance_group=[{"count": count, "kind": Enum(kind)}])
+    if batch:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": QUEUE_DELAY_US.get(spec.name, DEFAULT_QUEUE_DELAY_US)}
+    if params:
+        config["parameters"] = parameters(params)
+    return config
+
+
+def orchestrator_config(manifest: Manifest, target: str, count: int, models: dict, extra: dict) -> dict:
+    """config.pbtxt dict of ``sam3``: SAM3_INPUTS/OUTPUTS, max_batch_size 0, parameters.
+
+    Parameters: ``tokenizer`` (file relative to the version dir), ``dims`` (JSON of the
+    manifest's Dims), ``target``, ``components`` (JSON {component: model name}), then ``extra``;
+    on gpu also FORCE_CPU_ONLY_INPUT_TENSORS = "no" (BLS tensors stay on the GPU).
+    """
+    params = {"tokenizer": Path(manifest.tokenizer).name, "dims": asdict(manifest.dims), "target": target,
+              "components": models}
+    if target == "gpu":
+        params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
+    kind = "KIND_GPU" if target == "gpu" else "KIND_CPU"
+    return {"name": ORCHESTRATOR, "backend": "python", "max_batch_size": 0,
+            "input": [tensor_config(t, False) for t in SAM3_INPUTS],
+            "output": [tensor_config(t, False) for t in SAM3_OUTPUTS],
+            "instance_group": [{"count": count, "kind": Enum(kind)}],
+            "parameters": parameters({**params, **extra})}
+
+
+# ---------------------------------------------------------------- files
+
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (copy when linking is impossible, e.g. across filesystems)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _place_graph(artifacts: Path, onnx_file: str, version_dir: Path, name: str) -> None:
+    """Place ``onnx_file`` as ``version_dir/name`` plus its external-data files (``<onnx_file>.*``)."""
+    _place(artifacts / onnx_file, version_dir / name)
+    for sidecar in sorted(artifacts.glob(f"{onnx_file}.*")):
+        _place(sidecar, version_dir / sidecar.name)
+
+
+def _write_config(model_dir: Path, config: dict) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
+
+
+def _write_cpu_component(spec, artifacts, out, count, source, threads) -> None:
+    version_dir = out / spec.triton_name / VERSION
+    _place_graph(artifacts, spec.onnx_file, version_dir, spec.onnx_file)
+    shutil.copy2(source / ORT_COMPONENT, version_dir / "model.py")
+    params = {"onnx_file": spec.onnx_file, "intra_op_threads": str(threads)}
+    _write_config(out / spec.triton_name, component_config(spec, "python", count, params))
+
+
+def _write_gpu_component(spec, artifacts, out, count, engines_dir) -> str:
+    """Write one gpu component; return its platform (tensorrt_plan or the onnxruntime_onnx fallback)."""
+    version_dir = out / spec.triton_name / VERSION
+    plan = Path(engines_dir) / f"{spec.name}.plan" if engines_dir else None
+    if plan is not None and plan.is_file():
+        _place(plan, version_dir / "model.plan")
+        platform = "tensorrt_plan"
+    else:
+        _place_graph(artifacts, spec.onnx_file, version_dir, "model.onnx")
+        platform = "onnxruntime_onnx"
+    _write_config(out / spec.triton_name, component_config(spec, platform, count))
+    return platform
+
+
+def _write_orchestrator(manifest, artifacts, out, target, count, models, extra, source) -> None:
+    shutil.copytree(source / ORCHESTRATOR, out / ORCHESTRATOR, ignore=IGNORED)
+    shutil.copy2(SPEC_FILE, out / ORCHESTRATOR / VERSION / "sam3_spec.py")  # the one contract, beside model.py
+    _place(artifacts / manifest.tokenizer, out / ORCHESTRATOR / VERSION / Path(manifest.tokenizer).name)
+    _write_config(out / ORCHESTRATOR, orchestrator_config(manifest, target, count, models, extra))
+
+
+# ---------------------------------------------------------------- options
+
+def _model_names(manifest: Manifest, models) -> list[str]:
+    """Requested model names (component or Triton names accepted), default all + orchestrator."""
+    specs = manifest.specs()
+    known = {s.triton_name: s.triton_name for s in specs.values()} | {n: s.triton_name for n, s in specs.items()}
+    known[ORCHESTRATOR] = ORCHESTRATOR
+    wanted = list(known.values()) if models is None else list(models)
+    unknown = [m for m in wanted if m not in known]
+    if unknown:
+        raise RepositoryError(f"unknown or not exported models {unknown}; these artifacts hold "
+                              f"{sorted(set(known.values()))}")
+    return list(dict.fromkeys(known[m] for m in wanted))
+
+
+def _instance_counts(manifest: Manifest, names: list[str], instances: dict | None) -> dict[str, int]:
+    """{model name: instance count}, default 1; keys may be component or model names."""
+    alias = {s.name: s.triton_name for s in manifest.specs().values()}
+    counts = {alias.get(k, k): int(v) for k, v in (instances or {}).items()}
+    bad = {k: v for k, v in counts.items() if k not in names or v < 1}
+    if bad:
+        raise RepositoryError(f"instances {bad}: each key must be one of {names} and each count ≥ 1")
+    return {n: counts.get(n, 1) for n in names}
+
+
+def _check_source(source: Path, names: list[str], target: str) -> None:
+    """The model code this build copies exists: ort_component (cpu components) and sam3 (orchestrator)."""
+    orchestrator = source / ORCHESTRATOR / VERSION / "model.py"
+    if ORCHESTRATOR in names and not orchestrator.is_file():
+        raise RepositoryError(f"orchestrator source {orchestrator} not found; pass models= "
+                              f"without {ORCHESTRATOR!r} to build only the components")
+    if target == "cpu" and set(names) - {ORCHESTRATOR} and not (source / ORT_COMPONENT).is_file():
+        raise RepositoryError(f"component model code {source / ORT_COMPONENT} not found; "
+                              "pass source= the project's triton_repo/ directory")
+
+
+def _fresh_dir(out: Path) -> Path:
+    """A temporary sibling of ``out`` to build into; refuses to touch a non-empty ``out`` we did not write."""
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise RepositoryError(f"{out} is not empty and was not generated by build_repository; "
+                              "choose an empty or new directory")
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace ``out`` with the finished ``tmp`` directory."""
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+# ---------------------------------------------------------------- entry point
+
+def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances: dict[str, int] | None = None,
+                     engines_dir: Path | None = None, orchestrator_params: dict | None = None, *,
+                     models=None, intra_op_threads: int = 0, source: Path = SOURCE_DIR) -> Path:
+    """Build the Triton model repository ``out`` from ``artifacts``; return ``out``.
+
+    target: "cpu" (ONNX Runtime in the Python backend) or "gpu" (TensorRT plans from
+    ``engines_dir/<component>.plan``, else ONNX Runtime per component). instances: {model or
+    component name: instance count} (default 1). orchestrator_params: extra ``sam3`` config
+    parameters (non-str values JSON-encoded). models: names to include (default: every exported
+    component + ``sam3``). intra_op_threads: ONNX Runtime threads per cpu component (0 = default).
+    source: the triton_repo/ directory holding ort_component/ and sam3/.
+    ``out`` is replaced atomically; it must be new, empty or a previous build_repository output.
+    """
+    if target not in TARGETS:
+        raise RepositoryError(f"target must be one of {TARGETS}, got {target!r}")
+    if engines_dir is not None and target != "gpu":
+        raise RepositoryError("engines_dir is only used with target='gpu'")
+    artifacts, out, source = Path(artifacts), Path(out), Path(source)
+    manifest = load_manifest(artifacts)
+    names = _model_names(manifest, models)
+    counts = _instance_counts(manifest, names, instances)
+    _check_source(source, names, target)
+    tmp = _fresh_dir(out)
+    try:
+        _write_models(manifest, artifacts, tmp, target, names, counts, engines_dir,
+                      orchestrator_params or {}, source, intra_op_threads)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    (tmp / MARKER).write_text(json.dumps({"target": target, "models": names}) + "\n")
+    _swap_in(tmp, out)
+    return out
+
+
+def _write_models(manifest, artifacts, out, target, names, counts, engines_dir, extra, source, threads) -> None:
+    specs = {s.triton_name: s for s in manifest.specs().values()}
+    for name in names:
+        if name == ORCHESTRATOR:
+            models = {s.name: s.triton_name for s in specs.values() if s.triton_name in names}
+            _write_orchestrator(manifest, artifacts, out, target, counts[name], models, extra, source)
+        elif target == "cpu":
+            _write_cpu_component(specs[name], artifacts, out, counts[name], source, threads)
+        else:
+            _write_gpu_component(specs[name], artifacts, out, counts[name], engines_dir)

@@ -1,0 +1,270 @@
+"""The one contract: every tensor of every served model, declared once as data.
+
+Everything that needs tensor names, dtypes or shapes is generated from this module:
+ONNX export arguments (``export/onnx_export.py``), TensorRT optimization profiles
+(``export/trt.py``), Triton ``config.pbtxt`` files (``export/repository.py``), the
+orchestrator and the clients. This module imports only the standard library so that
+serving and client code can use it without torch.
+
+Shapes are tuples whose entries are either an ``int`` (static) or a ``str`` naming a
+dynamic axis. Each component declares a :class:`Profile` (min / opt / max) for every
+dynamic axis name it uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Triton / numpy dtype names used everywhere (config.pbtxt uses "TYPE_" + name).
+NP_DTYPES = {"UINT8": "uint8", "BOOL": "bool", "INT32": "int32", "INT64": "int64",
+             "FP16": "float16", "FP32": "float32", "BYTES": "object"}
+
+TEXT_LENGTH = 32  # CLIP context length used by SAM3; text is always padded to it.
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Model sizes read from a SAM3 config; every shape below is derived from these.
+
+    image_size: square input side in px (1008 real); patch: ViT patch (14); hidden: the
+    shared neck/DETR/tracker width (256); queries: DETR queries (200); text_hidden: CLIP
+    width (1024).
+    """
+
+    image_size: int
+    patch: int
+    hidden: int
+    queries: int
+    text_hidden: int
+
+    @property
+    def grid(self) -> int:
+        """ViT tokens per side (72 real)."""
+        return self.image_size // self.patch
+
+    @property
+    def fpn_sizes(self) -> tuple[int, int, int]:
+        """Detector FPN sides used by the concept head: 4g, 2g, g (288, 144, 72)."""
+        return (4 * self.grid, 2 * self.grid, self.grid)
+
+    @property
+    def mask_size(self) -> int:
+        """Side of the low-resolution masks of both heads (288 real)."""
+        return 4 * self.grid
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor: name, dtype (a key of NP_DTYPES) and shape (ints or axis names)."""
+
+    name: str
+    dtype: str
+    shape: tuple
+    optional: bool = False
+    doc: str = ""
+
+    def dynamic_axes(self) -> dict[int, str]:
+        """{axis index: axis name} for every dynamic axis (torch.onnx.export format)."""
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def resolve(self, sizes: dict[str, int]) -> tuple[int, ...]:
+        """Concrete shape with each dynamic axis replaced by ``sizes[name]``."""
+        return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
+
+    def triton_dims(self, batched: bool) -> list[int]:
+        """Dims for config.pbtxt: dynamic axes become -1; the batch axis is dropped when batched."""
+        shape = self.shape[1:] if batched else self.shape
+        return [-1 if isinstance(d, str) else d for d in shape]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Min / opt / max size of one dynamic axis (TensorRT profile, parity shapes, limits)."""
+
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One exported component: its tensors, dynamic-axis profiles and serving settings.
+
+    ``batch_axis``: name of the leading dynamic axis Triton may batch over (None: the model
+    is served with max_batch_size 0 and takes whole tensors). ``parity_sizes``: the axis
+    sizes the export parity check runs at (≥2 shapes).
+    """
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    profiles: dict[str, Profile]
+    parity_sizes: tuple[dict[str, int], ...]
+    batch_axis: str | None = None
+    doc: str = ""
+    fp32_layers: tuple[str, ...] = field(default=("Softmax", "LayerNormalization", "ReduceMean", "Pow", "Sqrt"))
+
+    @property
+    def triton_name(self) -> str:
+        return f"sam3_{self.name}"
+
+    @property
+    def onnx_file(self) -> str:
+        return f"{self.name}.onnx"
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.inputs + self.outputs:
+            if t.name == name:
+                return t
+        raise KeyError(f"{self.name} has no tensor {name!r}")
+
+    def sizes(self, which: str) -> dict[str, int]:
+        """{axis name: size} at 'min', 'opt' or 'max' of every profile."""
+        return {axis: getattr(p, which) for axis, p in self.profiles.items()}
+
+
+def vision_spec(d: Dims) -> ComponentSpec:
+    """One ViT pass → detector FPN features (3 levels) + tracker image embeddings (3 levels).
+
+    Input is the resized RGB image as uint8 NCHW; /255 and mean/std 0.5 normalization run
+    inside the graph, so the orchestrator only decodes and resizes.
+    """
+    s, c, (f0, f1, f2) = d.image_size, d.hidden, d.fpn_sizes
+    b = "batch"
+    return ComponentSpec(
+        name="vision",
+        inputs=(TensorSpec("pixel_values", "UINT8", (b, 3, s, s), doc="RGB, resized to image_size, 0..255"),),
+        outputs=(
+            TensorSpec("fpn_0", "FP32", (b, c, f0, f0), doc="detector FPN level 4g"),
+            TensorSpec("fpn_1", "FP32", (b, c, f1, f1), doc="detector FPN level 2g"),
+            TensorSpec("fpn_2", "FP32", (b, c, f2, f2), doc="detector FPN level g"),
+            TensorSpec("track_0", "FP32", (b, c // 8, f0, f0), doc="tracker high-res feats (conv_s0 applied)"),
+            TensorSpec("track_1", "FP32", (b, c // 4, f1, f1), doc="tracker mid-res feats (conv_s1 applied)"),
+            TensorSpec("track_2", "FP32", (b, c, f2, f2), doc="tracker image embedding (+no-memory embedding)"),
+        ),
+        profiles={b: Profile(1, 1, 4)},
+        parity_sizes=({b: 1}, {b: 3}),
+        batch_axis=b,
+    )
+
+
+def text_spec(d: Dims) -> ComponentSpec:
+    """CLIP text encoder + projection: token ids [B,32] → features [B,32,hidden]."""
+    b = "batch"
+    return ComponentSpec(
+        name="text",
+        inputs=(
+            TensorSpec("input_ids", "INT64", (b, TEXT_LENGTH), doc="CLIP ids, bos 49406, padded with 49407"),
+            TensorSpec("attention_mask", "INT64", (b, TEXT_LENGTH), doc="1 for real tokens, 0 for padding"),
+        ),
+        outputs=(TensorSpec("text_features", "FP32", (b, TEXT_LENGTH, d.hidden)),),
+        profiles={b: Profile(1, 4, 16)},
+        parity_sizes=({b: 1}, {b: 3}),
+        batch_axis=b,
+    )
+
+
+def concept_spec(d: Dims) -> ComponentSpec:
+    """Detector head for N prompts on ONE image's features (features broadcast inside).
+
+    Exemplar boxes are padding-style optional: K ≥ 1 slots, ``box_valid`` False marks a
+    padding slot; a row with no valid box runs as text-only (its geometry tokens masked).
+    Boxes are cx,cy,w,h normalized to [0,1]; labels 1 positive / 0 negative.
+    """
+    c, (f0, f1, f2), q, m = d.hidden, d.fpn_sizes, d.queries, d.mask_size
+    n, k = "prompts", "boxes"
+    return ComponentSpec(
+        name="concept",
+        inputs=(
+            TensorSpec("fpn_0", "FP32", (1, c, f0, f0)),
+            TensorSpec("fpn_1", "FP32", (1, c, f1, f1)),
+            TensorSpec("fpn_2", "FP32", (1, c, f2, f2)),
+            TensorSpec("text_features", "FP32", (n, TEXT_LENGTH, c)),
+            TensorSpec("text_mask", "BOOL", (n, TEXT_LENGTH)),
+            TensorSpec("boxes", "FP32", (n, k, 4), doc="cxcywh in [0,1]"),
+            TensorSpec("box_labels", "INT64", (n, k), doc="1 positive, 0 negative"),
+            TensorSpec("box_valid", "BOOL", (n, k), doc="False = padding slot"),
+        ),
+        outputs=(
+            TensorSpec("logits", "FP32", (n, q), doc="per-query class logit"),
+            TensorSpec("presence_logits", "FP32", (n, 1)),
+            TensorSpec("pred_boxes", "FP32", (n, q, 4), doc="xyxy in [0,1]"),
+            TensorSpec("pred_masks", "FP32", (n, q, m, m), doc="mask logits at mask_size"),
+        ),
+        profiles={n: Profile(1, 1, 8), k: Profile(1, 1, 8)},
+        parity_sizes=({n: 1, k: 1}, {n: 3, k: 2}),
+    )
+
+
+def prompt_spec(d: Dims) -> ComponentSpec:
+    """Tracker prompt encoder + mask decoder for P objects on ONE image.
+
+    Points are in pixel coordinates of the resized (image_size) image; labels 1 fg, 0 bg,
+    2/3 box corners, -1 padding. ``mask_input`` is one previous low-res mask logit (as in
+    transformers, per image), used only when ``has_mask_input`` is 1 (SAM's flag, no branches).
+    """
+    c, (f0, f1, f2), m = d.hidden, d.fpn_sizes, d.mask_size
+    p, k = "objects", "points"
+    return ComponentSpec(
+        name="prompt",
+        inputs=(
+            TensorSpec("track_0", "FP32", (1, c // 8, f0, f0)),
+            TensorSpec("track_1", "FP32", (1, c // 4, f1, f1)),
+            TensorSpec("track_2", "FP32", (1, c, f2, f2)),
+            TensorSpec("point_coords", "FP32", (p, k, 2), doc="x,y px in the image_size frame"),
+            TensorSpec("point_labels", "INT64", (p, k)),
+            TensorSpec("mask_input", "FP32", (1, 1, m, m), doc="previous mask logits (one prompt set)"),
+            TensorSpec("has_mask_input", "FP32", (1,)),
+        ),
+        outputs=(
+            TensorSpec("pred_masks", "FP32", (p, 3, m, m), doc="3 candidate mask logits"),
+            TensorSpec("iou_scores", "FP32", (p, 3)),
+            TensorSpec("object_score_logits", "FP32", (p, 1)),
+        ),
+        profiles={p: Profile(1, 1, 64), k: Profile(1, 2, 16)},
+        parity_sizes=({p: 1, k: 1}, {p: 3, k: 4}),
+    )
+
+
+COMPONENT_BUILDERS = {"vision": vision_spec, "text": text_spec, "concept": concept_spec, "prompt": prompt_spec}
+COMPONENTS = tuple(COMPONENT_BUILDERS)
+
+
+def component_specs(d: Dims, names=COMPONENTS) -> dict[str, ComponentSpec]:
+    """{component name: spec} for the given model dims."""
+    return {n: COMPONENT_BUILDERS[n](d) for n in names}
+
+
+# ---- The public Triton API of the `sam3` orchestrator (max_batch_size 0, one image per request).
+MODES = ("text", "point", "box", "auto")
+MASK_FORMATS = ("rle", "bool")
+
+SAM3_INPUTS = (
+    TensorSpec("image", "BYTES", (1,), doc="encoded image bytes (JPEG, PNG, WebP, ...)"),
+    TensorSpec("mode", "BYTES", (1,), optional=True, doc="text | point | box | auto (default text)"),
+    TensorSpec("text", "BYTES", ("concepts",), optional=True, doc="one entry per concept (text mode)"),
+    TensorSpec("points", "FP32", ("points", 2), optional=True, doc="x,y px in the original image"),
+    TensorSpec("point_labels", "INT32", ("points",), optional=True, doc="1 fg, 0 bg"),
+    TensorSpec("boxes", "FP32", ("boxes", 4), optional=True,
+               doc="x0,y0,x1,y1 px: box prompts (box mode) or exemplar boxes (text mode)"),
+    TensorSpec("box_labels", "INT32", ("boxes",), optional=True, doc="exemplar labels 1 / 0 (text mode)"),
+    TensorSpec("image_id", "BYTES", (1,), optional=True, doc="client key for the embedding cache"),
+    TensorSpec("threshold", "FP32", (1,), optional=True, doc="detection score threshold (0.5)"),
+    TensorSpec("mask_threshold", "FP32", (1,), optional=True, doc="mask binarization threshold (0.5)"),
+    TensorSpec("points_per_side", "INT32", (1,), optional=True, doc="auto mode grid (16)"),
+    TensorSpec("points_per_batch", "INT32", (1,), optional=True, doc="auto mode batch (64)"),
+    TensorSpec("pred_iou_thresh", "FP32", (1,), optional=True, doc="auto mode predicted-IoU filter (0.88)"),
+    TensorSpec("stability_score_thresh", "FP32", (1,), optional=True, doc="auto mode stability filter (0.95)"),
+    TensorSpec("mask_format", "BYTES", (1,), optional=True, doc="rle (default) | bool"),
+)
+
+SAM3_OUTPUTS = (
+    TensorSpec("masks_rle", "BYTES", ("detections",), doc="COCO compressed RLE counts, size = image_shape"),
+    TensorSpec("masks", "BOOL", ("detections", "height", "width"), doc="only when mask_format=bool, else 0 rows"),
+    TensorSpec("boxes", "FP32", ("detections", 4), doc="x1,y1,x2,y2 px"),
+    TensorSpec("scores", "FP32", ("detections",), doc="detection score / chosen mask IoU score"),
+    TensorSpec("labels", "INT32", ("detections",), doc="concept index (text) or prompt object index"),
+    TensorSpec("iou_scores", "FP32", ("detections", "candidates"), doc="all candidate IoU scores (point/box)"),
+    TensorSpec("stability_scores", "FP32", ("detections",), doc="auto mode stability score, else 0"),
+    TensorSpec("image_shape", "INT32", (2,), doc="original height, width"),
+)

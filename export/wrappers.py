@@ -1,0 +1,137 @@
+"""Trace-friendly nn.Modules, one per exported component (see export/spec.py for tensors).
+
+They call transformers' own submodules in the same order as ``Sam3Model.forward`` /
+``Sam3TrackerModel.forward`` and remove control flow: optional inputs are padding
+(``box_valid``) or flags (``has_mask_input``), never Python branches on data.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
+
+
+class VisionEncoder(nn.Module):
+    """uint8 image [B,3,S,S] → detector FPN (3 levels) + tracker embeddings (3 levels).
+
+    Runs the ViT ONCE and feeds both necks. Normalization ((x/255 − 0.5)/0.5) is in-graph.
+    """
+
+    def __init__(self, detector, tracker):
+        super().__init__()
+        self.vit = detector.vision_encoder.backbone
+        self.patch = detector.config.vision_config.backbone_config.patch_size
+        det_layers = detector.vision_encoder.neck.fpn_layers
+        self.det_layers = det_layers[: len(det_layers) - 1]  # Sam3Model drops the last level
+        self.trk_layers = tracker.vision_encoder.neck.fpn_layers
+        self.conv_s0 = tracker.mask_decoder.conv_s0
+        self.conv_s1 = tracker.mask_decoder.conv_s1
+        self.no_memory = tracker.no_memory_embedding
+        self.trk_levels = len(tracker.backbone_feature_sizes)
+
+    def forward(self, pixel_values: torch.Tensor):
+        x = (pixel_values.float() / 255.0 - 0.5) / 0.5
+        tokens = self.vit(x).last_hidden_state
+        b, s = x.shape[0], x.shape[-1] // self.patch
+        spatial = tokens.view(b, s, s, -1).permute(0, 3, 1, 2)
+        fpn = [layer(spatial) for layer in self.det_layers]
+        return (*fpn, *self._tracker_embeddings(spatial))
+
+    def _tracker_embeddings(self, spatial):
+        """Mirror Sam3TrackerModel.get_image_embeddings: conv_s0/s1, +no-memory on the last level."""
+        maps = [layer(spatial) for layer in self.trk_layers]
+        maps[0], maps[1] = self.conv_s0(maps[0]), self.conv_s1(maps[1])
+        maps[-1] = maps[-1] + self.no_memory.view(1, -1, 1, 1)
+        return maps[: self.trk_levels]
+
+
+class TextEncoder(nn.Module):
+    """CLIP ids + mask [B,32] → projected features [B,32,hidden] (Sam3Model.get_text_features)."""
+
+    def __init__(self, detector):
+        super().__init__()
+        self.encoder = detector.text_encoder
+        self.projection = detector.text_projection
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+        return self.projection(hidden)
+
+
+class ConceptHead(nn.Module):
+    """Detector head for N prompts over ONE image's FPN features (broadcast in-graph).
+
+    Always runs the geometry encoder on K ≥ 1 box slots; rows without a valid box mask all
+    geometry tokens (CLS included) so they compute exactly the text-only path.
+    """
+
+    def __init__(self, detector):
+        super().__init__()
+        self.det = detector
+        self.pos = detector.vision_encoder.neck.position_encoding
+
+    def forward(self, fpn_0, fpn_1, fpn_2, text_features, text_mask, boxes, box_labels, box_valid):
+        n = text_features.shape[0]
+        feats = [f.expand(n, -1, -1, -1) for f in (fpn_0, fpn_1, fpn_2)]
+        pos = [self.pos(f.shape, f.device, f.dtype) for f in feats]
+        prompt, mask = self._prompt(feats, pos, text_features, text_mask, boxes, box_labels, box_valid)
+        enc = self.det.detr_encoder(vision_features=[feats[-1]], text_features=prompt,
+                                    vision_pos_embeds=[pos[-1]], text_mask=mask)
+        dec = self.det.detr_decoder(vision_features=enc.last_hidden_state, text_features=enc.text_features,
+                                    vision_pos_encoding=enc.pos_embeds_flattened, text_mask=mask,
+                                    spatial_shapes=enc.spatial_shapes)
+        logits, pred_boxes = self._scores_and_boxes(dec, enc, mask)
+        masks = self.det.mask_decoder(decoder_queries=dec.intermediate_hidden_states[-1], backbone_features=feats,
+                                      encoder_hidden_states=enc.last_hidden_state, prompt_features=prompt,
+                                      prompt_mask=mask).pred_masks
+        return logits, dec.presence_logits[-1], pred_boxes, masks
+
+    def _prompt(self, feats, pos, text_features, text_mask, boxes, box_labels, box_valid):
+        """Text tokens + geometry tokens and their validity mask (True = valid)."""
+        geo = self.det.geometry_encoder(box_embeddings=boxes, box_mask=box_valid, box_labels=box_labels,
+                                        img_feats=feats, img_pos_embeds=pos)
+        geo_mask = geo.attention_mask & box_valid.any(dim=1, keepdim=True)
+        prompt = torch.cat([text_features, geo.last_hidden_state], dim=1)
+        return prompt, torch.cat([text_mask, geo_mask], dim=1)
+
+    def _scores_and_boxes(self, dec, enc, mask):
+        hidden = dec.intermediate_hidden_states
+        offsets = self.det.detr_decoder.box_head(hidden[-1])
+        boxes = (inverse_sigmoid(dec.reference_boxes[-1]) + offsets).sigmoid()
+        logits = self.det.dot_product_scoring(decoder_hidden_states=hidden[-1:], text_features=enc.text_features,
+                                              text_mask=mask).squeeze(-1)[-1]
+        return logits, box_cxcywh_to_xyxy(boxes)
+
+
+class PromptHead(nn.Module):
+    """Tracker prompt encoder + mask decoder for P objects on ONE image (multimask output).
+
+    A padding point (label −1) is always appended, which is what transformers does for
+    point-only prompts and, via its box path, for boxes (a box = corners labelled 2 and 3).
+    ``has_mask_input`` (0/1) selects between the mask embedding and ``no_mask_embed``.
+    """
+
+    def __init__(self, tracker):
+        super().__init__()
+        self.trk = tracker
+
+    def forward(self, track_0, track_1, track_2, point_coords, point_labels, mask_input, has_mask_input):
+        enc = self.trk.prompt_encoder
+        sparse = enc._embed_points(point_coords[None], point_labels[None], pad=True)
+        has = has_mask_input.view(1, 1, 1, 1)
+        no_mask = enc.no_mask_embed.weight.view(1, -1, 1, 1)
+        dense = has * enc.mask_embed(mask_input) + (1.0 - has) * no_mask
+        masks, iou, _, obj = self.trk.mask_decoder(
+            image_embeddings=track_2, image_positional_embeddings=self.trk.get_image_wide_positional_embeddings(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+            high_resolution_features=[track_0, track_1])
+        return masks[0], iou[0], obj[0]
+
+
+def build_wrappers(detector, tracker) -> dict[str, nn.Module]:
+    """{component name: eval-mode wrapper} for every component in export.spec.COMPONENTS."""
+    wrappers = {"vision": VisionEncoder(detector, tracker), "text": TextEncoder(detector),
+                "concept": ConceptHead(detector), "prompt": PromptHead(tracker)}
+    return {name: w.eval() for name, w in wrappers.items()}

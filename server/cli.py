@@ -1,0 +1,112 @@
+"""``sam3-triton serve``: export if needed, build the repository, run Triton (+ REST gateway).
+
+    sam3-triton serve --model tiny|facebook/sam3|DIR [--target cpu] [--http-port 8000]
+                      [--grpc-port 8001] [--metrics-port 8002] [--gateway-port 8080]
+
+Prints the endpoints when every model is ready; Ctrl-C / SIGTERM shut down cleanly. A model
+that fails to load exits non-zero with Triton's reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from server.artifacts import artifacts_dir, ensure_artifacts
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sam3-triton", description="SAM3 on NVIDIA Triton")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a SAM3 model with the bundled Triton server")
+    serve.add_argument("--model", default="tiny", help="tiny | facebook/sam3 | checkpoint dir (default tiny)")
+    serve.add_argument("--artifacts", type=Path, help="exported artifacts dir (default: per-model cache dir)")
+    serve.add_argument("--repo", type=Path, help="where to write the model repository (default: beside artifacts)")
+    serve.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--gateway-port", type=int, default=8080, help="REST gateway + web page port (0 = off)")
+    serve.add_argument("--instances", default="", help="e.g. sam3=1,vision=2 (default 1 each)")
+    serve.add_argument("--image-cache-mb", type=int, default=1024)
+    serve.add_argument("--hf-token", default=os.environ.get("HF_TOKEN"))
+    serve.add_argument("--ready-timeout", type=float, default=300.0)
+    return parser.parse_args(argv)
+
+
+def _instances(text: str) -> dict[str, int]:
+    pairs = [item.split("=") for item in text.split(",") if item.strip()]
+    try:
+        return {name.strip(): int(count) for name, count in pairs}
+    except ValueError as err:
+        raise SystemExit(f"--instances must look like sam3=1,vision=2; got {text!r}") from err
+
+
+def build(args) -> Path:
+    """Artifacts (exported if missing) → model repository; returns the repository path."""
+    from export.repository import build_repository
+    artifacts = args.artifacts or artifacts_dir(args.model)
+    ensure_artifacts(args.model, artifacts, args.hf_token)
+    repo = args.repo or artifacts.parent / f"repository-{args.target}"
+    params = {"image_cache_mb": args.image_cache_mb}
+    return build_repository(artifacts, repo, args.target, _instances(args.instances), orchestrator_params=params)
+
+
+def serve(args) -> int:
+    from server.triton import TritonServer, TritonStartError
+    repo = build(args)
+    server = TritonServer(repo, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                          ready_timeout_s=args.ready_timeout)
+    try:
+        server.start().wait_ready()
+    except TritonStartError as err:
+        print(f"error: Triton did not become ready:\n{err}", file=sys.stderr)
+        server.stop()
+        return 1
+    gateway = _start_gateway(server.grpc_url, args.gateway_port) if args.gateway_port else None
+    _print_endpoints(server, args.gateway_port)
+    _wait_for_signal(server)
+    if gateway is not None:
+        gateway.should_exit = True
+    return 0 if server.stop() in (0, None, -signal.SIGTERM) else 1
+
+
+def _start_gateway(grpc_url: str, port: int):
+    """Run the REST gateway (server/gateway.py) with uvicorn in a daemon thread."""
+    import uvicorn
+    from server.gateway import create_app
+    config = uvicorn.Config(create_app(grpc_url), host="127.0.0.1", port=port, log_level="warning")
+    gateway = uvicorn.Server(config)
+    threading.Thread(target=gateway.run, daemon=True, name="gateway").start()
+    return gateway
+
+
+def _print_endpoints(server, gateway_port: int) -> None:
+    lines = [f"Triton HTTP   {server.http_url}", f"Triton gRPC   {server.grpc_url}", f"metrics       {server.metrics_url}"]
+    if gateway_port:
+        lines.append(f"REST gateway  http://127.0.0.1:{gateway_port}/  (web page: open it in a browser)")
+    print("sam3-triton is ready:\n  " + "\n  ".join(lines) + "\nCtrl-C to stop.", flush=True)
+
+
+def _wait_for_signal(server) -> None:
+    """Block until SIGINT/SIGTERM or until Triton exits by itself."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if server.returncode is not None:
+            print(f"error: tritonserver exited with code {server.returncode}:\n{server.log_tail()}", file=sys.stderr)
+            return
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Image decoding, model resizing and prompt coordinates of the sam3 orchestrator vs transformers."""
+
+import io
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ORCH = Path(__file__).resolve().parents[1] / "triton_repo" / "sam3" / "1"
+sys.path.insert(0, str(ORCH))
+
+from errors import InputError  # noqa: E402
+from preprocess import (  # noqa: E402
+    boxes_xyxy_to_cxcywh_norm, decode_image, resize_for_model, scale_points, validate_box_labels, validate_boxes,
+    validate_points,
+)
+
+MAX_PIXELS = 40_000_000
+SKIMAGE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png")
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    import skimage
+
+    return np.array(Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB"))
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming width x height whose pixel data is 16 bytes of zeros (undecodable)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", bytes(16))
+
+
+# ---------------------------------------------------------------- decode
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_decode_formats(fmt):
+    rgb = _skimage_photo("chelsea.png")
+    out = decode_image(_encode(Image.fromarray(rgb), fmt), MAX_PIXELS)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    if fmt == "PNG":
+        np.testing.assert_array_equal(out, rgb)
+    else:
+        assert np.abs(out.astype(int) - rgb).mean() < 8
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "CMYK", "1"])
+def test_decode_modes_match_transformers_convert_to_rgb(mode):
+    from transformers.image_transforms import convert_to_rgb
+
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (23, 31, 4), dtype=np.uint8)
+    image = Image.fromarray(rgba, "RGBA").convert(mode)
+    data = _encode(image, "JPEG" if mode == "CMYK" else "PNG")
+    expected = convert_to_rgb(Image.open(io.BytesIO(data)), return_numpy=True)
+    np.testing.assert_array_equal(decode_image(data, MAX_PIXELS), expected)
+
+
+def test_decode_palette_with_transparency_composites_on_white():
+    image = Image.new("P", (4, 3), 0)
+    image.putpalette([10, 20, 30] * 256)
+    image.info["transparency"] = 0
+    out = decode_image(_encode(image, "PNG", transparency=0), MAX_PIXELS)
+    assert (out == 255).all()
+
+
+def test_decode_16bit_gray_keeps_high_byte():
+    gray = (np.arange(12 * 7, dtype=np.uint16).reshape(12, 7) * 700)
+    data = _encode(Image.fromarray(gray), "PNG")  # mode I;16
+    out = decode_image(data, MAX_PIXELS)
+    assert out.shape == (12, 7, 3)
+    np.testing.assert_array_equal(out[:, :, 1], (gray >> 8).astype(np.uint8))
+
+
+def test_decode_applies_exif_orientation():
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[:, :10] = 255  # white on the left
+    image = Image.fromarray(rgb)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    out = decode_image(_encode(image, "JPEG", exif=exif.tobytes(), quality=95), MAX_PIXELS)
+    assert out.shape == (40, 20, 3)
+    assert out[:10].mean() > 200 and out[-10:].mean() < 50  # left edge became the top
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"", "empty"),
+    (b"definitely not an image", "not a decodable image"),
+    (_encode(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")[:60], "could not be decoded"),
+])
+def test_decode_rejects_bad_bytes(data, words):
+    with pytest.raises(InputError, match=words):
+        decode_image(data, MAX_PIXELS)
+
+
+def test_decode_rejects_large_image_from_header_alone():
+    # 10000x5000 = 50 MP: refused from the header; the file holds no pixel data at all.
+    with pytest.raises(InputError, match=r"10000x5000 = 50.0 MP, over the 40.0 MP limit; downscale it"):
+        decode_image(_png_header_only(10000, 5000), MAX_PIXELS)
+
+
+def test_decode_rejects_decompression_bomb():
+    with pytest.raises(InputError, match="downscale"):
+        decode_image(_png_header_only(100_000, 100_000), 10**12)
+
+
+def test_decode_limit_is_inclusive():
+    data = _encode(Image.new("RGB", (10, 10)), "PNG")
+    assert decode_image(data, 100).shape == (10, 10, 3)
+    with pytest.raises(InputError, match="over the"):
+        decode_image(data, 99)
+
+
+# ---------------------------------------------------------------- resize
+
+@pytest.fixture(scope="module")
+def sam3_image_processor():
+    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
+
+    return Sam3ImageProcessor()
+
+
+@pytest.mark.parametrize("name", [*SKIMAGE_PHOTOS, "random_333x517", "random_1200x700"])
+def test_resize_matches_sam3_image_processor(name, sam3_image_processor):
+    if name.startswith("random"):
+        h, w = (int(v) for v in name.split("_")[1].split("x"))
+        image = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    else:
+        image = _skimage_photo(name)
+    size = sam3_image_processor.size["height"]
+    ref = sam3_image_processor(images=image, return_tensors="np")["pixel_values"][0]
+    out = resize_for_model(image, size)
+    assert out.shape == (1, 3, size, size) and out.dtype == np.uint8
+    levels = np.abs(out[0].astype(np.float64) - (ref.astype(np.float64) * 0.5 + 0.5) * 255)
+    print(f"{name}: max diff {levels.max():.4f} levels, mean {levels.mean():.2e}")
+    assert levels.max() <= 1.0 + 1e-3
+    assert (levels > 0.5).mean() < 1e-4
+    np.testing.assert_allclose(((out[0] / 255.0) - 0.5) / 0.5, ref, atol=1e-6)
+
+
+def test_resize_identity_and_small_sizes():
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_for_model(image, 16)[0], image.transpose(2, 0, 1))
+    assert resize_for_model(image[:1, :3], 8).shape == (1, 3, 8, 8)
+
+
+# ---------------------------------------------------------------- coordinates
+
+def test_scale_points_matches_sam3_tracker_processor(sam3_image_processor):
+    from transformers.models.sam3_tracker.processing_sam3_tracker import Sam3TrackerProcessor
+
+    proc = Sam3TrackerProcessor(image_processor=sam3_image_processor)
+    hw, size = (333, 517), sam3_image_processor.size["height"]
+    points = np.array([[10.3, 20.7], [516.9, 332.2], [0.0, 333.0]], np.float32)
+    boxes = np.array([[1.5, 2.5, 400.1, 300.3], [0, 0, 517, 333]], np.float32)
+    ref = proc(original_sizes=[list(hw)], input_points=[[points.tolist()]], input_labels=[[[1, 0, 1]]],
+               input_boxes=[boxes.tolist()])
+    np.testing.assert_array_equal(scale_points(points, hw, size), ref["input_points"][0, 0].numpy())
+    np.testing.assert_array_equal(scale_points(boxes.reshape(-1, 2, 2), hw, size).reshape(-1, 4),
+                                  ref["input_boxes"][0].numpy())
+
+
+def test_exemplar_boxes_match_sam3_processor(sam3_image_processor):
+    sys.path.insert(0, str(ORCH.parents[2]))
+    from export.tokenizer import load_vocab_merges
+    from transformers import CLIPTokenizer
+    from transformers.models.sam3.processing_sam3 import Sam3Processor
+
+    vocab, merges = load_vocab_merges()
+    proc = Sam3Processor(image_processor=sam3_image_processor, tokenizer=CLIPTokenizer(vocab=vocab, merges=merges))
+    hw = (480, 640)
+    boxes = np.array([[10.5, 20.25, 300.0, 400.75], [0, 0, 640, 480], [33.3, 44.4, 55.5, 66.6]], np.float32)
+    ref = proc(original_sizes=[list(hw)], input_boxes=[boxes.tolist()], input_boxes_labels=[[1, 0, 1]])
+    np.testing.assert_array_equal(boxes_xyxy_to_cxcywh_norm(boxes, hw), ref["input_boxes"][0].numpy())
+
+
+def test_validate_points_accepts_and_converts():
+    pts, labels = validate_points([[0, 0], [640, 480], [3.5, 7.25]], [1, 0, 1], (480, 640))
+    assert pts.dtype == np.float32 and labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, [1, 0, 1])
+
+
+@pytest.mark.parametrize("points, labels, words", [
+    ([[1, 2, 3]], [1], r"shape \[N, 2\]"),
+    ([], [], r"shape \[N, 2\]"),
+    ([[np.nan, 2]], [1], "NaN or infinity"),
+    ([[np.inf, 2]], [1], "NaN or infinity"),
+    ([[641, 2]], [1], "x = 641 outside the image"),
+    ([[5, -0.5]], [1], "y = -0.5 outside the image"),
+    ([[5, 5]], [2], "must be 1 \\(foreground\\) or 0"),
+    ([[5, 5], [6, 6]], [1], "one label per entry"),
+    ([["a", 5]], [1], "must be numbers"),
+])
+def test_validate_points_rejects(points, labels, words):
+    with pytest.raises(InputError, match=words):
+        validate_points(points, labels, (480, 640))
+
+
+@pytest.mark.parametrize("boxes, words", [
+    ([[10, 10, 5, 20]], "x1 < x0"),
+    ([[10, 30, 50, 20]], "x1 < x0 or y1 < y0"),
+    ([[0, 0, 700, 20]], "x = 700 outside"),
+    ([[0, 0, 10, 481]], "y = 481 outside"),
+    ([[0, 0, np.nan, 1]], "NaN"),
+    ([0, 0, 10, 10], r"shape \[N, 4\]"),
+])
+def test_validate_boxes_rejects(boxes, words):
+    with pytest.raises(InputError, match=words):
+        validate_boxes(boxes, (480, 640))
+
+
+def test_validate_boxes_and_labels_accept():
+    boxes = validate_boxes([[0, 0, 640, 480], [5, 5, 5, 9]], (480, 640))
+    assert boxes.shape == (2, 4) and boxes.dtype == np.float32
+    np.testing.assert_array_equal(validate_box_labels(np.array([1, 0], np.int32), 2), [1, 0])
+    with pytest.raises(InputError, match="box_labels must be 1"):
+        validate_box_labels([1, 3], 2)

@@ -1,0 +1,282 @@
+"""Model-repository generation (export/repository.py) from a small fake artifacts dir.
+
+The fake ONNX graphs are built with onnx.helper from a spec of tiny Dims: each output has
+the spec's shape, and row ``i`` of every output is the sum of the row means of the inputs that
+share its leading axis (+ the output's index), so a batch split or a size mismatch is visible.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from export.manifest import Manifest, file_entry
+from export.repository import (ORCHESTRATOR, RepositoryError, build_repository, config_parameters,
+                               parse_config_text, to_pbtxt, triton_dtype)
+from export.spec import NP_DTYPES, SAM3_INPUTS, SAM3_OUTPUTS, ComponentSpec, Dims, component_specs
+
+TINY = Dims(image_size=56, patch=14, hidden=16, queries=4, text_hidden=16)
+ONNX_TYPES = {"FP32": TensorProto.FLOAT, "FP16": TensorProto.FLOAT16, "UINT8": TensorProto.UINT8,
+              "INT32": TensorProto.INT32, "INT64": TensorProto.INT64, "BOOL": TensorProto.BOOL}
+OPSET = 17
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# ---------------------------------------------------------------- fake artifacts
+
+def _value_info(t):
+    return helper.make_tensor_value_info(t.name, ONNX_TYPES[t.dtype], list(t.shape))
+
+
+def _row_signal(spec: ComponentSpec, axis: str, nodes: list) -> str:
+    """[N] float: Σ over inputs led by ``axis`` of their per-row mean."""
+    terms = []
+    for t in (t for t in spec.inputs if t.shape[0] == axis):
+        nodes.append(helper.make_node("Cast", [t.name], [f"{t.name}__f"], to=TensorProto.FLOAT))
+        axes = list(range(1, len(t.shape)))
+        nodes.append(helper.make_node("ReduceMean", [f"{t.name}__f"], [f"{t.name}__row"], axes=axes, keepdims=0))
+        terms.append(f"{t.name}__row")
+    nodes.append(helper.make_node("Sum", terms, [f"{axis}__signal"]))
+    return f"{axis}__signal"
+
+
+def _shape_of(spec: ComponentSpec, out, nodes: list, inits: list) -> str:
+    """int64 [rank] tensor: the output's shape, dynamic axes read from the inputs with Shape."""
+    parts = []
+    for i, d in enumerate(out.shape):
+        name = f"{out.name}__d{i}"
+        if isinstance(d, int):
+            inits.append(helper.make_tensor(name, TensorProto.INT64, [1], [d]))
+        else:
+            src = next(t for t in spec.inputs if d in t.shape)
+            j = src.shape.index(d)
+            nodes.append(helper.make_node("Shape", [src.name], [name], start=j, end=j + 1))
+        parts.append(name)
+    nodes.append(helper.make_node("Concat", parts, [f"{out.name}__shape"], axis=0))
+    return f"{out.name}__shape"
+
+
+def fake_graph(spec: ComponentSpec) -> onnx.ModelProto:
+    """A valid ONNX graph with exactly the spec's inputs/outputs (names, dtypes, shapes)."""
+    nodes, inits = [], []
+    signals = {a: _row_signal(spec, a, nodes) for a in dict.fromkeys(o.shape[0] for o in spec.outputs)}
+    for k, out in enumerate(spec.outputs):
+        rank = len(out.shape)
+        inits.append(helper.make_tensor(f"{out.name}__k", TensorProto.FLOAT, [], [float(k)]))
+        inits.append(helper.make_tensor(f"{out.name}__col", TensorProto.INT64, [rank], [-1] + [1] * (rank - 1)))
+        nodes.append(helper.make_node("Add", [signals[out.shape[0]], f"{out.name}__k"], [f"{out.name}__v"]))
+        nodes.append(helper.make_node("Reshape", [f"{out.name}__v", f"{out.name}__col"], [f"{out.name}__r"]))
+        shape = _shape_of(spec, out, nodes, inits)
+        nodes.append(helper.make_node("Expand", [f"{out.name}__r", shape], [f"{out.name}__e"]))
+        nodes.append(helper.make_node("Cast", [f"{out.name}__e"], [out.name], to=ONNX_TYPES[out.dtype]))
+    graph = helper.make_graph(nodes, f"fake_{spec.name}", [_value_info(t) for t in spec.inputs],
+                              [_value_info(t) for t in spec.outputs], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_fake_artifacts(directory: Path, dims: Dims = TINY) -> Path:
+    """Write manifest.json + <component>.onnx (fake graphs) + tokenizer.json into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name, spec in component_specs(dims).items():
+        onnx.save(fake_graph(spec), directory / spec.onnx_file)
+        entries[name] = file_entry(directory / spec.onnx_file)
+    (directory / "tokenizer.json").write_text(json.dumps({"fake": True}))
+    Manifest(model="fake", revision="test", dims=dims, components=entries).save(directory)
+    return directory
+
+
+def fake_orchestrator_source(directory: Path) -> Path:
+    """A triton_repo/-like source dir with sam3/1/model.py (+ a __pycache__ to skip) and ort_component."""
+    real = Path(__file__).resolve().parents[1] / "triton_repo"
+    (directory / "sam3" / "1" / "__pycache__").mkdir(parents=True)
+    (directory / "sam3" / "1" / "model.py").write_text("# orchestrator placeholder for repository tests\n")
+    (directory / "sam3" / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"stale")
+    (directory / "ort_component" / "1").mkdir(parents=True)
+    (directory / "ort_component" / "1" / "model.py").write_bytes((real / "ort_component/1/model.py").read_bytes())
+    return directory
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    return make_fake_artifacts(tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture
+def source(tmp_path) -> Path:
+    return fake_orchestrator_source(tmp_path / "triton_repo")
+
+
+def read_config(repo: Path, model: str) -> dict:
+    return parse_config_text((repo / model / "config.pbtxt").read_text())
+
+
+def check_tensors(entries: list, tensors: tuple, batched: bool) -> None:
+    """Config entries equal the spec tensors: names, data types, dims, optional flags."""
+    assert [e["name"] for e in entries] == [t.name for t in tensors]
+    for e, t in zip(entries, tensors):
+        assert e["data_type"] == triton_dtype(t.dtype)
+        assert e["dims"] == t.triton_dims(batched)
+        assert e.get("optional", False) == t.optional
+
+
+def check_component(config: dict, spec: ComponentSpec, kind: str, count: int = 1) -> None:
+    batched = spec.batch_axis is not None
+    assert config["name"] == spec.triton_name
+    assert config["max_batch_size"] == (spec.profiles[spec.batch_axis].max if batched else 0)
+    assert ("dynamic_batching" in config) == batched
+    check_tensors(config["input"], spec.inputs, batched)
+    check_tensors(config["output"], spec.outputs, batched)
+    assert config["instance_group"] == [{"count": count, "kind": kind}]
+
+
+# ---------------------------------------------------------------- tests
+
+def test_fake_graphs_run_at_spec_shapes(artifacts):
+    """The fake graphs produce the spec's output shapes at every parity size (sanity of the fixture)."""
+    import onnxruntime as ort
+    for spec in component_specs(TINY).values():
+        session = ort.InferenceSession(str(artifacts / spec.onnx_file), providers=["CPUExecutionProvider"])
+        for sizes in spec.parity_sizes:
+            feeds = {t.name: np.ones(t.resolve(sizes), dtype=NP_DTYPES[t.dtype]) for t in spec.inputs}
+            outs = session.run(None, feeds)
+            assert [o.shape for o in outs] == [t.resolve(sizes) for t in spec.outputs]
+
+
+def test_cpu_repository_matches_spec(artifacts, tmp_path):
+    repo = build_repository(artifacts, tmp_path / "repo", "cpu", instances={"vision": 2}, models=["vision", "text", "concept", "prompt"])
+    specs = component_specs(TINY)
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(s.triton_name for s in specs.values())
+    for spec in specs.values():
+        config = read_config(repo, spec.triton_name)
+        check_component(config, spec, "KIND_CPU", count=2 if spec.name == "vision" else 1)
+        assert config["backend"] == "python" and "platform" not in config
+        params = config_parameters(config)
+        assert params["onnx_file"] == spec.onnx_file
+        version = repo / spec.triton_name / "1"
+        assert (version / params["onnx_file"]).read_bytes() == (artifacts / spec.onnx_file).read_bytes()
+        assert "class TritonPythonModel" in (version / "model.py").read_text()
+
+
+def test_vision_gets_dynamic_batching_with_small_delay(artifacts, tmp_path):
+    repo = build_repository(artifacts, tmp_path / "repo", models=["sam3_vision", "sam3_concept"])
+    delay = read_config(repo, "sam3_vision")["dynamic_batching"]["max_queue_delay_microseconds"]
+    assert 0 < delay <= 10_000
+    assert read_config(repo, "sam3_concept")["max_batch_size"] == 0
+
+
+def test_gpu_repository_uses_plans_and_onnx_fallback(artifacts, tmp_path):
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    (engines / "vision.plan").write_bytes(b"not a real engine")
+    repo = build_repository(artifacts, tmp_path / "repo", "gpu", engines_dir=engines,
+                            models=["vision", "text", "concept", "prompt"])
+    for spec in component_specs(TINY).values():
+        config = read_config(repo, spec.triton_name)
+        check_component(config, spec, "KIND_GPU")
+        assert "backend" not in config and "parameters" not in config
+        version = repo / spec.triton_name / "1"
+        if spec.name == "vision":
+            assert config["platform"] == "tensorrt_plan"
+            assert (version / "model.plan").read_bytes() == b"not a real engine"
+        else:
+            assert config["platform"] == "onnxruntime_onnx"
+            assert (version / "model.onnx").read_bytes() == (artifacts / spec.onnx_file).read_bytes()
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_orchestrator_config_from_sam3_spec(artifacts, tmp_path, source, target):
+    extra = {"cache_size": 8, "default_mode": "text"}
+    repo = build_repository(artifacts, tmp_path / "repo", target, instances={ORCHESTRATOR: 3},
+                            orchestrator_params=extra, source=source)
+    config = read_config(repo, ORCHESTRATOR)
+    assert config["backend"] == "python" and config["max_batch_size"] == 0
+    check_tensors(config["input"], SAM3_INPUTS, batched=False)
+    check_tensors(config["output"], SAM3_OUTPUTS, batched=False)
+    assert config["instance_group"] == [{"count": 3, "kind": "KIND_GPU" if target == "gpu" else "KIND_CPU"}]
+    params = config_parameters(config)
+    assert json.loads(params["dims"]) == {"image_size": 56, "patch": 14, "hidden": 16, "queries": 4, "text_hidden": 16}
+    assert json.loads(params["components"]) == {n: f"sam3_{n}" for n in ("vision", "text", "concept", "prompt")}
+    assert params["cache_size"] == "8" and params["default_mode"] == "text" and params["target"] == target
+    assert (params.get("FORCE_CPU_ONLY_INPUT_TENSORS") == "no") == (target == "gpu")
+    version = repo / ORCHESTRATOR / "1"
+    assert (version / params["tokenizer"]).read_text() == (artifacts / "tokenizer.json").read_text()
+    assert (version / "model.py").is_file() and not (version / "__pycache__").exists()
+
+
+def test_configs_are_valid_triton_model_configs(artifacts, tmp_path, source):
+    """Every generated config parses into Triton's own ModelConfig proto (field names, enums)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    for target in ("cpu", "gpu"):
+        repo = build_repository(artifacts, tmp_path / target, target, source=source)
+        for config_file in sorted(repo.glob("*/config.pbtxt")):
+            message = text_format.Parse(config_file.read_text(), model_config_pb2.ModelConfig())
+            assert message.name == config_file.parent.name
+            assert len(message.input) == len(read_config(repo, message.name)["input"])
+
+
+def test_pbtxt_round_trip_and_triton_style_text(artifacts, tmp_path):
+    repo = build_repository(artifacts, tmp_path / "repo", models=["text"])
+    text = (repo / "sam3_text" / "config.pbtxt").read_text()
+    assert to_pbtxt(parse_config_text(text)) == text
+    handwritten = """
+    # comment
+    name: "m"  max_batch_size: 0
+    input { name: "a" data_type: TYPE_FP32 dims: [ -1, 3 ] }
+    input { name: "b\\"q" data_type: TYPE_BOOL dims: 2 dims: 5 optional: true }
+    parameters: { key: "x" value: { string_value: "1.5" } }
+    """
+    parsed = parse_config_text(handwritten)
+    assert parsed["input"][0] == {"name": "a", "data_type": "TYPE_FP32", "dims": [-1, 3]}
+    assert parsed["input"][1] == {"name": 'b"q', "data_type": "TYPE_BOOL", "dims": [2, 5], "optional": True}
+    assert config_parameters(parsed) == {"x": "1.5"}
+    with pytest.raises(ValueError, match="unexpected end"):
+        parse_config_text('name: "m" input { name: "a"')
+
+
+def test_rebuild_replaces_previous_output(artifacts, tmp_path):
+    out = tmp_path / "repo"
+    build_repository(artifacts, out, models=["vision", "text"])
+    build_repository(artifacts, out, models=["text"])
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["sam3_text"]
+    assert not list(tmp_path.glob(".repo.building-*"))
+
+
+def test_bad_options_raise_clear_errors(artifacts, tmp_path, source):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("user data")
+    cases = [
+        (dict(out=foreign), "not generated by build_repository"),
+        (dict(models=["sam3_mask"]), "unknown or not exported models"),
+        (dict(instances={"vision": 0}, models=["vision"]), "count ≥ 1"),
+        (dict(instances={"text": 2}, models=["vision"]), "each key must be one of"),
+        (dict(target="tpu"), "target must be one of"),
+        (dict(engines_dir=tmp_path), "only used with target='gpu'"),
+        (dict(source=tmp_path / "nowhere"), "orchestrator source"),
+        (dict(source=tmp_path / "nowhere", models=["text"]), "component model code"),
+    ]
+    for kwargs, message in cases:
+        kwargs = {"out": tmp_path / "repo", "source": source, **kwargs}
+        with pytest.raises(RepositoryError, match=message):
+            build_repository(artifacts, **kwargs)
+    assert (foreign / "keep.txt").read_text() == "user data"
+    assert not (tmp_path / "repo").exists()
+
+
+def test_missing_artifacts_raise_manifest_error(tmp_path):
+    from export.manifest import ManifestError
+    with pytest.raises(ManifestError, match="manifest.json"):
+        build_repository(tmp_path, tmp_path / "repo")

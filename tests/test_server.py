@@ -1,0 +1,119 @@
+"""Behaviour of the served `sam3` model: caches, per-request errors, readiness, metrics.
+
+Everything goes through the real Triton server (fixture ``sam3_server``) with tritonclient
+(statistics, readiness) and the client library (requests).
+"""
+
+from __future__ import annotations
+
+import struct
+import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from client.api import Sam3Client, Sam3Error
+
+
+@pytest.fixture(scope="module")
+def client(sam3_server):
+    with Sam3Client(sam3_server.grpc_url, protocol="grpc") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def triton(sam3_server):
+    c = grpcclient.InferenceServerClient(sam3_server.grpc_url)
+    yield c
+    c.close()
+
+
+def executions(triton, model: str) -> int:
+    """How many times Triton executed ``model`` so far (per-model statistics)."""
+    stats = triton.get_inference_statistics(model_name=model, as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0))
+
+
+def metric(metrics_url: str, name: str, **labels) -> float:
+    """Value of one Prometheus sample on Triton's /metrics (0 when absent)."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + "{") and want in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_second_click_on_same_image_skips_the_vision_encoder(client, triton, sam3_server, coffee_jpeg):
+    client.points(coffee_jpeg, [[100, 100]], [1])
+    before, hits = executions(triton, "sam3_vision"), metric(sam3_server.metrics_url, "sam3_cache_hits_total", cache="image")
+    second = client.points(coffee_jpeg, [[300, 200]], [1])
+    assert executions(triton, "sam3_vision") == before, "the cached embedding should be reused"
+    assert executions(triton, "sam3_prompt") > 0 and len(second) == 1
+    assert metric(sam3_server.metrics_url, "sam3_cache_hits_total", cache="image") == hits + 1
+
+
+def test_image_id_reuses_the_embedding_of_the_first_request(client, triton, astronaut_png):
+    client.points(astronaut_png, [[10, 10]], [1], image_id="astro-1")
+    before = executions(triton, "sam3_vision")
+    seg = client.points(astronaut_png, [[200, 200]], [1], image_id="astro-1")
+    assert executions(triton, "sam3_vision") == before and seg.image_shape == (512, 512)
+
+
+def test_text_features_are_cached_per_concept(client, triton, coffee_jpeg):
+    client.text(coffee_jpeg, ["mug", "table"], threshold=0.9)
+    before = executions(triton, "sam3_text")
+    client.text(coffee_jpeg, ["table", "mug"], threshold=0.9)
+    assert executions(triton, "sam3_text") == before
+
+
+def test_one_bad_request_among_concurrent_ones_fails_alone(client, triton, sam3_server, astronaut_png, coffee_jpeg):
+    calls = [lambda: client.text(astronaut_png, "person", threshold=0.2),
+             lambda: client.points(coffee_jpeg, [[50, 60]], [1]),
+             lambda: client.points(coffee_jpeg, [[5000, 60]], [1]),        # outside the 600 px wide image
+             lambda: client.boxes(astronaut_png, [[10, 20, 300, 400]]),
+             lambda: client.text(coffee_jpeg, ["cup", "saucer"], threshold=0.2),
+             lambda: client.auto(coffee_jpeg, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+    errors = [f.exception() for f in futures]
+    assert [e is not None for e in errors] == [False, False, True, False, False, False], errors
+    assert isinstance(errors[2], Sam3Error) and errors[2].status == 400 and "outside the image" in errors[2].message
+    assert triton.is_server_ready() and triton.is_model_ready("sam3")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares width×height (a decompression-bomb probe; no pixel data)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk
+
+
+@pytest.mark.parametrize("image, fields, expected", [
+    (b"definitely not an image", {"text": ["cat"]}, "image"),
+    (png_header(60000, 60000), {"text": ["cat"]}, "limit"),
+    (None, {"mode": "lasso"}, "unknown mode"),
+    (None, {"mode": "text"}, "needs `text`"),
+    (None, {"mode": "point", "points": [[float("nan"), 3.0]], "point_labels": [1]}, "NaN"),
+    (None, {"mode": "point", "points": [[3.0, 3.0]], "point_labels": [7]}, "point_labels"),
+    (None, {"mode": "box", "boxes": [[50.0, 50.0, 10.0, 10.0]]}, "x1 < x0"),
+    (None, {"mode": "text", "text": ["cat"], "threshold": 3.0}, "threshold"),
+    (None, {"mode": "text", "text": [""]}, "empty"),
+    (None, {"mode": "point", "points": [[1.0, 1.0]] * 40, "point_labels": [1] * 40}, "too many points"),
+])
+def test_bad_requests_get_a_clear_400(client, triton, coffee_jpeg, image, fields, expected):
+    fields = dict(fields)
+    mode = fields.pop("mode", "text")
+    with pytest.raises(Sam3Error) as info:
+        client.segment(coffee_jpeg if image is None else image, mode, **fields)
+    assert info.value.status == 400 and expected.lower() in info.value.message.lower(), info.value.message
+    assert triton.is_server_ready()
+
+
+def test_rle_and_bool_mask_formats_agree(client, astronaut_png):
+    rle = client.boxes(astronaut_png, [[100, 30, 380, 500]])
+    raw = client.boxes(astronaut_png, [[100, 30, 380, 500]], mask_format="bool")
+    assert raw.masks.shape == (1, 512, 512) and np.array_equal(rle.masks, raw.masks)

@@ -1,0 +1,334 @@
+"""export/trt.py without a GPU: every decision it makes, and clear refusals where a GPU is needed.
+
+Building and running engines needs an NVIDIA GPU and the tensorrt package; neither exists on
+our machines, so those paths are checked only for refusing at once with GpuUnavailableError.
+Everything else (profiles, precision rules, names, records, metrics, the ONNX Runtime half of
+the parity check) is plain Python and tested here for real.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export import trt
+from export.inputs import example_inputs
+from export.manifest import load_manifest
+from export.spec import COMPONENTS, ComponentSpec, Dims, Profile, TensorSpec, component_specs
+from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
+
+REAL = Dims(image_size=1008, patch=14, hidden=256, queries=200, text_hidden=1024)
+pytestmark = pytest.mark.timeout(120)
+
+
+def _gpu_present() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+NO_GPU = pytest.mark.skipif(_gpu_present(), reason="checks the refusal on machines without an NVIDIA driver")
+
+
+# ---------------------------------------------------------------- import and pins
+
+def test_module_imports_without_tensorrt_or_torch():
+    code = ("import sys, export.trt; bad = [m for m in ('tensorrt', 'torch', 'onnxruntime') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
+
+
+def test_pins_are_one_consistent_pair():
+    assert trt.TRITON_IMAGE == f"nvcr.io/nvidia/tritonserver:{trt.TRITON_RELEASE}-py3"
+    assert trt.TENSORRT_PIP == f"tensorrt-cu12=={trt.TENSORRT_VERSION}"
+    assert trt.TENSORRT_VERSION.split(".")[:2] == ["10", "8"]  # release 25.01 ships TensorRT 10.8.0.43
+    assert trt.TRITON_BINARY == "/opt/tritonserver/bin/tritonserver"
+
+
+# ---------------------------------------------------------------- optimization profiles
+
+@pytest.mark.parametrize("dims", [REAL, TINY], ids=["real", "tiny"])
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_profile_bounds_names_and_static_dims(dims, name):
+    spec = component_specs(dims)[name]
+    profile = trt.optimization_profile(spec)
+    dynamic_inputs = {t.name for t in spec.inputs if t.dynamic_axes()}
+    assert set(profile) == dynamic_inputs and dynamic_inputs  # every component has a dynamic input
+    for input_name, (lo, opt, hi) in profile.items():
+        tensor = spec.tensor(input_name)
+        assert len(lo) == len(opt) == len(hi) == len(tensor.shape)
+        for axis, dim in enumerate(tensor.shape):
+            if isinstance(dim, int):
+                assert lo[axis] == opt[axis] == hi[axis] == dim
+            else:
+                p = spec.profiles[dim]
+                assert (lo[axis], opt[axis], hi[axis]) == (p.min, p.opt, p.max)
+                assert 1 <= lo[axis] <= opt[axis] <= hi[axis]
+
+
+def test_profile_shares_axis_sizes_between_inputs():
+    profile = trt.optimization_profile(component_specs(REAL)["text"])
+    assert profile["input_ids"] == profile["attention_mask"] == ((1, 32), (4, 32), (16, 32))
+
+
+def test_profile_without_axis_profile_is_a_clear_error():
+    spec = ComponentSpec(name="broken", inputs=(TensorSpec("x", "FP32", ("n", "k")),), outputs=(),
+                         profiles={"n": Profile(1, 2, 4)}, parity_sizes=({"n": 1, "k": 1},))
+    with pytest.raises(ValueError, match=r"broken: dynamic axes \['k'\] have no Profile"):
+        trt.optimization_profile(spec)
+
+
+# ---------------------------------------------------------------- precision rules
+
+FP32_OPS = component_specs(TINY)["vision"].fp32_layers
+
+
+@pytest.mark.parametrize("kind,name", [
+    ("SOFTMAX", "/blocks.3/attn/Softmax"),
+    ("NORMALIZATION", "/blocks.3/norm1/LayerNormalization"),
+    ("REDUCE.AVG", "node_ReduceMean_17"),
+    ("ELEMENTWISE.POW", "/neck/ln/Pow"),
+    ("UNARY.SQRT", "/neck/ln/Sqrt"),
+    ("SHUFFLE", "/attn/Softmax_output_3"),  # named after a softmax: pinned by name
+])
+def test_fp32_layers_stay_fp32(kind, name):
+    for precision in ("fp16", "bf16"):
+        assert trt.layer_precision(kind, name, FP32_OPS, precision) == "fp32"
+
+
+@pytest.mark.parametrize("kind,name", [
+    ("CONVOLUTION", "/patch_embed/Conv"),
+    ("MATRIX_MULTIPLY", "/blocks.0/attn/MatMul"),
+    ("ELEMENTWISE.SUM", "/blocks.0/Add"),
+    ("REDUCE.MAX", "/ReduceMax"),
+    ("UNARY.EXP", "/Exp_2"),  # Exp is not in the spec's fp32 list
+])
+def test_other_layers_take_the_build_precision(kind, name):
+    assert trt.layer_precision(kind, name, FP32_OPS, "fp16") == "fp16"
+    assert trt.layer_precision(kind, name, FP32_OPS, "bf16") == "bf16"
+
+
+def test_fp32_build_keeps_every_layer_fp32():
+    assert trt.layer_precision("CONVOLUTION", "/Conv", FP32_OPS, "fp32") == "fp32"
+
+
+def test_fp32_layer_types_come_from_the_spec():
+    assert trt.fp32_layer_types(component_specs(TINY)["concept"]) == {
+        "SOFTMAX", "NORMALIZATION", "REDUCE.AVG", "ELEMENTWISE.POW", "UNARY.SQRT"}
+    assert trt.fp32_kinds(["Softmax", "UnknownOp"]) == {"SOFTMAX"}
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        trt.layer_precision("SOFTMAX", "x", FP32_OPS, "int8")
+
+
+def test_every_component_has_a_default_precision():
+    assert set(trt.DEFAULT_PRECISION) == set(COMPONENTS)
+    assert set(trt.DEFAULT_PRECISION.values()) <= set(trt.PRECISIONS)
+    assert set(trt.PARITY_TOLERANCE) == set(trt.PRECISIONS)
+
+
+def test_parse_precision_forms():
+    names = list(COMPONENTS)
+    assert trt.parse_precision(None, names) == trt.DEFAULT_PRECISION
+    assert set(trt.parse_precision("fp32", names).values()) == {"fp32"}
+    mixed = trt.parse_precision("vision=bf16, prompt=fp32", names)
+    assert mixed == {**trt.DEFAULT_PRECISION, "vision": "bf16", "prompt": "fp32"}
+    assert trt.parse_precision({"text": "fp32"}, ["text"]) == {"text": "fp32"}
+    with pytest.raises(ValueError, match="not among the components"):
+        trt.parse_precision("decoder=fp16", names)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        trt.parse_precision("vision=fp8", names)
+
+
+def test_check_components():
+    assert trt.check_components(None) == list(COMPONENTS)
+    assert trt.check_components("prompt,vision") == ["vision", "prompt"]
+    with pytest.raises(ValueError, match=r"unknown component\(s\) \['decoder'\]"):
+        trt.check_components(["vision", "decoder"])
+
+
+# ---------------------------------------------------------------- files
+
+def test_engine_naming(tmp_path):
+    directory = trt.engine_dir(tmp_path, "10.8.0.43", "NVIDIA H200")
+    assert directory == tmp_path / "trt-10.8.0.43" / "NVIDIA-H200"
+    assert trt.engine_dir(tmp_path, "10.8.0.43", "NVIDIA H100 80GB HBM3").name == "NVIDIA-H100-80GB-HBM3"
+    assert trt.engine_path(directory, "vision") == directory / "vision.plan"
+    assert trt.record_path(directory, "vision") == directory / "vision.plan.json"
+    assert trt.sanitize("a/../b c:d") == "a-..-b-c-d"
+    with pytest.raises(ValueError):
+        trt.sanitize("///")
+
+
+def _write_engine(directory: Path, payload: bytes, precision="fp16") -> None:
+    """An engine file (opaque bytes: only its hash matters here) and its record."""
+    directory.mkdir(parents=True, exist_ok=True)
+    trt.engine_path(directory, "text").write_bytes(payload)
+    record = {"onnx_sha256": "abc", "precision": precision, "tensorrt_version": trt.TENSORRT_VERSION,
+              "engine_sha256": trt.file_sha256(trt.engine_path(directory, "text"))}
+    trt.record_path(directory, "text").write_text(json.dumps(record))
+
+
+def test_engine_is_current_checks_inputs_and_hash(tmp_path):
+    assert not trt.engine_is_current(tmp_path, "text", "abc", "fp16", trt.TENSORRT_VERSION)
+    _write_engine(tmp_path, b"serialized engine bytes")
+    assert trt.engine_is_current(tmp_path, "text", "abc", "fp16", trt.TENSORRT_VERSION)
+    assert not trt.engine_is_current(tmp_path, "text", "other onnx", "fp16", trt.TENSORRT_VERSION)
+    assert not trt.engine_is_current(tmp_path, "text", "abc", "fp32", trt.TENSORRT_VERSION)
+    assert not trt.engine_is_current(tmp_path, "text", "abc", "fp16", "10.9.0.34")
+    trt.engine_path(tmp_path, "text").write_bytes(b"truncated")
+    assert not trt.engine_is_current(tmp_path, "text", "abc", "fp16", trt.TENSORRT_VERSION)
+
+
+def test_timing_cache_roundtrip(tmp_path):
+    path = tmp_path / trt.TIMING_CACHE
+    assert trt.load_timing_cache(path) == b""
+    trt.save_timing_cache(path, memoryview(b"\x00cache\xff"))
+    assert trt.load_timing_cache(path) == b"\x00cache\xff"
+    assert [p.name for p in tmp_path.iterdir()] == [trt.TIMING_CACHE]  # no temp file left behind
+
+
+def test_libnvinfer_version_from_library_name(tmp_path):
+    assert trt.libnvinfer_version(search=(tmp_path,)) is None
+    for name in ("libnvinfer.so.10", "libnvinfer.so.9.3.0", "libnvinfer.so.10.8.0", "libnvinfer_plugin.so.10.9.0"):
+        (tmp_path / name).write_bytes(b"")  # empty files: only the names are read
+    assert trt.libnvinfer_version(search=(tmp_path / "absent", tmp_path)) == "10.8.0"
+
+
+def test_library_release_matches_the_pin():
+    assert trt.same_tensorrt_release("10.8.0", "10.8.0.43")
+    assert trt.same_tensorrt_release("10.8.0.43", "10.8.0.43")
+    assert not trt.same_tensorrt_release("10.8.0.40", "10.8.0.43")
+    assert not trt.same_tensorrt_release("10.9.0", "10.8.0.43")
+    assert not trt.same_tensorrt_release("10.80.0", "10.8.0.43")
+
+
+def test_version_mismatch_is_refused():
+    trt.check_tensorrt_version(trt.TENSORRT_VERSION)
+    with pytest.raises(trt.TensorRTVersionError, match=trt.TENSORRT_PIP.replace("+", r"\+")):
+        trt.check_tensorrt_version("10.9.0.34")
+
+
+# ---------------------------------------------------------------- parity metrics
+
+def test_parity_metrics():
+    a = np.linspace(-1, 1, 50, dtype=np.float32).reshape(5, 10)
+    same = trt.parity_metrics(a, a.copy())
+    assert same == {"cosine": pytest.approx(1.0), "max_abs": 0.0, "mean_abs": 0.0, "shape_ok": True}
+    scaled = trt.parity_metrics(a, 2 * a)
+    assert scaled["cosine"] == pytest.approx(1.0) and scaled["max_abs"] == pytest.approx(1.0)
+    assert trt.parity_metrics(a, -a)["cosine"] == pytest.approx(-1.0)
+    assert trt.parity_metrics(a, a[:4])["shape_ok"] is False
+    assert trt.parity_metrics(np.zeros(3), np.zeros(3))["cosine"] == 1.0
+    assert trt.parity_metrics(np.zeros(3), np.ones(3))["cosine"] == 0.0
+
+
+def test_parity_row_verdicts():
+    tol = trt.Tolerance(min_cosine=0.999, atol=1e-2)
+    good = trt.parity_row({"batch": 3}, "fpn_0", trt.parity_metrics(np.arange(9.0), np.arange(9.0) + 1e-3), tol)
+    assert good["ok"] and good["sizes"] == "batch=3"
+    # one tiny logit: cosine only sees the sign; the abs tolerance decides
+    tiny = trt.parity_row({"prompts": 1}, "presence_logits", trt.parity_metrics(np.array([0.002]), np.array([-0.003])), tol)
+    assert tiny["cosine"] == pytest.approx(-1.0) and tiny["ok"]
+    bad = trt.parity_row({"prompts": 1}, "pred_boxes", trt.parity_metrics(np.arange(9.0), np.arange(9.0)[::-1]), tol)
+    assert not bad["ok"]
+    missing = trt.parity_row({}, "pred_masks", trt.parity_metrics(np.ones(4), np.empty(0)), tol)
+    assert not missing["ok"]
+
+
+def test_engine_parity_error_lists_every_failure():
+    tol = trt.PARITY_TOLERANCE["fp16"]
+    rows = [trt.parity_row({"batch": b}, out, trt.parity_metrics(np.arange(1.0, 9.0), np.arange(8.0, 0, -1)), tol)
+            for b in (1, 3) for out in ("fpn_0", "track_2")]
+    err = trt.EngineParityError("vision", rows)
+    text = str(err)
+    assert text.startswith("vision engine: 4 output(s) outside tolerance")
+    assert text.count("fpn_0") == 2 and text.count("track_2") == 2 and "batch=3" in text
+
+
+def test_latency_summary():
+    summary = trt.latency_summary([0.001, 0.002, 0.003, 0.004])
+    assert summary["iterations"] == 4 and summary["min_ms"] == pytest.approx(1.0)
+    assert summary["p50_ms"] == pytest.approx(2.5) and summary["mean_ms"] == pytest.approx(2.5)
+    assert summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"]
+    with pytest.raises(ValueError):
+        trt.latency_summary([])
+
+
+# ---------------------------------------------------------------- the ONNX Runtime half of the parity check
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    return make_fake_artifacts(tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_reference_outputs_have_spec_shapes(artifacts, name):
+    spec = load_manifest(artifacts).specs()[name]
+    session = trt.onnx_session(artifacts / spec.onnx_file)
+    for sizes in spec.parity_sizes:
+        outputs = trt.run_onnx(session, example_inputs(spec, sizes, TINY.image_size))
+        assert {k: v.shape for k, v in outputs.items()} == {t.name: t.resolve(sizes) for t in spec.outputs}
+        rows = [trt.parity_row(sizes, k, trt.parity_metrics(v, v), trt.PARITY_TOLERANCE["fp16"])
+                for k, v in outputs.items()]
+        assert all(r["ok"] for r in rows)
+
+
+# ---------------------------------------------------------------- refusals without a GPU
+
+@NO_GPU
+def test_require_gpu_raises_with_instructions():
+    with pytest.raises(trt.GpuUnavailableError) as info:
+        trt.require_gpu()
+    message = str(info.value)
+    assert "no NVIDIA driver" in message and "modal run modal_triton.py::build" in message
+    with pytest.raises(trt.GpuUnavailableError, match="no NVIDIA driver"):
+        trt.require_gpu(need_tensorrt=False)
+
+
+@NO_GPU
+def test_build_engines_refuses_without_gpu(artifacts, tmp_path):
+    with pytest.raises(trt.GpuUnavailableError, match="cannot build or run TensorRT engines here"):
+        trt.build_engines(artifacts, tmp_path / "engines")
+    assert not (tmp_path / "engines").exists()
+
+
+def test_build_engines_checks_arguments_before_the_gpu(artifacts, tmp_path):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        trt.build_engines(artifacts, tmp_path, precision="int8")
+    with pytest.raises(ValueError, match="unknown component"):
+        trt.build_engines(artifacts, tmp_path, components="decoder")
+
+
+@NO_GPU
+def test_engine_runs_refuse_without_gpu(artifacts, tmp_path):
+    spec = load_manifest(artifacts).specs()["text"]
+    with pytest.raises(trt.GpuUnavailableError):
+        trt.run_engine(tmp_path / "text.plan", {})
+    with pytest.raises(trt.GpuUnavailableError):
+        trt.compare_engine(tmp_path / "text.plan", artifacts / spec.onnx_file, spec, image_size=TINY.image_size)
+
+
+@NO_GPU
+def test_cli_exits_2_with_the_reason(artifacts, tmp_path, capsys):
+    assert trt.main_trt(["--artifacts", str(artifacts), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot build or run TensorRT engines here") and "tensorrt-cu12==" in err
+    assert trt.main_trt(["--artifacts", str(artifacts), "--precision", "fp8"]) == 2
+    assert "precision must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not _gpu_present(), reason="needs an NVIDIA driver")
+def test_require_gpu_names_the_device():
+    pytest.importorskip("tensorrt")
+    assert trt.require_gpu().strip()

@@ -1,0 +1,302 @@
+"""Automatic mask generation ("segment everything") around the prompt head, in numpy.
+
+SAM's automatic mask generator without crops: prompt the prompt head with a regular grid of
+single foreground points, keep candidates whose predicted IoU and stability score pass their
+thresholds, drop duplicates with box NMS, optionally clean small islands/holes. The same
+steps and arithmetic as transformers' mask-generation pipeline (``filter_masks`` +
+``post_process_for_mask_generation``) and segment-anything's ``SamAutomaticMaskGenerator``:
+- candidate masks are upsampled (bilinear, as ``post_process_masks``) to the original size,
+  logits kept, before the stability score and binarization;
+- boxes are SAM's inclusive mask boxes; NMS (torchvision's rule) ranks by predicted IoU.
+
+Defaults (``AmgConfig``): 16 points per side (256 prompts; SAM uses 32 = 1024 on a GPU: 16
+keeps CPU serving in seconds), 64 points per batch, pred_iou_thresh 0.88,
+stability_score_thresh 0.95, stability offset 1.0, mask threshold 0.0 (logits),
+box_nms_thresh 0.7, min_mask_region_area 0 (small-region cleanup off, as SAM).
+
+Cost on CPU is dominated by upsampling each candidate passing the IoU filter to H x W
+(~6-8 ms for 1500x1000) plus its RLE encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from postprocess import BilinearResizer, decode_rle, encode_rle, masks_to_boxes_xyxy
+from preprocess import scale_points
+
+# run_prompt_batch(points [P,1,2] float32 px in the model frame, labels [P,1] int64)
+#   -> (pred_masks [P,C,m,m] float32 logits, iou_scores [P,C] float32)
+PromptFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class AmgConfig:
+    """Settings of automatic mask generation (see the module docstring for the defaults)."""
+
+    points_per_side: int = 16
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    mask_threshold: float = 0.0
+    box_nms_thresh: float = 0.7
+    min_mask_region_area: int = 0
+
+    def __post_init__(self):
+        if self.points_per_side < 1 or self.points_per_batch < 1:
+            raise ValueError(f"points_per_side ({self.points_per_side}) and points_per_batch "
+                             f"({self.points_per_batch}) must be >= 1")
+
+
+# ---------------------------------------------------------------- building blocks
+
+def point_grid(points_per_side: int) -> np.ndarray:
+    """Regular grid [n*n, 2] float32 of (x, y) in [0, 1], cell centers, x fastest (SAM's build_point_grid)."""
+    n = points_per_side
+    offset = np.float32(1 / (2 * n))
+    side = _linspace_f32(offset, np.float32(1) - offset, n)
+    xs, ys = np.meshgrid(side, side)
+    return np.stack([xs.ravel(), ys.ravel()], axis=-1)
+
+
+def _linspace_f32(start: np.float32, end: np.float32, steps: int) -> np.ndarray:
+    """torch.linspace in float32: first half start + i*step, second half end - (steps-1-i)*step."""
+    if steps == 1:
+        return np.array([start], dtype=np.float32)
+    step = (end - start) / np.float32(steps - 1)
+    i = np.arange(steps)
+    first = start + step * i.astype(np.float32)
+    second = end - step * (steps - 1 - i).astype(np.float32)
+    return np.where(i < steps // 2, first, second).astype(np.float32)
+
+
+def batch_slices(total: int, batch: int) -> list[slice]:
+    """Consecutive slices of at most ``batch`` items covering range(total)."""
+    return [slice(i, min(i + batch, total)) for i in range(0, total, batch)]
+
+
+def stability_score(mask_logits: np.ndarray, mask_threshold: float, offset: float) -> np.ndarray:
+    """IoU of the masks binarized at threshold + offset and threshold - offset.
+
+    mask_logits [..., H, W] float32 → float32 [...] (NaN where both masks are empty), as
+    transformers' ``_compute_stability_score``.
+    """
+    inter = np.count_nonzero(mask_logits > np.float32(mask_threshold + offset), axis=(-2, -1))
+    union = np.count_nonzero(mask_logits > np.float32(mask_threshold - offset), axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(inter, dtype=np.float32) / np.asarray(union, dtype=np.float32)
+
+
+def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS (torchvision.ops.nms rule): indices int64 of kept boxes, best score first.
+
+    boxes [N, 4] x0,y0,x1,y1; a box is dropped when its IoU with a kept, higher-scoring box
+    is > iou_threshold. Ties in score keep input order.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32)
+    x0, y0, x1, y1 = boxes.T
+    areas = (x1 - x0) * (y1 - y0)
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    keep = []
+    for i in np.argsort(-np.asarray(scores), kind="stable"):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= _iou_one(boxes[i], areas[i], boxes, areas) > np.float32(iou_threshold)
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _iou_one(box: np.ndarray, area: np.float32, boxes: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """IoU float32 [N] of one box with every box (NaN for two zero-area boxes)."""
+    w = np.maximum(np.float32(0), np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]))
+    h = np.maximum(np.float32(0), np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]))
+    inter = w * h
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / (area + areas - inter)
+
+
+# ---------------------------------------------------------------- small regions (SAM's cv2 step, in numpy)
+
+def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
+    """Fill small holes (mode "holes") or drop small islands (mode "islands") of bool [H, W].
+
+    8-connected components, as segment-anything's ``remove_small_regions``: regions with
+    area < area_thresh change; in "islands" mode the largest island stays if all are small.
+    Returns (new mask, changed).
+    """
+    if mode not in ("holes", "islands"):
+        raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
+    working = ~mask if mode == "holes" else mask
+    runs, labels, sizes = _components(working)
+    small = sizes < area_thresh
+    if not small.any():
+        return mask, False
+    if mode == "holes":
+        flip = small
+    else:
+        flip = small if not small.all() else np.arange(len(sizes)) != int(np.argmax(sizes))
+    return _flip_runs(mask, runs, flip[labels]), True
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """8-connected components of bool [H, W] as row runs.
+
+    Returns runs [R, 3] (row, start, end exclusive), component index [R] (components in
+    raster order of their first pixel) and component sizes [C] in pixels.
+    """
+    runs = _row_runs(mask)
+    roots = _union_runs(len(runs), *_run_edges(runs, mask.shape[1]))
+    uniq, labels = np.unique(roots, return_inverse=True)
+    sizes = np.bincount(labels, weights=runs[:, 2] - runs[:, 1], minlength=len(uniq))
+    return runs, labels, sizes
+
+
+def _row_runs(mask: np.ndarray) -> np.ndarray:
+    """Horizontal runs of True [R, 3] int64 (row, start, end exclusive) in raster order."""
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    diff = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(diff == 1)
+    _, ends = np.nonzero(diff == -1)
+    return np.stack([rows, starts, ends], axis=1).astype(np.int64)
+
+
+def _run_edges(runs: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a, b) of runs in consecutive rows that touch with 8-connectivity."""
+    span = width + 2
+    start_key = runs[:, 0] * span + runs[:, 1]
+    end_key = runs[:, 0] * span + runs[:, 2]
+    lo = np.searchsorted(end_key, (runs[:, 0] + 1) * span + runs[:, 1], side="left")
+    hi = np.searchsorted(start_key, (runs[:, 0] + 1) * span + runs[:, 2], side="right")
+    counts = np.maximum(hi - lo, 0)
+    a = np.repeat(np.arange(len(runs)), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    b = lo[a] + np.arange(len(a)) - first
+    return a, b
+
+
+def _union_runs(count: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union-find over ``count`` runs with edges (a, b): root [count] = smallest run index."""
+    parent = list(range(count))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(a.tolist(), b.tolist()):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return np.array([find(i) for i in range(count)], dtype=np.int64)
+
+
+def _flip_runs(mask: np.ndarray, runs: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """Copy of ``mask`` with the pixels of the flagged runs inverted."""
+    out = mask.copy()
+    for row, start, end in runs[flip].tolist():
+        out[row, start:end] = ~out[row, start:end]
+    return out
+
+
+# ---------------------------------------------------------------- the generator
+
+@dataclass
+class _Candidates:
+    """Kept candidates so far: RLE counts, boxes xyxy, predicted IoU, stability, prompt point."""
+
+    rles: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)
+    ious: list = field(default_factory=list)
+    stabilities: list = field(default_factory=list)
+    points: list = field(default_factory=list)
+
+
+class AutomaticMaskGenerator:
+    """Segment everything in one image with grid point prompts (see the module docstring)."""
+
+    def __init__(self, config: AmgConfig = AmgConfig()):
+        self.config = config
+
+    def generate(self, run_prompt_batch: PromptFn, orig_hw: tuple[int, int], size: int) -> list[dict]:
+        """Masks of the whole image, best predicted IoU first.
+
+        run_prompt_batch: the prompt head on this image's embeddings (see ``PromptFn``);
+        orig_hw: (H, W) of the original image; size: the model's square input side.
+        Returns records {"segmentation": bool [H, W], "rle": COCO counts bytes, "area": int,
+        "bbox": [x, y, w, h], "box_xyxy": [x0, y0, x1, y1], "predicted_iou", "score" (same
+        value), "stability_score", "point_coords": [[x, y]] px of the original image}.
+        """
+        h, w = orig_hw
+        points = point_grid(self.config.points_per_side) * np.array([w, h], dtype=np.float32)
+        model_points = scale_points(points, orig_hw, size)
+        found = _Candidates()
+        for sl in batch_slices(len(points), self.config.points_per_batch):
+            labels = np.ones((sl.stop - sl.start, 1), dtype=np.int64)
+            pred_masks, iou = run_prompt_batch(model_points[sl][:, None, :], labels)
+            self._add_batch(found, np.asarray(pred_masks, np.float32), np.asarray(iou, np.float32), points[sl], orig_hw)
+        order = box_nms(np.array(found.boxes, np.float32).reshape(-1, 4), np.array(found.ious, np.float32),
+                        self.config.box_nms_thresh)
+        records = [self._record(found, int(i), orig_hw) for i in order]
+        if self.config.min_mask_region_area > 0:
+            records = self._clean_small_regions(records)
+        return records
+
+    def _add_batch(self, found: _Candidates, pred_masks, iou, points, orig_hw) -> None:
+        """Filter one batch's candidates [P, C, m, m] / [P, C] and store the survivors."""
+        cfg = self.config
+        p, c = iou.shape
+        logits = pred_masks.reshape((p * c,) + pred_masks.shape[-2:])
+        flat_iou = iou.reshape(-1)
+        keep = np.flatnonzero(flat_iou > np.float32(cfg.pred_iou_thresh)) if cfg.pred_iou_thresh > 0 else np.arange(p * c)
+        resizer = BilinearResizer(logits.shape[-2:], orig_hw)
+        for k in keep.tolist():
+            up = resizer.resize(logits[k])
+            stab = float(stability_score(up, cfg.mask_threshold, cfg.stability_score_offset))
+            if cfg.stability_score_thresh > 0 and not stab > cfg.stability_score_thresh:
+                continue
+            mask = up > np.float32(cfg.mask_threshold)
+            found.rles.append(encode_rle(mask[None])[0])
+            found.boxes.append(masks_to_boxes_xyxy(mask))
+            found.ious.append(flat_iou[k])
+            found.stabilities.append(stab)
+            found.points.append(points[k // c].tolist())
+
+    @staticmethod
+    def _record(found: _Candidates, i: int, orig_hw) -> dict:
+        """One output record from candidate ``i``."""
+        mask = decode_rle(found.rles[i], orig_hw)
+        return _make_record(mask, found.rles[i], found.boxes[i], float(found.ious[i]), found.stabilities[i],
+                            found.points[i])
+
+    def _clean_small_regions(self, records: list[dict]) -> list[dict]:
+        """SAM's postprocess_small_regions: fill holes, drop islands, re-run NMS (unchanged first)."""
+        area = self.config.min_mask_region_area
+        masks, unchanged = [], []
+        for rec in records:
+            mask, holes = remove_small_regions(rec["segmentation"], area, "holes")
+            mask, islands = remove_small_regions(mask, area, "islands")
+            masks.append(mask)
+            unchanged.append(not (holes or islands))
+        boxes = masks_to_boxes_xyxy(np.stack(masks)) if masks else np.zeros((0, 4), np.float32)
+        keep = box_nms(boxes, np.array(unchanged, dtype=np.float32), self.config.box_nms_thresh)
+        return [records[i] if unchanged[i] else _remade(records[i], masks[i]) for i in sorted(keep.tolist())]
+
+
+def _make_record(mask: np.ndarray, rle: bytes, box: np.ndarray, iou: float, stab: float, point: list) -> dict:
+    """Output record of one mask (see AutomaticMaskGenerator.generate); box: its inclusive xyxy box."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return {"segmentation": mask, "rle": rle, "area": int(np.count_nonzero(mask)),
+            "bbox": [x0, y0, x1 - x0, y1 - y0], "box_xyxy": [x0, y0, x1, y1],
+            "predicted_iou": iou, "score": iou, "stability_score": stab, "point_coords": [point]}
+
+
+def _remade(record: dict, mask: np.ndarray) -> dict:
+    """Record with a cleaned mask (new RLE, area and boxes; scores kept)."""
+    return _make_record(mask, encode_rle(mask[None])[0], masks_to_boxes_xyxy(mask), record["predicted_iou"],
+                        record["stability_score"], record["point_coords"][0])

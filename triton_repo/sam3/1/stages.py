@@ -1,0 +1,86 @@
+"""How the orchestrator calls the four component models.
+
+Two interchangeable back ends with one interface, ``run(component, feeds) -> {name: array}``
+and ``run_parallel([(component, feeds), ...]) -> [outputs, ...]``:
+
+- :class:`BlsStages` — inside Triton: BLS requests to sam3_vision / sam3_text / sam3_concept /
+  sam3_prompt; independent calls (vision ‖ text) run concurrently with ``async_exec``. GPU
+  outputs stay on the GPU (DLPack → torch) and GPU inputs are passed by DLPack.
+- :class:`OrtStages` — the same ONNX graphs in in-process ONNX Runtime sessions (tests,
+  embedded use without a server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class StageError(RuntimeError):
+    """A component model failed (a server-side error, not the user's input)."""
+
+
+class BlsStages:
+    """Component calls through Triton BLS. ``outputs``: {component: [output names]}."""
+
+    def __init__(self, pb_utils, outputs: dict[str, list[str]], prefix: str = "sam3_"):
+        self.pb = pb_utils
+        self.outputs = outputs
+        self.prefix = prefix
+
+    def _request(self, component: str, feeds: dict):
+        tensors = [self._tensor(name, value) for name, value in feeds.items()]
+        return self.pb.InferenceRequest(model_name=self.prefix + component, inputs=tensors,
+                                        requested_output_names=self.outputs[component])
+
+    def _tensor(self, name: str, value):
+        if _is_torch(value):
+            return self.pb.Tensor.from_dlpack(name, value)
+        return self.pb.Tensor(name, value)
+
+    def _unpack(self, component: str, response) -> dict:
+        if response.has_error():
+            raise StageError(f"{self.prefix}{component} failed: {response.error().message()}")
+        return {name: _array(self.pb.get_output_tensor_by_name(response, name)) for name in self.outputs[component]}
+
+    def run(self, component: str, feeds: dict) -> dict:
+        return self._unpack(component, self._request(component, feeds).exec())
+
+    def run_parallel(self, calls: list[tuple[str, dict]]) -> list[dict]:
+        requests = [self._request(c, f) for c, f in calls]
+        responses = asyncio.run(_gather(requests))
+        return [self._unpack(c, r) for (c, _), r in zip(calls, responses)]
+
+
+async def _gather(requests):
+    return await asyncio.gather(*(r.async_exec() for r in requests))
+
+
+def _is_torch(value) -> bool:
+    return type(value).__module__.startswith("torch")
+
+
+def _array(tensor):
+    """A BLS output as numpy (CPU) or a torch tensor (GPU, zero-copy by DLPack)."""
+    if tensor.is_cpu():
+        return tensor.as_numpy()
+    import torch
+    return torch.from_dlpack(tensor.to_dlpack())
+
+
+class OrtStages:
+    """The component graphs run in-process by ONNX Runtime (CPU). ``files``: {component: path}."""
+
+    def __init__(self, files: dict, threads: int = 0):
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.sessions = {c: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                         for c, p in files.items()}
+
+    def run(self, component: str, feeds: dict) -> dict:
+        session = self.sessions[component]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds)))
+
+    def run_parallel(self, calls: list[tuple[str, dict]]) -> list[dict]:
+        return [self.run(c, f) for c, f in calls]
