@@ -33,7 +33,7 @@ import modal
 import numpy as np
 
 from export.trt import TENSORRT_PIP, TENSORRT_VERSION, TRITON_BINARY, TRITON_IMAGE, engine_dir, file_sha256, sanitize
-from server.triton import TritonServer, server_command
+from server.triton import TritonInstall, TritonServer
 
 # ---------------------------------------------------------------- settings (documented in docs/DEPLOY.md)
 APP_NAME = "sam3-triton"
@@ -51,7 +51,7 @@ API_SECRET_NAME = "sam3-api-key"        # must hold SAM3_API_KEY: the bearer tok
 API_KEY_ENV = "SAM3_API_KEY"
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
-ORCHESTRATOR_PARAMS = {"device": "gpu"}   # `sam3` config parameters for the GPU target
+ORCHESTRATOR_PARAMS = {"image_cache_mb": 8192}   # `sam3` parameters for the GPU target (target=gpu is set by build_repository)
 TRITON_INSTANCES = None                   # {component: instance count}; None = export.repository defaults
 
 # Autoscaling and concurrency of the serving class.
@@ -72,8 +72,10 @@ BUILD_TIMEOUT_S = 3 * 3600   # first build: download ~3.4 GB, export, 4 engines,
 VERIFY_TIMEOUT_S = 3600
 
 # Packages. Serving needs no torch; export/build needs torch + transformers + the pinned TensorRT.
-SERVING_PACKAGES = ("numpy<2", "pillow", "tokenizers", "pycocotools", "starlette",
-                    "tritonclient[grpc,http]==2.54.0")
+# Serving: the orchestrator (numpy, pillow, tokenizers, pycocotools; torch only for the GPU
+# post-processing of DLPack tensors), the gateway (starlette, uvicorn) and the client it uses.
+SERVING_PACKAGES = ("numpy<2", "pillow", "tokenizers", "pycocotools", "starlette", "uvicorn", "httpx",
+                    "onnxruntime", "tritonclient[grpc,http]==2.54.0", "torch==2.14.1")
 EXPORT_PACKAGES = ("torch==2.14.1", "torchvision==0.29.1", "transformers==5.23.0", "onnx==1.22.0",
                    "onnxscript==0.7.2", "onnxruntime==1.32.0", "safetensors", "huggingface_hub", "tokenizers",
                    "open_clip_torch", "numpy<2", "pillow", TENSORRT_PIP)
@@ -218,13 +220,6 @@ def locate_build(volume_root, model: str, tensorrt: str, gpu: str) -> BuildPaths
     return paths
 
 
-def triton_command(repository: Path) -> list[str]:
-    """The tritonserver argv in the container: server.triton.server_command with the NGC binary,
-    default backends and all interfaces (Modal's web proxy connects from outside the loopback)."""
-    return server_command(repository, binary=TRITON_BINARY, http_port=HTTP_PORT, grpc_port=GRPC_PORT,
-                          metrics_port=METRICS_PORT, model_control="none", log_verbose=0)
-
-
 def export_command(step: str, checkpoint: str, out: Path) -> list[str]:
     """``python -m export onnx|verify --model <checkpoint> --out <artifacts>`` (checkpoint: HF
     snapshot dir, local dir or "tiny"); verify writes the ONNX vs transformers parity report."""
@@ -300,10 +295,11 @@ def _run_build(model: str, revision: str, precision: str, force: bool) -> dict:
     volume.commit()
     paths = BuildPaths.of(VOLUME_ROOT, BuildKey(model, resolved, TENSORRT_VERSION, gpu))
     if not force and build_is_complete(paths):
-        print(f"build {paths.root} is complete and valid: nothing to do", flush=True)
+        report = json.loads((paths.root / REPORT).read_text())
+        print(f"build {paths.root} is complete and valid: nothing to do\n{format_report(report)}", flush=True)
         point_current(VOLUME_ROOT, paths)
         volume.commit()
-        return json.loads((paths.root / REPORT).read_text())
+        return report
     (paths.root / BUILD_DONE).unlink(missing_ok=True)  # servers refuse this build until it is complete again
     _export_onnx(checkpoint, paths.artifacts, force)
     volume.commit()
@@ -318,7 +314,7 @@ def _run_build(model: str, revision: str, precision: str, force: bool) -> dict:
     write_json(paths.root / BUILD_DONE, done_marker(paths.key, {n: r["engine_sha256"] for n, r in result.records.items()}))
     point_current(VOLUME_ROOT, paths)
     volume.commit()
-    print(f"build complete: {paths.root}", flush=True)
+    print(f"build complete: {paths.root}\n{format_report(report)}", flush=True)
     return report
 
 
@@ -336,19 +332,13 @@ def build(model: str = MODEL_ID, revision: str = MODEL_REVISION, precision: str 
 
 # ---------------------------------------------------------------- serving
 
-class ContainerTriton(TritonServer):
-    """server.triton.TritonServer for the NGC image: the command is :func:`triton_command`
-    (image binary + backends, all interfaces) and the image's own environment is kept.
-    Readiness wait, log tail and shutdown are TritonServer's."""
-
-    def start(self) -> "ContainerTriton":
-        if self._proc is not None:
-            raise RuntimeError("this ContainerTriton was already started; create a new one")
-        self.command = triton_command(self.repo)
-        self._open_log()
-        self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        return self
+def container_triton(repository: Path) -> TritonServer:
+    """server.triton.TritonServer for the NGC image: its binary and default backends, bound to all
+    interfaces (Modal's web proxy connects from outside the loopback). Readiness wait, log tail and
+    shutdown are TritonServer's; the command is the same server_command as the local server."""
+    return TritonServer(repository, install=TritonInstall(Path(TRITON_BINARY), None), address=None,
+                        http_port=HTTP_PORT, grpc_port=GRPC_PORT, metrics_port=METRICS_PORT,
+                        log_path=Path("/tmp/tritonserver.log"))
 
 
 def check_image_tensorrt() -> None:
@@ -376,8 +366,7 @@ class Sam3Triton:
         check_image_tensorrt()
         self.paths = locate_build(VOLUME_ROOT, MODEL_ID, TENSORRT_VERSION, require_gpu(need_tensorrt=False))
         print(f"serving {self.paths.root}", flush=True)
-        self.server = ContainerTriton(self.paths.repository, http_port=HTTP_PORT, grpc_port=GRPC_PORT,
-                                      metrics_port=METRICS_PORT, log_path=Path("/tmp/tritonserver.log"))
+        self.server = container_triton(self.paths.repository)
         self.server.start()
         self.server.wait_ready(TRITON_READY_TIMEOUT_S)
         print(self.server.log_tail(40), flush=True)

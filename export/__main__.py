@@ -4,6 +4,7 @@ onnx    export the graphs, tokenizer.json and manifest.json
 verify  ONNX Runtime vs PyTorch parity (2 shapes per component + both chains) → parity_report.json
 trt     TensorRT engines from the ONNX files (needs a CUDA GPU; stops at once without one)
 all     onnx + verify (+ trt when a GPU is present)
+latency PyTorch vs ONNX Runtime CPU latency per component (median of --runs) → latency_report.json
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from export.spec import COMPONENTS
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("onnx", "verify", "trt", "all"))
+    parser.add_argument("command", choices=("onnx", "verify", "trt", "all", "latency"))
     parser.add_argument("--model", default="facebook/sam3", help="HF id, checkpoint dir, or 'tiny' (default facebook/sam3)")
     parser.add_argument("--out", type=Path, required=True, help="artifacts directory")
     parser.add_argument("--components", default=",".join(COMPONENTS), help="comma list of " + ",".join(COMPONENTS))
@@ -27,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hf-token", default=os.environ.get("HF_TOKEN"), help="token for gated models (default $HF_TOKEN)")
     parser.add_argument("--atol", type=float, default=1e-4, help="parity absolute tolerance")
     parser.add_argument("--rtol", type=float, default=1e-4, help="parity tolerance relative to max |expected|")
+    parser.add_argument("--runs", type=int, default=10, help="latency: timed runs per side (after 2 warm-up)")
     parser.add_argument("--precision", default=None, help="trt: fp32|fp16|bf16 for every component (default per component)")
     args = parser.parse_args(argv)
     args.components = _components(parser, args.components)
@@ -50,6 +52,9 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "trt" or (args.command == "all" and _has_gpu()):
         from export.trt import build_engines
         build_engines(args.out, components=args.components, precision=args.precision)
+    elif args.command == "latency":
+        from export.latency import measure
+        measure(args.out, runs=args.runs, components=args.components, token=args.hf_token)
     elif args.command == "all":
         pipeline.log("no CUDA GPU here: skipping TensorRT engines (run `python -m export trt` on a GPU machine)")
 
@@ -69,12 +74,15 @@ def main(argv=None) -> int:
     from export.manifest import ManifestError
     from export.onnx_export import ExportError
     from export.parity import ParityError
-    from export.trt import GpuUnavailableError
+    from export.trt import EngineBuildError, EngineParityError, GpuUnavailableError, TensorRTVersionError
     try:
         run(args)
-    except (CheckpointError, ManifestError, ExportError, ParityError, GpuUnavailableError) as err:
+    except (CheckpointError, ManifestError, ExportError, GpuUnavailableError, TensorRTVersionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (ParityError, EngineBuildError, EngineParityError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

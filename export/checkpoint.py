@@ -16,7 +16,8 @@ from export.spec import Dims
 DEFAULT_MODEL = "facebook/sam3"
 # Built-in random-weight checkpoints: name → (module, builder). Built on first use, then cached.
 BUILTIN = {"tiny": ("export.tiny", "build_tiny_checkpoint"),
-           "bench": ("export.bench_model", "build_bench_checkpoint")}
+           "bench": ("export.bench_model", "build_bench_checkpoint"),
+           "full-random": ("export.full_size", "build_full_random_checkpoint")}
 
 
 class CheckpointError(RuntimeError):

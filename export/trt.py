@@ -538,12 +538,13 @@ def build_engine(onnx_path: Path, engine_file: Path, spec: ComponentSpec, precis
     trt = _import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network, _parser = _parse_onnx(trt, builder, logger, onnx_path, spec)
+    network, parser = _parse_onnx(trt, builder, logger, onnx_path, spec)  # parser must outlive the build
     config = _builder_config(trt, builder, spec, workspace_gib, opt_level)
     pinned = apply_precision(network, config, spec, precision, trt)
     cache = config.create_timing_cache(load_timing_cache(timing_cache) if timing_cache else b"")
     config.set_timing_cache(cache, False)  # False: a cache of another device is an error
-    config.progress_monitor = _progress_monitor(trt, log, spec.name)
+    monitor = _progress_monitor(trt, log, spec.name)  # kept referenced for the whole build
+    config.progress_monitor = monitor
     start = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

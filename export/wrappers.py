@@ -69,28 +69,30 @@ class ConceptHead(nn.Module):
 
     def __init__(self, detector):
         super().__init__()
-        self.det = detector
+        self.det = nn.ModuleDict({name: getattr(detector, name) for name in self.PARTS})
         self.pos = detector.vision_encoder.neck.position_encoding
+
+    PARTS = ("geometry_encoder", "detr_encoder", "detr_decoder", "dot_product_scoring", "mask_decoder")
 
     def forward(self, fpn_0, fpn_1, fpn_2, text_features, text_mask, boxes, box_labels, box_valid):
         n = text_features.shape[0]
         feats = [f.expand(n, -1, -1, -1) for f in (fpn_0, fpn_1, fpn_2)]
         pos = [self.pos(f.shape, f.device, f.dtype) for f in feats]
         prompt, mask = self._prompt(feats, pos, text_features, text_mask, boxes, box_labels, box_valid)
-        enc = self.det.detr_encoder(vision_features=[feats[-1]], text_features=prompt,
+        enc = self.det["detr_encoder"](vision_features=[feats[-1]], text_features=prompt,
                                     vision_pos_embeds=[pos[-1]], text_mask=mask)
-        dec = self.det.detr_decoder(vision_features=enc.last_hidden_state, text_features=enc.text_features,
+        dec = self.det["detr_decoder"](vision_features=enc.last_hidden_state, text_features=enc.text_features,
                                     vision_pos_encoding=enc.pos_embeds_flattened, text_mask=mask,
                                     spatial_shapes=enc.spatial_shapes)
         logits, pred_boxes = self._scores_and_boxes(dec, enc, mask)
-        masks = self.det.mask_decoder(decoder_queries=dec.intermediate_hidden_states[-1], backbone_features=feats,
+        masks = self.det["mask_decoder"](decoder_queries=dec.intermediate_hidden_states[-1], backbone_features=feats,
                                       encoder_hidden_states=enc.last_hidden_state, prompt_features=prompt,
                                       prompt_mask=mask).pred_masks
         return logits, dec.presence_logits[-1], pred_boxes, masks
 
     def _prompt(self, feats, pos, text_features, text_mask, boxes, box_labels, box_valid):
         """Text tokens + geometry tokens and their validity mask (True = valid)."""
-        geo = self.det.geometry_encoder(box_embeddings=boxes, box_mask=box_valid, box_labels=box_labels,
+        geo = self.det["geometry_encoder"](box_embeddings=boxes, box_mask=box_valid, box_labels=box_labels,
                                         img_feats=feats, img_pos_embeds=pos)
         geo_mask = geo.attention_mask & box_valid.any(dim=1, keepdim=True)
         prompt = torch.cat([text_features, geo.last_hidden_state], dim=1)
@@ -98,9 +100,9 @@ class ConceptHead(nn.Module):
 
     def _scores_and_boxes(self, dec, enc, mask):
         hidden = dec.intermediate_hidden_states
-        offsets = self.det.detr_decoder.box_head(hidden[-1])
+        offsets = self.det["detr_decoder"].box_head(hidden[-1])
         boxes = (inverse_sigmoid(dec.reference_boxes[-1]) + offsets).sigmoid()
-        logits = self.det.dot_product_scoring(decoder_hidden_states=hidden[-1:], text_features=enc.text_features,
+        logits = self.det["dot_product_scoring"](decoder_hidden_states=hidden[-1:], text_features=enc.text_features,
                                               text_mask=mask).squeeze(-1)[-1]
         return logits, box_cxcywh_to_xyxy(boxes)
 
@@ -115,16 +117,19 @@ class PromptHead(nn.Module):
 
     def __init__(self, tracker):
         super().__init__()
-        self.trk = tracker
+        self.prompt_encoder = tracker.prompt_encoder
+        self.mask_decoder = tracker.mask_decoder
+        with torch.no_grad():  # a constant of the config: computed once, stored in the graph
+            self.register_buffer("image_pe", tracker.get_image_wide_positional_embeddings().clone())
 
     def forward(self, track_0, track_1, track_2, point_coords, point_labels, mask_input, has_mask_input):
-        enc = self.trk.prompt_encoder
+        enc = self.prompt_encoder
         sparse = enc._embed_points(point_coords[None], point_labels[None], pad=True)
         has = has_mask_input.view(1, 1, 1, 1)
         no_mask = enc.no_mask_embed.weight.view(1, -1, 1, 1)
         dense = has * enc.mask_embed(mask_input) + (1.0 - has) * no_mask
-        masks, iou, _, obj = self.trk.mask_decoder(
-            image_embeddings=track_2, image_positional_embeddings=self.trk.get_image_wide_positional_embeddings(),
+        masks, iou, _, obj = self.mask_decoder(
+            image_embeddings=track_2, image_positional_embeddings=self.image_pe,
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
             high_resolution_features=[track_0, track_1])
         return masks[0], iou[0], obj[0]

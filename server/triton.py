@@ -58,7 +58,7 @@ class TritonInstall:
     """
 
     binary: Path
-    backend_dir: Path
+    backend_dir: Path | None  # None: the binary's own default (e.g. /opt/tritonserver/backends in NGC images)
     lib_dirs: list[Path] = field(default_factory=list)
     cache_dir: Path | None = None
 
@@ -197,8 +197,9 @@ class TritonServer:
     def __init__(self, repo: Path, *, install: TritonInstall | None = None, http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None, model_control="none",
                  log_verbose=0, extra_args=(), log_path: Path | None = None, ready_timeout_s=180.0,
-                 stop_grace_s=20.0, exit_timeout_s=10):
+                 stop_grace_s=20.0, exit_timeout_s=10, address: str | None = LOCALHOST):
         self.repo = Path(repo)
+        self.address = address  # interface to bind; None = Triton's default (all interfaces, e.g. in a container)
         self.install = install
         self.http_port, self.grpc_port, self.metrics_port = (p or free_port() for p in (http_port, grpc_port, metrics_port))
         self.model_control, self.log_verbose, self.extra_args = model_control, log_verbose, tuple(extra_args)
@@ -233,6 +234,15 @@ class TritonServer:
         """Exit status of tritonserver, None while it runs or before start."""
         return None if self._proc is None else self._proc.poll()
 
+    def build_command(self) -> list[str]:
+        """The tritonserver argv for this server (server_command with this install and ports)."""
+        install = self.install or find_tritonserver()
+        return server_command(
+            self.repo, binary=install.binary, backend_dir=install.backend_dir, http_port=self.http_port,
+            grpc_port=self.grpc_port, metrics_port=self.metrics_port, model_control=self.model_control,
+            log_verbose=self.log_verbose, extra_args=self.extra_args, address=self.address, cache_dir=install.cache_dir,
+            exit_timeout_s=self.exit_timeout_s)
+
     def start(self) -> "TritonServer":
         """Launch tritonserver (does not wait for readiness; see :meth:`wait_ready`)."""
         if self._proc is not None:
@@ -240,12 +250,8 @@ class TritonServer:
         if not self.repo.is_dir():
             raise TritonStartError(f"model repository {self.repo} is not a directory: build it first "
                                    "(export.repository.build_repository)")
-        install = self.install or find_tritonserver()
-        self.command = server_command(
-            self.repo, binary=install.binary, backend_dir=install.backend_dir, http_port=self.http_port,
-            grpc_port=self.grpc_port, metrics_port=self.metrics_port, model_control=self.model_control,
-            log_verbose=self.log_verbose, extra_args=self.extra_args, address=LOCALHOST, cache_dir=install.cache_dir,
-            exit_timeout_s=self.exit_timeout_s)
+        install = self.install = self.install or find_tritonserver()
+        self.command = self.build_command()
         self._open_log()
         self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
                                       stderr=subprocess.STDOUT, env=server_env(install), start_new_session=True)

@@ -10,8 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "triton_repo" / "sam3" / "1"))
 
 from postprocess import (  # noqa: E402
-    BilinearResizer, best_mask_index, concept_detections, decode_rle, encode_rle, masks_to_boxes_xyxy,
-    prob_to_logit, prompt_masks, resize_bilinear, sigmoid, upsample_binarize,
+    BilinearResizer, ContourThresholder, best_mask_index, concept_detections, decode_rle, encode_rle,
+    masks_to_boxes_xyxy, prob_to_logit, prompt_masks, resize_bilinear, sigmoid, upsample_binarize,
 )
 
 torch = pytest.importorskip("torch")
@@ -45,6 +45,32 @@ def test_resizer_buffer_and_binarize_agree():
     np.testing.assert_array_equal(expected, resize_bilinear(x, (90, 70)))
     np.testing.assert_array_equal(upsample_binarize(x, (90, 70), 0.5), expected > np.float32(0.5))
     assert upsample_binarize(x[:0], (90, 70), 0.5).shape == (0, 90, 70)
+
+
+def _test_maps(side: int) -> dict:
+    rng = np.random.default_rng(side)
+    yy, xx = np.mgrid[:side, :side].astype(np.float32)
+    return {"noise": (rng.standard_normal((side, side)) * 5).astype(np.float32),
+            "disk": (20 * (side / 3 - np.hypot(yy - side / 2, xx - side / 3))).astype(np.float32),
+            "integers": np.round(rng.standard_normal((side, side)) * 1.5).astype(np.float32),  # ties at thresholds
+            "constant": np.ones((side, side), np.float32)}
+
+
+@pytest.mark.parametrize("dense_fraction", [0.15, 2.0])  # 2.0: never fall back to the dense resize
+@pytest.mark.parametrize("side, out_hw", [(288, (450, 300)), (64, (150, 97)), (7, (13, 3)), (32, (32, 32))])
+def test_contour_thresholder_equals_dense_thresholding(side, out_hw, dense_fraction, monkeypatch):
+    monkeypatch.setattr(ContourThresholder, "DENSE_FRACTION", dense_fraction)
+    thresholds = [-1.0, 0.0, 1.0]
+    thresholder, resizer = ContourThresholder((side, side), out_hw), BilinearResizer((side, side), out_hw)
+    for name, x in _test_maps(side).items():
+        decided, full = thresholder.analyze(x, thresholds), resizer.resize(x)
+        for i, t in enumerate(thresholds):
+            expected = full > np.float32(t)
+            assert decided.counts[i] == expected.sum(), (name, t)
+            np.testing.assert_array_equal(decided.mask(i), expected, err_msg=name)
+            fortran = decided.mask(i, fortran=True)
+            assert fortran.flags.f_contiguous
+            np.testing.assert_array_equal(fortran, expected, err_msg=name)
 
 
 def test_sigmoid_saturates_without_warnings():

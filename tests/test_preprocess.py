@@ -229,3 +229,12 @@ def test_validate_boxes_and_labels_accept():
     np.testing.assert_array_equal(validate_box_labels(np.array([1, 0], np.int32), 2), [1, 0])
     with pytest.raises(InputError, match="box_labels must be 1"):
         validate_box_labels([1, 3], 2)
+
+
+def test_orchestrator_modules_import_without_torch():
+    import subprocess
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import errors, preprocess, postprocess, amg, text_tokens; "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'transformers')); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code, str(ORCH)], check=True, timeout=120)

@@ -85,11 +85,15 @@ def test_one_bad_request_among_concurrent_ones_fails_alone(client, triton, sam3_
     assert triton.is_server_ready() and triton.is_model_ready("sam3")
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def png_header(width: int, height: int) -> bytes:
-    """A PNG whose header declares width×height (a decompression-bomb probe; no pixel data)."""
+    """A tiny PNG file whose header declares width×height (a decompression-bomb probe)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return b"\x89PNG\r\n\x1a\n" + chunk
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + _chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("image, fields, expected", [

@@ -49,7 +49,8 @@ class TritonPythonModel:
         self.text_cache = ByteLRU(int(float(params.get("text_cache_mb", 64)) * 2**20))
         self.pipeline = Sam3Pipeline(BlsStages(pb_utils, outputs), TextTokenizer.from_file(tokenizer_path),
                                      dims, self.image_cache, self.text_cache,
-                                     max_pixels=int(float(params.get("max_pixels", 40e6))))
+                                     max_pixels=int(float(params.get("max_pixels", 40e6))),
+                                     post=_post_module(params.get("target", "cpu")))
         self.metrics = _Metrics(pb_utils)
 
     def execute(self, requests):
@@ -79,6 +80,15 @@ class TritonPythonModel:
 
 def _parameters(config: dict) -> dict[str, str]:
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+def _post_module(target: str):
+    """Post-processing for the target: numpy on CPU; torch on the GPU (tensors stay on the device)."""
+    if target == "gpu":
+        import postprocess_torch
+        return postprocess_torch
+    import postprocess
+    return postprocess
 
 
 def _inputs(pb_utils, request, names) -> dict:

@@ -47,8 +47,10 @@ class Sam3Pipeline:
     """Runs every mode. ``stages``: BlsStages or OrtStages; ``dims``: export.spec.Dims."""
 
     def __init__(self, stages, tokenizer, dims, image_cache: ByteLRU, text_cache: ByteLRU,
-                 max_pixels: int = 40_000_000, max_concepts_per_call: int = 8, max_objects_per_call: int = 64):
-        self.stages, self.tokenizer, self.dims = stages, tokenizer, dims
+                 max_pixels: int = 40_000_000, max_concepts_per_call: int = 8, max_objects_per_call: int = 64,
+                 post=post):
+        """``post``: the post-processing module — postprocess (numpy, CPU) or postprocess_torch (GPU)."""
+        self.stages, self.tokenizer, self.dims, self.post = stages, tokenizer, dims, post
         self.image_cache, self.text_cache = image_cache, text_cache
         self.max_pixels = max_pixels
         self.chunk_concepts, self.chunk_objects = max_concepts_per_call, max_objects_per_call
@@ -89,7 +91,7 @@ class Sam3Pipeline:
             features = Features(results.pop(0), image_hw)
             self.image_cache.put(key, features)
         for i, text in enumerate(missing):
-            known[text] = (results[0]["text_features"][i], mask[i].astype(bool))
+            known[text] = (_host(results[0]["text_features"][i]), mask[i].astype(bool))
             self.text_cache.put(text, known[text])
         return features, _stack([known[t] for t in texts])
 
@@ -104,7 +106,7 @@ class Sam3Pipeline:
         for sl in _chunks(len(texts), self.chunk_concepts):
             out = self.stages.run("concept", fpn | {"text_features": text_features[sl], "text_mask": text_mask[sl],
                                                     "boxes": boxes[sl], "box_labels": labels[sl], "box_valid": valid[sl]})
-            detections += post.concept_detections(out["logits"], out["presence_logits"], out["pred_boxes"],
+            detections += self.post.concept_detections(out["logits"], out["presence_logits"], out["pred_boxes"],
                                                    out["pred_masks"], features.image_hw, req.threshold, req.mask_threshold)
         return _concept_result(detections, features.image_hw)
 
@@ -151,13 +153,10 @@ class Sam3Pipeline:
     def _prompt_result(self, features: Features, coords, labels, req: Sam3Request) -> Sam3Result:
         """Best of the 3 candidate masks per object, upsampled and binarized."""
         outs = [self.prompt_call(features, coords[sl], labels[sl]) for sl in _chunks(len(coords), self.chunk_objects)]
-        logits = np.concatenate([o["pred_masks"] for o in outs])
-        iou = np.concatenate([o["iou_scores"] for o in outs]).astype(np.float32)
-        rows, best = np.arange(len(iou)), post.best_mask_index(iou)
-        masks = post.prompt_masks(logits[rows, best][:, None], features.image_hw,
-                                  post.prob_to_logit(req.mask_threshold))[:, 0]
-        return Sam3Result(masks, post.masks_to_boxes_xyxy(masks), iou[rows, best], rows.astype(np.int32), iou,
-                          np.zeros(len(iou), np.float32), features.image_hw)
+        masks, iou = self.post.best_prompt_masks(outs, features.image_hw, post.prob_to_logit(req.mask_threshold))
+        rows = np.arange(len(iou))
+        return Sam3Result(masks, post.masks_to_boxes_xyxy(masks), iou[rows, iou.argmax(-1)], rows.astype(np.int32),
+                          iou, np.zeros(len(iou), np.float32), features.image_hw)
 
     # ---- automatic ("segment everything") ------------------------------------------------------
 
@@ -166,12 +165,17 @@ class Sam3Pipeline:
 
         def run_batch(points, labels):
             out = self.prompt_call(features, points, labels)
-            return out["pred_masks"], out["iou_scores"]
+            return _host(out["pred_masks"]), _host(out["iou_scores"])
         generator = AutomaticMaskGenerator(AmgConfig(
             points_per_side=req.points_per_side, points_per_batch=req.points_per_batch,
             pred_iou_thresh=req.pred_iou_thresh, stability_score_thresh=req.stability_score_thresh))
         records = generator.generate(run_batch, features.image_hw, self.dims.image_size)
         return _auto_result(records, features.image_hw)
+
+
+def _host(x) -> np.ndarray:
+    """A numpy array of ``x`` (GPU tensors are copied to the host)."""
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
 
 
 def _chunks(total: int, size: int) -> list[slice]:

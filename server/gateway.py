@@ -1,0 +1,261 @@
+"""The REST gateway: the seeds' JSON API and the web page, in front of the local Triton (gRPC).
+
+    app = create_app("127.0.0.1:8001", auth_token=None)      # a Starlette ASGI app
+    uvicorn.run(app, host="0.0.0.0", port=8080)
+
+Routes:
+    POST /  and  POST /segment   segmentation request (server/rest.py: fields, validation, responses)
+    GET  /                       the web page for browsers (Accept: text/html), else a JSON index
+    GET  /health                 200 {"status": "ready"} when Triton and model `sam3` are ready, else 503
+    GET  /openapi.json, /docs    schema and field table (generated from server.rest.FIELDS)
+    GET  /web/*                  the page's static files (server/web/)
+
+Errors are JSON ``{"error": "..."}``: 400 / 413 / 422 for bad requests, 401 without the bearer
+token (when ``auth_token`` is set; /health, the page and the schema stay open), 503 when Triton
+is unreachable, 504 when it does not answer in time. Inference runs in a worker thread through
+``client.api.Sam3Client`` (one tritonclient connection per thread).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from server import openapi, rest
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+log = logging.getLogger("sam3.gateway")
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """``{"error": message}`` with ``status``."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class Gateway:
+    """Request handlers bound to one Triton gRPC address (the client is created on first use)."""
+
+    def __init__(self, grpc_url: str, auth_token: str | None, max_body_bytes: int, timeout_s: float):
+        self.grpc_url, self.auth_token = grpc_url, (auth_token.strip() if auth_token else None)
+        self.max_body_bytes, self.timeout_s = int(max_body_bytes), float(timeout_s)
+        self._client, self._lock = None, threading.Lock()
+
+    @property
+    def client(self):
+        """The shared ``Sam3Client`` (gRPC); thread safe, one connection per worker thread."""
+        with self._lock:
+            if self._client is None:
+                from client.api import Sam3Client
+                self._client = Sam3Client(self.grpc_url, protocol="grpc", timeout_s=self.timeout_s)
+            return self._client
+
+    # ---- routes
+    async def segment(self, request: Request) -> Response:
+        """POST / and /segment: auth → body (size-limited) → validate → Triton → seeds' JSON."""
+        try:
+            self._check_auth(request)
+            raw = await self._read_body(request)
+            return await run_in_threadpool(self._segment_sync, raw)
+        except rest.RestError as err:
+            return error_response(err.status, err.message, _auth_header(err.status))
+        except ClientDisconnect:
+            return error_response(400, "the client disconnected before sending the whole body")
+
+    async def root(self, request: Request) -> Response:
+        """GET /: the web page for browsers, a JSON index for API clients."""
+        if _prefers_html(request.headers.get("accept", "")):
+            return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+        return JSONResponse({"service": "SAM3 REST gateway", "segment": "POST / or POST /segment (JSON)",
+                             "schema": "/openapi.json", "docs": "/docs", "health": "/health"})
+
+    async def health(self, request: Request) -> Response:
+        """GET /health: 200 when Triton and the `sam3` model are ready, else 503 with the reason."""
+        from client.api import Sam3Error
+        try:
+            ready = await run_in_threadpool(self.client.is_ready)
+        except Sam3Error as err:
+            return JSONResponse({"status": "unavailable", "error": err.message}, status_code=503)
+        if not ready:
+            return JSONResponse({"status": "unavailable", "error": f"Triton at {self.grpc_url} or model "
+                                 "`sam3` is not ready yet (still loading?)"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def openapi_json(self, request: Request) -> Response:
+        return JSONResponse(openapi.openapi_schema(self.max_body_bytes))
+
+    async def docs(self, request: Request) -> Response:
+        return HTMLResponse(openapi.docs_html())
+
+    # ---- steps
+    def _check_auth(self, request: Request) -> None:
+        """401 unless ``Authorization: Bearer <auth_token>`` (when a token is configured)."""
+        if self.auth_token is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.auth_token.encode()):
+            raise rest.RestError(401, "missing or wrong token: send the header `Authorization: Bearer <token>`")
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, at most ``max_body_bytes`` (checked on Content-Length and on the bytes streamed)."""
+        limit = self.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await _drain(request, 2 * limit)
+            raise rest.RestError(413, _too_large(int(declared), limit))
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                await _drain(request, limit)
+                raise rest.RestError(413, _too_large(size, limit))
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _segment_sync(self, raw: bytes) -> Response:
+        """Worker thread: parse + validate, call Triton, format the seeds' response."""
+        from client.api import Sam3Error
+        start = time.perf_counter()
+        req = rest.validate(rest.parse_body(raw))
+        try:
+            seg = self.client.segment(req.image, req.triton_mode, **req.fields)
+        except Sam3Error as err:
+            return _triton_error(err, req.mode)
+        body = rest.format_response(req, seg)
+        log.info("segment mode=%s detections=%d %.0f ms", req.mode, len(seg), 1e3 * (time.perf_counter() - start))
+        return Response(body, media_type="application/json")
+
+
+async def _drain(request: Request, budget: int) -> None:
+    """Read and drop up to ``budget`` more body bytes so the client can read the 413 (then stop)."""
+    try:
+        async for chunk in request.stream():
+            budget -= len(chunk)
+            if budget < 0:
+                return
+    except (RuntimeError, ClientDisconnect):  # already consumed, or the client gave up
+        return
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (f"request body is {size} bytes, over the {limit}-byte limit: send a smaller image "
+            "(downscale or JPEG-compress it)")
+
+
+def _triton_error(err, mode: str) -> Response:
+    """Sam3Error → 400 (bad input, message in this API's names), 503/504 (unavailable) or 502."""
+    if err.status == 400:
+        return error_response(400, rest.server_message(err.message, mode))
+    if err.status in (503, 504):
+        return error_response(err.status, err.message)
+    log.error("model server error %s: %s", err.status, err.message)
+    return error_response(502, f"the model server failed ({err.status}): {err.message}")
+
+
+def _auth_header(status: int) -> dict | None:
+    return {"WWW-Authenticate": "Bearer"} if status == 401 else None
+
+
+def _prefers_html(accept: str) -> bool:
+    """True when Accept names text/html with a quality at least that of application/json (browsers)."""
+    quality = _qualities(accept)
+    html = quality.get("text/html", 0.0)
+    return html > 0 and html >= quality.get("application/json", 0.0)
+
+
+def _qualities(accept: str) -> dict[str, float]:
+    """{media type: q} of an Accept header ("text/html,*/*;q=0.8" → {"text/html": 1.0, "*/*": 0.8})."""
+    found = {}
+    for part in accept.lower().split(","):
+        media, _, params = part.partition(";")
+        q = re.search(r"q=([0-9]*\.?[0-9]+)", params)
+        found[media.strip()] = float(q.group(1)) if q else 1.0
+    return found
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return error_response(exc.status_code, f"{exc.detail}: {request.method} {request.url.path} "
+                          "(see GET /docs for the routes)", getattr(exc, "headers", None))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("gateway error on %s %s", request.method, request.url.path)
+    return error_response(500, f"internal gateway error ({type(exc).__name__}); see the server log")
+
+
+def create_app(grpc_url: str, auth_token: str | None = None, max_body_bytes: int = 30 * 2**20,
+               timeout_s: float = 300.0, cors_origins: tuple = ("*",)):
+    """The gateway ASGI app for Triton at ``grpc_url`` ("host:port").
+
+    auth_token: when set, POST routes need ``Authorization: Bearer <auth_token>``.
+    max_body_bytes: larger bodies get 413. timeout_s: per-request limit of the Triton call.
+    cors_origins: origins allowed to call the API from a browser (() = same origin only).
+    """
+    if max_body_bytes <= 0 or timeout_s <= 0:
+        raise ValueError(f"max_body_bytes and timeout_s must be > 0; got {max_body_bytes}, {timeout_s}")
+    if auth_token is not None and not auth_token.strip():
+        raise ValueError("auth_token is empty: pass None for no authentication, or a non-empty secret")
+    gateway = Gateway(grpc_url, auth_token, max_body_bytes, timeout_s)
+    routes = [Route("/", gateway.root, methods=["GET"]), Route("/", gateway.segment, methods=["POST"]),
+              Route("/segment", gateway.segment, methods=["POST"]), Route("/health", gateway.health),
+              Route("/openapi.json", gateway.openapi_json), Route("/docs", gateway.docs),
+              Mount("/web", StaticFiles(directory=WEB_DIR), name="web")]
+    middleware = [Middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                             allow_headers=["Authorization", "Content-Type"])] if cors_origins else []
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+    app.state.gateway = gateway
+    return app
+
+
+class BackgroundServer:
+    """uvicorn serving an ASGI app from a daemon thread (tests, ``sam3-triton serve``).
+
+    ``port=0`` picks a free port; ``url`` is known once :meth:`start` returns.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import uvicorn
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="gateway")
+        self.host = host
+
+    def start(self, timeout_s: float = 30.0) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not start on {self.host} within {timeout_s:g} s")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

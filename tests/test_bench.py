@@ -1,0 +1,120 @@
+"""The benchmark CLI end to end on the tiny model (smoke run; no timing asserts), and the reference pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from client import bench
+
+SECTIONS = ("P1", "P2", "P3", "P4", "P5")
+
+
+@pytest.fixture(scope="module")
+def report(sam3_server, tiny_checkpoint, tmp_path_factory):
+    """JSON report of `python -m client.bench --quick` against the session server, with the reference."""
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    code = bench.main(["--grpc-url", sam3_server.grpc_url, "--http-url", sam3_server.http_address,
+                       "--checkpoint", str(tiny_checkpoint), "--quick", "--json", str(out)])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint):
+    from client.reference import ReferencePipeline
+    return ReferencePipeline(tiny_checkpoint)
+
+
+def _ordered(stats: dict) -> bool:
+    return stats["count"] > 0 and stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+
+
+def test_report_echoes_config(report, tiny_checkpoint):
+    config = report["config"]
+    assert config["checkpoint"] == str(tiny_checkpoint)
+    assert config["dims"]["image_size"] == 224 and config["dims"]["queries"] == 20
+    assert config["model_config"]["vit"]["num_hidden_layers"] == 4
+    assert set(config["images"]) == {"astronaut", "coffee"} and config["images"]["coffee"]["shape"] == [400, 600]
+    assert config["versions"]["tritonserver"] and config["versions"]["tritonclient"] == "2.51.0"
+    assert config["machine"]["cpu_count"] >= 1 and config["machine"]["cpu_model"]
+    assert config["flags"]["quick"] is True and config["flags"]["concurrency"] == [1, 2]
+    assert config["reference"]["dtype"] == "float32"
+    assert all(0.0 <= t <= 1.0 for t in config["thresholds"].values())
+
+
+def test_sweep_covers_every_cell_without_errors(report):
+    cells = {(r["protocol"], r["mode"], r["concurrency"]) for r in report["sweep"]}
+    assert cells == {(p, m, c) for p in bench.PROTOCOLS for m in bench.MODES for c in (1, 2)}
+    for row in report["sweep"]:
+        assert row["errors"] == 0, row["first_error"]
+        assert row["count"] == row["concurrency"] * bench.QUICK["repeats"]
+        assert _ordered(row) and row["throughput_rps"] > 0
+
+
+def test_goals_have_positive_ratios(report):
+    goals = report["comparisons"]
+    assert set(goals) == set(SECTIONS)
+    p1, p2, p3, p4, p5 = (goals[k] for k in SECTIONS)
+    for stats in (p1["server_cold"], p1["server_warm"], p1["reference"], p2["server_cached"], p2["server_no_cache"],
+                  p2["reference"], p3["one_request"], p3["separate_requests"], p3["separate_requests_shared_image_id"]):
+        assert _ordered(stats)
+    for value in (p1["speedup"], p1["speedup_warm"], p2["speedup"], p2["speedup_vs_no_cache"], p3["speedup"],
+                  p3["speedup_vs_shared_image_id"], p4["reduction"], p4["reduction_compact"]):
+        assert value is not None and value > 0
+    assert p2["clicks"] == bench.QUICK["clicks"] and len(p3["concepts"]) == 4
+
+
+def test_text_detections_match_reference_counts(report):
+    """--threshold auto keeps --keep detections per concept; server and reference agree on the count."""
+    for counts in report["comparisons"]["P1"]["detections"].values():
+        assert counts["server"] == counts["reference"] == 3
+
+
+def test_mask_bytes_and_overhead(report):
+    p4, p5 = report["comparisons"]["P4"], report["comparisons"]["P5"]
+    assert p4["total"]["masks"] > 0
+    assert all(c["rle_bytes"] > 0 and c["json_bytes"] > c["json_compact_bytes"] for c in p4["cases"] if c["masks"])
+    assert {(r["protocol"], r["mode"]) for r in p5["rows"]} == {(p, m) for p in bench.PROTOCOLS for m in bench.MODES}
+    for row in p5["rows"]:
+        assert row["requests"] == bench.QUICK["repeats"]
+        assert 0 < row["components_compute_ms"] <= row["orchestrator_compute_ms"] <= row["server_request_ms"]
+        assert row["overhead_ms"] == pytest.approx(row["end_to_end_ms"] - row["components_compute_ms"], abs=1e-2)
+
+
+def test_table_lists_every_goal(report):
+    text = bench.format_table(report)
+    assert all(f"{goal} " in text for goal in SECTIONS)
+    assert text.count("\n") >= len(report["sweep"]) + 2
+
+
+def test_cli_rejects_bad_flags(capsys):
+    for argv in ([], ["--model", "tiny", "--grpc-url", "x:1"], ["--model", "tiny", "--modes", "video"],
+                 ["--model", "tiny", "--threshold", "2"], ["--model", "tiny", "--concurrency", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+    assert "error" in capsys.readouterr().err
+
+
+def test_latency_stats_and_ratio():
+    stats = bench.latency_stats([0.3, 0.1, 0.2, 0.4])
+    assert stats["count"] == 4 and stats["p50_ms"] == pytest.approx(250.0) and _ordered(stats)
+    assert bench.latency_stats([]) == {"count": 0}
+    assert bench.ratio(2.0, 0.5) == 4.0 and bench.ratio(None, 1.0) is None and bench.ratio(1.0, 0) is None
+
+
+def test_reference_text_shapes(reference, astronaut_png):
+    boxes, scores, masks = reference.text(astronaut_png, ["person", "cat"], threshold=0.0)
+    assert boxes.shape == (len(scores), 4) and masks.shape == (len(scores), 512, 512)
+    assert masks.dtype == bool and scores.dtype == np.float32
+    assert len(scores) == 2 * 20  # threshold 0: every query of both concepts (tiny: 20 queries)
+
+
+def test_reference_point_and_box(reference, coffee_jpeg):
+    mask, score, all_scores = reference.point(coffee_jpeg, [[300, 200], [100, 100]], [1, 0])
+    assert mask.shape == (400, 600) and mask.dtype == bool
+    assert all_scores.shape == (3,) and score == pytest.approx(float(all_scores.max()))
+    mask, score, all_scores = reference.box(coffee_jpeg, [200, 100, 450, 350])
+    assert mask.shape == (400, 600) and score == pytest.approx(float(all_scores.max()))

@@ -1,0 +1,111 @@
+"""The orchestrator's logic without Triton: request parsing, caches, and the GPU post-processing.
+
+The pipeline runs here on OrtStages (the exported graphs in real ONNX Runtime sessions). The
+GPU path (postprocess_torch, tensors handed over by DLPack) is checked on CPU torch tensors
+against the numpy path: same detections, same masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def modules(orchestrator_modules):
+    import cache
+    import pipeline
+    import postprocess
+    import postprocess_torch
+    import request
+    import stages
+    import text_tokens
+    return dict(cache=cache, pipeline=pipeline, post=postprocess, post_torch=postprocess_torch,
+                request=request, stages=stages, text_tokens=text_tokens)
+
+
+class TorchOutputs:
+    """OrtStages whose outputs are torch tensors, as BLS hands them over on the GPU (DLPack)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def run(self, component, feeds):
+        feeds = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in feeds.items()}  # DLPack inputs
+        return {k: torch.from_numpy(v) for k, v in self.inner.run(component, feeds).items()}
+
+    def run_parallel(self, calls):
+        return [self.run(c, f) for c, f in calls]
+
+
+def make_pipeline(modules, artifacts, post, torch_outputs=False):
+    from export.manifest import load_manifest
+    manifest = load_manifest(artifacts)
+    stages = modules["stages"].OrtStages({n: artifacts / s.onnx_file for n, s in manifest.specs().items()})
+    tokenizer = modules["text_tokens"].TextTokenizer.from_file(artifacts / "tokenizer.json")
+    lru = modules["cache"].ByteLRU
+    return modules["pipeline"].Sam3Pipeline(TorchOutputs(stages) if torch_outputs else stages, tokenizer,
+                                            manifest.dims, lru(2**28), lru(2**24), post=post)
+
+
+def request(modules, image, **fields):
+    tensors = {"image": np.array([image], dtype=object)}
+    for name, value in fields.items():
+        tensors[name] = np.array([v.encode() for v in value] if name == "text" else value,
+                                 dtype=object if name in ("text", "mode") else None)
+    return modules["request"].parse_request(tensors)
+
+
+@pytest.mark.parametrize("fields", [
+    {"mode": [b"text"], "text": ["person", "cup"], "threshold": [0.2]},
+    {"mode": [b"point"], "points": [[120.0, 200.0], [300.0, 100.0]], "point_labels": [1, 0]},
+    {"mode": [b"box"], "boxes": [[50.0, 40.0, 300.0, 350.0], [10.0, 10.0, 100.0, 200.0]]},
+])
+def test_gpu_postprocessing_equals_the_numpy_path(modules, tiny_artifacts, coffee_jpeg, fields):
+    cpu = make_pipeline(modules, tiny_artifacts, modules["post"])
+    gpu = make_pipeline(modules, tiny_artifacts, modules["post_torch"], torch_outputs=True)
+    a, b = cpu.run(request(modules, coffee_jpeg, **fields)), gpu.run(request(modules, coffee_jpeg, **fields))
+    assert len(a.scores) == len(b.scores) >= 1
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+    differing = (a.masks != b.masks).mean()
+    assert a.masks.shape == b.masks.shape and differing < 1e-4, differing
+
+
+def test_text_features_are_reused_from_the_cache(modules, tiny_artifacts, astronaut_png):
+    pipe = make_pipeline(modules, tiny_artifacts, modules["post"])
+    first = pipe.run(request(modules, astronaut_png, mode=[b"text"], text=["person"], threshold=[0.2]))
+    hits = pipe.text_cache.hits, pipe.image_cache.hits
+    again = pipe.run(request(modules, astronaut_png, mode=[b"text"], text=["person"], threshold=[0.2]))
+    assert (pipe.text_cache.hits, pipe.image_cache.hits) == (hits[0] + 1, hits[1] + 1)
+    np.testing.assert_array_equal(first.scores, again.scores)
+
+
+def test_byte_lru_evicts_least_recent_and_counts(modules):
+    lru = modules["cache"].ByteLRU(3000)
+    for key in "abc":
+        lru.put(key, np.zeros(1000, np.uint8))
+    assert lru.get("a") is not None          # a becomes most recent
+    lru.put("d", np.zeros(1000, np.uint8))   # evicts b
+    assert lru.get("b") is None and lru.get("c") is not None and len(lru) == 3 and lru.used == 3000
+    lru.put("huge", np.zeros(5000, np.uint8))
+    assert lru.get("huge") is None and (lru.hits, lru.misses) == (2, 2)
+
+
+@pytest.mark.parametrize("tensors, message", [
+    ({}, "image is required"),
+    ({"mode": [b"paint"]}, "unknown mode"),
+    ({"mode": [b"point"]}, "point mode needs"),
+    ({"mode": [b"box"]}, "box mode needs"),
+    ({"mode": [b"text"], "threshold": [1.5]}, "threshold"),
+    ({"mode": [b"text"], "text": [b"a"] * 17}, "too many text concepts"),
+    ({"mask_format": [b"svg"], "text": [b"a"]}, "mask_format"),
+    ({"mode": [b"\xff"]}, "UTF-8"),
+])
+def test_request_validation_messages(modules, tensors, message):
+    arrays = {k: np.array(v, dtype=object) if isinstance(v[0], bytes) else np.array(v) for k, v in tensors.items()}
+    if tensors:
+        arrays["image"] = np.array([b"bytes"], dtype=object)
+    with pytest.raises(modules["request"].InputError, match=message):
+        modules["request"].parse_request(arrays)
