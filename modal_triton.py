@@ -32,7 +32,8 @@ from pathlib import Path, PurePosixPath
 import modal
 import numpy as np
 
-from export.trt import TENSORRT_PIP, TENSORRT_VERSION, TRITON_BINARY, TRITON_IMAGE, engine_dir, file_sha256, sanitize
+from export.manifest import sha256
+from export.trt import TENSORRT_PIP, TENSORRT_VERSION, TRITON_BINARY, TRITON_IMAGE, engine_dir, sanitize
 from server.triton import TritonInstall, TritonServer
 
 # ---------------------------------------------------------------- settings (documented in docs/DEPLOY.md)
@@ -185,7 +186,7 @@ def build_is_complete(paths: BuildPaths) -> bool:
     except ManifestError:
         return False
     plans = {name: paths.engines / f"{name}.plan" for name in data["engines"]}
-    return all(p.is_file() and file_sha256(p) == data["engines"][n] for n, p in plans.items())
+    return all(p.is_file() and sha256(p) == data["engines"][n] for n, p in plans.items())
 
 
 def write_json(path: Path, data: dict) -> None:

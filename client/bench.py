@@ -384,12 +384,12 @@ def open_target(args):
         yield Target(urls, args.checkpoint, name)
         return
     from server.triton import TritonServer
-    repo_parent, checkpoint = tempfile.mkdtemp(prefix="sam3-bench-"), _model_checkpoint(args)
-    repo = _build_repo(args, Path(repo_parent) / "repository-cpu")
-    log(f"starting tritonserver over {repo}")
-    with TritonServer(repo, ready_timeout_s=600) as server:
-        log(f"server ready: gRPC {server.grpc_url}, HTTP {server.http_address}")
-        yield Target({"grpc": server.grpc_url, "http": server.http_address}, checkpoint, args.model)
+    with tempfile.TemporaryDirectory(prefix="sam3-bench-") as tmp:
+        repo = _build_repo(args, Path(tmp) / "repository-cpu")
+        log(f"starting tritonserver over {repo}")
+        with TritonServer(repo, log_path=Path(tmp) / "tritonserver.log", ready_timeout_s=600) as server:
+            log(f"server ready: gRPC {server.grpc_url}, HTTP {server.http_address}")
+            yield Target({"grpc": server.grpc_url, "http": server.http_address}, _model_checkpoint(args), args.model)
 
 
 def _artifacts(args) -> Path:

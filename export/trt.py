@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import importlib.util
 import json
 import os
@@ -30,7 +29,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from export.manifest import ManifestError
+from export.manifest import ManifestError, sha256
 from export.spec import COMPONENTS, ComponentSpec
 
 # ---------------------------------------------------------------- pins (one place)
@@ -231,15 +230,6 @@ def record_path(directory: Path, component: str) -> Path:
     return Path(directory) / f"{sanitize(component)}{RECORD_SUFFIX}"
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file + rename (no half-written engines)."""
     path = Path(path)
@@ -255,7 +245,7 @@ def engine_is_current(directory: Path, component: str, onnx_sha256: str, precisi
         return False
     data = json.loads(record.read_text())
     wanted = {"onnx_sha256": onnx_sha256, "precision": precision, "tensorrt_version": trt_version}
-    return all(data.get(k) == v for k, v in wanted.items()) and data.get("engine_sha256") == file_sha256(engine)
+    return all(data.get(k) == v for k, v in wanted.items()) and data.get("engine_sha256") == sha256(engine)
 
 
 def load_timing_cache(path: Path) -> bytes:
@@ -744,7 +734,7 @@ def _build_component(name, spec, artifacts, entry, target, precision, image_size
         facts = _build_checked(name, spec, onnx, target, "fp32", image_size, opts, log)
         facts["requested_precision"] = precision
     record = {"component": name, "onnx": entry["file"], "onnx_sha256": entry["sha256"], "tensorrt_version": trt_version,
-              "gpu": gpu, "engine_sha256": file_sha256(engine_path(target, name)), **facts,
+              "gpu": gpu, "engine_sha256": sha256(engine_path(target, name)), **facts,
               "precision": precision}  # the key engine_is_current compares: what was asked for
     record["built_precision"] = facts["precision"]
     write_atomic(record_path(target, name), (json.dumps(record, indent=2) + "\n").encode())

@@ -16,7 +16,7 @@ until grep -q "sam3-triton is ready" "$log"; do
 done
 cat "$log" | sed -n '/is ready/,$p'
 python scripts/example_request.py --url http://127.0.0.1:8080/
-sam3-client segment "$(python -c "import skimage,os;print(os.path.join(os.path.dirname(skimage.__file__),'data','astronaut.png'))")" --text person --threshold 0.2 --url 127.0.0.1:8001 --out demo_overlay.png && echo "overlay written to demo_overlay.png"
+sam3-client segment "$(python -c "import skimage,os;print(os.path.join(os.path.dirname(skimage.__file__),'data','astronaut.png'))")" --text person --threshold 0.15 --url 127.0.0.1:8001 --out demo_overlay.png && echo "overlay written to demo_overlay.png"
 if [ "${1:-}" = "--once" ]; then exit 0; fi
 echo "serving; Ctrl-C to stop"
 wait $server

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import html
 
-from server.rest import FIELDS, MASK_FORMATS, MAX_IMAGE_ID, REQUIRED, Field
+from server.rest import FIELDS, MASK_FORMATS, MAX_IMAGE_ID, MAX_ITEMS, REQUIRED, Field
 
 _NUMBER = {"type": "number"}
 _PAIR = {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2, "description": "[x, y] px"}
 _BOX = {"type": "array", "items": _NUMBER, "minItems": 4, "maxItems": 4, "description": "[x0, y0, x1, y1] px"}
-_BOXES = {"type": "array", "items": _BOX, "minItems": 1}
+_BOXES = {"type": "array", "items": _BOX, "minItems": 1, "maxItems": MAX_ITEMS}
 _KIND_SCHEMAS = {
     "image": {"type": "string", "contentEncoding": "base64"},
     "text": {"oneOf": [{"type": "string", "minLength": 1},
-                       {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}]},
-    "points": {"type": "array", "items": _PAIR, "minItems": 1},
-    "labels": {"type": "array", "items": {"type": "integer", "enum": [0, 1]}, "minItems": 1},
+                       {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                        "maxItems": MAX_ITEMS}]},
+    "points": {"type": "array", "items": _PAIR, "minItems": 1, "maxItems": MAX_ITEMS},
+    "labels": {"type": "array", "items": {"type": "integer", "enum": [0, 1]}, "minItems": 1, "maxItems": MAX_ITEMS},
     "box": {"oneOf": [_BOX, _BOXES]},
     "boxes": _BOXES,
     "string": {"type": "string", "minLength": 1, "maxLength": MAX_IMAGE_ID},

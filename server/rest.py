@@ -35,6 +35,7 @@ from export.spec import MODES
 
 MASK_FORMATS = ("bool", "rle", "png")
 MAX_IMAGE_ID = 256
+MAX_ITEMS = 1024  # longest list of points / boxes / labels / concepts the gateway parses (the server allows fewer)
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,")
 _TRUE_FALSE = np.frombuffer(b",false,true\0", np.uint8).reshape(2, 6)  # ",true" padded with NUL
 
@@ -178,6 +179,7 @@ def _text(name: str, value, f: Field) -> list[str] | str:
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(t, str) and t.strip() for t in items):
         raise _fail(name, 'must be a non-empty string ("person") or a non-empty list of them (["person", "dog"])')
+    _at_most(name, items)
     return [t.strip() for t in value] if isinstance(value, list) else value.strip()
 
 
@@ -185,8 +187,14 @@ def _matrix(name: str, value, width: int, example: str) -> np.ndarray:
     """Non-empty list of ``width``-number lists → float32 [N, width], every entry finite."""
     if not isinstance(value, list) or not value or not all(isinstance(r, list) and len(r) == width for r in value):
         raise _fail(name, f"must be a non-empty list of {example}; got {json.dumps(value)[:80]}")
+    _at_most(name, value)
     return np.array([[_number(f"{name}[{i}][{j}]", x) for j, x in enumerate(row)] for i, row in enumerate(value)],
                     np.float32)
+
+
+def _at_most(name: str, items: list) -> None:
+    if len(items) > MAX_ITEMS:
+        raise _fail(name, f"has {len(items)} entries; at most {MAX_ITEMS}")
 
 
 def _points(name: str, value, f: Field) -> np.ndarray:
@@ -213,6 +221,7 @@ def _box(name: str, value, f: Field) -> tuple[np.ndarray, bool]:
 def _labels(name: str, value, f: Field) -> np.ndarray:
     if not isinstance(value, list) or not value or not all(v in (0, 1) and not isinstance(v, bool) for v in value):
         raise _fail(name, f"must be a non-empty list of 1 and 0 (int32); got {json.dumps(value)[:80]}")
+    _at_most(name, value)
     return np.array(value, np.int32)
 
 

@@ -68,6 +68,14 @@ def sam3_server(tiny_artifacts, tmp_path_factory):
         yield RunningServer(server, server.http_address, server.grpc_url, server.metrics_url, repo, tiny_artifacts)
 
 
+@pytest.fixture(scope="module")
+def client(sam3_server):
+    """The project's client library over gRPC to the session server."""
+    from client.api import Sam3Client
+    with Sam3Client(sam3_server.grpc_url, protocol="grpc") as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def orchestrator_modules():
     """Make the orchestrator's modules (pipeline, preprocess, ...) importable."""

@@ -285,6 +285,8 @@ def bad_cases(b64: str, tiny: str) -> list:
         ("side-fraction", img | {"mode": "auto", "points_per_side": 2.5}, 422, "`points_per_side`"),
         ("image-id-empty", img | {"text": "x", "image_id": ""}, 422, "`image_id`"),
         ("labels-without-boxes", img | {"text": "x", "exemplar_labels": [1]}, 422, "`exemplar_labels`"),
+        ("over-gateway-list-limit", img | {"mode": "box", "box_coords": [[0, 0, 1, 1]] * 1025}, 422,
+         "`box_coords` has 1025 entries"),
         ("too-many-points", img | {"mode": "point", "point_coords": [[1, 1]] * 14}, 400, "point_coords"),
         ("too-many-concepts", img | {"text": [f"c{i}" for i in range(17)]}, 400, "text"),
     ]

@@ -29,6 +29,7 @@ from pycocotools.cocoeval import COCOeval
 
 import modal_triton as mt
 from export import trt
+from export.manifest import sha256
 from export.spec import NP_DTYPES, SAM3_INPUTS
 from server.triton import server_command
 from test_repository import make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
@@ -179,7 +180,7 @@ def _complete_build(volume_root: Path, key=KEY) -> mt.BuildPaths:
     hashes = {}
     for name in ("vision", "text"):
         (paths.engines / f"{name}.plan").write_bytes(f"engine {name}".encode())
-        hashes[name] = trt.file_sha256(paths.engines / f"{name}.plan")
+        hashes[name] = sha256(paths.engines / f"{name}.plan")
     paths.repository.mkdir()
     mt.write_json(paths.root / mt.BUILD_DONE, mt.done_marker(key, hashes))
     return paths

@@ -16,15 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from client.api import Sam3Client
 
 BOX_ATOL, SCORE_ATOL, MIN_IOU = 1e-2, 1e-4, 0.99
-
-
-@pytest.fixture(scope="module")
-def client(sam3_server):
-    with Sam3Client(sam3_server.grpc_url, protocol="grpc") as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from client.api import Sam3Client, Sam3Error
-
-
-@pytest.fixture(scope="module")
-def client(sam3_server):
-    with Sam3Client(sam3_server.grpc_url, protocol="grpc") as c:
-        yield c
+from client.api import Sam3Error
 
 
 @pytest.fixture(scope="module")

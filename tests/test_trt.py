@@ -19,7 +19,7 @@ import pytest
 
 from export import trt
 from export.inputs import example_inputs
-from export.manifest import load_manifest
+from export.manifest import load_manifest, sha256
 from export.spec import COMPONENTS, ComponentSpec, Dims, Profile, TensorSpec, component_specs
 from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 
@@ -175,7 +175,7 @@ def _write_engine(directory: Path, payload: bytes, precision="fp16") -> None:
     directory.mkdir(parents=True, exist_ok=True)
     trt.engine_path(directory, "text").write_bytes(payload)
     record = {"onnx_sha256": "abc", "precision": precision, "tensorrt_version": trt.TENSORRT_VERSION,
-              "engine_sha256": trt.file_sha256(trt.engine_path(directory, "text"))}
+              "engine_sha256": sha256(trt.engine_path(directory, "text"))}
     trt.record_path(directory, "text").write_text(json.dumps(record))
 
 
