@@ -67,9 +67,13 @@ def sha256(path: Path) -> str:
 
 
 def file_entry(path: Path) -> dict:
-    """Manifest entry of one artifact file: name, sha256 and size in bytes."""
+    """Manifest entry of one artifact file: name, sha256, size in bytes, and its external-data files."""
     path = Path(path)
-    return {"file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size}
+    entry = {"file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size}
+    sidecars = sorted(path.parent.glob(path.name + ".*"))  # ONNX external data (graphs over 2 GB)
+    if sidecars:
+        entry["external_data"] = [file_entry(p) for p in sidecars]
+    return entry
 
 
 def load_manifest(directory: Path, check_hashes: bool = False) -> Manifest:
@@ -96,4 +100,4 @@ def _check_entry(directory: Path, name: str, entry: dict, check_hashes: bool) ->
         return [f"{name}: {entry['file']} missing"]
     if check_hashes and sha256(path) != entry["sha256"]:
         return [f"{name}: {entry['file']} sha256 differs from the manifest"]
-    return []
+    return [p for sidecar in entry.get("external_data", []) for p in _check_entry(directory, name, sidecar, check_hashes)]

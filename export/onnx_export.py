@@ -36,6 +36,8 @@ def export_component(wrapper: torch.nn.Module, spec: ComponentSpec, path: Path, 
                 external_data=False, optimize=True, verbose=False)
     except Exception as err:  # re-raised with the component named
         raise ExportError(f"exporting {spec.name} failed: {type(err).__name__}: {err}") from err
+    for stale in Path(path).parent.glob(Path(path).name + ".*"):  # weights of an earlier export
+        stale.unlink()
     program.save(str(path), external_data=_needs_external_data(wrapper))
     return time.perf_counter() - start
 

@@ -27,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--artifacts", type=Path, help="exported artifacts dir (default: per-model cache dir)")
     serve.add_argument("--repo", type=Path, help="where to write the model repository (default: beside artifacts)")
     serve.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
+    serve.add_argument("--host", default="127.0.0.1", help="interface for Triton and the gateway (0.0.0.0: all)")
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
@@ -60,35 +61,31 @@ def serve(args) -> int:
     from server.triton import TritonServer, TritonStartError
     repo = build(args)
     server = TritonServer(repo, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                          ready_timeout_s=args.ready_timeout)
+                          ready_timeout_s=args.ready_timeout, address=args.host)
     try:
         server.start().wait_ready()
     except TritonStartError as err:
         print(f"error: Triton did not become ready:\n{err}", file=sys.stderr)
         server.stop()
         return 1
-    gateway = _start_gateway(server.grpc_url, args.gateway_port) if args.gateway_port else None
-    _print_endpoints(server, args.gateway_port)
+    gateway = _start_gateway(server.grpc_url, args.host, args.gateway_port) if args.gateway_port else None
+    _print_endpoints(server, gateway)
     _wait_for_signal(server)
     if gateway is not None:
-        gateway.should_exit = True
+        gateway.stop()
     return 0 if server.stop() in (0, None, -signal.SIGTERM) else 1
 
 
-def _start_gateway(grpc_url: str, port: int):
-    """Run the REST gateway (server/gateway.py) with uvicorn in a daemon thread."""
-    import uvicorn
-    from server.gateway import create_app
-    config = uvicorn.Config(create_app(grpc_url), host="127.0.0.1", port=port, log_level="warning")
-    gateway = uvicorn.Server(config)
-    threading.Thread(target=gateway.run, daemon=True, name="gateway").start()
-    return gateway
+def _start_gateway(grpc_url: str, host: str, port: int):
+    """The REST gateway (server/gateway.py) served by uvicorn in a daemon thread."""
+    from server.gateway import BackgroundServer, create_app
+    return BackgroundServer(create_app(grpc_url), host=host, port=port).start()
 
 
-def _print_endpoints(server, gateway_port: int) -> None:
+def _print_endpoints(server, gateway) -> None:
     lines = [f"Triton HTTP   {server.http_url}", f"Triton gRPC   {server.grpc_url}", f"metrics       {server.metrics_url}"]
-    if gateway_port:
-        lines.append(f"REST gateway  http://127.0.0.1:{gateway_port}/  (web page: open it in a browser)")
+    if gateway is not None:
+        lines.append(f"REST gateway  {gateway.url}/  (web page: open it in a browser)")
     print("sam3-triton is ready:\n  " + "\n  ".join(lines) + "\nCtrl-C to stop.", flush=True)
 
 

@@ -1,0 +1,66 @@
+"""`sam3-triton serve` as a user runs it: a real process, ready banner, a request, SIGTERM, exit code."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from server.triton import free_port
+
+READY = "sam3-triton is ready"
+
+
+def start_serve(artifacts, tmp_path, *extra):
+    ports = [str(free_port()) for _ in range(4)]
+    command = [sys.executable, "-m", "server.cli", "serve", "--model", "tiny", "--artifacts", str(artifacts),
+               "--repo", str(tmp_path / "repo"), "--http-port", ports[0], "--grpc-port", ports[1],
+               "--metrics-port", ports[2], "--gateway-port", ports[3], *extra]
+    log = open(tmp_path / "serve.log", "w+")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True), log, int(ports[3])
+
+
+def wait_for(process, log, text: str, timeout_s: float = 240) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        log.seek(0)
+        output = log.read()
+        if text in output or process.poll() is not None:
+            return output
+        time.sleep(0.5)
+    process.kill()
+    raise AssertionError(f"no {text!r} within {timeout_s}s")
+
+
+def test_serve_prints_endpoints_answers_and_stops_on_sigterm(tiny_artifacts, tmp_path, astronaut_png):
+    process, log, gateway_port = start_serve(tiny_artifacts, tmp_path)
+    try:
+        output = wait_for(process, log, READY)
+        assert READY in output and "Triton gRPC" in output and f"127.0.0.1:{gateway_port}" in output, output
+        body = json.dumps({"image": base64.b64encode(astronaut_png).decode(), "mode": "box",
+                           "box_coords": [100, 30, 380, 500]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{gateway_port}/", body, {"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        assert answer["image_shape"] == [512, 512] and len(answer["mask"]) == 512
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 0, wait_for(process, log, "")
+
+
+def test_a_model_that_fails_to_load_exits_nonzero_with_the_reason(tiny_artifacts, tmp_path):
+    broken = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, broken, ignore=shutil.ignore_patterns("tiny-checkpoint"))
+    (broken / "prompt.onnx").write_bytes(b"this is not an onnx graph")
+    process, log, _ = start_serve(broken, tmp_path)
+    code = process.wait(timeout=240)
+    log.seek(0)
+    output = log.read()
+    assert code != 0 and "sam3_prompt" in output and READY not in output, output[-3000:]
