@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -324,6 +324,21 @@ class TritonStats:
                                     for k in STAT_KINDS}
         return stats
 
+    def settled(self, expected: int = 0, pause_s: float = 0.05, limit_s: float = 5.0) -> dict:
+        """A snapshot taken once sam3's success count is ≥ ``expected`` and has stopped moving.
+
+        Triton records a request's statistics just after it answers, so a snapshot taken right
+        after a response can miss that request.
+        """
+        deadline, last = time.monotonic() + limit_s, self.snapshot()
+        while time.monotonic() < deadline:
+            time.sleep(pause_s)
+            now = self.snapshot()
+            if _successes(now) == _successes(last) >= expected:
+                return now
+            last = now
+        return last
+
     def server_version(self) -> str:
         return str(self.client.get_server_metadata(as_json=True).get("version", "unknown"))
 
@@ -336,6 +351,10 @@ class TritonStats:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _successes(snapshot: dict) -> int:
+    return snapshot.get(ORCHESTRATOR, {}).get("success", (0, 0))[0]
 
 
 def stats_delta(before: dict, after: dict) -> dict:
@@ -355,7 +374,7 @@ def overhead(delta: dict, latencies) -> dict:
     components = {m: per(delta[m]["compute_infer"][1]) for m in COMPONENT_MODELS if m in delta}
     e2e = float(np.mean(latencies)) * 1e3
     compute = sum(components.values())
-    return {"requests": int(count), "end_to_end_ms": round(e2e, 3),
+    return {"requests": int(count), "consistent": int(count) == len(latencies), "end_to_end_ms": round(e2e, 3),
             "server_request_ms": per(delta[ORCHESTRATOR]["success"][1]),
             "orchestrator_compute_ms": per(delta[ORCHESTRATOR]["compute_infer"][1]),
             "components_compute_ms": round(compute, 3), "components_ms": components,
@@ -368,10 +387,11 @@ def overhead(delta: dict, latencies) -> dict:
 
 @dataclass
 class Target:
-    """Where the benchmark sends requests: {protocol: address}, the served checkpoint (or None), model name."""
+    """Where the benchmark sends requests: {protocol: address}, the served checkpoint (dir or HF id;
+    None: unknown), model name."""
 
     urls: dict
-    checkpoint: Path | None
+    checkpoint: Path | str | None
     model: str
 
 
@@ -407,15 +427,16 @@ def _build_repo(args, out: Path) -> Path:
     return build_repository(artifacts, out, "cpu", orchestrator_params={"image_cache_mb": args.image_cache_mb})
 
 
-def _model_checkpoint(args) -> Path | None:
-    """--checkpoint, else the checkpoint the --model artifacts came from (built-ins live beside them)."""
+def _model_checkpoint(args) -> Path | str:
+    """--checkpoint, else what the --model artifacts came from: a built-in's dir beside them, the
+    checkpoint dir, or the Hugging Face id."""
     if args.checkpoint:
         return Path(args.checkpoint)
     from export.checkpoint import BUILTIN
     if args.model in BUILTIN:
         return _artifacts(args) / f"{args.model}-checkpoint"
     path = Path(args.model).expanduser()
-    return path if path.is_dir() else None
+    return path if path.is_dir() else args.model
 
 
 # ---------------------------------------------------------------- the sweep
@@ -448,9 +469,9 @@ def _sweep_request(work: Workloads, mode: str, cache: str):
 
 def _cell(client, stats: TritonStats, request, concurrency: int, per_client: int):
     log(f"  {client.protocol} concurrency {concurrency}: {concurrency * per_client} requests")
-    before = stats.snapshot()
+    before = stats.settled()
     load = run_load(client, request, concurrency, per_client)
-    delta = stats_delta(before, stats.snapshot())
+    delta = stats_delta(before, stats.settled(_successes(before) + len(load.latencies)))
     row = {"concurrency": concurrency, **latency_stats(load.latencies), "errors": len(load.errors),
            "first_error": load.errors[0] if load.errors else None,
            "throughput_rps": round(len(load.latencies) / load.wall_s, 3) if load.wall_s else 0.0,
@@ -470,13 +491,12 @@ def ratio(baseline, ours) -> float | None:
 def p1_text(client, work: Workloads, reference, repeats: int) -> dict:
     """Text mode, one concept per request, alternating the two photos: server (cold and warm
     image cache) vs the reference; also the detection counts of both (they should agree)."""
-    log(f"P1 text: server cold/warm and reference, {repeats} each")
-    call = lambda image_id_of: lambda i: work.call(client, "text", i, image_id_of(i))  # noqa: E731
-    cold = repeat_timed(call(lambda i: fresh_id(work.image_of("text", i))), 2 * repeats)
-    warm = repeat_timed(call(lambda i: f"p1-{work.image_of('text', i)}"), 2 * repeats)
+    log(f"P1 text: server cold/warm and reference, {2 * repeats} requests each")
+    cold = repeat_timed(lambda i: work.call(client, "text", i, fresh_id(work.image_of("text", i))), 2 * repeats)
+    warm = repeat_timed(lambda i: work.call(client, "text", i, f"p1-{work.image_of('text', i)}"), 2 * repeats)
     result = {"server_cold": latency_stats(cold), "server_warm": latency_stats(warm),
-              "workloads": [workload_key(n, c) for n, c in TEXT_WORKLOADS]}
-    result["detections"] = _p1_detections(client, work, reference)
+              "workloads": [workload_key(n, c) for n, c in TEXT_WORKLOADS],
+              "detections": _p1_detections(client, work, reference)}
     if reference is None:
         return {**result, "reference": None, "speedup": None, "speedup_warm": None}
     ref = repeat_timed(lambda i: _reference_text(reference, work, i), 2 * repeats)
@@ -500,25 +520,32 @@ def _p1_detections(client, work: Workloads, reference) -> dict:
     return counts
 
 
+def session_times(sessions: int, session, shared_id: str | None = None) -> list[float]:
+    """Seconds of ``sessions`` calls session(image_id_of); image_id_of() gives one new id per
+    session when ``shared_id`` names a photo, else a new id per call (the cache defeated)."""
+    times = []
+    for _ in range(sessions):
+        sid = fresh_id(shared_id) if shared_id else None
+        times.append(timed(session, (lambda: sid) if sid else (lambda: fresh_id("nocache")))[0])
+    return times
+
+
 def p2_clicks(client, work: Workloads, reference, sessions: int) -> dict:
     """``clicks`` different clicks on one image: server with its embedding cache (one new image_id
     per session) vs the server with the cache defeated (a new image_id per click) vs the
     reference (recomputes the image on every click, like the seeds). Times are per session."""
     clicks, image = work.clicks, work.images["astronaut"].data
-    log(f"P2 {len(clicks)} clicks: {sessions} session(s) each of cached / defeated / reference")
+    log(f"P2 {len(clicks)} clicks: {sessions} session(s) each of cached / no cache / reference")
 
     def session(image_id_of):
-        return timed(lambda: [client.points(image, [c], [1], image_id=image_id_of()) for c in clicks])[0]
-    cached = []
-    for _ in range(sessions):
-        sid = fresh_id("p2")
-        cached.append(session(lambda: sid))
-    defeated = [session(lambda: fresh_id("p2")) for _ in range(sessions)]
+        return [client.points(image, [c], [1], image_id=image_id_of()) for c in clicks]
+    cached = session_times(sessions, session, shared_id="astronaut")
+    defeated = session_times(sessions, session)
     result = {"clicks": len(clicks), "server_cached": latency_stats(cached), "server_no_cache": latency_stats(defeated),
               "speedup_vs_no_cache": ratio(np.median(defeated), np.median(cached))}
     if reference is None:
         return {**result, "reference": None, "speedup": None}
-    ref = [timed(lambda: [reference.point(image, [c], [1]) for c in clicks])[0] for _ in range(sessions)]
+    ref = repeat_timed(lambda _: [reference.point(image, [c], [1]) for c in clicks], sessions)
     return {**result, "reference": latency_stats(ref), "speedup": ratio(np.median(ref), np.median(cached))}
 
 
@@ -526,25 +553,19 @@ def p3_concepts(client, work: Workloads, repeats: int) -> dict:
     """Four concepts in one request vs four separate requests (each with a new image_id, i.e. the
     image recomputed as in the seeds' one-text-per-request contract; and sharing one image_id)."""
     name, concepts = P3_WORKLOAD
-    log(f"P3 {len(concepts)} concepts: one request vs {len(concepts)} separate, {repeats} each")
-    one = [timed(work.text, client, name, concepts, fresh_id(name))[0] for _ in range(repeats)]
-    separate = [timed(_separate, client, work, lambda: fresh_id(name))[0] for _ in range(repeats)]
-    shared = []
-    for _ in range(repeats):
-        sid = fresh_id(name)
-        shared.append(timed(_separate, client, work, lambda: sid)[0])
-    return {"concepts": list(concepts), "threshold": work.thresholds[workload_key(name, concepts)],
-            "one_request": latency_stats(one), "separate_requests": latency_stats(separate),
-            "separate_requests_shared_image_id": latency_stats(shared),
-            "speedup": ratio(np.median(separate), np.median(one)),
-            "speedup_vs_shared_image_id": ratio(np.median(shared), np.median(one))}
-
-
-def _separate(client, work: Workloads, image_id_of) -> list:
-    name, concepts = P3_WORKLOAD
     key = workload_key(name, concepts)
-    return [client.text(work.images[name].data, [c], threshold=work.thresholds[key], image_id=image_id_of())
-            for c in concepts]
+    log(f"P3 {len(concepts)} concepts: one request vs {len(concepts)} separate, {repeats} each")
+
+    def separate(image_id_of):
+        return [client.text(work.images[name].data, [c], threshold=work.thresholds[key], image_id=image_id_of())
+                for c in concepts]
+    one = repeat_timed(lambda _: work.text(client, name, concepts, fresh_id(name)), repeats)
+    apart, shared = session_times(repeats, separate), session_times(repeats, separate, shared_id=name)
+    return {"concepts": list(concepts), "threshold": work.thresholds[key],
+            "one_request": latency_stats(one), "separate_requests": latency_stats(apart),
+            "separate_requests_shared_image_id": latency_stats(shared),
+            "speedup": ratio(np.median(apart), np.median(one)),
+            "speedup_vs_shared_image_id": ratio(np.median(shared), np.median(one))}
 
 
 def p4_mask_bytes(client, work: Workloads, modes) -> dict:
@@ -626,8 +647,8 @@ def echo_config(args, target: Target, stats: TritonStats, work: Workloads) -> di
             "flags": flags, "versions": versions(stats.server_version()), "machine": machine()}
 
 
-def _model_summary(checkpoint: Path | None) -> dict | None:
-    """Layer counts and widths read from the checkpoint's config.json (None without a checkpoint)."""
+def _model_summary(checkpoint: Path | str | None) -> dict | None:
+    """Layer counts and widths read from the checkpoint's config.json (None without a local checkpoint)."""
     if checkpoint is None or not (Path(checkpoint) / "config.json").is_file():
         return None
     cfg = json.loads((Path(checkpoint) / "config.json").read_text())
@@ -694,7 +715,8 @@ def goal_lines(c: dict) -> list[str]:
         lines += [f"   {r['protocol']:5} {r['mode']:6} e2e {r['end_to_end_ms']:.1f} ms, components "
                   f"{r['components_compute_ms']:.1f} ms, orchestrator {r['orchestrator_overhead_ms']:.1f} ms, "
                   f"transport {r['transport_ms']:.1f} ms → overhead {r['overhead_ms']:.1f} ms "
-                  f"({100 * r['overhead_fraction']:.1f}%)" for r in p5["rows"] if r.get("requests")]
+                  f"({100 * r['overhead_fraction']:.1f}%)" + ("" if r["consistent"] else " [other requests in stats]")
+                  for r in p5["rows"] if r.get("requests")]
     return lines
 
 

@@ -35,7 +35,7 @@ class ReferencePipeline:
         from transformers import Sam3Processor, Sam3TrackerProcessor
 
         from export.checkpoint import load_models
-        self.checkpoint = Path(checkpoint_dir)
+        self.checkpoint = checkpoint_dir  # a directory, or a Hugging Face id as export.checkpoint resolves it
         self.model, self.tracker = load_models(self.checkpoint)
         self.processor = Sam3Processor.from_pretrained(self.checkpoint)
         self.tracker_processor = Sam3TrackerProcessor.from_pretrained(self.checkpoint)

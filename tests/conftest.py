@@ -77,6 +77,14 @@ def client(sam3_server):
 
 
 @pytest.fixture(scope="session")
+def gateway_url(sam3_server):
+    """The REST gateway (server/gateway.py) on a free port, in front of the session server."""
+    from server.gateway import BackgroundServer, create_app
+    with BackgroundServer(create_app(sam3_server.grpc_url)) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
 def orchestrator_modules():
     """Make the orchestrator's modules (pipeline, preprocess, ...) importable."""
     if str(ORCHESTRATOR_DIR) not in sys.path:

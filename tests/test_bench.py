@@ -79,7 +79,7 @@ def test_mask_bytes_and_overhead(report):
     assert all(c["rle_bytes"] > 0 and c["json_bytes"] > c["json_compact_bytes"] for c in p4["cases"] if c["masks"])
     assert {(r["protocol"], r["mode"]) for r in p5["rows"]} == {(p, m) for p in bench.PROTOCOLS for m in bench.MODES}
     for row in p5["rows"]:
-        assert row["requests"] == bench.QUICK["repeats"]
+        assert row["requests"] == bench.QUICK["repeats"] and row["consistent"]
         assert 0 < row["components_compute_ms"] <= row["orchestrator_compute_ms"] <= row["server_request_ms"]
         assert row["overhead_ms"] == pytest.approx(row["end_to_end_ms"] - row["components_compute_ms"], abs=1e-2)
 

@@ -30,14 +30,8 @@ SMALL_LIMIT = 256 * 1024
 
 
 @pytest.fixture(scope="module")
-def gateway(sam3_server):
-    with BackgroundServer(create_app(sam3_server.grpc_url)) as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def api(gateway):
-    with httpx.Client(base_url=gateway, timeout=180, trust_env=False) as client:
+def api(gateway_url):
+    with httpx.Client(base_url=gateway_url, timeout=180, trust_env=False) as client:
         yield client
 
 

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from server.gateway import BackgroundServer, create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -27,12 +26,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwr
                                "no `playwright install` needed)")
 STATUS_DONE = ("() => { const s = document.getElementById('status'), e = document.getElementById('error');"
                " return !e.hidden || s.textContent.includes(' masks drawn'); }")
-
-
-@pytest.fixture(scope="module")
-def gateway_url(sam3_server):
-    with BackgroundServer(create_app(sam3_server.grpc_url)) as server:
-        yield server.url
 
 
 @pytest.fixture(scope="module")

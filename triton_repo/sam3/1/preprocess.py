@@ -57,7 +57,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise InputError(f"image is too large to decode safely ({exc}); downscale it") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:
+        raise InputError(f"image bytes are not a decodable image ({len(data)} bytes of an unknown format); "
+                         "send a JPEG, PNG or WebP file") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"image bytes are not a decodable image ({len(data)} bytes; {exc}); "
                          "send a JPEG, PNG or WebP file") from exc
     check_image_size(image.size, max_pixels)
