@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,23 +268,35 @@ class Load:
 
 
 def run_load(client: Sam3Client, request, concurrency: int, per_client: int) -> Load:
-    """``concurrency`` threads, each sending ``per_client`` requests request(client, i) back to back."""
+    """``concurrency`` threads, each sending ``per_client`` requests request(client, i) back to back.
+
+    Sam3Errors are counted in the Load; any other exception in a thread is raised here.
+    """
     load, lock, starts = Load(), threading.Lock(), []
     barrier = threading.Barrier(concurrency, action=lambda: starts.append(time.perf_counter()))
 
     def worker(k: int) -> None:
-        client.is_ready()  # opens this thread's connection before the clock starts
-        barrier.wait()
+        try:
+            client.is_ready()  # opens this thread's connection before the clock starts
+            barrier.wait()
+        except BaseException:
+            barrier.abort()  # the other threads stop waiting (BrokenBarrierError)
+            raise
         for j in range(per_client):
             _one(load, lock, request, client, k * per_client + j)
 
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(worker, k) for k in range(concurrency)]
+    _raise_first([f.exception() for f in futures])
     load.wall_s = time.perf_counter() - starts[0]
     return load
+
+
+def _raise_first(errors: list) -> None:
+    """Raise the first real failure of the worker threads (a broken barrier is only a consequence)."""
+    real = [e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)]
+    if real or any(errors):
+        raise (real or [e for e in errors if e is not None])[0]
 
 
 def _one(load: Load, lock, request, client, i: int) -> None:

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
     if args.command in ("onnx", "all"):
         pipeline.export_onnx(args.model, args.out, args.components, args.opset, args.hf_token)
     if args.command in ("verify", "all"):
-        pipeline.verify(args.out, args.hf_token, args.atol, args.rtol)
+        pipeline.verify(args.out, args.hf_token, args.atol, args.rtol, args.components)
     if args.command == "trt" or (args.command == "all" and _has_gpu()):
         from export.trt import build_engines
         build_engines(args.out, components=args.components, precision=args.precision)

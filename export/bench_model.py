@@ -119,23 +119,8 @@ def bench_video_config(sizes: BenchSizes = BenchSizes()):
 
 def build_bench_checkpoint(out_dir: Path, seed: int = BENCH_SEED, sizes: BenchSizes = BenchSizes()) -> Path:
     """Write the bench checkpoint (config, model.safetensors, tokenizer, processor) to out_dir; return it."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import Sam3VideoModel
-
-    from export.tiny import _perturb_presence, save_processors
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = bench_video_config(sizes)
-    torch.manual_seed(seed)
-    model = Sam3VideoModel(config).eval()
-    _perturb_presence(model, seed)  # spread the zero-initialized heads, as for the tiny model
-    config.save_pretrained(out_dir)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    save_processors(out_dir, sizes.image_size)
-    return out_dir
+    from export.random_checkpoint import write_random_checkpoint
+    return write_random_checkpoint(bench_video_config(sizes), out_dir, sizes.image_size, seed)
 
 
 def bench_sizes_summary(sizes: BenchSizes = BenchSizes()) -> dict:

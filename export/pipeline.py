@@ -76,8 +76,8 @@ def _revision(detector) -> str:
     return str(getattr(detector.config, "_commit_hash", None) or "local")
 
 
-def verify(out: Path, token: str | None = None, atol: float = 1e-4, rtol: float = 1e-4) -> list:
-    """ORT vs PyTorch for every exported component (2 shapes each) + both chains."""
+def verify(out: Path, token: str | None = None, atol: float = 1e-4, rtol: float = 1e-4, components=COMPONENTS) -> list:
+    """ORT vs PyTorch for the chosen exported components (2 shapes each) + the chains they complete."""
     from export.checkpoint import load_models, resolve_checkpoint
     from export.parity import (Tolerance, check_component, concept_chain, ort_session, prompt_chain,
                                raise_on_failures, report)
@@ -86,7 +86,8 @@ def verify(out: Path, token: str | None = None, atol: float = 1e-4, rtol: float 
     out = Path(out)
     manifest = load_manifest(out, check_hashes=True)
     detector, tracker = load_models(resolve_checkpoint(manifest.model, out), token)
-    wrappers, specs, tol = build_wrappers(detector, tracker), manifest.specs(), Tolerance(atol, rtol)
+    specs = {name: spec for name, spec in manifest.specs().items() if name in components}
+    wrappers, tol = build_wrappers(detector, tracker), Tolerance(atol, rtol)
     sessions = {name: ort_session(out / spec.onnx_file) for name, spec in specs.items()}
     diffs = []
     for name, spec in specs.items():
