@@ -180,8 +180,13 @@ class Sam3Client:
 
     # ---- low level
     def segment(self, image, mode: str, **fields) -> Segmentation:
-        """One request with any SAM3_INPUTS fields by name (None = leave out); the server validates mode."""
-        values = {"image": encode_image_input(image), "mode": mode, **fields}
+        """One request with any SAM3_INPUTS fields by name (None = leave out); the server validates mode.
+
+        ``image`` may be None when ``image_id`` names an image the server has cached (no upload).
+        """
+        if image is None and not fields.get("image_id"):
+            raise Sam3InputError("image is required (or pass image_id of an image the server has cached)")
+        values = {"image": None if image is None else encode_image_input(image), "mode": mode, **fields}
         inputs = [self._input(name, value) for name, value in values.items() if value is not None]
         result = self._call("infer", MODEL_NAME, inputs, **self._timeout_kw())
         outputs = {name: result.as_numpy(name) for name in OUTPUT_SPECS}

@@ -240,7 +240,8 @@ MODES = ("text", "point", "box", "auto")
 MASK_FORMATS = ("rle", "bool")
 
 SAM3_INPUTS = (
-    TensorSpec("image", "BYTES", (1,), doc="encoded image bytes (JPEG, PNG, WebP, ...)"),
+    TensorSpec("image", "BYTES", (1,), optional=True,
+               doc="encoded image bytes (JPEG, PNG, WebP, ...); may be left out when image_id is cached"),
     TensorSpec("mode", "BYTES", (1,), optional=True, doc="text | point | box | auto (default text)"),
     TensorSpec("text", "BYTES", ("concepts",), optional=True, doc="one entry per concept (text mode)"),
     TensorSpec("points", "FP32", ("points", 2), optional=True, doc="x,y px in the original image"),

@@ -35,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--instances", default="", help="e.g. sam3=1,vision=2 (default 1 each)")
     serve.add_argument("--image-cache-mb", type=int, default=1024)
     serve.add_argument("--hf-token", default=os.environ.get("HF_TOKEN"))
+    serve.add_argument("--skip-verify", action="store_true",
+                       help="skip the ONNX Runtime vs PyTorch parity check after a fresh export "
+                            "(at real size it needs ~20 GB of RAM)")
     serve.add_argument("--ready-timeout", type=float, default=300.0)
     return parser.parse_args(argv)
 
@@ -51,7 +54,7 @@ def build(args) -> Path:
     """Artifacts (exported if missing) → model repository; returns the repository path."""
     from export.repository import build_repository
     artifacts = args.artifacts or artifacts_dir(args.model)
-    ensure_artifacts(args.model, artifacts, args.hf_token)
+    ensure_artifacts(args.model, artifacts, args.hf_token, verify=not args.skip_verify)
     repo = args.repo or artifacts.parent / f"repository-{args.target}"
     params = {"image_cache_mb": args.image_cache_mb}
     return build_repository(artifacts, repo, args.target, _instances(args.instances), orchestrator_params=params)

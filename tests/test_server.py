@@ -57,6 +57,17 @@ def test_image_id_reuses_the_embedding_of_the_first_request(client, triton, astr
     assert executions(triton, "sam3_vision") == before and seg.image_shape == (512, 512)
 
 
+def test_a_cached_image_id_needs_no_upload(client, triton, coffee_jpeg):
+    first = client.boxes(coffee_jpeg, [[100, 80, 400, 300]], image_id="coffee-upload-once")
+    before = executions(triton, "sam3_vision")
+    again = client.boxes(None, [[100, 80, 400, 300]], image_id="coffee-upload-once")
+    assert executions(triton, "sam3_vision") == before and again.image_shape == (400, 600)
+    assert (again.masks == first.masks).all()
+    with pytest.raises(Sam3Error) as info:
+        client.points(None, [[10, 10]], [1], image_id="never-sent")
+    assert info.value.status == 400 and "not in the embedding cache" in info.value.message
+
+
 def test_text_features_are_cached_per_concept(client, triton, coffee_jpeg):
     client.text(coffee_jpeg, ["mug", "table"], threshold=0.9)
     before = executions(triton, "sam3_text")

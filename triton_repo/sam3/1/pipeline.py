@@ -66,6 +66,9 @@ class Sam3Pipeline:
 
     def _decode(self, req: Sam3Request):
         """(pixels uint8 [1,3,S,S], (H, W)) of the request image."""
+        if not req.image:
+            raise InputError(f"image_id {req.image_id!r} is not in the embedding cache (never sent, or evicted): "
+                             "send the image with it")
         image = pre.decode_image(req.image, self.max_pixels)
         return pre.resize_for_model(image, self.dims.image_size), image.shape[:2]
 

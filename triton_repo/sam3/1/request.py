@@ -85,12 +85,10 @@ def _choice(values: np.ndarray | None, name: str, choices: tuple, default: str) 
 
 def parse_request(tensors: dict[str, np.ndarray], limits: Limits = Limits()) -> Sam3Request:
     """Validate the tensors of one request (name → numpy array; absent optional inputs omitted)."""
-    image = tensors.get("image")
-    if image is None or image.size == 0 or not isinstance(image.reshape(-1)[0], bytes) or not image.reshape(-1)[0]:
-        raise InputError("image is required: send the encoded image file bytes (JPEG, PNG or WebP)")
+    image_id = _string(tensors.get("image_id"), "image_id")
     req = Sam3Request(
-        image=image.reshape(-1)[0], mode=_choice(tensors.get("mode"), "mode", MODES, "text"),
-        texts=_strings(tensors.get("text"), "text"), image_id=_string(tensors.get("image_id"), "image_id"),
+        image=_image(tensors.get("image"), image_id), mode=_choice(tensors.get("mode"), "mode", MODES, "text"),
+        texts=_strings(tensors.get("text"), "text"), image_id=image_id,
         threshold=_scalar(tensors.get("threshold"), "threshold", 0.5, float, 0.0, 1.0),
         mask_threshold=_scalar(tensors.get("mask_threshold"), "mask_threshold", 0.5, float, 0.0, 1.0),
         points_per_side=_scalar(tensors.get("points_per_side"), "points_per_side", 16, int, 1, limits.max_points_per_side),
@@ -100,6 +98,17 @@ def parse_request(tensors: dict[str, np.ndarray], limits: Limits = Limits()) -> 
         mask_format=_choice(tensors.get("mask_format"), "mask_format", MASK_FORMATS, "rle"))
     _attach_prompts(req, tensors, limits)
     return req
+
+
+def _image(values: np.ndarray | None, image_id: str | None) -> bytes:
+    """The encoded image bytes; b"" only when an image_id may name a cached embedding."""
+    data = None if values is None or values.size == 0 else values.reshape(-1)[0]
+    if isinstance(data, bytes) and data:
+        return data
+    if image_id:
+        return b""
+    raise InputError("image is required: send the encoded image file bytes (JPEG, PNG or WebP), "
+                     "or an image_id of an image sent before")
 
 
 def _attach_prompts(req: Sam3Request, tensors: dict, limits: Limits) -> None:
