@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from export.spec import COMPONENTS
 from server.triton import cache_root
 
 
@@ -25,7 +26,7 @@ def ensure_artifacts(model: str, out: Path, token: str | None = None, verify: bo
     from export.manifest import ManifestError, load_manifest
     try:
         manifest = load_manifest(out, check_hashes=False)
-        if manifest.model == model and len(manifest.components) == 4:
+        if manifest.model == model and set(manifest.components) == set(COMPONENTS):
             return out
     except ManifestError:
         pass

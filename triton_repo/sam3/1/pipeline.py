@@ -110,7 +110,8 @@ class Sam3Pipeline:
             out = self.stages.run("concept", fpn | {"text_features": text_features[sl], "text_mask": text_mask[sl],
                                                     "boxes": boxes[sl], "box_labels": labels[sl], "box_valid": valid[sl]})
             detections += self.post.concept_detections(out["logits"], out["presence_logits"], out["pred_boxes"],
-                                                   out["pred_masks"], features.image_hw, req.threshold, req.mask_threshold)
+                                                        out["pred_masks"], features.image_hw, req.threshold,
+                                                        req.mask_threshold)
         return _concept_result(detections, features.image_hw)
 
     def _exemplars(self, req: Sam3Request, image_hw, n: int):
@@ -157,8 +158,7 @@ class Sam3Pipeline:
         """Best of the 3 candidate masks per object, upsampled and binarized."""
         outs = [self.prompt_call(features, coords[sl], labels[sl]) for sl in _chunks(len(coords), self.chunk_objects)]
         masks, iou = self.post.best_prompt_masks(outs, features.image_hw, post.prob_to_logit(req.mask_threshold))
-        rows = np.arange(len(iou))
-        return Sam3Result(masks, post.masks_to_boxes_xyxy(masks), iou[rows, iou.argmax(-1)], rows.astype(np.int32),
+        return Sam3Result(masks, post.masks_to_boxes_xyxy(masks), iou.max(-1), np.arange(len(iou), dtype=np.int32),
                           iou, np.zeros(len(iou), np.float32), features.image_hw)
 
     # ---- automatic ("segment everything") ------------------------------------------------------
