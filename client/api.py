@@ -32,6 +32,9 @@ from export.spec import NP_DTYPES, SAM3_INPUTS
 MODEL_NAME = "sam3"
 PROTOCOLS = ("grpc", "http")
 INPUT_SPECS = {t.name: t for t in SAM3_INPUTS}
+# Every request carries every input (the spec's default where the caller gave none): Triton batches
+# only requests with the same set of inputs, so this lets any two requests share one execute().
+CANONICAL_INPUTS = {t.name: t.default for t in SAM3_INPUTS if t.default is not None}
 URL_SCHEMES = {"http": {"http": False, "https": True}, "grpc": {"grpc": False, "grpcs": True}}
 GRPC_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
 _NOISE = re.compile(r"^(\[(StatusCode\.)?\w+\]\s*|[A-Z_]+:\s*)+")
@@ -186,10 +189,11 @@ class Sam3Client:
         """
         if image is None and not fields.get("image_id"):
             raise Sam3InputError("image is required (or pass image_id of an image the server has cached)")
-        values = {"image": None if image is None else encode_image_input(image), "mode": mode, **fields}
-        inputs = [self._input(name, value) for name, value in values.items() if value is not None]
+        given = {"image": b"" if image is None else encode_image_input(image), "mode": mode, **fields}
+        values = CANONICAL_INPUTS | {name: value for name, value in given.items() if value is not None}
+        inputs = [self._input(name, value) for name, value in values.items()]
         result = self._call("infer", MODEL_NAME, inputs, **self._timeout_kw())
-        outputs = {name: result.as_numpy(name) for name in OUTPUT_SPECS}
+        outputs = {name: result.as_numpy(name)[0] for name in OUTPUT_SPECS}  # drop Triton's batch axis of 1
         return segmentation_from_outputs(outputs, concepts_of(mode, fields), mode)
 
     def is_ready(self) -> bool:
@@ -220,7 +224,7 @@ class Sam3Client:
 
     # ---- transport
     def _input(self, name: str, value):
-        array = input_array(name, value)
+        array = input_array(name, value)[None]  # Triton's batch axis: one request = batch of 1
         tensor = self._module.InferInput(name, list(array.shape), INPUT_SPECS[name].dtype)
         tensor.set_data_from_numpy(array)
         return tensor

@@ -100,7 +100,8 @@ def _normalized(pixels: np.ndarray) -> torch.Tensor:
 
 
 def concept_chain(detector, sessions: dict, specs: dict, dims: Dims, tol: Tolerance) -> list[Diff]:
-    """vision → text → concept (ORT) equals Sam3Model forward, text-only and with exemplar boxes."""
+    """vision → text → concept → mask (ORT, masks for every query) equals Sam3Model forward,
+    text-only and with exemplar boxes."""
     pixels = _pixels(dims, 1, seed=11)
     fpn = sessions["vision"].run(["fpn_0", "fpn_1", "fpn_2"], {"pixel_values": pixels})
     text_in = example_inputs(specs["text"], {"batch": 2}, dims.image_size, seed=12)
@@ -112,15 +113,25 @@ def concept_chain(detector, sessions: dict, specs: dict, dims: Dims, tol: Tolera
         feeds = dict(zip(["fpn_0", "fpn_1", "fpn_2"], fpn), text_features=text,
                      text_mask=text_in["attention_mask"].astype(bool), boxes=boxes, box_labels=labels,
                      box_valid=np.full((2, 1), with_boxes))
-        actual = sessions["concept"].run(None, feeds)
+        actual = _concept_and_masks(sessions, feeds)
         kwargs = dict(input_boxes=torch.from_numpy(boxes), input_boxes_labels=torch.from_numpy(labels)) if with_boxes else {}
         with torch.no_grad():
             ref = detector(pixel_values=_normalized(pixels).repeat(2, 1, 1, 1), input_ids=torch.from_numpy(text_in["input_ids"]),
                            attention_mask=torch.from_numpy(text_in["attention_mask"]), **kwargs)
-        expected = (ref.pred_logits, ref.presence_logits, ref.pred_boxes, ref.pred_masks)
+        expected = {"logits": ref.pred_logits, "presence_logits": ref.presence_logits, "pred_boxes": ref.pred_boxes,
+                    "pred_masks": ref.pred_masks}
         label = "chain Sam3Model" + (" +boxes" if with_boxes else " text")
-        diffs += [diff(label, t.name, e.numpy(), a, tol) for t, e, a in zip(specs["concept"].outputs, expected, actual)]
+        diffs += [diff(label, name, e.numpy(), actual[name], tol) for name, e in expected.items()]
     return diffs
+
+
+def _concept_and_masks(sessions: dict, feeds: dict) -> dict:
+    """concept outputs + the mask head run on every query: {name: array} incl. pred_masks."""
+    names = [o.name for o in sessions["concept"].get_outputs()]
+    out = dict(zip(names, sessions["concept"].run(names, feeds)))
+    mask_feeds = {"fpn_0": feeds["fpn_0"], "fpn_1": feeds["fpn_1"], "memory": out["memory"], "queries": out["queries"]}
+    out["pred_masks"] = sessions["mask"].run(None, mask_feeds)[0]
+    return out
 
 
 def prompt_chain(tracker, sessions: dict, specs: dict, dims: Dims, tol: Tolerance) -> list[Diff]:

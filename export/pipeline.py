@@ -93,8 +93,8 @@ def verify(out: Path, token: str | None = None, atol: float = 1e-4, rtol: float 
     for name, spec in specs.items():
         log(f"parity {name} at {len(spec.parity_sizes)} shapes")
         diffs += check_component(wrappers[name], spec, sessions[name], manifest.dims.image_size, tol)
-    if {"vision", "text", "concept"} <= specs.keys():
-        log("chain vision→text→concept vs Sam3Model")
+    if {"vision", "text", "concept", "mask"} <= specs.keys():
+        log("chain vision→text→concept→mask vs Sam3Model")
         diffs += concept_chain(detector, sessions, specs, manifest.dims, tol)
     if {"vision", "prompt"} <= specs.keys():
         log("chain vision→prompt vs Sam3TrackerModel")

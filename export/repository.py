@@ -26,11 +26,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from export.manifest import Manifest, load_manifest
-from export.spec import SAM3_INPUTS, SAM3_OUTPUTS, ComponentSpec, TensorSpec
+from export.spec import SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, Batching, ComponentSpec, TensorSpec
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "triton_repo"
 ORT_COMPONENT = Path("ort_component") / "1" / "model.py"
-SPEC_FILE = Path(__file__).resolve().parent / "spec.py"
 ORCHESTRATOR = "sam3"
 TARGETS = ("cpu", "gpu")
 MARKER = ".sam3-repository"
@@ -223,8 +222,10 @@ def component_config(spec: ComponentSpec, platform: str, count: int, params: dic
     return config
 
 
-def orchestrator_config(manifest: Manifest, target: str, count: int, models: dict, extra: dict) -> dict:
-    """config.pbtxt dict of ``sam3``: SAM3_INPUTS/OUTPUTS, max_batch_size 0, parameters.
+def orchestrator_config(manifest: Manifest, target: str, count: int, models: dict, extra: dict,
+                        batching: Batching = SAM3_BATCHING) -> dict:
+    """config.pbtxt dict of ``sam3``: SAM3_INPUTS/OUTPUTS (variable-length inputs ragged), dynamic
+    batching with a bounded queue (``batching``), parameters.
 
     Parameters: ``tokenizer`` (file relative to the version dir), ``dims`` (JSON of the
     manifest's Dims), ``target``, ``components`` (JSON {component: model name}), then ``extra``;
@@ -235,11 +236,26 @@ def orchestrator_config(manifest: Manifest, target: str, count: int, models: dic
     if target == "gpu":
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
     kind = "KIND_GPU" if target == "gpu" else "KIND_CPU"
-    return {"name": ORCHESTRATOR, "backend": "python", "max_batch_size": 0,
-            "input": [tensor_config(t, False) for t in SAM3_INPUTS],
+    return {"name": ORCHESTRATOR, "backend": "python", "max_batch_size": batching.max_batch_size,
+            "input": [_ragged(tensor_config(t, False), t) for t in SAM3_INPUTS],
             "output": [tensor_config(t, False) for t in SAM3_OUTPUTS],
             "instance_group": [{"count": count, "kind": Enum(kind)}],
+            "dynamic_batching": queue_config(batching),
             "parameters": parameters({**params, **extra})}
+
+
+def _ragged(entry: dict, t: TensorSpec) -> dict:
+    """Mark inputs with a dynamic axis ragged, so requests of different lengths batch together."""
+    if t.dynamic_axes():
+        entry["allow_ragged_batch"] = True
+    return entry
+
+
+def queue_config(batching: Batching) -> dict:
+    """``dynamic_batching`` of ``sam3``: delay, and a queue that refuses (REJECT) when full or too old."""
+    policy = {"timeout_action": Enum("REJECT"), "default_timeout_microseconds": batching.queue_timeout_us,
+              "allow_timeout_override": True, "max_queue_size": batching.max_queue_size}
+    return {"max_queue_delay_microseconds": batching.max_queue_delay_us, "default_queue_policy": policy}
 
 
 # ---------------------------------------------------------------- files
@@ -288,8 +304,8 @@ def _write_gpu_component(spec, artifacts, out, count, engines_dir) -> str:
 
 
 def _write_orchestrator(manifest, artifacts, out, target, count, models, extra, source) -> None:
+    # copies triton_repo/sam3/1/sam3_spec.py — a link to export/spec.py, the one contract — as a file
     shutil.copytree(source / ORCHESTRATOR, out / ORCHESTRATOR, ignore=IGNORED)
-    shutil.copy2(SPEC_FILE, out / ORCHESTRATOR / VERSION / "sam3_spec.py")  # the one contract, beside model.py
     _place(artifacts / manifest.tokenizer, out / ORCHESTRATOR / VERSION / Path(manifest.tokenizer).name)
     _write_config(out / ORCHESTRATOR, orchestrator_config(manifest, target, count, models, extra))
 

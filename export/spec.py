@@ -55,13 +55,21 @@ class Dims:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One tensor: name, dtype (a key of NP_DTYPES) and shape (ints or axis names)."""
+    """One tensor: name, dtype (a key of NP_DTYPES) and shape (ints or axis names).
+
+    Request inputs also declare the value used when they are left out (``default``; () for an
+    empty list), the closed interval a number must lie in (``bounds``) and the allowed words
+    (``choices``): the orchestrator's request parser and the clients read them from here.
+    """
 
     name: str
     dtype: str
     shape: tuple
     optional: bool = False
     doc: str = ""
+    default: object = None
+    bounds: tuple | None = None
+    choices: tuple | None = None
 
     def dynamic_axes(self) -> dict[int, str]:
         """{axis index: axis name} for every dynamic axis (torch.onnx.export format)."""
@@ -142,7 +150,7 @@ def vision_spec(d: Dims) -> ComponentSpec:
             TensorSpec("track_1", "FP32", (b, c // 4, f1, f1), doc="tracker mid-res feats (conv_s1 applied)"),
             TensorSpec("track_2", "FP32", (b, c, f2, f2), doc="tracker image embedding (+no-memory embedding)"),
         ),
-        profiles={b: Profile(1, 1, 4)},
+        profiles={b: Profile(1, 4, 8)},
         parity_sizes=({b: 1}, {b: 3}),
         batch_axis=b,
     )
@@ -165,13 +173,14 @@ def text_spec(d: Dims) -> ComponentSpec:
 
 
 def concept_spec(d: Dims) -> ComponentSpec:
-    """Detector head for N prompts on ONE image's features (features broadcast inside).
+    """Detector head for N prompts on ONE image's features (features broadcast inside): scores
+    and boxes of every query, plus what the mask head needs for the queries that are kept.
 
     Exemplar boxes are padding-style optional: K ≥ 1 slots, ``box_valid`` False marks a
     padding slot; a row with no valid box runs as text-only (its geometry tokens masked).
     Boxes are cx,cy,w,h normalized to [0,1]; labels 1 positive / 0 negative.
     """
-    c, (f0, f1, f2), q, m = d.hidden, d.fpn_sizes, d.queries, d.mask_size
+    c, (f0, f1, f2), q = d.hidden, d.fpn_sizes, d.queries
     n, k = "prompts", "boxes"
     return ComponentSpec(
         name="concept",
@@ -189,10 +198,34 @@ def concept_spec(d: Dims) -> ComponentSpec:
             TensorSpec("logits", "FP32", (n, q), doc="per-query class logit"),
             TensorSpec("presence_logits", "FP32", (n, 1)),
             TensorSpec("pred_boxes", "FP32", (n, q, 4), doc="xyxy in [0,1]"),
-            TensorSpec("pred_masks", "FP32", (n, q, m, m), doc="mask logits at mask_size"),
+            TensorSpec("queries", "FP32", (n, q, c), doc="last DETR decoder layer, input of the mask head"),
+            TensorSpec("memory", "FP32", (n, c, f2, f2),
+                       doc="encoder image tokens after the mask decoder's prompt cross-attention"),
         ),
         profiles={n: Profile(1, 1, 8), k: Profile(1, 1, 8)},
         parity_sizes=({n: 1, k: 1}, {n: 3, k: 2}),
+    )
+
+
+def mask_spec(d: Dims) -> ComponentSpec:
+    """Mask head of the detector, run only for the kept queries of N prompts on ONE image.
+
+    Pixel decoder over (fpn_0, fpn_1, memory) + the query mask embedder; rows of ``queries``
+    beyond a prompt's kept count are padding whose masks the orchestrator drops.
+    """
+    c, (f0, f1, f2), m, q = d.hidden, d.fpn_sizes, d.mask_size, d.queries
+    n, k = "prompts", "kept"
+    return ComponentSpec(
+        name="mask",
+        inputs=(
+            TensorSpec("fpn_0", "FP32", (1, c, f0, f0)),
+            TensorSpec("fpn_1", "FP32", (1, c, f1, f1)),
+            TensorSpec("memory", "FP32", (n, c, f2, f2), doc="concept output of the same prompts"),
+            TensorSpec("queries", "FP32", (n, k, c), doc="the kept rows of the concept output, zero-padded"),
+        ),
+        outputs=(TensorSpec("pred_masks", "FP32", (n, k, m, m), doc="mask logits at mask_size"),),
+        profiles={n: Profile(1, 1, 8), k: Profile(1, 4, q)},
+        parity_sizes=({n: 1, k: 1}, {n: 3, k: 5}),
     )
 
 
@@ -226,7 +259,8 @@ def prompt_spec(d: Dims) -> ComponentSpec:
     )
 
 
-COMPONENT_BUILDERS = {"vision": vision_spec, "text": text_spec, "concept": concept_spec, "prompt": prompt_spec}
+COMPONENT_BUILDERS = {"vision": vision_spec, "text": text_spec, "concept": concept_spec, "mask": mask_spec,
+                      "prompt": prompt_spec}
 COMPONENTS = tuple(COMPONENT_BUILDERS)
 
 
@@ -235,28 +269,54 @@ def component_specs(d: Dims, names=COMPONENTS) -> dict[str, ComponentSpec]:
     return {n: COMPONENT_BUILDERS[n](d) for n in names}
 
 
-# ---- The public Triton API of the `sam3` orchestrator (max_batch_size 0, one image per request).
+# ---- The public Triton API of the `sam3` orchestrator: one image per request. Shapes below are per
+# request; Triton's dynamic batcher adds a leading batch axis, so a client sends each tensor with a
+# leading 1 (e.g. `text` [1, concepts]) and reads each output with a leading 1.
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How Triton queues and batches `sam3` requests (written into its config.pbtxt).
+
+    max_batch_size: requests per execute(); max_queue_delay_us: extra wait to fill a batch
+    (0: batch only what queued up while the model was busy); max_queue_size: queued requests
+    beyond which new ones are refused at once (UNAVAILABLE / HTTP 503); queue_timeout_us: a
+    request still queued after this is refused (a client may ask for less with its timeout).
+    """
+
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 64
+    queue_timeout_us: int = 60_000_000
+
+
+SAM3_BATCHING = Batching()
 MODES = ("text", "point", "box", "auto")
 MASK_FORMATS = ("rle", "bool")
 
 SAM3_INPUTS = (
     TensorSpec("image", "BYTES", (1,), optional=True,
                doc="encoded image bytes (JPEG, PNG, WebP, ...); may be left out when image_id is cached"),
-    TensorSpec("mode", "BYTES", (1,), optional=True, doc="text | point | box | auto (default text)"),
-    TensorSpec("text", "BYTES", ("concepts",), optional=True, doc="one entry per concept (text mode)"),
-    TensorSpec("points", "FP32", ("points", 2), optional=True, doc="x,y px in the original image"),
-    TensorSpec("point_labels", "INT32", ("points",), optional=True, doc="1 fg, 0 bg"),
-    TensorSpec("boxes", "FP32", ("boxes", 4), optional=True,
+    TensorSpec("mode", "BYTES", (1,), optional=True, doc="prompt mode", default="text", choices=MODES),
+    TensorSpec("text", "BYTES", ("concepts",), optional=True, doc="one entry per concept (text mode)", default=()),
+    TensorSpec("points", "FP32", ("points", 2), optional=True, doc="x,y px in the original image", default=()),
+    TensorSpec("point_labels", "INT32", ("points",), optional=True, doc="1 fg, 0 bg", default=()),
+    TensorSpec("boxes", "FP32", ("boxes", 4), optional=True, default=(),
                doc="x0,y0,x1,y1 px: box prompts (box mode) or exemplar boxes (text mode)"),
-    TensorSpec("box_labels", "INT32", ("boxes",), optional=True, doc="exemplar labels 1 / 0 (text mode)"),
-    TensorSpec("image_id", "BYTES", (1,), optional=True, doc="client key for the embedding cache"),
-    TensorSpec("threshold", "FP32", (1,), optional=True, doc="detection score threshold (0.5)"),
-    TensorSpec("mask_threshold", "FP32", (1,), optional=True, doc="mask binarization threshold (0.5)"),
-    TensorSpec("points_per_side", "INT32", (1,), optional=True, doc="auto mode grid (16)"),
-    TensorSpec("points_per_batch", "INT32", (1,), optional=True, doc="auto mode batch (64)"),
-    TensorSpec("pred_iou_thresh", "FP32", (1,), optional=True, doc="auto mode predicted-IoU filter (0.88)"),
-    TensorSpec("stability_score_thresh", "FP32", (1,), optional=True, doc="auto mode stability filter (0.95)"),
-    TensorSpec("mask_format", "BYTES", (1,), optional=True, doc="rle (default) | bool"),
+    TensorSpec("box_labels", "INT32", ("boxes",), optional=True, doc="exemplar labels 1 / 0 (text mode)", default=()),
+    TensorSpec("image_id", "BYTES", (1,), optional=True, doc="client key for the embedding cache", default=""),
+    TensorSpec("threshold", "FP32", (1,), optional=True, doc="detection score threshold", default=0.5,
+               bounds=(0.0, 1.0)),
+    TensorSpec("mask_threshold", "FP32", (1,), optional=True, doc="mask binarization threshold (probability)",
+               default=0.5, bounds=(0.0, 1.0)),
+    TensorSpec("points_per_side", "INT32", (1,), optional=True, doc="auto mode grid", default=16, bounds=(1, 64)),
+    TensorSpec("points_per_batch", "INT32", (1,), optional=True, doc="auto mode batch", default=64, bounds=(1, 1024)),
+    TensorSpec("pred_iou_thresh", "FP32", (1,), optional=True, doc="auto mode predicted-IoU filter", default=0.88,
+               bounds=(0.0, 1.0)),
+    TensorSpec("stability_score_thresh", "FP32", (1,), optional=True, doc="auto mode stability filter",
+               default=0.95, bounds=(0.0, 1.0)),
+    TensorSpec("mask_format", "BYTES", (1,), optional=True, doc="masks as COCO RLE or dense booleans",
+               default="rle", choices=MASK_FORMATS),
 )
 
 SAM3_OUTPUTS = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
 
 
@@ -64,7 +65,10 @@ class ConceptHead(nn.Module):
     """Detector head for N prompts over ONE image's FPN features (broadcast in-graph).
 
     Always runs the geometry encoder on K ≥ 1 box slots; rows without a valid box mask all
-    geometry tokens (CLS included) so they compute exactly the text-only path.
+    geometry tokens (CLS included) so they compute exactly the text-only path. Returns what
+    the mask head (:class:`MaskHead`) needs instead of masks: the last decoder queries and
+    the image tokens after the mask decoder's prompt cross-attention (``memory``), so masks
+    are computed only for the queries the orchestrator keeps.
     """
 
     def __init__(self, detector):
@@ -85,10 +89,8 @@ class ConceptHead(nn.Module):
                                     vision_pos_encoding=enc.pos_embeds_flattened, text_mask=mask,
                                     spatial_shapes=enc.spatial_shapes)
         logits, pred_boxes = self._scores_and_boxes(dec, enc, mask)
-        masks = self.det["mask_decoder"](decoder_queries=dec.intermediate_hidden_states[-1], backbone_features=feats,
-                                      encoder_hidden_states=enc.last_hidden_state, prompt_features=prompt,
-                                      prompt_mask=mask).pred_masks
-        return logits, dec.presence_logits[-1], pred_boxes, masks
+        memory = self._memory(enc.last_hidden_state, prompt, mask, fpn_2.shape[-1])
+        return logits, dec.presence_logits[-1], pred_boxes, dec.intermediate_hidden_states[-1], memory
 
     def _prompt(self, feats, pos, text_features, text_mask, boxes, box_labels, box_valid):
         """Text tokens + geometry tokens and their validity mask (True = valid)."""
@@ -105,6 +107,31 @@ class ConceptHead(nn.Module):
         logits = self.det["dot_product_scoring"](decoder_hidden_states=hidden[-1:], text_features=enc.text_features,
                                               text_mask=mask).squeeze(-1)[-1]
         return logits, box_cxcywh_to_xyxy(boxes)
+
+    def _memory(self, encoded, prompt, mask, grid: int):
+        """Sam3MaskDecoder's prompt cross-attention, then its image tokens as [N, C, g, g]."""
+        head = self.det["mask_decoder"]
+        normed = head.prompt_cross_attn_norm(encoded)
+        attn_mask = create_bidirectional_mask(config=head.config, inputs_embeds=normed,
+                                              encoder_hidden_states=prompt, attention_mask=mask)
+        attended, _ = head.prompt_cross_attn(query=normed, key=prompt, value=prompt, attention_mask=attn_mask)
+        tokens = (encoded + attended)[:, : grid * grid]
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid, grid)
+
+
+class MaskHead(nn.Module):
+    """Sam3MaskDecoder's mask path for K queries per prompt: pixel decoder over (fpn_0, fpn_1,
+    memory), instance projection, query mask embedder, dot product → mask logits [N, K, m, m]."""
+
+    def __init__(self, detector):
+        super().__init__()
+        self.head = detector.mask_decoder
+
+    def forward(self, fpn_0, fpn_1, memory, queries):
+        n = memory.shape[0]
+        feats = [fpn_0.expand(n, -1, -1, -1), fpn_1.expand(n, -1, -1, -1), memory]
+        pixels = self.head.instance_projection(self.head.pixel_decoder(feats))
+        return torch.einsum("bqc,bchw->bqhw", self.head.mask_embedder(queries), pixels)
 
 
 class PromptHead(nn.Module):
@@ -138,5 +165,5 @@ class PromptHead(nn.Module):
 def build_wrappers(detector, tracker) -> dict[str, nn.Module]:
     """{component name: eval-mode wrapper} for every component in export.spec.COMPONENTS."""
     wrappers = {"vision": VisionEncoder(detector, tracker), "text": TextEncoder(detector),
-                "concept": ConceptHead(detector), "prompt": PromptHead(tracker)}
+                "concept": ConceptHead(detector), "mask": MaskHead(detector), "prompt": PromptHead(tracker)}
     return {name: w.eval() for name, w in wrappers.items()}

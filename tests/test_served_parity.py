@@ -3,7 +3,8 @@
 Server side: the real Triton server (fixture ``sam3_server``) through the client library over
 gRPC. Reference side: Sam3Model + Sam3Processor and Sam3TrackerModel + Sam3TrackerProcessor
 in-process on the tiny checkpoint. Criteria (issue 3): same detection count, boxes within
-1e-2 px, scores within 1e-4, mask IoU ≥ 0.99. Thresholds are placed in a gap of the reference
+1e-2 px (the reference boxes clipped to the image, as we serve them), scores within 1e-4,
+mask IoU ≥ 0.99. Thresholds are placed in a gap of the reference
 scores so that several detections are kept and a real difference would change the count.
 """
 
@@ -38,7 +39,9 @@ def reference_text(models, processors, image_bytes, text, threshold, boxes=None,
         out = models[0](**inputs)
     result = processors[0].post_process_instance_segmentation(
         out, threshold=threshold, mask_threshold=0.5, target_sizes=inputs["original_sizes"].tolist())[0]
-    return result["scores"].numpy(), result["boxes"].numpy(), result["masks"].numpy().astype(bool)
+    h, w = inputs["original_sizes"][0].tolist()
+    boxes = np.clip(result["boxes"].numpy(), 0, np.array([w, h, w, h], np.float32))  # we serve boxes clipped
+    return result["scores"].numpy(), boxes, result["masks"].numpy().astype(bool)
 
 
 def reference_prompt(models, processors, image_bytes, points=None, labels=None, boxes=None):

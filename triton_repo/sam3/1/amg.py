@@ -14,9 +14,9 @@ keeps CPU serving in seconds), 64 points per batch, pred_iou_thresh 0.88,
 stability_score_thresh 0.95, stability offset 1.0, mask threshold 0.0 (logits),
 box_nms_thresh 0.7, min_mask_region_area 0 (small-region cleanup off, as SAM).
 
-Each candidate passing the IoU filter is upsampled to H x W and thresholded at
-mask_threshold and mask_threshold ± offset with ``ContourThresholder`` (exact values only
-near the contours; a few ms per candidate at 1500x1000 for smooth masks), then RLE-encoded.
+Each candidate passing the IoU filter is upsampled to H x W (OpenCV, see postprocess.py),
+counted at mask_threshold ± offset for the stability score, binarized and RLE-encoded; the
+kept masks stay RLE (``generate_rle``) until a caller asks for dense masks.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from postprocess import ContourThresholder, decode_rle, encode_rle, masks_to_boxes_xyxy
+from postprocess import MaskSet, decode_rle, encode_rle, masks_to_boxes_xyxy, upsample
 from preprocess import scale_points
 
 # run_prompt_batch(points [P,1,2] float32 px in the model frame, labels [P,1] int64)
@@ -238,20 +238,53 @@ class AutomaticMaskGenerator:
         "bbox": [x, y, w, h], "box_xyxy": [x0, y0, x1, y1], "predicted_iou", "score" (same
         value), "stability_score", "point_coords": [[x, y]] px of the original image}.
         """
-        h, w = orig_hw
-        points = point_grid(self.config.points_per_side) * np.array([w, h], dtype=np.float32)
-        model_points = scale_points(points, orig_hw, size)
-        found = _Candidates()
-        for sl in batch_slices(len(points), self.config.points_per_batch):
-            labels = np.ones((sl.stop - sl.start, 1), dtype=np.int64)
-            pred_masks, iou = run_prompt_batch(model_points[sl][:, None, :], labels)
-            self._add_batch(found, np.asarray(pred_masks, np.float32), np.asarray(iou, np.float32), points[sl], orig_hw)
-        order = box_nms(np.array(found.boxes, np.float32).reshape(-1, 4), np.array(found.ious, np.float32),
-                        self.config.box_nms_thresh)
-        records = [self._record(found, int(i), orig_hw) for i in order]
+        batches = self.prompt_batches(orig_hw, size)
+        outputs = [run_prompt_batch(model_points, labels) for _, model_points, labels in batches]
+        return self.records(batches, outputs, orig_hw)
+
+    def records(self, batches: list, outputs: list, orig_hw) -> list[dict]:
+        """``generate``'s records from the prompt-head outputs of ``prompt_batches``."""
+        found = self.collect(batches, outputs, orig_hw)
+        records = [self._record(found, int(i), orig_hw) for i in self.ranking(found)]
         if self.config.min_mask_region_area > 0:
             records = self._clean_small_regions(records)
         return records
+
+    def prompt_batches(self, orig_hw: tuple[int, int], size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The grid prompts in batches: [(points [P,2] px of the original image, the same in the
+        model frame [P,1,2] float32, labels [P,1] int64 all 1)]."""
+        h, w = orig_hw
+        points = point_grid(self.config.points_per_side) * np.array([w, h], dtype=np.float32)
+        model_points = scale_points(points, orig_hw, size)
+        return [(points[sl], model_points[sl][:, None, :], np.ones((sl.stop - sl.start, 1), dtype=np.int64))
+                for sl in batch_slices(len(points), self.config.points_per_batch)]
+
+    def collect(self, batches: list, outputs: list, orig_hw) -> "_Candidates":
+        """The candidates of every batch's prompt-head outputs (pred_masks, iou) that pass the filters."""
+        found = _Candidates()
+        for (points, _, _), (pred_masks, iou) in zip(batches, outputs):
+            self._add_batch(found, np.asarray(pred_masks, np.float32), np.asarray(iou, np.float32), points, orig_hw)
+        return found
+
+    def ranking(self, found: "_Candidates") -> np.ndarray:
+        """Indices of the candidates that survive box NMS, best predicted IoU first."""
+        return box_nms(np.array(found.boxes, np.float32).reshape(-1, 4), np.array(found.ious, np.float32),
+                       self.config.box_nms_thresh)
+
+    def generate_rle(self, batches: list, outputs: list, orig_hw) -> dict:
+        """Like ``generate`` from precomputed prompt-head outputs, masks kept as RLE: {"masks": MaskSet,
+        "boxes" float32 [D,4] xyxy, "iou" float32 [D], "stability" float32 [D]}, best IoU first."""
+        if self.config.min_mask_region_area > 0:  # the cleanup needs dense masks: go through the records
+            rows = [(r["rle"], r["box_xyxy"], r["predicted_iou"], r["stability_score"])
+                    for r in self.records(batches, outputs, orig_hw)]
+        else:
+            found = self.collect(batches, outputs, orig_hw)
+            rows = [(found.rles[i], found.boxes[i], found.ious[i], found.stabilities[i])
+                    for i in self.ranking(found).tolist()]
+        rles, boxes, ious, stabilities = zip(*rows) if rows else ((), (), (), ())
+        return {"masks": MaskSet.from_rle(list(rles), orig_hw),
+                "boxes": np.array(boxes, np.float32).reshape(-1, 4), "iou": np.array(ious, np.float32),
+                "stability": np.array(stabilities, np.float32)}
 
     def _add_batch(self, found: _Candidates, pred_masks, iou, points, orig_hw) -> None:
         """Filter one batch's candidates [P, C, m, m] / [P, C] and store the survivors."""
@@ -262,13 +295,12 @@ class AutomaticMaskGenerator:
         keep = np.arange(p * c)
         if cfg.pred_iou_thresh > 0:
             keep = np.flatnonzero(flat_iou > np.float32(cfg.pred_iou_thresh))
-        thresholder = ContourThresholder(logits.shape[-2:], orig_hw)
-        t, off = cfg.mask_threshold, cfg.stability_score_offset
+        t, off = np.float32(cfg.mask_threshold), np.float32(cfg.stability_score_offset)
         for k in keep.tolist():
-            decided = thresholder.analyze(logits[k], [t + off, t - off, t])
-            stab = float(_ratio(*decided.counts[:2]))
+            up = upsample(logits[k], orig_hw)  # [W, H]: column-major [H, W]
+            stab = float(_ratio(np.count_nonzero(up > t + off), np.count_nonzero(up > t - off)))
             if cfg.stability_score_thresh <= 0 or stab > cfg.stability_score_thresh:
-                _store(found, decided.mask(2, fortran=True), flat_iou[k], stab, points[k // c])
+                _store(found, up > t, flat_iou[k], stab, points[k // c], orig_hw)
 
     @staticmethod
     def _record(found: _Candidates, i: int, orig_hw) -> dict:
@@ -291,10 +323,11 @@ class AutomaticMaskGenerator:
         return [records[i] if unchanged[i] else _remade(records[i], masks[i]) for i in sorted(keep.tolist())]
 
 
-def _store(found: _Candidates, mask: np.ndarray, iou, stab: float, point: np.ndarray) -> None:
-    """Append one kept candidate (bool [H, W] mask stored as RLE) to ``found``."""
-    found.rles.append(encode_rle(mask[None])[0])  # mask is Fortran-ordered: no copy
-    found.boxes.append(masks_to_boxes_xyxy(mask))
+def _store(found: _Candidates, columns: np.ndarray, iou, stab: float, point: np.ndarray, orig_hw) -> None:
+    """Append one kept candidate (bool [W, H]: its mask column-major, stored as RLE) to ``found``."""
+    one = MaskSet(columns[None], orig_hw)
+    found.rles.append(one.rle()[0])
+    found.boxes.append(one.boxes_xyxy()[0])
     found.ious.append(iou)
     found.stabilities.append(stab)
     found.points.append(point.tolist())

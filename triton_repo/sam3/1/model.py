@@ -1,24 +1,31 @@
 """`sam3` — the orchestrator: a Triton Python-backend model that serves every SAM3 prompt mode.
 
-Per request: decode + resize the image (preprocess.py), tokenize concepts (text_tokens.py),
-call sam3_vision / sam3_text / sam3_concept / sam3_prompt through BLS (stages.py), run the
-mode (pipeline.py), post-process like transformers (postprocess.py, amg.py) and answer with
-typed tensors (export/spec.py SAM3_OUTPUTS). A bad request gets its own error response; the
-other requests of the same execute() call are unaffected.
+Triton's dynamic batcher hands ``execute`` several requests at once (``max_batch_size`` > 0, the
+variable-length inputs ragged). They run together in one event loop (pipeline.py): one
+``sam3_vision`` call for all uncached images, one ``sam3_text`` call for all uncached concepts,
+the head calls of every request overlapped through BLS ``async_exec``, decoding and
+post-processing in a thread pool. ``execute`` itself stays synchronous — Triton allows
+``async def execute`` only for decoupled models, and the plain KServe infer API must work.
+
+Each request gets its own response: a bad request an INVALID_ARG error that starts "bad
+request:", a failed component an UNAVAILABLE error, anything unexpected one INTERNAL error
+with a short message and an error id (the traceback goes to the server log only).
 
 Config parameters (written by export/repository.py): tokenizer, dims, target, components,
-image_cache_mb (default 1024), text_cache_mb (64), max_pixels (40e6).
+image_cache_mb (default 1024), text_cache_mb (64), max_pixels (40e6), worker_threads (2).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
-import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
 
 
 class TritonPythonModel:
@@ -28,53 +35,78 @@ class TritonPythonModel:
         here = os.path.dirname(os.path.abspath(__file__))
         if here not in sys.path:
             sys.path.insert(0, here)
+        import cv2
         import triton_python_backend_utils as pb_utils
         from cache import ByteLRU
         from pipeline import Sam3Pipeline
         from request import Limits
-        from stages import BlsStages
         from sam3_spec import SAM3_INPUTS, Dims, component_specs  # export/spec.py, copied here at build
+        from stages import BlsStages
         from text_tokens import TextTokenizer
 
+        cv2.setNumThreads(1)  # the pool parallelizes over masks and requests; OpenCV's own pool only contends
         self.pb = pb_utils
         params = _parameters(json.loads(args["model_config"]))
         dims = Dims(**json.loads(params["dims"]))
+        specs = component_specs(dims, tuple(json.loads(params["components"])))
         self.input_names = [t.name for t in SAM3_INPUTS]
-        outputs = {name: [t.name for t in spec.outputs] for name, spec in component_specs(dims).items()}
         tokenizer_path = os.path.join(here, params.get("tokenizer", "tokenizer.json"))
         if not os.path.isfile(tokenizer_path):
             raise pb_utils.TritonModelException(f"sam3: tokenizer file {tokenizer_path} not found")
         self.limits = Limits()
         self.image_cache = ByteLRU(int(float(params.get("image_cache_mb", 1024)) * 2**20))
         self.text_cache = ByteLRU(int(float(params.get("text_cache_mb", 64)) * 2**20))
-        self.pipeline = Sam3Pipeline(BlsStages(pb_utils, outputs), TextTokenizer.from_file(tokenizer_path),
-                                     dims, self.image_cache, self.text_cache,
+        self.pool = ThreadPoolExecutor(max_workers=int(params.get("worker_threads", 2)), thread_name_prefix="sam3")
+        stages = BlsStages(pb_utils, {name: [t.name for t in spec.outputs] for name, spec in specs.items()})
+        self.pipeline = Sam3Pipeline(stages, TextTokenizer.from_file(tokenizer_path), dims, self.image_cache,
+                                     self.text_cache, post=_post_module(params.get("target", "cpu")), pool=self.pool,
                                      max_pixels=int(float(params.get("max_pixels", 40e6))),
-                                     post=_post_module(params.get("target", "cpu")))
+                                     vision_batch=specs["vision"].profiles["batch"].max,
+                                     text_batch=specs["text"].profiles["batch"].max)
         self.metrics = _Metrics(pb_utils)
 
     def execute(self, requests):
-        return [self._respond(request) for request in requests]
-
-    def _respond(self, request):
-        from errors import InputError
+        """One response per request, in order; the valid ones run together as one batch."""
         from request import parse_request
-        from stages import StageError
-        try:
-            req = parse_request(_inputs(self.pb, request, self.input_names), self.limits)
-            start = time.perf_counter()
-            result = self.pipeline.run(req)
-            self.metrics.observe(req.mode, time.perf_counter() - start, self.image_cache, self.text_cache)
-            return self.pb.InferenceResponse(output_tensors=_outputs(self.pb, result, req.mask_format))
-        except InputError as err:
-            return self._error(f"bad request: {err}", self.pb.TritonError.INVALID_ARG)
-        except StageError as err:
-            return self._error(str(err), self.pb.TritonError.INTERNAL)
+        parsed = [self._parse(parse_request, request) for request in requests]
+        valid = [p for p in parsed if not isinstance(p, BaseException)]
+        results = iter(asyncio.run(self.pipeline.run_batch(valid)) if valid else [])
+        return [self._error(p) if isinstance(p, BaseException) else self._respond(p, *next(results)) for p in parsed]
 
-    def _error(self, message: str, code):
+    def _parse(self, parse_request, request):
+        try:
+            return parse_request(_inputs(self.pb, request, self.input_names), self.limits)
+        except Exception as err:  # noqa: BLE001 - becomes this request's error response
+            return err
+
+    def _respond(self, req, result, timings):
+        if isinstance(result, BaseException):
+            return self._error(result)
+        try:
+            response = self.pb.InferenceResponse(output_tensors=_outputs(self.pb, result, req.mask_format))
+        except Exception as err:  # noqa: BLE001 - becomes this request's error response
+            return self._error(err)
+        self.metrics.observe(req.mode, timings, self.image_cache, self.text_cache)
+        return response
+
+    def _error(self, err: BaseException):
+        """The error response of one request: INVALID_ARG for bad input, UNAVAILABLE for a failed
+        component, INTERNAL with an error id (traceback to the log) for anything else."""
+        from errors import InputError
+        from stages import StageError
+        if isinstance(err, InputError):
+            message, code = f"bad request: {err}", self.pb.TritonError.INVALID_ARG
+        elif isinstance(err, StageError):
+            message, code = f"{err}; retry shortly", self.pb.TritonError.UNAVAILABLE
+        else:
+            error_id = uuid.uuid4().hex[:12]
+            trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            print(f"sam3: internal error {error_id}:\n{trace}", file=sys.stderr, flush=True)
+            message, code = f"internal error (error id {error_id}); see the server log", self.pb.TritonError.INTERNAL
         return self.pb.InferenceResponse(error=self.pb.TritonError(message, code))
 
     def finalize(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
         self.image_cache = self.text_cache = None
 
 
@@ -83,7 +115,7 @@ def _parameters(config: dict) -> dict[str, str]:
 
 
 def _post_module(target: str):
-    """Post-processing for the target: numpy on CPU; torch on the GPU (tensors stay on the device)."""
+    """Post-processing for the target: numpy/OpenCV on CPU; torch on the GPU (tensors stay on the device)."""
     if target == "gpu":
         import postprocess_torch
         return postprocess_torch
@@ -92,30 +124,30 @@ def _post_module(target: str):
 
 
 def _inputs(pb_utils, request, names) -> dict:
-    """{name: numpy array} of the inputs present in the request."""
+    """{name: numpy array} of the inputs present in the request, without Triton's batch axis of 1."""
     found = {}
     for name in names:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is not None:
-            found[name] = tensor.as_numpy()
+            found[name] = tensor.as_numpy()[0]
     return found
 
 
 def _outputs(pb_utils, result, mask_format: str) -> list:
-    """SAM3_OUTPUTS tensors of a Sam3Result (masks as RLE or bool, never both)."""
-    from postprocess import encode_rle
+    """SAM3_OUTPUTS tensors of a Sam3Result, each with Triton's batch axis of 1 (masks as RLE or bool, never both)."""
     n, (h, w) = len(result.scores), result.image_hw
-    rle = encode_rle(result.masks) if mask_format == "rle" else []
-    masks = result.masks if mask_format == "bool" else np.zeros((0, h, w), bool)
+    rle = result.masks.rle() if mask_format == "rle" else []
+    masks = result.masks.dense() if mask_format == "bool" else np.zeros((0, h, w), bool)
     values = {"masks_rle": np.array(rle, dtype=object).reshape(len(rle)), "masks": masks,
               "boxes": result.boxes.reshape(n, 4).astype(np.float32), "scores": result.scores.astype(np.float32),
               "labels": result.labels.astype(np.int32), "iou_scores": result.iou_scores.astype(np.float32),
               "stability_scores": result.stability.astype(np.float32), "image_shape": np.array([h, w], np.int32)}
-    return [pb_utils.Tensor(name, value) for name, value in values.items()]
+    return [pb_utils.Tensor(name, value[None]) for name, value in values.items()]
 
 
 class _Metrics:
-    """Custom Prometheus metrics on Triton's /metrics: cache hits/misses and latency per mode."""
+    """Custom Prometheus metrics on Triton's /metrics: cache hits/misses, requests and seconds per mode,
+    seconds per phase (decode, compute, post, encode) summed over requests."""
 
     def __init__(self, pb_utils):
         counter = pb_utils.MetricFamily.COUNTER
@@ -123,11 +155,14 @@ class _Metrics:
         self.misses = pb_utils.MetricFamily("sam3_cache_misses_total", "sam3 cache misses", counter)
         self.latency = pb_utils.MetricFamily("sam3_request_seconds_total", "sam3 pipeline time per mode", counter)
         self.count = pb_utils.MetricFamily("sam3_requests_total", "sam3 successful requests per mode", counter)
+        self.phases = pb_utils.MetricFamily("sam3_phase_seconds_total", "sam3 per-request seconds per phase", counter)
         self._metrics, self._totals = {}, {}
 
-    def observe(self, mode: str, seconds: float, image_cache, text_cache) -> None:
-        self._metric(self.latency, mode=mode).increment(seconds)
+    def observe(self, mode: str, timings, image_cache, text_cache) -> None:
+        self._metric(self.latency, mode=mode).increment(timings.wall)
         self._metric(self.count, mode=mode).increment(1)
+        for phase, seconds in timings.seconds.items():
+            self._metric(self.phases, phase=phase).increment(seconds)
         for name, cache in (("image", image_cache), ("text", text_cache)):
             self._delta(self.hits, name, cache.hits)
             self._delta(self.misses, name, cache.misses)

@@ -1,13 +1,25 @@
-"""The prompt modes of SAM3 on top of the component calls (stages.py).
+"""The prompt modes of SAM3 for a batch of requests, on top of the component calls (stages.py).
 
-One request → one :class:`Sam3Result`. The image is decoded and resized once and its
-embedding cached (by ``image_id`` or a hash of the bytes); text features are cached per
-concept string. Post-processing follows transformers exactly (postprocess.py).
+``run_batch(requests)`` serves the requests of one Triton ``execute`` together:
+
+1. Shared inputs. Each image is looked up in the embedding cache (by ``image_id`` or a hash of
+   its bytes); the distinct misses are decoded and resized in a thread pool and embedded by ONE
+   ``sam3_vision`` call (batch = the missing images). At the same time the concepts missing from
+   the text cache are encoded by ONE ``sam3_text`` call.
+2. Per request, as coroutines: the head calls (``sam3_concept`` then ``sam3_mask`` for the kept
+   queries only, or ``sam3_prompt``) overlap with the other requests' through BLS ``async_exec``;
+   post-processing and RLE encoding run in the thread pool.
+
+A request's bad input or failure is its own result (an exception); the others go on. Every
+request gets :class:`Timings` (seconds per phase) for the metrics.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,19 +28,20 @@ import preprocess as pre
 from amg import AmgConfig, AutomaticMaskGenerator
 from cache import ByteLRU, content_key
 from errors import InputError
+from postprocess import MaskSet
 from request import Sam3Request
 
-VISION_OUTPUTS = ("fpn_0", "fpn_1", "fpn_2", "track_0", "track_1", "track_2")
 BOX_ONLY_TEXT = "visual"  # transformers' text for exemplar-box-only prompts
+PHASES = ("decode", "compute", "post", "encode")
 
 
 @dataclass
 class Sam3Result:
-    """Detections in original-image pixels. D detections; masks bool [D, H, W]."""
+    """Detections in original-image pixels: D detections of one image."""
 
-    masks: np.ndarray
-    boxes: np.ndarray          # float32 [D, 4] x1, y1, x2, y2
-    scores: np.ndarray         # float32 [D]
+    masks: MaskSet             # D masks of image_hw
+    boxes: np.ndarray          # float32 [D, 4] x1, y1, x2, y2 px, clipped to the image
+    scores: np.ndarray         # float32 [D] in [0, 1]
     labels: np.ndarray         # int32 [D] concept index / prompt object index
     iou_scores: np.ndarray     # float32 [D, C] candidate IoU predictions (C = 0 for text)
     stability: np.ndarray      # float32 [D] (auto mode)
@@ -37,82 +50,198 @@ class Sam3Result:
 
 @dataclass
 class Features:
-    """A cached image embedding: the vision outputs and the original size."""
+    """A cached image embedding: the vision outputs (batch 1) and the original size (H, W)."""
 
     outputs: dict
     image_hw: tuple[int, int]
 
 
-class Sam3Pipeline:
-    """Runs every mode. ``stages``: BlsStages or OrtStages; ``dims``: export.spec.Dims."""
+@dataclass
+class Timings:
+    """Seconds one request spent in each phase (shared calls count for every request in them)."""
 
-    def __init__(self, stages, tokenizer, dims, image_cache: ByteLRU, text_cache: ByteLRU,
-                 max_pixels: int = 40_000_000, max_concepts_per_call: int = 8, max_objects_per_call: int = 64,
-                 post=post):
-        """``post``: the post-processing module — postprocess (numpy, CPU) or postprocess_torch (GPU)."""
+    seconds: dict = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    wall: float = 0.0  # from the start of the batch to this request's result
+
+    async def measure(self, phase: str, awaitable):
+        start = time.perf_counter()
+        try:
+            return await awaitable
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+
+@dataclass
+class _Shared:
+    """Step 1's results: {cache key: Features or the exception that prevented them}, {text: (features, mask)}."""
+
+    features: dict
+    texts: dict
+
+
+class Sam3Pipeline:
+    """Runs every mode. ``stages``: BlsStages or OrtStages; ``dims``: export.spec.Dims; ``post``:
+    postprocess (numpy, CPU) or postprocess_torch (GPU); ``pool``: threads for decode and post."""
+
+    def __init__(self, stages, tokenizer, dims, image_cache: ByteLRU, text_cache: ByteLRU, *, post=post,
+                 pool: ThreadPoolExecutor | None = None, max_pixels: int = 40_000_000, vision_batch: int = 8,
+                 text_batch: int = 16, max_concepts_per_call: int = 8, max_objects_per_call: int = 64):
         self.stages, self.tokenizer, self.dims, self.post = stages, tokenizer, dims, post
         self.image_cache, self.text_cache = image_cache, text_cache
-        self.max_pixels = max_pixels
+        self.pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam3")
+        self.max_pixels, self.vision_batch, self.text_batch = max_pixels, vision_batch, text_batch
         self.chunk_concepts, self.chunk_objects = max_concepts_per_call, max_objects_per_call
 
     def run(self, req: Sam3Request) -> Sam3Result:
-        handler = {"text": self._text, "point": self._point, "box": self._box, "auto": self._auto}[req.mode]
-        return handler(req)
+        """One request, blocking (tests and embedded use); raises its error."""
+        result, _ = asyncio.run(self.run_batch([req]))[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-    # ---- shared stages -------------------------------------------------------------------------
+    async def run_batch(self, reqs: list[Sam3Request]) -> list[tuple]:
+        """[(Sam3Result or the request's exception, Timings)] in request order."""
+        start, timings = time.perf_counter(), [Timings() for _ in reqs]
+        shared = await self._shared(reqs, timings)
+        jobs = [self._timed(self._mode(req, shared, t), t, start) for req, t in zip(reqs, timings)]
+        return list(zip(await asyncio.gather(*jobs, return_exceptions=True), timings))
 
-    def _cache_key(self, req: Sam3Request) -> str:
-        return "id:" + req.image_id if req.image_id else content_key(req.image)
+    @staticmethod
+    async def _timed(job, t: Timings, start: float):
+        try:
+            return await job
+        finally:
+            t.wall = time.perf_counter() - start
+
+    async def in_pool(self, fn, *args):
+        """``fn(*args)`` in the thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    # ---- step 1: images and texts of the whole batch ---------------------------------------------
+
+    async def _shared(self, reqs, timings) -> _Shared:
+        images, texts = await asyncio.gather(self._embed_images(reqs, timings), self._encode_texts(reqs, timings),
+                                             return_exceptions=True)
+        if isinstance(texts, BaseException):  # a failed text call fails the text-mode requests only
+            texts = {t: texts for r in reqs if r.mode == "text" for t in (r.texts or [BOX_ONLY_TEXT])}
+        if isinstance(images, BaseException):
+            images = {_cache_key(r): images for r in reqs}
+        return _Shared(images, texts)
+
+    async def _embed_images(self, reqs, timings) -> dict:
+        """{cache key: Features | exception} of every request's image; one vision call for the misses."""
+        found, sources = self._lookup(reqs)
+        decoded = await asyncio.gather(*(timings[i].measure("decode", self.in_pool(self._decode, reqs[i]))
+                                         for i in sources.values()), return_exceptions=True)
+        ready = {}
+        for key, value in zip(sources, decoded):
+            (found if isinstance(value, BaseException) else ready)[key] = value
+        users = {key: [t for r, t in zip(reqs, timings) if _cache_key(r) == key] for key in ready}
+        for keys in _chunks_of(list(ready), self.vision_batch):
+            found |= await self._vision_call(keys, ready, users)
+        return found
+
+    def _lookup(self, reqs) -> tuple[dict, dict]:
+        """({key: cached Features or InputError}, {missing key: index of a request holding its bytes})."""
+        found, sources = {}, {}
+        for i, req in enumerate(reqs):
+            key = _cache_key(req)
+            if key in sources or isinstance(found.get(key), Features):
+                continue
+            cached = None if key in found else self.image_cache.get(key)
+            if cached is not None:
+                found[key] = cached
+            elif req.image:
+                found.pop(key, None)
+                sources[key] = i
+            else:
+                found[key] = InputError(f"image_id {req.image_id!r} is not in the embedding cache (never sent, or "
+                                        "evicted): send the image with it")
+        return found, sources
 
     def _decode(self, req: Sam3Request):
-        """(pixels uint8 [1,3,S,S], (H, W)) of the request image."""
-        if not req.image:
-            raise InputError(f"image_id {req.image_id!r} is not in the embedding cache (never sent, or evicted): "
-                             "send the image with it")
+        """(pixels uint8 [1,3,S,S], (H, W)) of the request image (runs in the pool)."""
         image = pre.decode_image(req.image, self.max_pixels)
         return pre.resize_for_model(image, self.dims.image_size), image.shape[:2]
 
-    def image_features(self, req: Sam3Request) -> Features:
-        """Vision outputs of the request image, from the cache or one vision call."""
-        return self.features_and_text(req, [])[0]
+    async def _vision_call(self, keys: list, ready: dict, users: dict) -> dict:
+        """One sam3_vision call for ``keys`` (batch = len(keys)); caches and returns their Features."""
+        pixels = np.concatenate([ready[k][0] for k in keys])
+        start = time.perf_counter()
+        try:
+            out = await self.stages.arun("vision", {"pixel_values": pixels})
+        except Exception as err:  # noqa: BLE001 - becomes the result of every request needing these images
+            return dict.fromkeys(keys, err)
+        finally:
+            for key in keys:
+                for t in users[key]:
+                    t.seconds["compute"] += time.perf_counter() - start
+        found = {}
+        for i, key in enumerate(keys):
+            found[key] = Features({name: value[i:i + 1] for name, value in out.items()}, ready[key][1])
+            self.image_cache.put(key, found[key])
+        return found
 
-    def features_and_text(self, req: Sam3Request, texts: list[str]):
-        """(Features, text features [N,32,C], text mask bool [N,32]); what is missing runs in parallel."""
-        key = self._cache_key(req)
-        features = self.image_cache.get(key)
-        known = {t: self.text_cache.get(t) for t in dict.fromkeys(texts)}
+    async def _encode_texts(self, reqs, timings) -> dict:
+        """{text: (features [32, C], mask bool [32])} of every concept of the text-mode requests."""
+        wanted = [t for r in reqs if r.mode == "text" for t in (r.texts or [BOX_ONLY_TEXT])]
+        known = {t: self.text_cache.get(t) for t in dict.fromkeys(wanted)}
         missing = [t for t, v in known.items() if v is None]
-        calls = []
-        if features is None:
-            pixels, image_hw = self._decode(req)
-            calls.append(("vision", {"pixel_values": pixels}))
-        if missing:
-            ids, mask = self.tokenizer.encode(missing)
-            calls.append(("text", {"input_ids": ids, "attention_mask": mask}))
-        results = self.stages.run_parallel(calls) if calls else []
-        if features is None:
-            features = Features(results.pop(0), image_hw)
-            self.image_cache.put(key, features)
-        for i, text in enumerate(missing):
-            known[text] = (_host(results[0]["text_features"][i]), mask[i].astype(bool))
-            self.text_cache.put(text, known[text])
-        return features, _stack([known[t] for t in texts])
+        users = [tm for r, tm in zip(reqs, timings) if r.mode == "text" and set(r.texts or [BOX_ONLY_TEXT]) & set(missing)]
+        for part in _chunks_of(missing, self.text_batch):
+            ids, mask = self.tokenizer.encode(part)
+            start = time.perf_counter()
+            out = await self.stages.arun("text", {"input_ids": ids, "attention_mask": mask})
+            for t in users:
+                t.seconds["compute"] += time.perf_counter() - start
+            for i, text in enumerate(part):
+                known[text] = (_host(out["text_features"][i]), mask[i].astype(bool))
+                self.text_cache.put(text, known[text])
+        return known
 
-    # ---- text concepts (+ exemplar boxes) ------------------------------------------------------
+    # ---- step 2: one request's mode -------------------------------------------------------------
 
-    def _text(self, req: Sam3Request) -> Sam3Result:
+    async def _mode(self, req: Sam3Request, shared: _Shared, t: Timings) -> Sam3Result:
+        features = shared.features[_cache_key(req)]
+        if isinstance(features, BaseException):
+            raise features
+        handler = {"text": self._text, "point": self._point, "box": self._box, "auto": self._auto}[req.mode]
+        result = await handler(req, features, shared, t)
+        if req.mask_format == "rle":
+            await t.measure("encode", self.in_pool(result.masks.rle))
+        return result
+
+    # text concepts (+ exemplar boxes)
+
+    async def _text(self, req: Sam3Request, features: Features, shared: _Shared, t: Timings) -> Sam3Result:
         texts = req.texts or [BOX_ONLY_TEXT]
-        features, (text_features, text_mask) = self.features_and_text(req, texts)
+        text_features, text_mask = _stack_texts([shared.texts[x] for x in texts])
         boxes, labels, valid = self._exemplars(req, features.image_hw, len(texts))
-        fpn = {k: features.outputs[k] for k in ("fpn_0", "fpn_1", "fpn_2")}
-        detections = []
+        parts = []
         for sl in _chunks(len(texts), self.chunk_concepts):
-            out = self.stages.run("concept", fpn | {"text_features": text_features[sl], "text_mask": text_mask[sl],
-                                                    "boxes": boxes[sl], "box_labels": labels[sl], "box_valid": valid[sl]})
-            detections += self.post.concept_detections(out["logits"], out["presence_logits"], out["pred_boxes"],
-                                                        out["pred_masks"], features.image_hw, req.threshold,
-                                                        req.mask_threshold)
-        return _concept_result(detections, features.image_hw)
+            feeds = {"text_features": text_features[sl], "text_mask": text_mask[sl], "boxes": boxes[sl],
+                     "box_labels": labels[sl], "box_valid": valid[sl]}
+            parts += await self._concepts(feeds, features, req, t)
+        return _concept_result(parts, features.image_hw)
+
+    async def _concepts(self, feeds: dict, features: Features, req: Sam3Request, t: Timings) -> list[tuple]:
+        """[(scores [D], boxes [D,4] px, MaskSet)] per prompt: detector call, then masks for kept queries."""
+        fpn = {k: features.outputs[k] for k in ("fpn_0", "fpn_1", "fpn_2")}
+        det = await t.measure("compute", self.stages.arun("concept", fpn | feeds))
+        kept = self.post.select_queries(det["logits"], det["presence_logits"], req.threshold)
+        hw = features.image_hw
+        masks = [MaskSet.empty(hw) for _ in kept]
+        rows, memory, queries = self.post.gather_queries(det["queries"], det["memory"], [k for k, _ in kept])
+        if len(rows):
+            out = await t.measure("compute", self.stages.arun("mask", {"fpn_0": fpn["fpn_0"], "fpn_1": fpn["fpn_1"],
+                                                                       "memory": memory, "queries": queries}))
+            counts = [len(kept[int(r)][0]) for r in rows]
+            sets = await t.measure("post", self.in_pool(self.post.concept_masks, out["pred_masks"], counts, hw,
+                                                        req.mask_threshold))
+            for r, mask_set in zip(rows, sets):
+                masks[int(r)] = mask_set
+        return [(_host(scores), self.post.scale_boxes(det["pred_boxes"][n], k, hw), masks[n])
+                for n, (k, scores) in enumerate(kept)]
 
     def _exemplars(self, req: Sam3Request, image_hw, n: int):
         """(boxes cxcywh [n,K,4], labels int64 [n,K], valid bool [n,K]); one padding slot if none."""
@@ -125,17 +254,15 @@ class Sam3Pipeline:
         return (np.repeat(cxcywh[None], n, 0), np.repeat(labels[None], n, 0),
                 np.ones((n, len(boxes)), bool))
 
-    # ---- points / boxes (tracker head) ---------------------------------------------------------
+    # points / boxes (tracker head)
 
-    def _point(self, req: Sam3Request) -> Sam3Result:
-        features = self.image_features(req)
+    async def _point(self, req: Sam3Request, features: Features, shared, t: Timings) -> Sam3Result:
         points, labels = pre.validate_points(req.points, req.point_labels, features.image_hw)
         coords = pre.scale_points(points, features.image_hw, self.dims.image_size)
-        return self._prompt_result(features, coords[None], labels[None], req)
+        return await self._prompt_result(features, coords[None], labels[None], req, t)
 
-    def _box(self, req: Sam3Request) -> Sam3Result:
+    async def _box(self, req: Sam3Request, features: Features, shared, t: Timings) -> Sam3Result:
         """One object per box; extra points (if any) join every box, before its corners."""
-        features = self.image_features(req)
         hw, size = features.image_hw, self.dims.image_size
         boxes = pre.validate_boxes(req.boxes, hw, "boxes")
         coords = pre.scale_points(boxes.reshape(-1, 2, 2), hw, size)
@@ -144,36 +271,43 @@ class Sam3Pipeline:
             points, point_labels = pre.validate_points(req.points, req.point_labels, hw)
             coords = np.concatenate([np.repeat(pre.scale_points(points, hw, size)[None], len(boxes), 0), coords], 1)
             labels = np.concatenate([np.repeat(point_labels[None], len(boxes), 0), labels], 1)
-        return self._prompt_result(features, coords, labels, req)
+        return await self._prompt_result(features, coords, labels, req, t)
 
-    def prompt_call(self, features: Features, coords: np.ndarray, labels: np.ndarray) -> dict:
-        """sam3_prompt for P objects: coords float32 [P,K,2] in the model frame, labels int64 [P,K]."""
+    def prompt_feeds(self, features: Features, coords: np.ndarray, labels: np.ndarray) -> dict:
+        """sam3_prompt inputs for P objects: coords float32 [P,K,2] in the model frame, labels int64 [P,K]."""
         m = self.dims.mask_size
         feeds = {k: features.outputs[k] for k in ("track_0", "track_1", "track_2")}
-        feeds |= {"point_coords": coords.astype(np.float32), "point_labels": labels.astype(np.int64),
-                  "mask_input": np.zeros((1, 1, m, m), np.float32), "has_mask_input": np.zeros(1, np.float32)}
-        return self.stages.run("prompt", feeds)
+        return feeds | {"point_coords": coords.astype(np.float32), "point_labels": labels.astype(np.int64),
+                        "mask_input": np.zeros((1, 1, m, m), np.float32), "has_mask_input": np.zeros(1, np.float32)}
 
-    def _prompt_result(self, features: Features, coords, labels, req: Sam3Request) -> Sam3Result:
+    async def _prompt_result(self, features: Features, coords, labels, req: Sam3Request, t: Timings) -> Sam3Result:
         """Best of the 3 candidate masks per object, upsampled and binarized."""
-        outs = [self.prompt_call(features, coords[sl], labels[sl]) for sl in _chunks(len(coords), self.chunk_objects)]
-        masks, iou = self.post.best_prompt_masks(outs, features.image_hw, post.prob_to_logit(req.mask_threshold))
-        return Sam3Result(masks, post.masks_to_boxes_xyxy(masks), iou.max(-1), np.arange(len(iou), dtype=np.int32),
+        calls = [self.stages.arun("prompt", self.prompt_feeds(features, coords[sl], labels[sl]))
+                 for sl in _chunks(len(coords), self.chunk_objects)]
+        outs = await t.measure("compute", asyncio.gather(*calls))
+        masks, iou = await t.measure("post", self.in_pool(self.post.best_prompt_masks, outs, features.image_hw,
+                                                          post.prob_to_logit(req.mask_threshold)))
+        return Sam3Result(masks, masks.boxes_xyxy(), iou.max(-1), np.arange(len(iou), dtype=np.int32),
                           iou, np.zeros(len(iou), np.float32), features.image_hw)
 
-    # ---- automatic ("segment everything") ------------------------------------------------------
+    # automatic ("segment everything")
 
-    def _auto(self, req: Sam3Request) -> Sam3Result:
-        features = self.image_features(req)
-
-        def run_batch(points, labels):
-            out = self.prompt_call(features, points, labels)
-            return _host(out["pred_masks"]), _host(out["iou_scores"])
+    async def _auto(self, req: Sam3Request, features: Features, shared, t: Timings) -> Sam3Result:
         generator = AutomaticMaskGenerator(AmgConfig(
             points_per_side=req.points_per_side, points_per_batch=req.points_per_batch,
             pred_iou_thresh=req.pred_iou_thresh, stability_score_thresh=req.stability_score_thresh))
-        records = generator.generate(run_batch, features.image_hw, self.dims.image_size)
-        return _auto_result(records, features.image_hw)
+        batches = generator.prompt_batches(features.image_hw, self.dims.image_size)
+        calls = [self.stages.arun("prompt", self.prompt_feeds(features, points, labels)) for _, points, labels in batches]
+        outs = await t.measure("compute", asyncio.gather(*calls))
+        outputs = [(_host(o["pred_masks"]), _host(o["iou_scores"])) for o in outs]
+        found = await t.measure("post", self.in_pool(generator.generate_rle, batches, outputs, features.image_hw))
+        n = len(found["iou"])
+        return Sam3Result(found["masks"], post.clip_boxes(found["boxes"], features.image_hw), found["iou"],
+                          np.arange(n, dtype=np.int32), found["iou"][:, None], found["stability"], features.image_hw)
+
+
+def _cache_key(req: Sam3Request) -> str:
+    return "id:" + req.image_id if req.image_id else content_key(req.image)
 
 
 def _host(x) -> np.ndarray:
@@ -185,33 +319,23 @@ def _chunks(total: int, size: int) -> list[slice]:
     return [slice(start, start + size) for start in range(0, total, size)]
 
 
-def _empty_masks(image_hw) -> np.ndarray:
-    return np.zeros((0,) + tuple(image_hw), bool)
+def _chunks_of(items: list, size: int) -> list[list]:
+    return [items[sl] for sl in _chunks(len(items), size)]
 
 
-def _concept_result(detections: list, image_hw) -> Sam3Result:
-    """Concatenate per-concept (scores, boxes, masks); label = concept index."""
-    labels = np.concatenate([np.full(len(s), i, np.int32) for i, (s, _, _) in enumerate(detections)])
-    scores = np.concatenate([s for s, _, _ in detections]).astype(np.float32)
-    boxes = np.concatenate([b for _, b, _ in detections]).reshape(-1, 4).astype(np.float32)
-    masks = np.concatenate([m for _, _, m in detections]) if len(scores) else _empty_masks(image_hw)
+def _stack_texts(items: list) -> tuple[np.ndarray, np.ndarray]:
+    """[(features [32,C], mask [32]) or an exception] → (features [N,32,C], mask [N,32]); raises a failure."""
+    for item in items:
+        if isinstance(item, BaseException):
+            raise item
+    return np.stack([f for f, _ in items]), np.stack([m for _, m in items])
+
+
+def _concept_result(parts: list[tuple], image_hw) -> Sam3Result:
+    """Concatenate per-concept (scores, boxes, MaskSet); label = concept index."""
+    labels = np.concatenate([np.full(len(s), i, np.int32) for i, (s, _, _) in enumerate(parts)])
+    scores = np.concatenate([s for s, _, _ in parts]).astype(np.float32)
+    boxes = np.concatenate([b for _, b, _ in parts]).reshape(-1, 4).astype(np.float32)
+    masks = MaskSet.concat([m for _, _, m in parts], image_hw)
     return Sam3Result(masks, boxes, scores, labels, np.zeros((len(scores), 0), np.float32),
                       np.zeros(len(scores), np.float32), image_hw)
-
-
-def _auto_result(records: list[dict], image_hw) -> Sam3Result:
-    """AMG records (segmentation, bbox xywh, predicted_iou, stability_score) → Sam3Result."""
-    n = len(records)
-    masks = np.stack([r["segmentation"] for r in records]) if n else _empty_masks(image_hw)
-    xywh = np.array([r["bbox"] for r in records], np.float32).reshape(n, 4)
-    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-    iou = np.array([r["predicted_iou"] for r in records], np.float32)
-    stability = np.array([r["stability_score"] for r in records], np.float32)
-    return Sam3Result(masks, boxes, iou, np.arange(n, dtype=np.int32), iou[:, None], stability, image_hw)
-
-
-def _stack(items: list[tuple]):
-    """[(features [32,C], mask [32])] → (features [N,32,C], mask [N,32]) or (None, None)."""
-    if not items:
-        return None, None
-    return np.stack([f for f, _ in items]), np.stack([m for _, m in items])

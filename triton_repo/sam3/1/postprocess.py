@@ -1,26 +1,28 @@
-"""Raw model outputs → detections and masks in original-image pixels (numpy + pycocotools).
+"""Raw model outputs → detections and masks in original-image pixels (numpy, OpenCV, pycocotools).
 
 Matches transformers 5.23:
-- ``concept_detections``  = Sam3Processor.post_process_instance_segmentation
-  (score = sigmoid(logit) * sigmoid(presence), kept where score > threshold in query order,
-  no top-k, no NMS; boxes xyxy scaled by W,H and not clipped; masks: sigmoid, bilinear
-  upsample of the probabilities, > mask_threshold);
-- ``prompt_masks``        = Sam3TrackerProcessor.post_process_masks
-  (bilinear upsample of the mask LOGITS, > threshold in logit space).
-Bilinear resizing is torch's ``F.interpolate(mode="bilinear", align_corners=False)``
-(no antialias) done separably in float32 (``BilinearResizer``; values within a few float32
-ulps of torch, which fuses multiply-adds). Binarized masks come from ``ContourThresholder``,
-which equals thresholding the dense resize but computes pixels only near mask contours
-(~3-6 ms per smooth 288² mask at 1500x1000 on one CPU core).
+- concept head (``select_queries`` + ``concept_masks``) = Sam3Processor.post_process_instance_segmentation:
+  score = sigmoid(logit) * sigmoid(presence), kept where score > threshold, in query order, no
+  top-k, no NMS; boxes xyxy scaled by W, H; masks: sigmoid, bilinear upsample of the
+  probabilities, > mask_threshold;
+- prompt head (``best_prompt_masks``) = Sam3TrackerProcessor.post_process_masks: bilinear
+  upsample of the mask LOGITS, > threshold in logit space.
+
+Bilinear resizing is OpenCV's ``INTER_LINEAR`` (the half-pixel rule of torch's
+``F.interpolate(mode="bilinear", align_corners=False)``, no antialias) in float32. OpenCV
+computes its interpolation weights in float32, so upsampled values differ from torch's by at
+most ~4e-5 (relative 1e-5): only pixels whose value lies that close to the threshold can flip
+(tests/test_postprocess.py measures it). Masks are upsampled transposed, so each one comes out
+column-major — the layout pycocotools' RLE encoder reads — without a copy.
 """
 
 from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
-
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Elementwise 1 / (1 + exp(-x)) in float32 (saturates to 0 / 1 without warnings)."""
@@ -30,240 +32,180 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def prob_to_logit(p: float) -> float:
-    """Probability threshold in (0, 1) → logit threshold (0.5 → 0.0)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"probability threshold must be in (0, 1), got {p}")
+    """Probability threshold in [0, 1] → logit threshold (0.5 → 0.0, 0 → -inf, 1 → +inf).
+
+    The ends are exact: "> -inf" keeps every pixel and "> +inf" none, as "> 0" and "> 1" do for
+    probabilities. Outside [0, 1] raises ValueError (request.py rejects such requests first:
+    the bounds of ``mask_threshold`` in the spec are this domain; a test keeps them so).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"probability threshold must be in [0, 1], got {p}")
+    if p in (0.0, 1.0):
+        return -math.inf if p == 0.0 else math.inf
     return math.log(p / (1.0 - p))
 
 
-# ---------------------------------------------------------------- bilinear resize
+# ---------------------------------------------------------------- masks of one image
 
-def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices i0, i1 [out] int64 and weights w0, w1 [out] float32 along one axis.
+class MaskSet:
+    """K binary masks of one (H, W) image, held column-major: ``columns`` bool [K, W, H].
 
-    torch's align_corners=False rule: scale = float32(in / out); src = max(scale*(dst+0.5)
-    - 0.5, 0) rounded once to float32 (torch's CPU kernel fuses it into one FMA);
-    i0 = floor(src), i1 = min(i0 + 1, in - 1), w1 = src - i0, w0 = 1 - w1.
-    """
-    scale = np.float64(np.float32(in_size) / np.float32(out_size))
-    dst = np.arange(out_size, dtype=np.float64)
-    src = np.maximum((scale * (dst + 0.5) - 0.5).astype(np.float32), np.float32(0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    w1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
-    i1 = np.where(i0 < in_size - 1, i0 + 1, i0)
-    return i0, i1, (np.float32(1) - w1).astype(np.float32), w1
-
-
-class BilinearResizer:
-    """Bilinear resize of 2-D float32 maps from ``in_hw`` to ``out_hw`` (align_corners=False).
-
-    Separable: a width pass, then each output row mixes two rows of the width-resized map
-    (no dense matrices). ``resize`` reuses two HxW float32 buffers, so call it one map at a
-    time and copy (or threshold) the result before the next call.
+    That is the memory layout of pycocotools' Fortran [H, W, K] input, so RLE encoding reads it
+    in place. ``dense()`` gives the usual bool [K, H, W] (a copy).
     """
 
-    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]):
-        self.in_hw, self.out_hw = tuple(in_hw), tuple(out_hw)
-        self.cols = linear_taps(in_hw[1], out_hw[1])
-        r0, r1, rw0, rw1 = linear_taps(in_hw[0], out_hw[0])
-        self.rows = (r0, r1, rw0[:, None], rw1[:, None])
-        self._a = np.empty(self.out_hw, dtype=np.float32)
-        self._b = np.empty(self.out_hw, dtype=np.float32)
-
-    def resize(self, x: np.ndarray) -> np.ndarray:
-        """[h, w] float32 → [H, W] float32 (a view of an internal buffer)."""
-        c0, c1, cw0, cw1 = self.cols
-        r0, r1, rw0, rw1 = self.rows
-        tmp = x[:, c0] * cw0 + x[:, c1] * cw1  # [h, W]
-        np.take(tmp, r0, axis=0, out=self._a)
-        np.take(tmp, r1, axis=0, out=self._b)
-        self._a *= rw0
-        self._b *= rw1
-        self._a += self._b
-        return self._a
-
-
-class ContourThresholder:
-    """Thresholds of bilinearly upsampled 2-D maps, computing exact values only near contours.
-
-    Every output pixel of the upsampling is a convex combination of the 4 input values of
-    its "cell" (the input rows i0, i1 and columns j0, j1 it reads). A cell whose 4 values are
-    all above T (or all at most T) by a safety margin decides its pixels without computing
-    them; only pixels of undecided cells are evaluated, with the same float32 arithmetic as
-    ``BilinearResizer``. Results equal thresholding ``BilinearResizer.resize`` (the margin,
-    1e-5 of the map's magnitude, is ~20x the float32 rounding of the interpolation).
-    """
-
-    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]):
-        self.resizer = BilinearResizer(in_hw, out_hw)
-        self.out_hw = tuple(out_hw)
-        self.row_groups = _tap_groups(self.resizer.rows[0], self.resizer.rows[1])
-        self.col_groups = _tap_groups(*self.resizer.cols[:2])
-        self.cell_pixels = np.outer(self.row_groups[3], self.col_groups[3])
-        self.row_group = np.repeat(np.arange(len(self.row_groups[3])), self.row_groups[3])  # [H] → cell row
-        self.col_group = np.repeat(np.arange(len(self.col_groups[3])), self.col_groups[3])  # [W] → cell col
-
-    DENSE_FRACTION = 0.15
-
-    def analyze(self, x: np.ndarray, thresholds) -> "Thresholded":
-        """Decide every output pixel of map ``x`` [h, w] float32 for each threshold.
-
-        Falls back to the dense resize when over ``DENSE_FRACTION`` of the pixels are
-        undecided (noisy maps), where per-pixel gathers would be slower.
-        """
-        thresholds = np.asarray(thresholds, dtype=np.float32)
-        lo, hi = self._cell_range(x)
-        margin = np.float32(1e-5) * (np.float32(1) + np.abs(x).max())
-        above = lo[None] > thresholds[:, None, None] + margin  # [T, Cr, Cc]
-        below = hi[None] <= thresholds[:, None, None] - margin
-        undecided = ~(above | below).all(axis=0)
-        if self.cell_pixels[undecided].sum() > self.DENSE_FRACTION * self.cell_pixels.sum():
-            return Thresholded.dense(self.resizer.resize(x), thresholds)
-        ys, xs = self._cell_pixels(np.nonzero(undecided))
-        values = self._values(x, ys, xs)
-        decided = np.where(undecided[None], 0, self.cell_pixels[None] * above).sum(axis=(1, 2))
-        counts = decided + (values[None] > thresholds[:, None]).sum(axis=1)
-        return Thresholded(thresholds, counts, (self.row_group, self.col_group, above, ys, xs, values))
-
-    def _cell_range(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Min and max [Cr, Cc] of the 4 input values of every cell."""
-        top, bottom = x[self.row_groups[1]], x[self.row_groups[2]]
-        left, right = self.col_groups[1], self.col_groups[2]
-        low, high = np.minimum(top, bottom), np.maximum(top, bottom)
-        return np.minimum(low[:, left], low[:, right]), np.maximum(high[:, left], high[:, right])
-
-    def _cell_pixels(self, cells: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Output (y, x) int64 of every pixel of the given cells (row group, col group indices)."""
-        ia, ib = cells
-        nr, nc = self.row_groups[3][ia], self.col_groups[3][ib]
-        n = nr * nc
-        cell = np.repeat(np.arange(len(ia)), n)
-        local = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-        ys = self.row_groups[0][ia][cell] + local // nc[cell]
-        xs = self.col_groups[0][ib][cell] + local % nc[cell]
-        return ys, xs
-
-    def _values(self, x: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-        """Upsampled values at pixels (ys, xs), bit-equal to BilinearResizer.resize(x)[ys, xs]."""
-        c0, c1, cw0, cw1 = self.resizer.cols
-        r0, r1, rw0, rw1 = self.resizer.rows
-        tmp = x[:, c0] * cw0 + x[:, c1] * cw1  # [h, W]
-        return tmp[r0[ys], xs] * rw0[ys, 0] + tmp[r1[ys], xs] * rw1[ys, 0]
-
-
-class Thresholded:
-    """One map decided at several thresholds: ``counts[i]`` = pixels > thresholds[i]; ``mask(i)``.
-
-    ``cells`` = (cell row of each output row [H], cell column of each output column [W],
-    decided-above [T, Cr, Cc], ys, xs, exact values at (ys, xs)); ``full`` = the dense
-    upsampled map instead.
-    """
-
-    def __init__(self, thresholds: np.ndarray, counts: np.ndarray, cells=None, full=None):
-        self.thresholds, self.counts, self.cells, self.full = thresholds, counts, cells, full
+    def __init__(self, columns: np.ndarray | None, image_hw, rles: list[bytes] | None = None):
+        """``columns`` bool [K, W, H], or None with ``rles`` (decoded only when asked for)."""
+        self._columns, self.image_hw, self._rles = columns, tuple(int(v) for v in image_hw), rles
 
     @classmethod
-    def dense(cls, full: np.ndarray, thresholds: np.ndarray) -> "Thresholded":
-        """From the dense upsampled map (copied)."""
-        counts = np.array([np.count_nonzero(full > t) for t in thresholds], dtype=np.int64)
-        return cls(thresholds, counts, full=full.copy())
+    def empty(cls, image_hw) -> "MaskSet":
+        h, w = image_hw
+        return cls(np.zeros((0, w, h), bool), image_hw, [])
 
-    def mask(self, i: int, fortran: bool = False) -> np.ndarray:
-        """bool [H, W]: the upsampled map > thresholds[i]; column-major memory if ``fortran``
-        (what encode_rle needs, so it does not copy)."""
-        if self.full is not None:
-            out = self.full > self.thresholds[i]
-            return np.asfortranarray(out) if fortran else out
-        row_group, col_group, above, ys, xs, values = self.cells
-        if fortran:
-            out_t = np.take(np.take(above[i].T, row_group, axis=1), col_group, axis=0)  # [W, H]
-            out_t[xs, ys] = values > self.thresholds[i]
-            return out_t.T
-        out = np.take(np.take(above[i], col_group, axis=1), row_group, axis=0)
-        out[ys, xs] = values > self.thresholds[i]
-        return out
+    @classmethod
+    def from_rle(cls, counts: list[bytes], image_hw) -> "MaskSet":
+        """From COCO compressed RLE ``counts`` of (H, W) masks (decoded once)."""
+        return cls(None, image_hw, list(counts)) if counts else cls.empty(image_hw)
+
+    @property
+    def columns(self) -> np.ndarray:
+        """bool [K, W, H] (decoded from the RLE on first use when built from_rle)."""
+        if self._columns is None:
+            decoded = mask_utils.decode([{"size": list(self.image_hw), "counts": c} for c in self._rles])
+            self._columns = decoded.transpose(2, 1, 0).view(bool)  # [H, W, K] Fortran → [K, W, H]
+        return self._columns
+
+    @classmethod
+    def concat(cls, sets: list["MaskSet"], image_hw) -> "MaskSet":
+        sets = [s for s in sets if len(s)]
+        if not sets:
+            return cls.empty(image_hw)
+        return cls(np.concatenate([s.columns for s in sets]), image_hw)
+
+    def __len__(self) -> int:
+        return len(self._rles) if self._columns is None else self._columns.shape[0]
+
+    def rle(self) -> list[bytes]:
+        """COCO compressed RLE ``counts`` of every mask (pycocotools; computed once)."""
+        if self._rles is None:
+            fortran = self.columns.view(np.uint8).transpose(2, 1, 0)  # [H, W, K], Fortran-contiguous
+            self._rles = [r["counts"] for r in mask_utils.encode(np.asfortranarray(fortran))] if len(self) else []
+        return self._rles
+
+    def dense(self) -> np.ndarray:
+        """bool [K, H, W], C-contiguous."""
+        return np.ascontiguousarray(self.columns.transpose(0, 2, 1))
+
+    def boxes_xyxy(self) -> np.ndarray:
+        """float32 [K, 4] x0, y0, x1, y1 of the covered pixels, x1/y1 inclusive (SAM's
+        batched_mask_to_box); an empty mask gives [0, 0, 0, 0]. From the RLE (pycocotools)."""
+        if not len(self):
+            return np.zeros((0, 4), np.float32)
+        xywh = mask_utils.toBbox([{"size": list(self.image_hw), "counts": c} for c in self.rle()])
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], axis=1).astype(np.float32)
+        boxes[xywh[:, 2] == 0] = 0
+        return boxes
+
+    def areas(self) -> np.ndarray:
+        """int64 [K] pixel count of every mask (from the RLE)."""
+        if not len(self):
+            return np.zeros(0, np.int64)
+        return mask_utils.area([{"size": list(self.image_hw), "counts": c} for c in self.rle()]).astype(np.int64)
 
 
-def _tap_groups(i0: np.ndarray, i1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Runs of consecutive outputs reading the same input pair: (first output, i0, i1, length)."""
-    starts = np.flatnonzero(np.r_[True, (i0[1:] != i0[:-1]) | (i1[1:] != i1[:-1])])
-    lengths = np.diff(np.r_[starts, len(i0)])
-    return starts, i0[starts], i1[starts], lengths
+def upsample(x: np.ndarray, image_hw) -> np.ndarray:
+    """One [m, m] float32 map → its bilinear upsampling, TRANSPOSED: float32 [W, H]."""
+    h, w = image_hw
+    return cv2.resize(np.ascontiguousarray(np.asarray(x, np.float32).T), (int(h), int(w)),
+                      interpolation=cv2.INTER_LINEAR)
 
 
-def resize_bilinear(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of [..., h, w] float32 to [..., H, W] float32 (align_corners=False)."""
-    x = np.asarray(x, dtype=np.float32)
-    flat = x.reshape((-1,) + x.shape[-2:])
-    resizer = BilinearResizer(x.shape[-2:], out_hw)
-    out = np.empty((flat.shape[0],) + tuple(out_hw), dtype=np.float32)
-    for k in range(flat.shape[0]):
-        out[k] = resizer.resize(flat[k])
-    return out.reshape(x.shape[:-2] + tuple(out_hw))
+def upsample_binarize(x: np.ndarray, image_hw, threshold: float) -> MaskSet:
+    """[K, m, m] float32 maps → MaskSet of upsample(map) > threshold."""
+    h, w = image_hw
+    columns = np.empty((len(x), int(w), int(h)), bool)
+    for k in range(len(x)):
+        np.greater(upsample(x[k], image_hw), np.float32(threshold), out=columns[k])
+    return MaskSet(columns, image_hw)
 
 
-def upsample_binarize(x: np.ndarray, out_hw: tuple[int, int], threshold: float) -> np.ndarray:
-    """resize_bilinear(x) > threshold: [K, h, w] float32 → bool [K, H, W] (ContourThresholder)."""
-    x = np.asarray(x, dtype=np.float32)
-    out = np.empty((x.shape[0],) + tuple(out_hw), dtype=bool)
-    if x.shape[0]:
-        thresholder = ContourThresholder(x.shape[-2:], out_hw)
-        for k in range(x.shape[0]):
-            out[k] = thresholder.analyze(x[k], [threshold]).mask(0)
-    return out
+def resize_bilinear(x: np.ndarray, out_hw) -> np.ndarray:
+    """Bilinear resize of [K, h, w] float32 to [K, H, W] float32 (align_corners=False)."""
+    return np.stack([upsample(m, out_hw).T for m in np.asarray(x, np.float32)]) if len(x) else \
+        np.zeros((0,) + tuple(out_hw), np.float32)
 
 
 # ---------------------------------------------------------------- concept (text / exemplar) head
 
-def concept_detections(logits, presence, boxes_xyxy_norm, masks, orig_hw, threshold: float, mask_threshold: float):
-    """Detections of each prompt from the concept head's raw outputs.
+def select_queries(logits, presence, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Kept queries of each prompt: [(indices int64 [D], scores float32 [D])] in query order.
 
-    logits [N, Q], presence [N, 1] logits; boxes_xyxy_norm [N, Q, 4] x0,y0,x1,y1 in [0, 1];
-    masks [N, Q, m, m] mask logits; orig_hw (H, W); threshold and mask_threshold are
-    probabilities. Returns a list of N tuples (scores float32 [D], boxes float32 [D, 4] xyxy px,
-    masks bool [D, H, W]), detections in query order.
+    logits [N, Q] and presence [N, 1] are logits; a query is kept where
+    sigmoid(logit) * sigmoid(presence) > threshold.
     """
-    h, w = orig_hw
     scores = sigmoid(logits) * sigmoid(presence)
-    scale = np.array([w, h, w, h], dtype=np.float32)
-    results = []
-    for n in range(scores.shape[0]):
-        keep = np.flatnonzero(scores[n] > np.float32(threshold))
-        boxes = np.asarray(boxes_xyxy_norm[n], dtype=np.float32)[keep] * scale
-        probs = sigmoid(np.asarray(masks[n])[keep])
-        results.append((scores[n][keep], boxes, upsample_binarize(probs, orig_hw, mask_threshold)))
-    return results
+    keep = [np.flatnonzero(row > np.float32(threshold)) for row in scores]
+    return [(k, row[k]) for k, row in zip(keep, scores)]
+
+
+def gather_queries(queries, memory, kept: list[np.ndarray]):
+    """Inputs of the mask head for the prompts with ≥ 1 kept query.
+
+    queries [N, Q, C], memory [N, C, g, g]; kept: per prompt indices. Returns (rows int64 [R],
+    memory [R, C, g, g], queries [R, K, C] zero-padded to K = the largest kept count).
+    """
+    rows = np.array([n for n, k in enumerate(kept) if len(k)], np.int64)
+    width = max((len(k) for k in kept), default=0)
+    padded = np.zeros((len(rows), width, queries.shape[-1]), np.float32)
+    for r, n in enumerate(rows):
+        padded[r, : len(kept[n])] = queries[n, kept[n]]
+    return rows, np.ascontiguousarray(memory[rows]), padded
+
+
+def concept_masks(pred_masks, counts: list[int], image_hw, mask_threshold: float) -> list[MaskSet]:
+    """Masks of the mask head's rows: pred_masks [R, K, m, m] logits, ``counts`` valid rows each."""
+    return [upsample_binarize(sigmoid(pred_masks[r, :n]), image_hw, mask_threshold) for r, n in enumerate(counts)]
+
+
+def scale_boxes(boxes_xyxy_norm, indices: np.ndarray, image_hw) -> np.ndarray:
+    """float32 [D, 4] x1, y1, x2, y2 px of the kept queries, clipped to the image."""
+    h, w = image_hw
+    boxes = np.asarray(boxes_xyxy_norm, np.float32)[indices] * np.array([w, h, w, h], np.float32)
+    return clip_boxes(boxes, image_hw)
+
+
+def clip_boxes(boxes: np.ndarray, image_hw) -> np.ndarray:
+    """xyxy px boxes clipped to [0, W] × [0, H] (float32 [D, 4])."""
+    h, w = image_hw
+    return np.clip(boxes, 0, np.array([w, h, w, h], np.float32)).astype(np.float32)
 
 
 # ---------------------------------------------------------------- prompt (point / box) head
-
-def prompt_masks(pred_masks, orig_hw, mask_threshold: float = 0.0) -> np.ndarray:
-    """Candidate masks of the prompt head at the original size, binarized.
-
-    pred_masks [P, C, m, m] mask logits; mask_threshold in LOGIT space (transformers'
-    default 0.0 = probability 0.5; use prob_to_logit for a probability). Returns bool
-    [P, C, H, W].
-    """
-    p, c, m1, m2 = pred_masks.shape
-    flat = np.asarray(pred_masks, dtype=np.float32).reshape(p * c, m1, m2)
-    return upsample_binarize(flat, orig_hw, mask_threshold).reshape((p, c) + tuple(orig_hw))
-
 
 def best_mask_index(iou_scores) -> np.ndarray:
     """Index of the candidate with the highest predicted IoU: [P, C] → int64 [P]."""
     return np.argmax(np.asarray(iou_scores), axis=-1).astype(np.int64)
 
 
-# ---------------------------------------------------------------- masks → RLE / boxes
+def best_prompt_masks(outputs: list[dict], image_hw, logit_threshold: float):
+    """Best candidate (highest predicted IoU) per object, upsampled and binarized.
+
+    outputs: prompt-call results with pred_masks [P,C,m,m] logits and iou_scores [P,C]
+    (chunks, concatenated in order). Returns (MaskSet of P masks, iou float32 [P,C]).
+    Only the chosen candidate of each object is upsampled.
+    """
+    logits = np.concatenate([o["pred_masks"] for o in outputs])
+    iou = np.concatenate([o["iou_scores"] for o in outputs]).astype(np.float32)
+    chosen = logits[np.arange(len(iou)), best_mask_index(iou)]
+    return upsample_binarize(chosen, image_hw, logit_threshold), iou
+
+
+# ---------------------------------------------------------------- RLE helpers
 
 def encode_rle(masks: np.ndarray) -> list[bytes]:
     """bool [D, H, W] → D COCO compressed RLE ``counts`` (column-major, as pycocotools)."""
-    if masks.shape[0] == 0:
-        return []
-    fortran = np.moveaxis(masks, 0, -1)  # H, W, D: a view, Fortran-ordered when each mask is
-    if not fortran.flags.f_contiguous:
-        fortran = np.asfortranarray(fortran)
-    return [rle["counts"] for rle in mask_utils.encode(fortran.view(np.uint8))]
+    return MaskSet(np.ascontiguousarray(np.asarray(masks, bool).transpose(0, 2, 1)), masks.shape[1:]).rle()
 
 
 def decode_rle(counts: bytes, hw: tuple[int, int]) -> np.ndarray:
@@ -273,11 +215,8 @@ def decode_rle(counts: bytes, hw: tuple[int, int]) -> np.ndarray:
 
 
 def masks_to_boxes_xyxy(masks: np.ndarray) -> np.ndarray:
-    """bool [..., H, W] → float32 [..., 4] x0, y0, x1, y1 of the covered pixels.
-
-    x1 / y1 are the last covered column / row (inclusive), as SAM's batched_mask_to_box;
-    an empty mask gives [0, 0, 0, 0].
-    """
+    """bool [..., H, W] → float32 [..., 4] x0, y0, x1, y1 of the covered pixels (inclusive x1/y1,
+    SAM's batched_mask_to_box); an empty mask gives [0, 0, 0, 0]."""
     rows, cols = masks.any(axis=-1), masks.any(axis=-2)
     empty = ~rows.any(axis=-1)
     h, w = masks.shape[-2:]
@@ -286,16 +225,3 @@ def masks_to_boxes_xyxy(masks: np.ndarray) -> np.ndarray:
     boxes = np.stack([x0, y0, x1, y1], axis=-1).astype(np.float32)
     boxes[empty] = 0
     return boxes
-
-
-def best_prompt_masks(outputs: list[dict], orig_hw, logit_threshold: float):
-    """Best candidate (highest predicted IoU) per object, upsampled and binarized.
-
-    outputs: prompt-call results with pred_masks [P,C,m,m] logits and iou_scores [P,C]
-    (chunks, concatenated in order). Returns (masks bool [P,H,W], iou float32 [P,C]).
-    Only the chosen candidate of each object is upsampled.
-    """
-    logits = np.concatenate([o["pred_masks"] for o in outputs])
-    iou = np.concatenate([o["iou_scores"] for o in outputs]).astype(np.float32)
-    rows, best = np.arange(len(iou)), best_mask_index(iou)
-    return prompt_masks(logits[rows, best][:, None], orig_hw, logit_threshold)[:, 0], iou

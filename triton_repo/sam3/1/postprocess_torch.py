@@ -1,9 +1,10 @@
-"""GPU post-processing (target ``gpu``): the same results as postprocess.py, computed in torch.
+"""GPU post-processing (target ``gpu``): the same interface and results as postprocess.py, in torch.
 
-Component outputs arrive as CUDA tensors (BLS + DLPack); scores, thresholds, bilinear mask
-upsampling and binarization run on the device and only the kept masks are copied to the
-host. Functions accept tensors on any device, so the CPU test suite checks them against
-the numpy implementation (transformers' own post-processing uses these same torch calls).
+Component outputs arrive as CUDA tensors (BLS + DLPack); scores, thresholds, the gather of the
+kept queries for the mask head, bilinear mask upsampling and binarization run on the device,
+and only the kept masks (and their scores and boxes) are copied to the host. Functions accept
+tensors on any device, so the CPU test suite checks them against the numpy implementation
+(transformers' own post-processing uses these same torch calls).
 """
 
 from __future__ import annotations
@@ -12,47 +13,72 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from postprocess import MaskSet, clip_boxes
+
 
 def _host(x: torch.Tensor) -> np.ndarray:
     return x.detach().to("cpu").numpy()
 
 
-def as_tensor(x, device) -> torch.Tensor:
-    """A numpy array or tensor as a tensor on ``device``."""
-    return x.to(device) if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x)).to(device)
+def as_tensor(x, device=None) -> torch.Tensor:
+    """A numpy array or tensor as a tensor on ``device`` (default: where it is, or the CPU)."""
+    if isinstance(x, torch.Tensor):
+        return x if device is None else x.to(device)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device or "cpu")
 
 
-def upsample_binarize(x: torch.Tensor, out_hw, threshold: float) -> torch.Tensor:
-    """[K, m, m] float → bool [K, H, W]: bilinear (align_corners=False) then > threshold."""
+def upsample_binarize(x: torch.Tensor, image_hw, threshold: float) -> MaskSet:
+    """[K, m, m] float → MaskSet of the bilinear upsampling (align_corners=False) > threshold.
+
+    The maps are upsampled transposed, so the host copy is already column-major (RLE layout).
+    """
+    h, w = (int(v) for v in image_hw)
     if x.shape[0] == 0:
-        return torch.zeros((0, *out_hw), dtype=torch.bool, device=x.device)
-    return F.interpolate(x[:, None].float(), size=tuple(out_hw), mode="bilinear", align_corners=False)[:, 0] > threshold
+        return MaskSet.empty(image_hw)
+    up = F.interpolate(x.transpose(-1, -2)[:, None].float(), size=(w, h), mode="bilinear", align_corners=False)
+    return MaskSet(_host(up[:, 0] > threshold), image_hw)
 
 
-def concept_detections(logits, presence, boxes_xyxy_norm, masks, orig_hw, threshold: float, mask_threshold: float):
-    """Same contract as postprocess.concept_detections; inputs may be CUDA tensors."""
-    device = masks.device if isinstance(masks, torch.Tensor) else "cpu"
-    logits, presence, boxes, masks = (as_tensor(v, device) for v in (logits, presence, boxes_xyxy_norm, masks))
-    h, w = orig_hw
-    scores = logits.sigmoid() * presence.sigmoid()
-    scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=device)
-    results = []
-    for n in range(scores.shape[0]):
-        keep = torch.nonzero(scores[n] > threshold).flatten()
-        kept = upsample_binarize(masks[n, keep].sigmoid(), orig_hw, mask_threshold)
-        results.append((_host(scores[n, keep]), _host(boxes[n, keep] * scale), _host(kept)))
-    return results
+def select_queries(logits, presence, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Same contract as postprocess.select_queries; logits/presence may be CUDA tensors."""
+    scores = as_tensor(logits).sigmoid() * as_tensor(presence).sigmoid()
+    keep = [torch.nonzero(row > threshold).flatten() for row in scores]
+    return [(_host(k), _host(row[k])) for k, row in zip(keep, scores)]
 
 
-def best_prompt_masks(outputs: list[dict], orig_hw, logit_threshold: float):
+def gather_queries(queries, memory, kept: list[np.ndarray]):
+    """Same contract as postprocess.gather_queries; the gathered tensors stay on the device."""
+    queries, memory = as_tensor(queries), as_tensor(memory)
+    rows = np.array([n for n, k in enumerate(kept) if len(k)], np.int64)
+    width = max((len(k) for k in kept), default=0)
+    padded = torch.zeros((len(rows), width, queries.shape[-1]), dtype=queries.dtype, device=queries.device)
+    for r, n in enumerate(rows):
+        padded[r, : len(kept[n])] = queries[n, torch.as_tensor(kept[n], device=queries.device)]
+    return rows, memory[torch.as_tensor(rows, device=memory.device)].contiguous(), padded
+
+
+def concept_masks(pred_masks, counts: list[int], image_hw, mask_threshold: float) -> list[MaskSet]:
+    """Same contract as postprocess.concept_masks, upsampled on the device."""
+    pred_masks = as_tensor(pred_masks)
+    return [upsample_binarize(pred_masks[r, :n].sigmoid(), image_hw, mask_threshold) for r, n in enumerate(counts)]
+
+
+def scale_boxes(boxes_xyxy_norm, indices: np.ndarray, image_hw) -> np.ndarray:
+    """Same contract as postprocess.scale_boxes (only the kept boxes leave the device)."""
+    boxes = as_tensor(boxes_xyxy_norm)
+    kept = _host(boxes[torch.as_tensor(indices, device=boxes.device)]).astype(np.float32)
+    h, w = image_hw
+    return clip_boxes(kept * np.array([w, h, w, h], np.float32), image_hw)
+
+
+def best_prompt_masks(outputs: list[dict], image_hw, logit_threshold: float):
     """Best candidate per object, upsampled and binarized on the device.
 
     outputs: prompt-call results with pred_masks [P,C,m,m] and iou_scores [P,C] (chunks are
-    concatenated). Returns (masks bool [P,H,W], iou float32 [P,C]) as numpy.
+    concatenated). Returns (MaskSet of P masks, iou float32 [P,C] numpy).
     """
-    device = outputs[0]["pred_masks"].device if isinstance(outputs[0]["pred_masks"], torch.Tensor) else "cpu"
-    logits = torch.cat([as_tensor(o["pred_masks"], device) for o in outputs])
-    iou = torch.cat([as_tensor(o["iou_scores"], device) for o in outputs]).float()
+    logits = torch.cat([as_tensor(o["pred_masks"]) for o in outputs])
+    iou = torch.cat([as_tensor(o["iou_scores"], logits.device) for o in outputs]).float()
     best = iou.argmax(-1)
-    chosen = logits[torch.arange(len(best), device=device), best]
-    return _host(upsample_binarize(chosen, orig_hw, logit_threshold)), _host(iou)
+    chosen = logits[torch.arange(len(best), device=logits.device), best]
+    return upsample_binarize(chosen, image_hw, logit_threshold), _host(iou)

@@ -1,8 +1,9 @@
 """Typed request tensors of the `sam3` model → a validated :class:`Sam3Request`.
 
-Input names/dtypes are declared once in export/spec.py (SAM3_INPUTS). Everything that can be
-checked without decoding the image is checked here; coordinates are checked against the
-image size in pipeline.py. Every problem raises InputError with a message for the user.
+Input names, dtypes, defaults, bounds and choices are declared once in export/spec.py
+(SAM3_INPUTS; ``sam3_spec`` here). Everything that can be checked without decoding the image is
+checked here; coordinates are checked against the image size in pipeline.py. Every problem
+raises InputError with a message for the user. An empty tensor counts as left out.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from errors import InputError
+from sam3_spec import SAM3_INPUTS
 
-MODES = ("text", "point", "box", "auto")
-MASK_FORMATS = ("rle", "bool")
+SPECS = {t.name: t for t in SAM3_INPUTS}
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,6 @@ class Limits:
     max_points: int = 13
     max_boxes: int = 64
     max_exemplars: int = 8
-    max_points_per_side: int = 64
 
 
 @dataclass
@@ -33,20 +33,20 @@ class Sam3Request:
     """One validated request. Coordinates are px of the original image (checked later)."""
 
     image: bytes
-    mode: str = "text"
+    mode: str = SPECS["mode"].default
     texts: list[str] = field(default_factory=list)
     points: np.ndarray | None = None        # float32 [N, 2] x, y
     point_labels: np.ndarray | None = None  # int64 [N]
     boxes: np.ndarray | None = None         # float32 [K, 4] x0, y0, x1, y1
     box_labels: np.ndarray | None = None    # int64 [K]
     image_id: str | None = None
-    threshold: float = 0.5
-    mask_threshold: float = 0.5
-    points_per_side: int = 16
-    points_per_batch: int = 64
-    mask_format: str = "rle"
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
+    threshold: float = SPECS["threshold"].default
+    mask_threshold: float = SPECS["mask_threshold"].default
+    points_per_side: int = SPECS["points_per_side"].default
+    points_per_batch: int = SPECS["points_per_batch"].default
+    mask_format: str = SPECS["mask_format"].default
+    pred_iou_thresh: float = SPECS["pred_iou_thresh"].default
+    stability_score_thresh: float = SPECS["stability_score_thresh"].default
 
 
 def _string(values: np.ndarray | None, name: str) -> str | None:
@@ -66,36 +66,39 @@ def _strings(values: np.ndarray | None, name: str) -> list[str]:
     return [_string(np.array([v], dtype=object), name) for v in values.reshape(-1)]
 
 
-def _scalar(values: np.ndarray | None, name: str, default, kind, low, high):
-    """One number in [low, high] (default when absent)."""
+def _scalar(tensors: dict, name: str, kind):
+    """One number in the spec's bounds of ``name`` (its default when absent)."""
+    values, spec = tensors.get(name), SPECS[name]
     if values is None or values.size == 0:
-        return default
+        return spec.default
     value = kind(values.reshape(-1)[0])
+    low, high = spec.bounds
     if not np.isfinite(value) or not low <= value <= high:
         raise InputError(f"{name} must be a number in [{low}, {high}]; got {value}")
     return value
 
 
-def _choice(values: np.ndarray | None, name: str, choices: tuple, default: str) -> str:
-    value = _string(values, name) or default
-    if value not in choices:
-        raise InputError(f"unknown {name} {value!r}: use one of {', '.join(choices)}")
+def _choice(tensors: dict, name: str) -> str:
+    """One of the spec's choices of ``name`` (its default when absent or empty)."""
+    spec = SPECS[name]
+    value = _string(tensors.get(name), name) or spec.default
+    if value not in spec.choices:
+        raise InputError(f"unknown {name} {value!r}: use one of {', '.join(spec.choices)}")
     return value
 
 
 def parse_request(tensors: dict[str, np.ndarray], limits: Limits = Limits()) -> Sam3Request:
     """Validate the tensors of one request (name → numpy array; absent optional inputs omitted)."""
-    image_id = _string(tensors.get("image_id"), "image_id")
+    image_id = _string(tensors.get("image_id"), "image_id") or None
     req = Sam3Request(
-        image=_image(tensors.get("image"), image_id), mode=_choice(tensors.get("mode"), "mode", MODES, "text"),
+        image=_image(tensors.get("image"), image_id), mode=_choice(tensors, "mode"),
         texts=_strings(tensors.get("text"), "text"), image_id=image_id,
-        threshold=_scalar(tensors.get("threshold"), "threshold", 0.5, float, 0.0, 1.0),
-        mask_threshold=_scalar(tensors.get("mask_threshold"), "mask_threshold", 0.5, float, 0.0, 1.0),
-        points_per_side=_scalar(tensors.get("points_per_side"), "points_per_side", 16, int, 1, limits.max_points_per_side),
-        points_per_batch=_scalar(tensors.get("points_per_batch"), "points_per_batch", 64, int, 1, 1024),
-        pred_iou_thresh=_scalar(tensors.get("pred_iou_thresh"), "pred_iou_thresh", 0.88, float, 0.0, 1.0),
-        stability_score_thresh=_scalar(tensors.get("stability_score_thresh"), "stability_score_thresh", 0.95, float, 0.0, 1.0),
-        mask_format=_choice(tensors.get("mask_format"), "mask_format", MASK_FORMATS, "rle"))
+        threshold=_scalar(tensors, "threshold", float), mask_threshold=_scalar(tensors, "mask_threshold", float),
+        points_per_side=_scalar(tensors, "points_per_side", int),
+        points_per_batch=_scalar(tensors, "points_per_batch", int),
+        pred_iou_thresh=_scalar(tensors, "pred_iou_thresh", float),
+        stability_score_thresh=_scalar(tensors, "stability_score_thresh", float),
+        mask_format=_choice(tensors, "mask_format"))
     _attach_prompts(req, tensors, limits)
     return req
 
@@ -119,13 +122,15 @@ def _attach_prompts(req: Sam3Request, tensors: dict, limits: Limits) -> None:
 
 
 def _pair(tensors, coords_name, labels_name, width, default_label):
+    """(coords float32 [N, width], labels [N]) or (None, None); labels left out or empty → default_label."""
     coords = tensors.get(coords_name)
     if coords is None or coords.size == 0:
         return None, None
     coords = np.asarray(coords, dtype=np.float32).reshape(-1, width)
     labels = tensors.get(labels_name)
-    labels = np.full(len(coords), default_label, np.int64) if labels is None else np.asarray(labels).reshape(-1)
-    return coords, labels
+    if labels is None or labels.size == 0:
+        return coords, np.full(len(coords), default_label, np.int64)
+    return coords, np.asarray(labels).reshape(-1)
 
 
 def _check_mode_needs(req: Sam3Request, limits: Limits) -> None:

@@ -1,18 +1,16 @@
 """How the orchestrator calls the four component models.
 
-Two interchangeable back ends with one interface, ``run(component, feeds) -> {name: array}``
-and ``run_parallel([(component, feeds), ...]) -> [outputs, ...]``:
+Two interchangeable back ends with one interface, the coroutine
+``await arun(component, feeds) -> {name: array}`` (and its blocking twin ``run``):
 
-- :class:`BlsStages` — inside Triton: BLS requests to sam3_vision / sam3_text / sam3_concept /
-  sam3_prompt; independent calls (vision ‖ text) run concurrently with ``async_exec``. GPU
-  outputs stay on the GPU (DLPack → torch) and GPU inputs are passed by DLPack.
+- :class:`BlsStages` — inside Triton: BLS requests to the ``sam3_<component>`` models with
+  ``async_exec``, so the pipeline overlaps the calls of several requests (and vision ‖ text).
+  GPU outputs stay on the GPU (DLPack → torch) and GPU inputs are passed by DLPack.
 - :class:`OrtStages` — the same ONNX graphs in in-process ONNX Runtime sessions (tests,
   embedded use without a server).
 """
 
 from __future__ import annotations
-
-import asyncio
 
 
 class StageError(RuntimeError):
@@ -45,14 +43,8 @@ class BlsStages:
     def run(self, component: str, feeds: dict) -> dict:
         return self._unpack(component, self._request(component, feeds).exec())
 
-    def run_parallel(self, calls: list[tuple[str, dict]]) -> list[dict]:
-        requests = [self._request(c, f) for c, f in calls]
-        responses = asyncio.run(_gather(requests))
-        return [self._unpack(c, r) for (c, _), r in zip(calls, responses)]
-
-
-async def _gather(requests):
-    return await asyncio.gather(*(r.async_exec() for r in requests))
+    async def arun(self, component: str, feeds: dict) -> dict:
+        return self._unpack(component, await self._request(component, feeds).async_exec())
 
 
 def _is_torch(value) -> bool:
@@ -82,5 +74,5 @@ class OrtStages:
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds)))
 
-    def run_parallel(self, calls: list[tuple[str, dict]]) -> list[dict]:
-        return [self.run(c, f) for c, f in calls]
+    async def arun(self, component: str, feeds: dict) -> dict:
+        return self.run(component, feeds)
