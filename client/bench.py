@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import threading
@@ -41,15 +42,17 @@ from pathlib import Path
 import numpy as np
 
 from client.api import Sam3Client, Sam3Error
+from export.spec import COMPONENTS
 
 MODES = ("text", "point", "box", "auto")
 PROTOCOLS = ("grpc", "http")
-COMPONENT_MODELS = ("sam3_vision", "sam3_text", "sam3_concept", "sam3_prompt")
+COMPONENT_MODELS = tuple(f"sam3_{c}" for c in COMPONENTS)
 ORCHESTRATOR = "sam3"
 TEXT_WORKLOADS = (("astronaut", ("person",)), ("coffee", ("cup",)))
 P3_WORKLOAD = ("astronaut", ("person", "helmet", "flag", "spacesuit"))
 BOX = (120.0, 20.0, 460.0, 500.0)  # around the astronaut, x0 y0 x1 y1 px
-QUICK = dict(warmup=1, repeats=2, concurrency="1,2", compare_repeats=2, clicks=3, points_per_side=4)
+QUICK = dict(warmup=1, repeats=2, concurrency="1,2", compare_repeats=2, clicks=3, points_per_side=4,
+             throughput_concurrency=2)
 
 
 def log(message: str) -> None:
@@ -65,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     target = p.add_argument_group("target: a running server (--grpc-url/--http-url) or one started here (--model)")
     target.add_argument("--grpc-url", help="host:port of a running server's gRPC endpoint")
     target.add_argument("--http-url", help="host:port of a running server's HTTP endpoint")
+    target.add_argument("--metrics-url", help="a running server's Prometheus endpoint (http://host:8002/metrics), "
+                        "for the P5 phase breakdown")
     target.add_argument("--model", help="tiny | bench | checkpoint dir: export if needed and start a server")
     target.add_argument("--artifacts", type=Path, help="exported artifacts of --model (default: its cache dir)")
     target.add_argument("--checkpoint", type=Path, help="checkpoint dir of the served weights, for the reference "
@@ -78,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=10, help="requests per client in each sweep cell")
     p.add_argument("--compare-repeats", type=int, default=5, help="repetitions of each P1-P3 measurement")
     p.add_argument("--clicks", type=int, default=10, help="clicks per image in P2")
+    p.add_argument("--throughput-concurrency", type=int, default=8,
+                   help="concurrent clients of the throughput comparison (vs 1)")
     p.add_argument("--cache", choices=("cold", "warm"), default="cold",
                    help="sweep: cold = a new image_id per request (vision runs every time); warm = one id per image")
     p.add_argument("--threshold", default="auto", help="text score threshold, or 'auto': keep --keep best per concept")
@@ -317,6 +324,7 @@ def _one(load: Load, lock, request, client, i: int) -> None:
 # ---------------------------------------------------------------- Triton statistics (P5)
 
 STAT_KINDS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+COUNTS = ("inference_count", "execution_count")  # requests (batch items) and executions of a model
 
 
 class TritonStats:
@@ -334,7 +342,7 @@ class TritonStats:
         for entry in raw.get("model_stats", []):
             infer = entry.get("inference_stats", {})
             stats[entry["name"]] = {k: (int(infer.get(k, {}).get("count", 0)), int(infer.get(k, {}).get("ns", 0)))
-                                    for k in STAT_KINDS}
+                                    for k in STAT_KINDS} | {k: (int(entry.get(k, 0)), 0) for k in COUNTS}
         return stats
 
     def settled(self, expected: int = 0, pause_s: float = 0.05, limit_s: float = 5.0) -> dict:
@@ -366,6 +374,29 @@ class TritonStats:
         self.client.close()
 
 
+PHASE_METRIC = re.compile(r'^sam3_phase_seconds_total\{phase="(\w+)"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
+
+
+class PhaseMetrics:
+    """The orchestrator's per-phase seconds (sam3_phase_seconds_total on Triton's /metrics)."""
+
+    def __init__(self, url: str | None):
+        self.url = url
+
+    def snapshot(self) -> dict:
+        """{phase: seconds summed over requests}; {} without a metrics URL."""
+        if not self.url:
+            return {}
+        import urllib.request
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            text = response.read().decode()
+        return {phase: float(value) for phase, value in PHASE_METRIC.findall(text)}
+
+
+def phases_delta(before: dict, after: dict) -> dict:
+    return {phase: after[phase] - before.get(phase, 0.0) for phase in after}
+
+
 def _successes(snapshot: dict) -> int:
     return snapshot.get(ORCHESTRATOR, {}).get("success", (0, 0))[0]
 
@@ -373,13 +404,26 @@ def _successes(snapshot: dict) -> int:
 def stats_delta(before: dict, after: dict) -> dict:
     """{model: {kind: (count, ns)}} accumulated between two snapshots."""
     return {model: {k: (after[model][k][0] - before.get(model, {}).get(k, (0, 0))[0],
-                        after[model][k][1] - before.get(model, {}).get(k, (0, 0))[1]) for k in STAT_KINDS}
+                        after[model][k][1] - before.get(model, {}).get(k, (0, 0))[1]) for k in STAT_KINDS + COUNTS}
             for model in after}
 
 
-def overhead(delta: dict, latencies) -> dict:
+def batch_sizes(delta: dict) -> dict:
+    """{model: mean requests per execution} between two snapshots (> 1: Triton batched them)."""
+    sizes = {}
+    for model, kinds in delta.items():
+        inferences, executions = kinds["inference_count"][0], kinds["execution_count"][0]
+        if executions:
+            sizes[model] = round(inferences / executions, 2)
+    return sizes
+
+
+def overhead(delta: dict, latencies, phases: dict | None = None) -> dict:
     """Per sam3 request (ms): client end-to-end, Triton's request time, orchestrator compute, component
-    compute (by model), and the overhead = end-to-end − component compute (also as a fraction)."""
+    compute (by model), and the overhead = end-to-end − component compute (also as a fraction),
+    broken down (``breakdown``) into queue (Triton), decode, BLS (the orchestrator's wait on its
+    component calls beyond their compute: tensor copies and IPC), post-processing, encoding and
+    the rest (transport, parsing, glue), from the orchestrator's phase metrics."""
     count = delta.get(ORCHESTRATOR, {}).get("success", (0, 0))[0]
     if not count or not len(latencies):
         return {"requests": 0}
@@ -387,13 +431,25 @@ def overhead(delta: dict, latencies) -> dict:
     components = {m: per(delta[m]["compute_infer"][1]) for m in COMPONENT_MODELS if m in delta}
     e2e = float(np.mean(latencies)) * 1e3
     compute = sum(components.values())
-    return {"requests": int(count), "consistent": int(count) == len(latencies), "end_to_end_ms": round(e2e, 3),
-            "server_request_ms": per(delta[ORCHESTRATOR]["success"][1]),
-            "orchestrator_compute_ms": per(delta[ORCHESTRATOR]["compute_infer"][1]),
-            "components_compute_ms": round(compute, 3), "components_ms": components,
-            "orchestrator_overhead_ms": round(per(delta[ORCHESTRATOR]["compute_infer"][1]) - compute, 3),
-            "transport_ms": round(e2e - per(delta[ORCHESTRATOR]["success"][1]), 3),
-            "overhead_ms": round(e2e - compute, 3), "overhead_fraction": round((e2e - compute) / e2e, 4)}
+    row = {"requests": int(count), "consistent": int(count) == len(latencies), "end_to_end_ms": round(e2e, 3),
+           "server_request_ms": per(delta[ORCHESTRATOR]["success"][1]),
+           "orchestrator_compute_ms": per(delta[ORCHESTRATOR]["compute_infer"][1]),
+           "components_compute_ms": round(compute, 3), "components_ms": components,
+           "orchestrator_overhead_ms": round(per(delta[ORCHESTRATOR]["compute_infer"][1]) - compute, 3),
+           "transport_ms": round(e2e - per(delta[ORCHESTRATOR]["success"][1]), 3),
+           "overhead_ms": round(e2e - compute, 3), "overhead_fraction": round((e2e - compute) / e2e, 4)}
+    if phases:
+        row["breakdown"] = _breakdown(row, phases, count, per(delta[ORCHESTRATOR]["queue"][1]))
+    return row
+
+
+def _breakdown(row: dict, phases: dict, count: int, queue_ms: float) -> dict:
+    """The overhead of ``row`` split by phase (ms per request); ``rest`` closes the sum."""
+    ms = {phase: round(seconds / count * 1e3, 3) for phase, seconds in phases.items()}
+    parts = {"queue": queue_ms, "decode": ms.get("decode", 0.0),
+             "bls": round(ms.get("compute", 0.0) - row["components_compute_ms"], 3),
+             "post": ms.get("post", 0.0), "encode": ms.get("encode", 0.0)}
+    return parts | {"rest": round(row["overhead_ms"] - sum(parts.values()), 3)}
 
 
 # ---------------------------------------------------------------- the target server
@@ -406,6 +462,7 @@ class Target:
     urls: dict
     checkpoint: Path | str | None
     model: str
+    metrics_url: str | None = None
 
 
 @contextmanager
@@ -414,7 +471,7 @@ def open_target(args):
     if not args.model:
         urls = {p: u for p, u in (("grpc", args.grpc_url), ("http", args.http_url)) if u}
         name = str(args.checkpoint) if args.checkpoint else "unknown (a running server)"
-        yield Target(urls, args.checkpoint, name)
+        yield Target(urls, args.checkpoint, name, args.metrics_url)
         return
     from server.triton import TritonServer
     with tempfile.TemporaryDirectory(prefix="sam3-bench-") as tmp:
@@ -422,7 +479,8 @@ def open_target(args):
         log(f"starting tritonserver over {repo}")
         with TritonServer(repo, log_path=Path(tmp) / "tritonserver.log", ready_timeout_s=600) as server:
             log(f"server ready: gRPC {server.grpc_url}, HTTP {server.http_address}")
-            yield Target({"grpc": server.grpc_url, "http": server.http_address}, _model_checkpoint(args), args.model)
+            yield Target({"grpc": server.grpc_url, "http": server.http_address}, _model_checkpoint(args), args.model,
+                         server.metrics_url)
 
 
 def _artifacts(args) -> Path:
@@ -454,7 +512,15 @@ def _model_checkpoint(args) -> Path | str:
 
 # ---------------------------------------------------------------- the sweep
 
-def sweep(clients: dict, stats: TritonStats, work: Workloads, args) -> tuple[list, list]:
+@dataclass
+class Probes:
+    """What the benchmark reads from the server besides responses: Triton statistics, phase metrics."""
+
+    stats: TritonStats
+    phases: PhaseMetrics
+
+
+def sweep(clients: dict, probes: Probes, work: Workloads, args) -> tuple[list, list]:
     """Warm-up, then every protocol × mode × concurrency cell; returns (rows, P5 rows)."""
     rows, p5 = [], []
     for protocol, client in clients.items():
@@ -464,11 +530,11 @@ def sweep(clients: dict, stats: TritonStats, work: Workloads, args) -> tuple[lis
             for i in range(args.warmup):
                 request(client, i)
             for concurrency in args.concurrency:
-                row, load, delta = _cell(client, stats, request, concurrency, args.repeats)
+                row, load, delta, phases = _cell(client, probes, request, concurrency, args.repeats)
                 rows.append({"protocol": protocol, "mode": mode, **row})
                 if concurrency == args.concurrency[0]:
                     p5.append({"protocol": protocol, "mode": mode, "concurrency": concurrency,
-                               **overhead(delta, load.latencies)})
+                               **overhead(delta, load.latencies, phases)})
     return rows, p5
 
 
@@ -480,16 +546,36 @@ def _sweep_request(work: Workloads, mode: str, cache: str):
     return request
 
 
-def _cell(client, stats: TritonStats, request, concurrency: int, per_client: int):
+def _cell(client, probes: Probes, request, concurrency: int, per_client: int):
+    """One load; returns (row, load, Triton statistics delta, phase seconds delta)."""
     log(f"  {client.protocol} concurrency {concurrency}: {concurrency * per_client} requests")
-    before = stats.settled()
+    before, phases_before = probes.stats.settled(), probes.phases.snapshot()
     load = run_load(client, request, concurrency, per_client)
-    delta = stats_delta(before, stats.settled(_successes(before) + len(load.latencies)))
+    delta = stats_delta(before, probes.stats.settled(_successes(before) + len(load.latencies)))
+    batches = batch_sizes(delta)
     row = {"concurrency": concurrency, **latency_stats(load.latencies), "errors": len(load.errors),
            "first_error": load.errors[0] if load.errors else None,
            "throughput_rps": round(len(load.latencies) / load.wall_s, 3) if load.wall_s else 0.0,
-           "detections_mean": round(float(np.mean(load.detections)), 2) if load.detections else 0.0}
-    return row, load, delta
+           "detections_mean": round(float(np.mean(load.detections)), 2) if load.detections else 0.0,
+           "sam3_batch": batches.get(ORCHESTRATOR), "vision_batch": batches.get("sam3_vision")}
+    return row, load, delta, phases_delta(phases_before, probes.phases.snapshot())
+
+
+def throughput(client, probes: Probes, work: Workloads, args) -> dict:
+    """Point requests at concurrency 1 vs ``--throughput-concurrency``: cold (a new image_id each: the
+    vision model runs, and batches) and warm (clicks on one embedded image: orchestrator-bound)."""
+    high, cases = args.throughput_concurrency, {}
+    for cache in ("cold", "warm"):
+        request = _sweep_request(work, "point", cache)
+        request(client, 0)
+        log(f"throughput: point, {cache} image, concurrency 1 vs {high}")
+        rows = {c: _cell(client, probes, request, c, args.repeats * max(1, high // c))[0] for c in (1, high)}
+        cases[cache] = {"concurrency": [1, high], "rps": [rows[1]["throughput_rps"], rows[high]["throughput_rps"]],
+                        "gain": ratio(rows[high]["throughput_rps"], rows[1]["throughput_rps"]),
+                        "vision_batch": [rows[1]["vision_batch"], rows[high]["vision_batch"]],
+                        "sam3_batch": [rows[1]["sam3_batch"], rows[high]["sam3_batch"]],
+                        "errors": rows[1]["errors"] + rows[high]["errors"]}
+    return cases
 
 
 # ---------------------------------------------------------------- the goals P1-P4
@@ -573,10 +659,15 @@ def p3_concepts(client, work: Workloads, repeats: int) -> dict:
         return [client.text(work.images[name].data, [c], threshold=work.thresholds[key], image_id=image_id_of())
                 for c in concepts]
     one = repeat_timed(lambda _: work.text(client, name, concepts, fresh_id(name)), repeats)
+    single = repeat_timed(lambda _: work.text(client, name, concepts[:1], fresh_id(name)), repeats)
     apart, shared = session_times(repeats, separate), session_times(repeats, separate, shared_id=name)
+    extra = (np.median(one) - np.median(single)) / (len(concepts) - 1)
     return {"concepts": list(concepts), "threshold": work.thresholds[key],
-            "one_request": latency_stats(one), "separate_requests": latency_stats(apart),
+            "one_request": latency_stats(one), "single_concept_request": latency_stats(single),
+            "separate_requests": latency_stats(apart),
             "separate_requests_shared_image_id": latency_stats(shared),
+            "extra_concept_ms": round(float(extra) * 1e3, 3),
+            "extra_concept_fraction": round(float(extra / np.median(single)), 4),
             "speedup": ratio(np.median(apart), np.median(one)),
             "speedup_vs_shared_image_id": ratio(np.median(shared), np.median(one))}
 
@@ -682,12 +773,18 @@ def _model_summary(checkpoint: Path | str | None) -> dict | None:
 
 def format_table(report: dict) -> str:
     """The sweep table and the P1–P5 lines, for stdout."""
-    head = f"{'protocol':8} {'mode':6} {'conc':>4} {'n':>4} {'err':>3} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'req/s':>7}"
+    head = (f"{'protocol':8} {'mode':6} {'conc':>4} {'n':>4} {'err':>3} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+            f"{'req/s':>7} {'sam3/ex':>7} {'vis/ex':>6}")
     lines = [head, "-" * len(head)]
     for r in report["sweep"]:
         lines.append(f"{r['protocol']:8} {r['mode']:6} {r['concurrency']:>4} {r.get('count', 0):>4} {r['errors']:>3} "
-                     f"{_ms(r.get('p50_ms'))} {_ms(r.get('p90_ms'))} {_ms(r.get('p99_ms'))} {r['throughput_rps']:>7.2f}")
+                     f"{_ms(r.get('p50_ms'))} {_ms(r.get('p90_ms'))} {_ms(r.get('p99_ms'))} {r['throughput_rps']:>7.2f} "
+                     f"{_n(r.get('sam3_batch')):>7} {_n(r.get('vision_batch')):>6}")
     return "\n".join(lines + [""] + goal_lines(report["comparisons"]))
+
+
+def _n(value) -> str:
+    return f"{value:.2f}" if value is not None else "-"
 
 
 def _ms(value) -> str:
@@ -704,7 +801,7 @@ def _p50(stats) -> str:
 
 def goal_lines(c: dict) -> list[str]:
     """One or two lines per goal, ratios as baseline / ours."""
-    p1, p2, p3, p4, p5 = (c.get(k) for k in ("P1", "P2", "P3", "P4", "P5"))
+    p1, p2, p3, p4, p5, rates = (c.get(k) for k in ("P1", "P2", "P3", "P4", "P5", "throughput"))
     lines = []
     if p1:
         lines += [f"P1 text vs reference: server {_p50(p1['server_cold'])} (cold image), {_p50(p1['server_warm'])} "
@@ -717,7 +814,10 @@ def goal_lines(c: dict) -> list[str]:
     if p3:
         lines += [f"P3 {len(p3['concepts'])} concepts: one request {_p50(p3['one_request'])}, separate "
                   f"{_p50(p3['separate_requests'])} → speedup {_x(p3['speedup'])} (separate, shared image_id: "
-                  f"{_p50(p3['separate_requests_shared_image_id'])} → {_x(p3['speedup_vs_shared_image_id'])})"]
+                  f"{_p50(p3['separate_requests_shared_image_id'])} → {_x(p3['speedup_vs_shared_image_id'])}); "
+                  f"each extra concept {p3['extra_concept_ms']:.1f} ms = "
+                  f"{100 * p3['extra_concept_fraction']:.0f}% of a one-concept request "
+                  f"({_p50(p3['single_concept_request'])})"]
     if p4:
         t = p4["total"]
         lines += [f"P4 mask bytes ({t['masks']} masks): RLE {t['rle_bytes']:,} B vs JSON {t['json_bytes']:,} B → "
@@ -730,6 +830,13 @@ def goal_lines(c: dict) -> list[str]:
                   f"transport {r['transport_ms']:.1f} ms → overhead {r['overhead_ms']:.1f} ms "
                   f"({100 * r['overhead_fraction']:.1f}%)" + ("" if r["consistent"] else " [other requests in stats]")
                   for r in p5["rows"] if r.get("requests")]
+        lines += [f"   {r['protocol']:5} {r['mode']:6} breakdown ms: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown"].items())
+                  for r in p5["rows"] if r.get("breakdown")]
+    for cache, t in (rates or {}).items():
+        lines += [f"throughput point {cache}: {t['rps'][0]:.2f} → {t['rps'][1]:.2f} req/s at concurrency "
+                  f"{t['concurrency'][0]} → {t['concurrency'][1]} ({_x(t['gain'])}); requests per execution "
+                  f"sam3 {_n(t['sam3_batch'][1])}, vision {_n(t['vision_batch'][1])}; errors {t['errors']}"]
     return lines
 
 
@@ -761,12 +868,14 @@ def _measure(args, target: Target, clients: dict, stats: TritonStats) -> dict:
     work = Workloads(images, thresholds_for(main, images, args), args.points_per_side, args.pred_iou_thresh,
                      args.stability_thresh, click_points(args.clicks))
     config = echo_config(args, target, stats, work)
-    rows, p5 = sweep(clients, stats, work, args)
+    probes = Probes(stats, PhaseMetrics(target.metrics_url))
+    rows, p5 = sweep(clients, probes, work, args)
+    rates = throughput(main, probes, work, args) if "point" in args.modes else None
     reference = _reference(args, target)
     comparisons = {"P1": p1_text(main, work, reference, args.compare_repeats) if "text" in args.modes else None,
                    "P2": p2_clicks(main, work, reference, args.compare_repeats) if "point" in args.modes else None,
                    "P3": p3_concepts(main, work, args.compare_repeats) if "text" in args.modes else None,
-                   "P4": p4_mask_bytes(main, work, args.modes), "P5": p5_summary(p5)}
+                   "P4": p4_mask_bytes(main, work, args.modes), "P5": p5_summary(p5), "throughput": rates}
     config["reference"] = {"checkpoint": str(target.checkpoint), "device": "cpu", "dtype": "float32",
                            "torch_threads": _torch_threads()} if reference is not None else None
     return {"config": config, "sweep": rows, "comparisons": comparisons}

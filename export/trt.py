@@ -53,7 +53,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 # which is what keeps FP16 attention from overflowing. FP16 (10-bit mantissa) is more exact
 # than BF16 (7-bit) once overflow is handled, so FP16 is the default everywhere; a component
 # whose FP16 engine fails parity is rebuilt in FP32 (build_engines(fallback_fp32=True)).
-DEFAULT_PRECISION = {"vision": "fp16", "text": "fp16", "concept": "fp16", "prompt": "fp16"}
+DEFAULT_PRECISION = {"vision": "fp16", "text": "fp16", "concept": "fp16", "mask": "fp16", "prompt": "fp16"}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ def report(sam3_server, tiny_checkpoint, tmp_path_factory):
     """JSON report of `python -m client.bench --quick` against the session server, with the reference."""
     out = tmp_path_factory.mktemp("bench") / "report.json"
     code = bench.main(["--grpc-url", sam3_server.grpc_url, "--http-url", sam3_server.http_address,
-                       "--checkpoint", str(tiny_checkpoint), "--quick", "--json", str(out)])
+                       "--metrics-url", sam3_server.metrics_url, "--checkpoint", str(tiny_checkpoint), "--quick",
+                       "--json", str(out)])
     assert code == 0
     return json.loads(out.read_text())
 
@@ -56,7 +57,7 @@ def test_sweep_covers_every_cell_without_errors(report):
 
 def test_goals_have_positive_ratios(report):
     goals = report["comparisons"]
-    assert set(goals) == set(SECTIONS)
+    assert set(goals) == set(SECTIONS) | {"throughput"}
     p1, p2, p3, p4, p5 = (goals[k] for k in SECTIONS)
     for stats in (p1["server_cold"], p1["server_warm"], p1["reference"], p2["server_cached"], p2["server_no_cache"],
                   p2["reference"], p3["one_request"], p3["separate_requests"], p3["separate_requests_shared_image_id"]):
@@ -65,7 +66,18 @@ def test_goals_have_positive_ratios(report):
                   p3["speedup_vs_shared_image_id"], p4["reduction"], p4["reduction_compact"]):
         assert value is not None and value > 0
     assert p2["clicks"] == bench.QUICK["clicks"] and len(p3["concepts"]) == 4
+    assert _ordered(p3["single_concept_request"]) and p3["extra_concept_ms"] == pytest.approx(
+        (p3["one_request"]["p50_ms"] - p3["single_concept_request"]["p50_ms"]) / 3, abs=1e-2)
 
+
+def test_throughput_compares_concurrency_and_reports_batching(report):
+    rates = report["comparisons"]["throughput"]
+    assert set(rates) == {"cold", "warm"}
+    for case in rates.values():
+        assert case["concurrency"] == [1, bench.QUICK["throughput_concurrency"]] and case["errors"] == 0
+        assert all(r > 0 for r in case["rps"]) and case["gain"] > 0
+        assert case["sam3_batch"][0] == 1.0 and case["sam3_batch"][1] >= 1.0  # one client: never batched
+    assert rates["cold"]["vision_batch"][0] == 1.0 and rates["warm"]["vision_batch"] == [None, None]  # cached
 
 def test_text_detections_match_reference_counts(report):
     """--threshold auto keeps --keep detections per concept; server and reference agree on the count."""
@@ -82,6 +94,10 @@ def test_mask_bytes_and_overhead(report):
         assert row["requests"] == bench.QUICK["repeats"] and row["consistent"]
         assert 0 < row["components_compute_ms"] <= row["orchestrator_compute_ms"] <= row["server_request_ms"]
         assert row["overhead_ms"] == pytest.approx(row["end_to_end_ms"] - row["components_compute_ms"], abs=1e-2)
+        parts = row["breakdown"]
+        assert set(parts) == {"queue", "decode", "bls", "post", "encode", "rest"}
+        assert sum(parts.values()) == pytest.approx(row["overhead_ms"], abs=0.05)
+        assert parts["queue"] >= 0 and parts["bls"] >= 0 and parts["post"] > 0
 
 
 def test_table_lists_every_goal(report):
