@@ -7,6 +7,7 @@ Everything goes through the real Triton server (fixture ``sam3_server``) with tr
 from __future__ import annotations
 
 import struct
+import time
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -75,19 +76,70 @@ def test_text_features_are_cached_per_concept(client, triton, coffee_jpeg):
     assert executions(triton, "sam3_text") == before
 
 
-def test_one_bad_request_among_concurrent_ones_fails_alone(client, triton, sam3_server, astronaut_png, coffee_jpeg):
+def _same(a, b) -> bool:
+    """Two Segmentations hold the same detections (scores, boxes, labels, masks)."""
+    return (len(a) == len(b) and np.allclose(a.scores, b.scores, atol=1e-5) and np.allclose(a.boxes, b.boxes, atol=1e-3)
+            and np.array_equal(a.labels, b.labels) and np.array_equal(a.masks, b.masks))
+
+
+def statistics(triton, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) of ``model``, once settled: Triton records a request's
+    statistics just after answering it, so read until two reads 0.1 s apart agree (≤ 5 s)."""
+    def read():
+        stats = triton.get_inference_statistics(model_name=model, as_json=True)["model_stats"][0]
+        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+    last = read()
+    for _ in range(50):
+        time.sleep(0.1)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def test_concurrent_mixed_requests_batch_and_equal_their_serial_results(client, triton, astronaut_png, coffee_jpeg):
+    """Mixed modes at once, one of them bad: only that one fails, the others equal their serial answers,
+    and the orchestrator served them in fewer executions than requests (dynamic batching)."""
     calls = [lambda: client.text(astronaut_png, "person", threshold=0.2),
              lambda: client.points(coffee_jpeg, [[50, 60]], [1]),
              lambda: client.points(coffee_jpeg, [[5000, 60]], [1]),        # outside the 600 px wide image
              lambda: client.boxes(astronaut_png, [[10, 20, 300, 400]]),
              lambda: client.text(coffee_jpeg, ["cup", "saucer"], threshold=0.2),
-             lambda: client.auto(coffee_jpeg, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)]
+             lambda: client.auto(coffee_jpeg, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0),
+             lambda: client.points(astronaut_png, [[200, 200], [300, 100]], [1, 0], image_id="mixed-astro"),
+             lambda: client.text(coffee_jpeg, "cup", threshold=0.2, mask_format="bool")]
+    serial = [_result(call) for call in calls]
+    before = statistics(triton, "sam3")
     with ThreadPoolExecutor(len(calls)) as pool:
-        futures = [pool.submit(call) for call in calls]
-    errors = [f.exception() for f in futures]
-    assert [e is not None for e in errors] == [False, False, True, False, False, False], errors
-    assert isinstance(errors[2], Sam3Error) and errors[2].status == 400 and "outside the image" in errors[2].message
+        slow = pool.submit(client.auto, coffee_jpeg, points_per_side=16)  # keeps sam3 busy: the rest queue up
+        futures = [pool.submit(_result, call) for call in calls]
+        slow.result()
+    together = [f.result() for f in futures]
+    assert [isinstance(r, Exception) for r in together] == [False, False, True, False, False, False, False, False]
+    error = together[2]
+    assert isinstance(error, Sam3Error) and error.status == 400 and "outside the image" in error.message
+    assert all(_same(a, b) for a, b in zip(serial, together) if not isinstance(a, Exception))
+    inferences, runs = (after - old for after, old in zip(statistics(triton, "sam3"), before))
+    assert inferences == len(calls) + 1 and runs < inferences  # Triton counts every request, the bad one too
     assert triton.is_server_ready() and triton.is_model_ready("sam3")
+
+
+def _result(call):
+    try:
+        return call()
+    except Sam3Error as err:
+        return err
+
+
+@pytest.mark.parametrize("mode", ["point", "box"])
+def test_mask_threshold_at_its_bounds_is_served(client, coffee_jpeg, mode):
+    """0 and 1 are valid mask thresholds in every mode: all pixels / none, never a server error."""
+    prompt = {"points": [[300.0, 200.0]], "point_labels": [1]} if mode == "point" else {"boxes": [[100.0, 80.0, 400.0, 300.0]]}
+    everything = client.segment(coffee_jpeg, mode, mask_threshold=0.0, **prompt)
+    nothing = client.segment(coffee_jpeg, mode, mask_threshold=1.0, **prompt)
+    assert everything.masks.all() and not nothing.masks.any()
+    np.testing.assert_array_equal(everything.boxes, [[0, 0, 599, 399]])
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
