@@ -296,8 +296,9 @@ class AutomaticMaskGenerator:
         if cfg.pred_iou_thresh > 0:
             keep = np.flatnonzero(flat_iou > np.float32(cfg.pred_iou_thresh))
         t, off = np.float32(cfg.mask_threshold), np.float32(cfg.stability_score_offset)
+        buffer = np.empty((orig_hw[1], orig_hw[0]), np.float32)
         for k in keep.tolist():
-            up = upsample(logits[k], orig_hw)  # [W, H]: column-major [H, W]
+            up = upsample(logits[k], orig_hw, out=buffer)  # [W, H]: column-major [H, W]
             stab = float(_ratio(np.count_nonzero(up > t + off), np.count_nonzero(up > t - off)))
             if cfg.stability_score_thresh <= 0 or stab > cfg.stability_score_thresh:
                 _store(found, up > t, flat_iou[k], stab, points[k // c], orig_hw)

@@ -114,20 +114,42 @@ class MaskSet:
         return mask_utils.area([{"size": list(self.image_hw), "counts": c} for c in self.rle()]).astype(np.int64)
 
 
-def upsample(x: np.ndarray, image_hw) -> np.ndarray:
-    """One [m, m] float32 map → its bilinear upsampling, TRANSPOSED: float32 [W, H]."""
-    h, w = image_hw
-    return cv2.resize(np.ascontiguousarray(np.asarray(x, np.float32).T), (int(h), int(w)),
+def upsample(x: np.ndarray, image_hw, out: np.ndarray | None = None) -> np.ndarray:
+    """One [m, m] float32 map → its bilinear upsampling, TRANSPOSED: float32 [W, H].
+
+    ``out``: a float32 [W, H] buffer to write into (reusing one avoids a fresh 1 MB allocation per
+    512² mask, which costs more than the resize itself).
+    """
+    h, w = (int(v) for v in image_hw)
+    out = np.empty((w, h), np.float32) if out is None else out
+    return cv2.resize(np.ascontiguousarray(np.asarray(x, np.float32).T), (h, w), dst=out,
                       interpolation=cv2.INTER_LINEAR)
 
 
-def upsample_binarize(x: np.ndarray, image_hw, threshold: float) -> MaskSet:
-    """[K, m, m] float32 maps → MaskSet of upsample(map) > threshold."""
-    h, w = image_hw
-    columns = np.empty((len(x), int(w), int(h)), bool)
-    for k in range(len(x)):
-        np.greater(upsample(x[k], image_hw), np.float32(threshold), out=columns[k])
+def upsample_binarize(x: np.ndarray, image_hw, threshold: float, probabilities: bool = False) -> MaskSet:
+    """[K, m, m] float32 maps → MaskSet of upsample(map) > threshold; with ``probabilities`` the
+    maps are logits whose sigmoid is upsampled (transformers' concept masks)."""
+    h, w = (int(v) for v in image_hw)
+    maps = _transposed(np.asarray(x, np.float32), probabilities)
+    columns, buffer = np.empty((len(maps), w, h), bool), np.empty((w, h), np.float32)
+    for k in range(len(maps)):
+        cv2.resize(maps[k], (h, w), dst=buffer, interpolation=cv2.INTER_LINEAR)
+        np.greater(buffer, np.float32(threshold), out=columns[k])
     return MaskSet(columns, image_hw)
+
+
+def _transposed(x: np.ndarray, probabilities: bool) -> np.ndarray:
+    """[K, m1, m2] → C-contiguous [K, m2, m1] (sigmoid applied in the same pass when asked)."""
+    out = np.empty((x.shape[0], x.shape[2], x.shape[1]), np.float32)
+    view = x.transpose(0, 2, 1)
+    if not probabilities:
+        out[...] = view
+        return out
+    with np.errstate(over="ignore"):
+        np.negative(view, out=out)
+        np.exp(out, out=out)
+    out += np.float32(1)
+    return np.reciprocal(out, out=out)
 
 
 def resize_bilinear(x: np.ndarray, out_hw) -> np.ndarray:
@@ -165,7 +187,8 @@ def gather_queries(queries, memory, kept: list[np.ndarray]):
 
 def concept_masks(pred_masks, counts: list[int], image_hw, mask_threshold: float) -> list[MaskSet]:
     """Masks of the mask head's rows: pred_masks [R, K, m, m] logits, ``counts`` valid rows each."""
-    return [upsample_binarize(sigmoid(pred_masks[r, :n]), image_hw, mask_threshold) for r, n in enumerate(counts)]
+    return [upsample_binarize(pred_masks[r, :n], image_hw, mask_threshold, probabilities=True)
+            for r, n in enumerate(counts)]
 
 
 def scale_boxes(boxes_xyxy_norm, indices: np.ndarray, image_hw) -> np.ndarray:
