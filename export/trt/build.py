@@ -224,7 +224,11 @@ def _build_component(name, spec, artifacts, entry, target, precision, image_size
         log(f"{name}: engine up to date ({engine_path(target, name)}), skipped")
         return json.loads(record_path(target, name).read_text())
     plan = attempts(name, precision, opts["fallback_fp32"])
-    facts = first_passing(plan, lambda a: _build_checked(name, spec, onnx, target, a, image_size, opts, log), log)
+    try:
+        facts = first_passing(plan, lambda a: _build_checked(name, spec, onnx, target, a, image_size, opts, log), log)
+    except (EngineBuildError, EngineParityError):
+        engine_path(target, name).unlink(missing_ok=True)  # never leave a failed engine for a repository to pick up
+        raise
     record = {"component": name, "onnx": entry["file"], "onnx_sha256": entry["sha256"], "tensorrt_version": trt_version,
               "gpu": gpu, "engine_sha256": sha256(engine_path(target, name)), **facts,
               "precision": precision}  # the key engine_is_current compares: what was asked for

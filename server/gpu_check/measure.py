@@ -16,11 +16,11 @@ def build_engines_each(artifacts: Path, engines_root: Path, names: list[str], pr
 
     Returns (engine directory, {component: record or {"error": message}}).
     """
-    from export.trt import EngineBuildError, EngineParityError, build_engines
-    directory, engines = None, {}
+    from export.trt import EngineBuildError, EngineParityError, build_engines, parse_precision
+    directory, engines, precisions = None, {}, parse_precision(precision, names)
     for name in names:
         try:
-            result = build_engines(artifacts, engines_root, components=[name], precision=precision, log=log)
+            result = build_engines(artifacts, engines_root, components=[name], precision=precisions[name], log=log)
         except (EngineBuildError, EngineParityError) as err:
             engines[name] = {"error": str(err).splitlines()[0]}
             continue

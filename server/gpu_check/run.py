@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +39,6 @@ class Options:
     e2e: bool = True
     requests: int = 64
     concurrency: int = 8
-    extra: dict = field(default_factory=dict)
 
 
 def work_dir(opts: Options) -> Path:
@@ -123,10 +122,13 @@ def run_e2e_stage(opts: Options, env: dict, artifacts: Path, engine_dir, engines
     if not run:
         log(f"end-to-end through Triton skipped: {reason}")
         return {"ran": False, "reason": reason}
+    from client.api import Sam3Error
     from server.gpu_check.e2e import run_e2e
     from server.triton import TritonStartError
     try:
         return run_e2e(artifacts, engine_dir, work, iterations=opts.iterations, warmup=opts.warmup,
                        requests=opts.requests, concurrency=opts.concurrency, log=log)
-    except TritonStartError as err:
+    except TritonStartError as err:  # recorded: the verdict fails on it and the table shows it
         return {"ran": False, "reason": "tritonserver did not start", "error": str(err)}
+    except Sam3Error as err:
+        return {"ran": False, "reason": "a request through Triton failed", "error": str(err)}
