@@ -217,27 +217,41 @@ def test_hand_written_norm_keeps_its_add_and_div_in_fp32(tmp_path):
     import onnxruntime as ort
     path = _hand_written_norm_graph(tmp_path / "norm.onnx")
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # a real, runnable graph
-    nodes = trt.fp32_module_nodes(path, FUSED)
+    nodes = trt.fp32_nodes(path, FUSED)
     assert nodes == {"node_ReduceMean_u", "node_Sub_d", "node_Pow_d2", "node_ReduceMean_var", "node_Add_ve",
                      "node_Sqrt_sd", "node_Div_n"}  # all of the norm, not the Add after it
     assert trt.layer_precision("ELEMENTWISE.SUM", "node_Add_ve", FUSED, "fp16", nodes) == "fp32"
     assert trt.layer_precision("ELEMENTWISE.DIV", "node_Div_n", FUSED, "fp16", nodes) == "fp32"
     assert trt.layer_precision("ELEMENTWISE.SUM", "node_Add_y", FUSED, "fp16", nodes) == "fp16"
-    assert trt.fp32_module_nodes(path, trt.FP32_RULES) == frozenset()
+    assert trt.fp32_nodes(path, trt.FP32_RULES) == frozenset()
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
-def test_module_scan_of_the_exported_graphs(tiny_artifacts, name):
-    """On the real exports: every node the scan pins sits in a *Norm module; no Softmax or MatMul is pinned."""
+def test_node_scan_of_the_exported_graphs(tiny_artifacts, name):
+    """On the real exports: `fused` pins norm ops and norm-module nodes but no Softmax, MatMul or Conv;
+    `explicit` pins the same plus every Softmax."""
     import onnx
     graph = onnx.load(str(tiny_artifacts / f"{name}.onnx"), load_external_data=False).graph
-    pinned = trt.fp32_module_nodes(tiny_artifacts / f"{name}.onnx", FUSED)
+    fused = trt.fp32_nodes(tiny_artifacts / f"{name}.onnx", FUSED)
+    explicit = trt.fp32_nodes(tiny_artifacts / f"{name}.onnx", EXPLICIT)
     by_name = {n.name: n for n in graph.node}
-    assert pinned and pinned <= set(by_name)
-    assert {by_name[n].op_type for n in pinned}.isdisjoint({"Softmax", "MatMul", "Gemm", "Conv"})
-    assert all(any(c.endswith(("Norm", "Norm2d")) for c in trt.rules.node_module_classes(by_name[n])) for n in pinned)
+    assert fused and fused <= set(by_name)
+    assert {by_name[n].op_type for n in fused}.isdisjoint({"Softmax", "MatMul", "Gemm", "Conv"})
+    in_norm = [any(c.endswith(("Norm", "Norm2d")) for c in trt.rules.node_module_classes(by_name[n])) for n in fused]
+    assert all(ok or by_name[n].op_type in FUSED.fp32_ops for n, ok in zip(fused, in_norm))
     norms = {n.name for n in graph.node if n.op_type in ("LayerNormalization", "InstanceNormalization")}
-    assert norms <= pinned
+    assert norms <= fused
+    softmax = {n.name for n in graph.node if n.op_type == "Softmax"}
+    assert explicit == fused | softmax and softmax  # every component has attention
+
+
+def test_layers_map_to_nodes_through_parser_metadata():
+    nodes = frozenset({"node_Add_7"})
+    assert trt.onnx_nodes_of("[ONNX Layer: node_Add_7]") == ["node_Add_7"]
+    assert trt.onnx_nodes_of("") == []
+    # a layer the parser added for node_Add_7 (a broadcast shuffle) has an unrelated name
+    assert trt.layer_precision("SHUFFLE", "ONNXTRT_Broadcast_12", FUSED, "fp16", nodes, "[ONNX Layer: node_Add_7]") == "fp32"
+    assert trt.layer_precision("SHUFFLE", "ONNXTRT_Broadcast_12", FUSED, "fp16", nodes, "[ONNX Layer: node_Mul_2]") == "fp16"
 
 
 def test_attempts_ladder():

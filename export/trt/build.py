@@ -22,7 +22,7 @@ from export.trt.errors import EngineBuildError, EngineParityError
 from export.trt.files import (ENGINES_SUMMARY, TIMING_CACHE, engine_dir, engine_is_current, engine_path,
                               load_timing_cache, record_path, save_timing_cache, write_atomic)
 from export.trt.rules import (Attempt, PrecisionRules, attempts, check_components, check_precision,
-                              fp32_module_nodes, layer_precision, parse_precision)
+                              fp32_nodes, layer_precision, parse_precision)
 from export.trt.runtime import compare_engine, engine_latency
 
 DEFAULT_WORKSPACE_GIB = 8.0
@@ -79,7 +79,7 @@ def layer_kind(layer, trt) -> str:
     return f"{layer.type.name}.{layer.op.name}"
 
 
-def apply_precision(network, config, precision: str, rules: PrecisionRules, fp32_nodes: frozenset[str], trt) -> list[str]:
+def apply_precision(network, config, precision: str, rules: PrecisionRules, nodes: frozenset[str], trt) -> list[str]:
     """Set the precision flag; pin the layers ``rules`` select to FP32 (layer + outputs); return their names.
 
     Constraints are preferred, not obeyed: a pinned layer without an FP32 tactic does not
@@ -94,7 +94,8 @@ def apply_precision(network, config, precision: str, rules: PrecisionRules, fp32
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        if layer_precision(layer_kind(layer, trt), layer.name, rules, precision, fp32_nodes) != "fp32":
+        metadata = getattr(layer, "metadata", "")  # "[ONNX Layer: <node>]" (TensorRT 10 ONNX parser)
+        if layer_precision(layer_kind(layer, trt), layer.name, rules, precision, nodes, metadata) != "fp32":
             continue
         if not outputs or any(o.dtype not in floats for o in outputs):
             continue
@@ -174,7 +175,7 @@ def build_engine(onnx_path: Path, engine_file: Path, spec: ComponentSpec, attemp
     builder = trt.Builder(logger)
     network, parser = _parse_onnx(trt, builder, logger, onnx_path, spec)  # parser must outlive the build
     config = _builder_config(trt, builder, spec, workspace_gib, opt_level)
-    nodes = fp32_module_nodes(onnx_path, attempt.rules) if attempt.precision != "fp32" else frozenset()
+    nodes = fp32_nodes(onnx_path, attempt.rules) if attempt.precision != "fp32" else frozenset()
     pinned = apply_precision(network, config, attempt.precision, attempt.rules, nodes, trt)
     cache = config.create_timing_cache(load_timing_cache(timing_cache) if timing_cache else b"")
     config.set_timing_cache(cache, False)  # False: a cache of another device is an error

@@ -1,7 +1,9 @@
 """Precision rules as data, and the order the parity gate tries them in.
 
 A reduced-precision engine (FP16/BF16) keeps some layers in FP32. Which ones is a
-:class:`PrecisionRules` (a named rule set), never code:
+:class:`PrecisionRules` (a named rule set), never code. A rule names ONNX op types and
+exporting modules; the build maps every TensorRT layer back to its ONNX node (through the
+layer metadata TensorRT's ONNX parser writes, else the layer name):
 
 * ``fused``: normalizations in FP32 — every layer of a norm *module* (so hand-written norms
   keep their Sub/Pow/Add/Div/Sqrt in FP32 too, not only the ReduceMean) — and attention left
@@ -156,22 +158,29 @@ def node_of_layer(layer_name: str, node_names: set[str] | frozenset[str]) -> str
     return max(found, key=len, default=None)
 
 
-def layer_precision(kind: str, layer_name: str, rules: PrecisionRules, precision: str,
-                    fp32_nodes: frozenset[str] = frozenset()) -> str:
-    """Precision of one layer: "fp32" if ``rules`` pin it (by kind, op name or module node), else ``precision``.
+def onnx_nodes_of(metadata: str) -> list[str]:
+    """ONNX node names in a TensorRT layer's metadata ("[ONNX Layer: node_Softmax_3]", which the
+    ONNX parser of TensorRT 10 writes on every layer it creates for a node)."""
+    return re.findall(r"\[ONNX Layer: ([^\]]+)\]", metadata or "")
 
-    kind: "SOFTMAX", "REDUCE.AVG", "ELEMENTWISE.POW", ... (build.layer_kind()); layer_name:
-    the TensorRT layer name, which the ONNX parser derives from the ONNX node name;
-    fp32_nodes: ONNX node names inside the rules' fp32 modules (see fp32_module_nodes()).
+
+def layer_precision(kind: str, layer_name: str, rules: PrecisionRules, precision: str,
+                    fp32_nodes: frozenset[str] = frozenset(), metadata: str = "") -> str:
+    """Precision of one layer: "fp32" if ``rules`` pin it, else ``precision``.
+
+    A layer is pinned when its kind or its name's op token is one of ``rules.fp32_ops``, or when
+    the ONNX node it came from is in ``fp32_nodes`` (see fp32_nodes()): the node named in the
+    layer's ``metadata`` if any, else the one its name starts with. kind: "SOFTMAX",
+    "REDUCE.AVG", "ELEMENTWISE.POW", ... (build.layer_kind()); layer_name: the TensorRT layer
+    name, which the ONNX parser derives from the ONNX node name.
     """
     check_precision(precision)
     if precision == "fp32":
         return "fp32"
     if kind in fp32_kinds(rules.fp32_ops) or _op_token(layer_name) in {op.lower() for op in rules.fp32_ops}:
         return "fp32"
-    if fp32_nodes and node_of_layer(layer_name, fp32_nodes) is not None:
-        return "fp32"
-    return precision
+    nodes = onnx_nodes_of(metadata) or [node_of_layer(layer_name, fp32_nodes)]
+    return "fp32" if any(n in fp32_nodes for n in nodes if n) else precision
 
 
 # ---------------------------------------------------------------- ONNX module scan
@@ -183,15 +192,16 @@ def node_module_classes(node) -> list[str]:
     return [part.rsplit(".", 1)[-1] for part in re.findall(r"'([^']+)'", hierarchy)]
 
 
-def fp32_module_nodes(onnx_path: Path, rules: PrecisionRules) -> frozenset[str]:
-    """Names of the ONNX nodes inside a module matching ``rules.fp32_modules`` (the graph only, no weights)."""
-    if not rules.fp32_modules:
+def fp32_nodes(onnx_path: Path, rules: PrecisionRules) -> frozenset[str]:
+    """Names of the ONNX nodes ``rules`` pin: of an op type in ``rules.fp32_ops``, or inside a module
+    matching ``rules.fp32_modules`` (reads the graph only, not the weights)."""
+    if not (rules.fp32_ops or rules.fp32_modules):
         return frozenset()
     import onnx
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     patterns = [re.compile(p) for p in rules.fp32_modules]
-    return frozenset(n.name for n in graph.node
-                     if any(p.search(cls) for cls in node_module_classes(n)[:-1] for p in patterns))
+    return frozenset(n.name for n in graph.node if n.op_type in rules.fp32_ops
+                     or any(p.search(cls) for cls in node_module_classes(n)[:-1] for p in patterns))
 
 
 # ---------------------------------------------------------------- arguments
