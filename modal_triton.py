@@ -618,10 +618,11 @@ def gpu_check_options(model: str, served_root: Path | None = None):
     from server.gpu_check.run import Options
     if model not in VERIFY_MODELS:
         raise ValueError(f"--model must be one of {VERIFY_MODELS}, got {model!r}")
+    work = Path(str(GPU_CHECK_DIR)) / model
     if model == "served":
-        return Options(model="full", work=GPU_CHECK_DIR / "served", artifacts=served_root / "artifacts",
-                       engines=served_root / "engines", install=False)
-    return Options(model=model, work=GPU_CHECK_DIR / model, install=False)
+        return Options(model="full", work=work, artifacts=Path(served_root) / "artifacts",
+                       engines=Path(served_root) / "engines", install=False)
+    return Options(model=model, work=work, install=False)
 
 
 @build_app.function(image=gpu_check_image, gpu=GPU, volumes={VOLUME_ROOT: volume}, timeout=VERIFY_TIMEOUT_S,

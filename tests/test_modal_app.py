@@ -199,7 +199,8 @@ def test_image_recipe_installs_setuptools_beside_the_distro_one_first():
 
 def test_verify_runs_gpu_check(tmp_path):
     bench = mt.gpu_check_options("bench")
-    assert (bench.model, bench.work, bench.artifacts, bench.install) == ("bench", mt.GPU_CHECK_DIR / "bench", None, False)
+    assert (bench.model, bench.work, bench.artifacts, bench.install) == ("bench", Path("/vol/gpu-check/bench"), None, False)
+    assert type(bench.work) is type(Path())  # a concrete path: the export mkdirs under it
     served = mt.gpu_check_options("served", tmp_path)
     assert served.artifacts == tmp_path / "artifacts" and served.engines == tmp_path / "engines"
     with pytest.raises(ValueError, match="--model must be one of"):
