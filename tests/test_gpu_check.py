@@ -257,3 +257,19 @@ def test_synthetic_images_are_distinct_pngs():
     a, b = synthetic_image(0), synthetic_image(1)
     assert a != b and a.startswith(b"\x89PNG")
     assert Image.open(io.BytesIO(a)).size == (640, 480)
+
+
+# ---------------------------------------------------------------- the e2e timing code against a real (CPU) Triton
+
+@pytest.mark.timeout(600)
+def test_e2e_timing_against_the_local_server(client):
+    """The request/timing half of the Triton stage, run against the tiny model on the bundled CPU
+    tritonserver (the GPU repository itself needs the NGC image)."""
+    from server.gpu_check.e2e import throughput, time_requests
+    timings = time_requests(client, iterations=2, warmup=1)
+    assert set(timings) == {"text", "point"} and all(t["iterations"] == 2 for t in timings.values())
+    load = throughput(client, requests=4, concurrency=2)
+    assert load["requests"] == 4 and load["images_per_s"] > 0
+    e2e = {"ran": True, "reason": "", **timings, "throughput": load}
+    table = report.format_table(_report({}, e2e))
+    assert "end-to-end through Triton (gRPC, one image per request):" in table and "point  p50" in table
