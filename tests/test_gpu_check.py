@@ -217,12 +217,15 @@ def test_blocking_problems():
     no_export = {**GPU_MACHINE, "export_missing": ["torch", "transformers"]}
     assert "pip install -e '.[export]'" in preflight.blocking_problems(no_export)[0]
     assert preflight.blocking_problems(no_export, need_export=False) == []  # --artifacts: nothing to export
+    no_onnx = {**GPU_MACHINE, "export_missing": ["onnx"]}
+    assert "need onnx" in preflight.blocking_problems(no_onnx, need_export=False)[0]  # the build reads the graphs
 
 
 def test_install_plan():
     assert preflight.install_plan(GPU_MACHINE) == []
     assert preflight.install_plan({**GPU_MACHINE, "tensorrt": None}) == [trt.TENSORRT_PIP]
     assert preflight.install_plan({**GPU_MACHINE, "tensorrt": "10.9.0.34"}) == [trt.TENSORRT_PIP]
+    assert preflight.install_plan({**GPU_MACHINE, "onnxruntime": None}) == [trt.ONNXRUNTIME_GPU_PIP]
 
 
 def test_e2e_decision():

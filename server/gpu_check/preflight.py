@@ -13,7 +13,7 @@ import importlib.util
 import platform
 from pathlib import Path
 
-from export.trt.pins import TENSORRT_PIP, TENSORRT_VERSION, TRITON_BINARY
+from export.trt.pins import ONNXRUNTIME_GPU_PIP, TENSORRT_PIP, TENSORRT_VERSION, TRITON_BINARY
 
 TRITON_BACKENDS = Path("/opt/tritonserver/backends")
 TENSORRT_DISTS = ("tensorrt-cu12", "tensorrt", "tensorrt_cu12")
@@ -74,14 +74,18 @@ def blocking_problems(env: dict, need_export: bool = True) -> list[str]:
         problems.append(env["driver_error"])
     elif env.get("gpus", 0) < 1:
         problems.append("the NVIDIA driver reports no CUDA device")
-    if need_export and env.get("export_missing"):
-        problems.append(f"exporting the model needs {', '.join(env['export_missing'])}: pip install -e '.[export]'")
+    missing = [m for m in env.get("export_missing", []) if need_export or m == "onnx"]  # the build reads ONNX graphs
+    if missing:
+        problems.append(f"exporting and building need {', '.join(missing)}: pip install -e '.[export]'")
     return problems
 
 
 def install_plan(env: dict) -> list[str]:
-    """pip requirements to install before building engines: the pinned TensorRT when it is absent or another version."""
-    return [] if env.get("tensorrt") == TENSORRT_VERSION else [TENSORRT_PIP]
+    """pip requirements to install before building engines: the pinned TensorRT when it is absent or
+    another version; ONNX Runtime GPU when no onnxruntime is installed at all (an installed CPU
+    onnxruntime is used as it is: both packages provide the same module)."""
+    plan = [] if env.get("tensorrt") == TENSORRT_VERSION else [TENSORRT_PIP]
+    return plan + ([ONNXRUNTIME_GPU_PIP] if env.get("onnxruntime") is None else [])
 
 
 def e2e_decision(env: dict) -> tuple[bool, str]:
