@@ -367,6 +367,19 @@ def test_engine_is_current_checks_inputs_and_hash(tmp_path):
     assert not trt.engine_is_current(tmp_path, "text", "abc", "fp16", trt.TENSORRT_VERSION)
 
 
+def test_engine_is_rebuilt_when_its_rules_change(tmp_path, monkeypatch):
+    key = trt.attempts_key(trt.attempts("text", "fp16"))
+    _write_engine(tmp_path, b"engine")
+    record = json.loads(trt.record_path(tmp_path, "text").read_text())
+    trt.record_path(tmp_path, "text").write_text(json.dumps({**record, "rules_key": key}))
+    assert trt.engine_is_current(tmp_path, "text", "abc", "fp16", trt.TENSORRT_VERSION, key)
+    edited = trt.PrecisionRules("fused", trt.RULE_SETS["fused"].fp32_ops + ("Exp",), trt.RULE_SETS["fused"].fp32_modules)
+    monkeypatch.setitem(trt.RULE_SETS, "fused", edited)
+    new_key = trt.attempts_key(trt.attempts("text", "fp16"))
+    assert new_key != key and not trt.engine_is_current(tmp_path, "text", "abc", "fp16", trt.TENSORRT_VERSION, new_key)
+    assert trt.attempts_key(trt.attempts("text", "fp16", fallback=False)) != new_key
+
+
 def test_timing_cache_roundtrip(tmp_path):
     path = tmp_path / trt.TIMING_CACHE
     assert trt.load_timing_cache(path) == b""

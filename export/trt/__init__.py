@@ -35,7 +35,7 @@ from export.trt.pins import (EXPORT_PACKAGES, GPU_CHECK_PACKAGES, ONNXRUNTIME_GP
                              SETUPTOOLS_PIP, TENSORRT_PIP, TENSORRT_VERSION, TORCH_PIP, TORCH_WHEEL_CUDA, TRITON_BINARY,
                              TRITON_CUDA, TRITON_IMAGE, TRITON_RELEASE)
 from export.trt.rules import (DEFAULT_LADDER, DEFAULT_PRECISION, FP32_RULES, ONNX_OP_KINDS, PARITY_TOLERANCE,
-                              PRECISIONS, RULE_SETS, Attempt, PrecisionRules, Tolerance, attempts, check_components,
+                              PRECISIONS, RULE_SETS, Attempt, PrecisionRules, Tolerance, attempts, attempts_key, check_components,
                               check_precision, fp32_kinds, fp32_nodes, layer_precision, ladder, node_of_layer,
                               onnx_nodes_of, parse_precision)
 from export.trt.runtime import (EngineRunner, compare_engine, engine_latency, onnx_session, reference_providers,

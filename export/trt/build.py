@@ -21,7 +21,7 @@ from export.trt.env import check_tensorrt_version, import_tensorrt, installed_te
 from export.trt.errors import EngineBuildError, EngineParityError
 from export.trt.files import (ENGINES_SUMMARY, TIMING_CACHE, engine_dir, engine_is_current, engine_path,
                               load_timing_cache, record_path, save_timing_cache, write_atomic)
-from export.trt.rules import (Attempt, PrecisionRules, attempts, check_components, check_precision,
+from export.trt.rules import (Attempt, PrecisionRules, attempts, attempts_key, check_components, check_precision,
                               fp32_nodes, layer_precision, parse_precision)
 from export.trt.runtime import compare_engine, engine_latency
 
@@ -220,18 +220,17 @@ def _build_checked(name, spec, onnx, target, attempt: Attempt, image_size, opts,
 
 
 def _build_component(name, spec, artifacts, entry, target, precision, image_size, trt_version, gpu, opts, log) -> dict:
-    onnx = artifacts / entry["file"]
-    if not opts["force"] and engine_is_current(target, name, entry["sha256"], precision, trt_version):
+    onnx, plan = artifacts / entry["file"], attempts(name, precision, opts["fallback_fp32"])
+    if not opts["force"] and engine_is_current(target, name, entry["sha256"], precision, trt_version, attempts_key(plan)):
         log(f"{name}: engine up to date ({engine_path(target, name)}), skipped")
         return json.loads(record_path(target, name).read_text())
-    plan = attempts(name, precision, opts["fallback_fp32"])
     try:
         facts = first_passing(plan, lambda a: _build_checked(name, spec, onnx, target, a, image_size, opts, log), log)
     except (EngineBuildError, EngineParityError):
         engine_path(target, name).unlink(missing_ok=True)  # never leave a failed engine for a repository to pick up
         raise
     record = {"component": name, "onnx": entry["file"], "onnx_sha256": entry["sha256"], "tensorrt_version": trt_version,
-              "gpu": gpu, "engine_sha256": sha256(engine_path(target, name)), **facts,
+              "gpu": gpu, "engine_sha256": sha256(engine_path(target, name)), "rules_key": attempts_key(plan), **facts,
               "precision": precision}  # the key engine_is_current compares: what was asked for
     write_atomic(record_path(target, name), (json.dumps(record, indent=2) + "\n").encode())
     return record

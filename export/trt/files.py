@@ -51,13 +51,20 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def engine_is_current(directory: Path, component: str, onnx_sha256: str, precision: str, trt_version: str) -> bool:
-    """True if the engine and its record exist, match these inputs, and the engine hash matches."""
+def engine_is_current(directory: Path, component: str, onnx_sha256: str, precision: str, trt_version: str,
+                      rules_key: str | None = None) -> bool:
+    """True if the engine and its record exist, match these inputs, and the engine hash matches.
+
+    rules_key (rules.attempts_key): when given, the record must have been built by the same
+    attempts and precision rules, so editing a rule set rebuilds the engines it touches.
+    """
     engine, record = engine_path(directory, component), record_path(directory, component)
     if not (engine.is_file() and record.is_file()):
         return False
     data = json.loads(record.read_text())
     wanted = {"onnx_sha256": onnx_sha256, "precision": precision, "tensorrt_version": trt_version}
+    if rules_key is not None:
+        wanted["rules_key"] = rules_key
     return all(data.get(k) == v for k, v in wanted.items()) and data.get("engine_sha256") == sha256(engine)
 
 

@@ -24,6 +24,8 @@ Everything here is pure Python (ONNX is read with the ``onnx`` package, lazily).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +135,12 @@ def attempts(component: str, precision: str, fallback: bool = True) -> list[Atte
     plans = [] if precision == "fp32" else [Attempt(precision, RULE_SETS[n]) for n in ladder(component)]
     plans.append(Attempt("fp32", FP32_RULES))
     return plans if fallback else plans[:1]
+
+
+def attempts_key(plan: Sequence[Attempt]) -> str:
+    """A short hash of the attempts and their rules (recorded with an engine; see files.engine_is_current)."""
+    data = [[a.precision, a.rules.name, list(a.rules.fp32_ops), list(a.rules.fp32_modules)] for a in plan]
+    return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- per-layer decision
