@@ -276,3 +276,12 @@ def test_e2e_timing_against_the_local_server(client):
     e2e = {"ran": True, "reason": "", **timings, "throughput": load}
     table = report.format_table(_report({}, e2e))
     assert "end-to-end through Triton (gRPC, one image per request):" in table and "point  p50" in table
+
+
+def test_install_refusals():
+    from server.gpu_check.run import install
+    env = dict(GPU_MACHINE)
+    install([], allowed=False, env=env, log=print)  # nothing to install: nothing happens
+    assert env == GPU_MACHINE
+    with pytest.raises(CannotRunError, match="drop --no-install"):
+        install([trt.TENSORRT_PIP], allowed=False, env=env, log=print)

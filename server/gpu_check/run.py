@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from server.gpu_check.plan import BATCHES, MODELS, timing_plan
-from server.gpu_check.preflight import blocking_problems, cannot_run_message, e2e_decision, install_plan, probe
+from server.gpu_check.preflight import (blocking_problems, cannot_run_message, e2e_decision, install_plan,
+                                       installed_version, probe)
 from server.gpu_check.report import target_status, verdict
 
 Log = Callable[[str], None]
@@ -57,16 +58,20 @@ def preflight(opts: Options, env: dict | None = None) -> dict:
     return env
 
 
-def install(requirements: list[str], allowed: bool, log: Log) -> None:
-    """pip install ``requirements`` into this interpreter (CannotRunError if not ``allowed``)."""
+def install(requirements: list[str], allowed: bool, env: dict, log: Log) -> None:
+    """pip install ``requirements`` into this interpreter and refresh ``env``'s package facts
+    (CannotRunError if not ``allowed`` or pip fails)."""
     if not requirements:
         return
     if not allowed:
         raise CannotRunError(f"gpu-check needs {requirements}; install them or drop --no-install")
     log(f"installing {' '.join(requirements)} ...")
-    subprocess.run([sys.executable, "-m", "pip", "install", *requirements], check=True)
+    if subprocess.run([sys.executable, "-m", "pip", "install", *requirements]).returncode != 0:
+        raise CannotRunError(f"pip could not install {requirements} (see its output above)")
     import importlib
     importlib.invalidate_caches()
+    env["tensorrt"] = installed_version()
+    env["onnxruntime"] = installed_version(("onnxruntime-gpu", "onnxruntime"))
 
 
 def export_model(opts: Options, work: Path, log: Log) -> Path:
@@ -89,7 +94,7 @@ def run_gpu_check(opts: Options, log: Log = print, env: dict | None = None) -> d
     from export.manifest import load_manifest
     from server.gpu_check.measure import build_engines_each, check_engine, time_stages
     env, seconds, t = preflight(opts, env), {}, time.monotonic()
-    install(install_plan(env), opts.install, log)
+    install(install_plan(env), opts.install, env, log)
     work = work_dir(opts)
     artifacts = export_model(opts, work, log)
     t = _phase(seconds, "export", t)
