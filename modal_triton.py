@@ -374,7 +374,7 @@ def check_image_tensorrt() -> None:
         print(f"warning: no libnvinfer.so.X.Y.Z found to check against TensorRT {TENSORRT_VERSION}", flush=True)
     elif not same_tensorrt_release(found):
         raise RuntimeError(f"{TRITON_IMAGE} ships libnvinfer {found}, but engines are built with TensorRT "
-                           f"{TENSORRT_VERSION}: update TRITON_IMAGE/TENSORRT_VERSION together in export/trt.py")
+                           f"{TENSORRT_VERSION}: update TRITON_IMAGE/TENSORRT_VERSION together in export/trt/pins.py")
 
 
 @app.cls(image=serving_image, gpu=GPU, volumes={VOLUME_ROOT: volume}, secrets=[api_secret],
