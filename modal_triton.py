@@ -4,7 +4,7 @@
     modal deploy modal_triton.py                        # REST gateway + Triton HTTP (+ gRPC tunnel on demand)
     modal run modal_triton.py::smoke --image photo.jpg --text person
     modal run modal_triton.py::bench --args "--concurrency 8"
-    modal run modal_triton.py::verify
+    modal run modal_triton.py::verify [--model bench|full|served]   # = sam3-triton gpu-check on an H200
     modal run modal_triton.py::segment_dataset --images ./photos --text "person,dog" --out coco.json
     modal run modal_triton.py::tunnel                   # public gRPC address of a serving container
 
@@ -12,8 +12,14 @@ Everything is keyed so that a stale engine is never served: a build lives in
 ``/vol/builds/<model>/<revision sha>/trt-<TensorRT>/<GPU>/`` and the serving container only
 starts from the build recorded for ITS TensorRT version and GPU name. See docs/DEPLOY.md.
 
+Two apps: ``app`` (deployed: the serving class and the client entrypoints) and ``build_app``
+(``::build`` and ``::verify``). ``modal run`` creates every object of the runnable's app, so
+keeping them apart means building never needs the ``sam3-api-key`` secret nor the serving
+image, and serving never needs the Hugging Face secret.
+
 The pure helpers below (paths, markers, request/response shaping, COCO assembly, report
-formatting) run without Modal credentials and are unit-tested (tests/test_modal_app.py).
+formatting, image recipes) run without Modal credentials and are unit-tested
+(tests/test_modal_app.py).
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ import modal
 import numpy as np
 
 from export.manifest import sha256
-from export.trt import TENSORRT_PIP, TENSORRT_VERSION, TRITON_BINARY, TRITON_IMAGE, engine_dir, sanitize
-from server.triton import TritonInstall, TritonServer
+from export.trt import (EXPORT_PACKAGES, GPU_CHECK_PACKAGES, SERVING_PACKAGES, SETUPTOOLS_PIP, TENSORRT_VERSION,
+                        TRITON_BINARY, TRITON_IMAGE, engine_dir, sanitize)
+from server.triton import TritonInstall, TritonServer, cuda_pool_args, cuda_pool_bytes
 
 # ---------------------------------------------------------------- settings (documented in docs/DEPLOY.md)
 APP_NAME = "sam3-triton"
@@ -71,15 +78,11 @@ WEB_SERVER_STARTUP_S = 60
 BUILD_CPU, BUILD_MEMORY_MIB = 16.0, 131072
 BUILD_TIMEOUT_S = 3 * 3600   # first build: download ~3.4 GB, export, 4 engines, parity
 VERIFY_TIMEOUT_S = 3600
+GPU_CHECK_DIR = VOLUME_ROOT / "gpu-check"   # gpu-check's exports and engines, kept between ::verify runs
 
-# Packages. Serving needs no torch; export/build needs torch + transformers + the pinned TensorRT.
-# Serving: the orchestrator (numpy, pillow, tokenizers, pycocotools; torch only for the GPU
-# post-processing of DLPack tensors), the gateway (starlette, uvicorn) and the client it uses.
-SERVING_PACKAGES = ("numpy<2", "pillow", "tokenizers", "pycocotools", "starlette", "uvicorn", "httpx",
-                    "onnxruntime", "tritonclient[grpc,http]==2.54.0", "torch==2.14.1")
-EXPORT_PACKAGES = ("torch==2.14.1", "torchvision==0.29.1", "transformers==5.23.0", "onnx==1.22.0",
-                   "onnxscript==0.7.2", "onnxruntime==1.32.0", "safetensors", "huggingface_hub", "tokenizers",
-                   "open_clip_torch", "numpy<2", "pillow", TENSORRT_PIP)
+# Packages (pins: export/trt/pins.py). Serving: the orchestrator (numpy, pillow, tokenizers,
+# pycocotools; torch only for the GPU post-processing of DLPack tensors), the gateway and the
+# client it uses. Export/build: torch + transformers + the pinned TensorRT. gpu-check: both.
 PROJECT_PACKAGES = ("export", "server", "client")
 REPO_ROOT = Path(__file__).resolve().parent
 
@@ -93,19 +96,38 @@ class BuildMissingError(RuntimeError):
 
 # ---------------------------------------------------------------- images, volume, secrets, app
 
+# The Triton image (Ubuntu 24.04, Python 3.12) links only /usr/bin/python3; Modal runs `python`.
+TRITON_SETUP = ("RUN ln -sf /usr/bin/python3 /usr/local/bin/python",
+                "RUN python -m pip --version || (apt-get update && apt-get install -y --no-install-recommends python3-pip)")
+
+
+def pip_steps(packages) -> list[str]:
+    """Shell commands installing ``packages`` into the Triton image's system Python, in order.
+
+    setuptools first, with --ignore-installed: torch needs setuptools ≥ 77, and pip cannot
+    uninstall the distro's setuptools 68 ("RECORD file not found"), so the new one goes beside it
+    (/usr/local/lib/python3.12/dist-packages comes first on sys.path).
+    """
+    return [shlex.join(["python", "-m", "pip", "install", "--no-cache-dir", "--ignore-installed", SETUPTOOLS_PIP]),
+            shlex.join(["python", "-m", "pip", "install", "--no-cache-dir", *packages])]
+
+
+def triton_image(packages) -> modal.Image:
+    """The pinned Triton image + ``packages`` (see pip_steps); the project code is added by _with_project."""
+    return (modal.Image.from_registry(TRITON_IMAGE, setup_dockerfile_commands=list(TRITON_SETUP))
+            .env({"PIP_BREAK_SYSTEM_PACKAGES": "1", "PYTHONUNBUFFERED": "1"})
+            .run_commands(*pip_steps(packages))
+            .entrypoint([]))
+
+
 def _with_project(image: modal.Image) -> modal.Image:
     """Add this repository's code (last: Modal mounts local files after the build steps)."""
     return (image.add_local_dir(REPO_ROOT / "triton_repo", "/root/triton_repo")
             .add_local_python_source(*PROJECT_PACKAGES, ignore=["**/*.pyc"]))  # + data files (server/web)
 
 
-serving_image = _with_project(
-    modal.Image.from_registry(TRITON_IMAGE, setup_dockerfile_commands=[
-        "RUN ln -sf /usr/bin/python3 /usr/local/bin/python",
-        "RUN python -m pip --version || (apt-get update && apt-get install -y --no-install-recommends python3-pip)"])
-    .env({"PIP_BREAK_SYSTEM_PACKAGES": "1", "PYTHONUNBUFFERED": "1"})
-    .pip_install(*SERVING_PACKAGES)
-    .entrypoint([]))
+serving_image = _with_project(triton_image(SERVING_PACKAGES))
+gpu_check_image = _with_project(triton_image(GPU_CHECK_PACKAGES).env({"HF_HOME": str(HF_HOME)}))
 
 export_image = _with_project(
     modal.Image.debian_slim(python_version="3.11")
@@ -116,7 +138,8 @@ volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
 hf_secret = modal.Secret.from_name(HF_SECRET_NAME, required_keys=[HF_TOKEN_ENV])
 api_secret = modal.Secret.from_name(API_SECRET_NAME, required_keys=[API_KEY_ENV])
 
-app = modal.App(APP_NAME)
+app = modal.App(APP_NAME)                    # `modal deploy modal_triton.py` deploys this one
+build_app = modal.App(f"{APP_NAME}-build")   # ::build and ::verify (never need the API key secret)
 
 
 # ---------------------------------------------------------------- build layout (pure)
@@ -281,8 +304,8 @@ def _write_repository(paths: BuildPaths) -> Path:
 
 def build_report(paths: BuildPaths, records: dict[str, dict], onnx_parity) -> dict:
     """The parity/latency report stored as report.json beside a build."""
-    engines = {name: {k: rec.get(k) for k in ("built_precision", "precision", "build_seconds", "fp32_layers",
-                                              "latency", "parity")} for name, rec in records.items()}
+    keys = ("built_precision", "rules", "attempts", "precision", "build_seconds", "fp32_layers", "latency", "parity")
+    engines = {name: {k: rec.get(k) for k in keys} for name, rec in records.items()}
     return {"key": asdict(paths.key), "triton_image": TRITON_IMAGE, "engines": engines,
             "onnx_vs_transformers": onnx_parity}
 
@@ -319,7 +342,7 @@ def _run_build(model: str, revision: str, precision: str, force: bool) -> dict:
     return report
 
 
-@app.function(image=export_image, gpu=GPU, volumes={VOLUME_ROOT: volume}, secrets=[hf_secret],
+@build_app.function(image=export_image, gpu=GPU, volumes={VOLUME_ROOT: volume}, secrets=[hf_secret],
               timeout=BUILD_TIMEOUT_S, cpu=BUILD_CPU, memory=BUILD_MEMORY_MIB)
 def build(model: str = MODEL_ID, revision: str = MODEL_REVISION, precision: str = "", force: bool = False) -> dict:
     """Export → TensorRT engines → parity vs ONNX Runtime → GPU repository, on the Volume.
@@ -333,13 +356,14 @@ def build(model: str = MODEL_ID, revision: str = MODEL_REVISION, precision: str 
 
 # ---------------------------------------------------------------- serving
 
-def container_triton(repository: Path) -> TritonServer:
+def container_triton(repository: Path, dims) -> TritonServer:
     """server.triton.TritonServer for the NGC image: its binary and default backends, bound to all
-    interfaces (Modal's web proxy connects from outside the loopback). Readiness wait, log tail and
+    interfaces (Modal's web proxy connects from outside the loopback), with the CUDA memory pool
+    sized from the spec at the model's ``dims`` (export.spec.Dims). Readiness wait, log tail and
     shutdown are TritonServer's; the command is the same server_command as the local server."""
     return TritonServer(repository, install=TritonInstall(Path(TRITON_BINARY), None), address=None,
                         http_port=HTTP_PORT, grpc_port=GRPC_PORT, metrics_port=METRICS_PORT,
-                        log_path=Path("/tmp/tritonserver.log"))
+                        log_path=Path("/tmp/tritonserver.log"), extra_args=cuda_pool_args(cuda_pool_bytes(dims)))
 
 
 def check_image_tensorrt() -> None:
@@ -350,7 +374,7 @@ def check_image_tensorrt() -> None:
         print(f"warning: no libnvinfer.so.X.Y.Z found to check against TensorRT {TENSORRT_VERSION}", flush=True)
     elif not same_tensorrt_release(found):
         raise RuntimeError(f"{TRITON_IMAGE} ships libnvinfer {found}, but engines are built with TensorRT "
-                           f"{TENSORRT_VERSION}: update TRITON_IMAGE/TENSORRT_VERSION together in export/trt.py")
+                           f"{TENSORRT_VERSION}: update TRITON_IMAGE/TENSORRT_VERSION together in export/trt/pins.py")
 
 
 @app.cls(image=serving_image, gpu=GPU, volumes={VOLUME_ROOT: volume}, secrets=[api_secret],
@@ -363,11 +387,13 @@ class Sam3Triton:
 
     @modal.enter()
     def start_triton(self) -> None:
-        from export.trt import require_gpu
+        from export.manifest import load_manifest
+        from export.trt import check_torch_cuda, require_gpu
         check_image_tensorrt()
+        check_torch_cuda()  # CudaDriverError: torch's wheel needs a newer driver than this container has
         self.paths = locate_build(VOLUME_ROOT, MODEL_ID, TENSORRT_VERSION, require_gpu(need_tensorrt=False))
         print(f"serving {self.paths.root}", flush=True)
-        self.server = container_triton(self.paths.repository)
+        self.server = container_triton(self.paths.repository, load_manifest(self.paths.artifacts).dims)
         self.server.start()
         self.server.wait_ready(TRITON_READY_TIMEOUT_S)
         print(self.server.log_tail(40), flush=True)
@@ -552,14 +578,15 @@ def bench_command(url: str, args: str = "") -> list[str]:
 
 
 def format_report(report: dict) -> str:
-    """Human-readable parity/latency table of a verify (or build) report."""
+    """Human-readable parity/latency table of a build report (report.json)."""
     lines = [f"build: {report['key']}", "engine vs ONNX Runtime:"]
     for name, eng in report["engines"].items():
         rows = eng.get("parity") or []
         worst = min(rows, key=lambda r: r["cosine"]) if rows else None
         lat = eng.get("latency") or {}
         status = "ok" if all(r["ok"] for r in rows) else "FAIL"
-        lines.append(f"  {name:<8} {eng.get('built_precision', '?'):<5} {status:<4} "
+        label = eng.get("built_precision", "?") + (f"/{eng['rules']}" if eng.get("rules") not in (None, "none") else "")
+        lines.append(f"  {name:<8} {label:<5} {status:<4} "
                      + (f"min cosine {worst['cosine']:.6f} ({worst['output']} @ {worst['sizes']}) " if worst else "")
                      + (f"p50 {lat['p50_ms']:.2f} ms p90 {lat['p90_ms']:.2f} ms" if lat else ""))
     onnx = report.get("onnx_vs_transformers")
@@ -580,34 +607,34 @@ def report_ok(report: dict) -> bool:
     return all(r["ok"] for eng in report["engines"].values() for r in (eng.get("parity") or []))
 
 
-# ---------------------------------------------------------------- verify (GPU, export image)
+# ---------------------------------------------------------------- verify = gpu-check (GPU, Triton image)
 
-def _verify_engine(paths: BuildPaths, name: str, spec, entry: dict, image_size: int) -> dict:
+VERIFY_MODELS = ("bench", "full", "served")
+
+
+def gpu_check_options(model: str, served_root: Path | None = None):
+    """server.gpu_check Options of ::verify: bench/full export into the Volume, or the served build's
+    artifacts and engines (``served_root``: its BuildPaths.root)."""
+    from server.gpu_check.run import Options
+    if model not in VERIFY_MODELS:
+        raise ValueError(f"--model must be one of {VERIFY_MODELS}, got {model!r}")
+    work = Path(str(GPU_CHECK_DIR)) / model
+    if model == "served":
+        return Options(model="full", work=work, artifacts=Path(served_root) / "artifacts",
+                       engines=Path(served_root) / "engines", install=False)
+    return Options(model=model, work=work, install=False)
+
+
+@build_app.function(image=gpu_check_image, gpu=GPU, volumes={VOLUME_ROOT: volume}, timeout=VERIFY_TIMEOUT_S,
+                    cpu=BUILD_CPU, memory=BUILD_MEMORY_MIB)
+def gpu_check(model: str = "bench") -> dict:
+    """``sam3-triton gpu-check`` on this H200 (same code: server.gpu_check.run); returns its report."""
     from export import trt
-    record = json.loads(trt.record_path(paths.engines, name).read_text())
-    plan, onnx = trt.engine_path(paths.engines, name), paths.artifacts / entry["file"]
-    try:
-        rows = trt.compare_engine(plan, onnx, spec, image_size=image_size, precision=record["built_precision"])
-    except trt.EngineParityError as err:  # recorded in the report (ok=False), verify exits non-zero
-        rows = err.rows
-    latency = trt.engine_latency(plan, spec, image_size=image_size)
-    return {"built_precision": record["built_precision"], "parity": rows, "latency": latency}
-
-
-@app.function(image=export_image, gpu=GPU, volumes={VOLUME_ROOT: volume}, timeout=VERIFY_TIMEOUT_S,
-              cpu=BUILD_CPU, memory=BUILD_MEMORY_MIB)
-def verify_build(model: str = MODEL_ID) -> dict:
-    """Fresh engine vs ONNX Runtime parity + engine latency of the served build, with the
-    export's ONNX Runtime vs transformers parity report (artifacts/parity_report.json)."""
-    from export import trt
-    from export.manifest import PARITY_NAME, load_manifest
-    paths = locate_build(VOLUME_ROOT, model, TENSORRT_VERSION, trt.require_gpu())
-    manifest = load_manifest(paths.artifacts, check_hashes=True)
-    engines = {name: _verify_engine(paths, name, spec, manifest.components[name], manifest.dims.image_size)
-               for name, spec in manifest.specs().items()}
-    parity_file = paths.artifacts / PARITY_NAME
-    return {"key": asdict(paths.key), "engines": engines,
-            "onnx_vs_transformers": json.loads(parity_file.read_text()) if parity_file.is_file() else None}
+    from server.gpu_check.run import run_gpu_check
+    served = locate_build(VOLUME_ROOT, MODEL_ID, TENSORRT_VERSION, trt.require_gpu()).root if model == "served" else None
+    report = run_gpu_check(gpu_check_options(model, served), log=lambda m: print(m, flush=True))
+    volume.commit()
+    return report
 
 
 # ---------------------------------------------------------------- local entrypoints
@@ -659,13 +686,20 @@ def bench(url: str = "", args: str = "") -> None:
         raise SystemExit(code)
 
 
-@app.local_entrypoint()
-def verify(model: str = MODEL_ID) -> None:
-    """Print engine vs ONNX Runtime vs transformers parity and engine latency of the served build."""
-    report = verify_build.remote(model)
-    print(format_report(report))
-    if not report_ok(report):
-        raise SystemExit("some engine outputs are outside tolerance (see FAIL rows)")
+@build_app.local_entrypoint()
+def verify(model: str = "bench", out: str = "gpu-check.json") -> None:
+    """gpu-check on an H200: engines, parity vs ONNX Runtime, stage and end-to-end latency.
+
+    model: bench | full (random weights, exported on the GPU container) | served (the build
+    ``::build`` made for facebook/sam3). Prints the table, writes the JSON report locally.
+    """
+    from server.gpu_check.report import format_table, write_report
+    gpu_check_options(model)  # refuse a bad --model before starting a container
+    report = gpu_check.remote(model)
+    print(format_table(report))
+    print(f"report written to {write_report(Path(out), report)}")
+    if not report["ok"]:
+        raise SystemExit("gpu-check failed: " + "; ".join(report["problems"]))
 
 
 @app.local_entrypoint()

@@ -2,6 +2,7 @@
 
     sam3-triton serve --model tiny|facebook/sam3|DIR [--target cpu] [--http-port 8000]
                       [--grpc-port 8001] [--metrics-port 8002] [--gateway-port 8080]
+    sam3-triton gpu-check [--model bench|full] [--json FILE]    (NVIDIA GPU: see server/gpu_check)
 
 Prints the endpoints when every model is ready; Ctrl-C / SIGTERM shut down cleanly. A model
 that fails to load exits non-zero with Triton's reason.
@@ -39,7 +40,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="skip the ONNX Runtime vs PyTorch parity check after a fresh export "
                             "(at real size it needs ~20 GB of RAM)")
     serve.add_argument("--ready-timeout", type=float, default=300.0)
+    _add_gpu_check(sub)
     return parser.parse_args(argv)
+
+
+def _add_gpu_check(sub) -> None:
+    """``sam3-triton gpu-check``: engines, parity and latency on an NVIDIA GPU (server/gpu_check)."""
+    from server.gpu_check.cli import add_arguments
+    add_arguments(sub.add_parser("gpu-check", help="build TensorRT engines, check them against ONNX Runtime and "
+                                 "time them (NVIDIA GPU; stops at once without one)"))
 
 
 def _instances(text: str) -> dict[str, int]:
@@ -105,6 +114,9 @@ def _wait_for_signal(server) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.command == "gpu-check":
+        from server.gpu_check.cli import run_cli
+        return run_cli(args)
     return serve(args)
 
 

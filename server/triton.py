@@ -12,8 +12,9 @@ Facts of the bundled server that this module handles:
   that directory once, with symlinks, under ``~/.cache/sam3-triton/backends/`` (or
   ``$SAM3_TRITON_CACHE``);
 * ``LD_LIBRARY_PATH`` must include ``site-packages/nvidia_pytriton.libs``;
-* the stub ignores ``PYTHONPATH`` and runs the ``python3`` first on ``PATH``, so the directory
-  of ``sys.executable`` (the venv's ``bin``) goes first on ``PATH``.
+* the stub ignores ``PYTHONPATH`` and runs the ``python3`` first on ``PATH``, so a directory
+  whose ``python3`` is ``sys.executable`` goes first on ``PATH`` (the venv's ``bin``, or a shim
+  where the interpreter's dir has only ``python``, as in the NGC image: :func:`python3_dir`).
 """
 
 from __future__ import annotations
@@ -130,14 +131,16 @@ def _link(src: Path, dst: Path) -> None:
 
 def server_command(repo: Path, *, binary="tritonserver", backend_dir=None, http_port=8000, grpc_port=8001,
                    metrics_port=8002, model_control="none", log_verbose=0, extra_args=(),
-                   address: str | None = None, cache_dir=None, exit_timeout_s: int | None = None) -> list[str]:
+                   address: str | None = None, cache_dir=None, exit_timeout_s: int | None = None,
+                   cuda_pool_bytes: int | None = None) -> list[str]:
     """The tritonserver command line (argv list) used both locally and in the Modal container.
 
     ``backend_dir``/``cache_dir`` None keep Triton's defaults (``/opt/tritonserver/...`` in the
     NGC image). ``address`` None binds Triton's default (all interfaces); local runs pass
     127.0.0.1. ``exit_timeout_s`` bounds how long shutdown waits for in-flight work and open
-    client connections (Triton's default: 30 s). Readiness is strict and a model that fails to
-    load makes the server exit non-zero.
+    client connections (Triton's default: 30 s). ``cuda_pool_bytes`` sizes GPU 0's CUDA memory
+    pool (see :func:`cuda_pool_args`). Readiness is strict and a model that fails to load makes
+    the server exit non-zero.
     """
     if model_control not in MODEL_CONTROL_MODES:
         raise ValueError(f"model_control must be one of {MODEL_CONTROL_MODES}, got {model_control!r}")
@@ -153,19 +156,75 @@ def server_command(repo: Path, *, binary="tritonserver", backend_dir=None, http_
         cmd.append(f"--cache-directory={Path(cache_dir)}")
     if exit_timeout_s is not None:
         cmd.append(f"--exit-timeout-secs={int(exit_timeout_s)}")
+    if cuda_pool_bytes is not None:
+        cmd += cuda_pool_args(cuda_pool_bytes)
     return cmd + [str(a) for a in extra_args]
 
 
+# ---------------------------------------------------------------- CUDA memory pool (GPU target)
+
+POOL_HEADROOM = 2.0      # two calls' tensors in flight at once
+POOL_ALIGN = 1 << 20     # round up to MiB
+
+
+def bls_call_bytes(spec, sizes: dict[str, int]) -> int:
+    """Bytes one call of a component moves one way at ``sizes``: max(all inputs, all outputs)."""
+    from export.spec import NP_DTYPES
+    import numpy as np
+
+    def total(tensors) -> int:
+        return sum(int(np.prod(t.resolve(sizes))) * np.dtype(NP_DTYPES[t.dtype]).itemsize for t in tensors)
+    return max(total(spec.inputs), total(spec.outputs))
+
+
+def cuda_pool_bytes(dims, headroom: float = POOL_HEADROOM) -> int:
+    """Triton's CUDA memory pool for the GPU repository of a model with ``dims`` (export.spec.Dims).
+
+    The Python backend moves BLS tensors between the orchestrator and Triton through this pool
+    (64 MB by default) and falls back to slower CUDA IPC when a call does not fit; one fp32
+    ``fpn_0`` alone is 85 MB at 1008 px. Sized from the spec: the largest call of any component
+    at its profile's max sizes, times ``headroom``, rounded up to MiB.
+    """
+    from export.spec import component_specs
+    largest = max(bls_call_bytes(spec, spec.sizes("max")) for spec in component_specs(dims).values())
+    return -(-int(largest * headroom) // POOL_ALIGN) * POOL_ALIGN
+
+
+def cuda_pool_args(pool_bytes: int, gpu: int = 0) -> list[str]:
+    """``--cuda-memory-pool-byte-size=<gpu>:<bytes>`` for tritonserver."""
+    if pool_bytes < 0:
+        raise ValueError(f"CUDA memory pool size must be ≥ 0 bytes, got {pool_bytes}")
+    return [f"--cuda-memory-pool-byte-size={int(gpu)}:{int(pool_bytes)}"]
+
+
 def server_env(install: TritonInstall, base=os.environ) -> dict:
-    """Environment for the bundled tritonserver: venv ``bin`` first on PATH, its libs on LD_LIBRARY_PATH."""
-    bin_dir = Path(sys.executable).parent
-    if not (bin_dir / "python3").exists():
-        raise TritonNotFoundError(f"{bin_dir} has no python3: the Python backend stub runs the python3 first on "
-                                  "PATH; run from a virtual environment (or add a python3 link there)")
+    """Environment for tritonserver: a ``python3`` of this interpreter first on PATH, its libs on LD_LIBRARY_PATH."""
     env = dict(base)
-    env["PATH"] = _prepend([bin_dir], env.get("PATH"))
+    env["PATH"] = _prepend([python3_dir()], env.get("PATH"))
     env["LD_LIBRARY_PATH"] = _prepend(install.lib_dirs, env.get("LD_LIBRARY_PATH"))
     return env
+
+
+def python3_dir(executable: str | None = None, prefix: str | None = None) -> Path:
+    """A directory whose ``python3`` is this interpreter (the Python backend stub runs the first python3 on PATH).
+
+    The interpreter's own bin dir when it holds a ``python3`` (a venv). Otherwise (e.g. the NGC
+    image, which links only /usr/local/bin/python) a shim under the cache: ``bin/python3``
+    linked to the resolved interpreter and, for a venv, the venv's ``pyvenv.cfg`` and ``lib``
+    beside it. The stub's embedded Python finds its prefix from that path the way ``python3``
+    does (a shell-script shim is not enough: the stub then loses the venv's site-packages).
+    """
+    executable, prefix = Path(executable or sys.executable), Path(prefix or sys.prefix)
+    if (executable.parent / "python3").exists():
+        return executable.parent
+    key = hashlib.sha256(f"{executable}|{prefix}".encode()).hexdigest()[:12]
+    root = cache_root() / "python3-shim" / key
+    (root / "bin").mkdir(parents=True, exist_ok=True)
+    _link(executable.resolve(), root / "bin" / "python3")
+    if (prefix / "pyvenv.cfg").is_file():
+        _link(prefix / "pyvenv.cfg", root / "pyvenv.cfg")
+        _link(prefix / "lib", root / "lib")
+    return root / "bin"
 
 
 def _prepend(dirs, current: str | None) -> str:

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import modal
 import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -31,8 +32,9 @@ import modal_triton as mt
 from export import trt
 from export.manifest import sha256
 from export.spec import NP_DTYPES, SAM3_INPUTS
-from server.triton import server_command
-from test_repository import make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
+from export.spec import Dims
+from server.triton import cuda_pool_args, cuda_pool_bytes, server_command
+from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = (ROOT / "modal_triton.py").read_text()
@@ -51,6 +53,19 @@ def _spec(obj):
 def _raw(obj):
     from modal._utils.async_utils import synchronizer
     return synchronizer._translate_in(obj)
+
+
+def image_commands(image) -> list[str]:
+    """Every Dockerfile command of a modal Image and its base images, in build order (modal 1.6
+    internals: the base images are the Image's _deps(), its commands come from the
+    ``dockerfile_function`` its loader closes over)."""
+    raw = _raw(image) if type(image).__name__ == "Image" else image
+    out = [c for dep in raw._deps() if type(dep).__name__ == "_Image" for c in image_commands(dep)]
+    load = raw._load
+    cells = dict(zip(load.__code__.co_freevars, (c.cell_contents for c in load.__closure__ or ())))
+    if cells.get("dockerfile_function") is not None:
+        out += cells["dockerfile_function"]("2025.06").commands
+    return out
 
 
 def _decorator_keywords(owner: str, decorator: str) -> dict[str, str]:
@@ -79,12 +94,28 @@ def test_serving_class_resources():
 
 
 def test_build_and_verify_functions_resources():
-    for function in (mt.build, mt.verify_build):
+    for function, image in ((mt.build, mt.export_image), (mt.gpu_check, mt.gpu_check_image)):
         spec = _spec(function)
-        assert spec.gpus == mt.GPU and spec.image is _raw(mt.export_image)
+        assert spec.gpus == mt.GPU and spec.image is _raw(image)
         assert spec.volumes[mt.VOLUME_ROOT] is _raw(mt.volume)
     assert _spec(mt.build).secrets == [_raw(mt.hf_secret)]  # the build never sees the API key
-    assert _spec(mt.verify_build).secrets == []
+    assert _spec(mt.gpu_check).secrets == []
+
+
+def test_build_app_needs_neither_the_api_key_nor_the_serving_image():
+    """`modal run` creates every function/class of the runnable's App and loads each one's secrets
+    (Secret.from_name → SecretGetOrCreate, which fails for a missing secret) and images
+    (modal/runner.py _create_all_objects). So ::build/::verify live in their own App."""
+    def created_by_modal_run(app) -> dict:  # what runner._create_all_objects indexes
+        return {**app._local_state.functions, **app._local_state.classes}
+    build_objects = created_by_modal_run(mt.build_app)
+    assert set(build_objects) == {"build", "gpu_check"}
+    for function in build_objects.values():
+        assert _raw(mt.api_secret) not in function._spec_.secrets
+        assert function._spec_.image is not _raw(mt.serving_image)
+    assert set(created_by_modal_run(mt.app)) == {"Sam3Triton", "Sam3Triton.*"}
+    assert mt.verify.app is mt.build_app and mt.smoke.app is mt.app
+    assert {name for name, obj in vars(mt).items() if isinstance(obj, modal.App)} == {"app", "build_app"}
 
 
 def test_serving_class_decorators_use_the_constants():
@@ -97,7 +128,8 @@ def test_serving_class_decorators_use_the_constants():
         "secrets": "[api_secret]"}
     assert _decorator_keywords("Sam3Triton", "modal.concurrent") == {"max_inputs": "MAX_INPUTS",
                                                                     "target_inputs": "TARGET_INPUTS"}
-    assert _decorator_keywords("build", "app.function")["timeout"] == "BUILD_TIMEOUT_S"
+    assert _decorator_keywords("build", "build_app.function")["timeout"] == "BUILD_TIMEOUT_S"
+    assert _decorator_keywords("gpu_check", "build_app.function")["timeout"] == "VERIFY_TIMEOUT_S"
 
 
 def test_scaling_and_timeout_constants_are_coherent():
@@ -129,18 +161,52 @@ def test_image_tag_and_tensorrt_version_are_one_pin():
                 if isinstance(n, ast.Call) and ast.unparse(n.func) == "modal.Image.from_registry"]
     assert [ast.unparse(n.args[0]) for n in registry] == ["TRITON_IMAGE"]
     assert trt.TENSORRT_PIP in mt.EXPORT_PACKAGES  # engines are built by the TensorRT the image runs
+    assert trt.TENSORRT_PIP in mt.GPU_CHECK_PACKAGES and trt.ONNXRUNTIME_GPU_PIP in mt.GPU_CHECK_PACKAGES
+    assert not any(p.split("==")[0] == "onnxruntime" for p in mt.GPU_CHECK_PACKAGES)  # one onnxruntime module only
     # torch serves only the GPU post-processing (DLPack tensors); transformers stays export-only
     assert not any(p.split("==")[0].split(">")[0] in ("transformers", "torchvision") for p in mt.SERVING_PACKAGES)
 
 
+REAL = Dims(image_size=1008, patch=14, hidden=256, queries=200, text_hidden=1024)
+
+
 def test_triton_command_is_the_shared_builder(tmp_path):
     repo = tmp_path / "repository"
-    command = mt.container_triton(repo).build_command()
+    command = mt.container_triton(repo, REAL).build_command()
     assert command == server_command(repo, binary="/opt/tritonserver/bin/tritonserver", http_port=8000,
                                      grpc_port=8001, metrics_port=8002, model_control="none", log_verbose=0,
-                                     exit_timeout_s=10)
+                                     exit_timeout_s=10, extra_args=cuda_pool_args(cuda_pool_bytes(REAL)))
     assert command[0] == trt.TRITON_BINARY and f"--model-repository={repo}" in command
     assert not any(a.startswith(("--http-address", "--backend-directory")) for a in command)  # all interfaces, image backends
+    pool = [a for a in command if a.startswith("--cuda-memory-pool-byte-size=")]
+    assert len(pool) == 1 and int(pool[0].split(":")[1]) > 85 * 2**20  # one fp32 fpn_0 at 1008 px is 85 MB
+    small = mt.container_triton(repo, TINY).build_command()
+    assert small != command  # sized from the model's dims, not a constant
+
+
+def test_image_recipe_installs_setuptools_beside_the_distro_one_first():
+    """torch needs setuptools ≥ 77; pip cannot uninstall the Triton image's distro setuptools 68."""
+    for image, packages in ((mt.serving_image, mt.SERVING_PACKAGES), (mt.gpu_check_image, mt.GPU_CHECK_PACKAGES)):
+        commands = image_commands(image)
+        assert commands[0] == f"FROM {trt.TRITON_IMAGE}"
+        pip = [c for c in commands if "pip install" in c and "python3-pip" not in c]
+        assert pip[0] == f"RUN python -m pip install --no-cache-dir --ignore-installed '{trt.SETUPTOOLS_PIP}'"
+        assert [c for c in commands if "torch==" in c] == pip[1:]  # torch only after it, in the one package step
+        assert all(p in pip[1] for p in packages if "<" not in p and "[" not in p)
+        assert "RUN ln -sf /usr/bin/python3 /usr/local/bin/python" in commands
+    assert mt.pip_steps(["a==1"])[1] == "python -m pip install --no-cache-dir a==1"
+
+
+def test_verify_runs_gpu_check(tmp_path):
+    bench = mt.gpu_check_options("bench")
+    assert (bench.model, bench.work, bench.artifacts, bench.install) == ("bench", Path("/vol/gpu-check/bench"), None, False)
+    assert type(bench.work) is type(Path())  # a concrete path: the export mkdirs under it
+    served = mt.gpu_check_options("served", tmp_path)
+    assert served.artifacts == tmp_path / "artifacts" and served.engines == tmp_path / "engines"
+    with pytest.raises(ValueError, match="--model must be one of"):
+        mt.gpu_check_options("tiny")
+    verify_source = ast.unparse(next(n for n in ast.parse(SOURCE).body if getattr(n, "name", None) == "gpu_check"))
+    assert "run_gpu_check(" in verify_source  # the same code path as `sam3-triton gpu-check`
 
 
 def test_export_commands():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -21,12 +22,13 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from export.repository import build_repository, parse_config_text, to_pbtxt
-from export.spec import NP_DTYPES, component_specs
-from server.triton import (TritonNotFoundError, TritonServer, TritonStartError, find_tritonserver, free_port,
-                           server_command, server_env)
+from export.spec import NP_DTYPES, Dims, component_specs
+from server.triton import (TritonNotFoundError, TritonServer, TritonStartError, cuda_pool_args, cuda_pool_bytes,
+                           find_tritonserver, free_port, python3_dir, server_command, server_env)
 from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 
 COMPONENTS = ["vision", "text", "concept", "prompt"]
+ROOT = Path(__file__).resolve().parents[1]
 SPECS = component_specs(TINY)
 TEXT_QUEUE_DELAY_US = 300_000  # long enough that concurrent requests are batched together
 TIMEOUT_S = 60
@@ -135,6 +137,76 @@ def test_server_env_puts_venv_first():
     env = server_env(install, base={"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/lib"})
     assert env["PATH"].split(os.pathsep)[:2] == [str(Path(sys.executable).parent), "/usr/bin"]
     assert env["LD_LIBRARY_PATH"].split(os.pathsep) == [str(install.lib_dirs[0]), "/opt/lib"]
+
+
+def fake_python_only_env(root: Path) -> Path:
+    """A venv whose bin/ holds only ``python`` (like the NGC image's /usr/local/bin): a copy of this
+    venv's pyvenv.cfg, its lib/ linked in, bin/python linked to the base interpreter. Returns bin/python."""
+    venv = Path(sys.prefix)
+    (root / "bin").mkdir(parents=True)
+    (root / "pyvenv.cfg").write_text((venv / "pyvenv.cfg").read_text())
+    (root / "lib").symlink_to(venv / "lib")
+    (root / "bin" / "python").symlink_to(Path(sys.executable).resolve())
+    return root / "bin" / "python"
+
+
+def test_python3_shim_where_only_python_exists(tmp_path):
+    python = fake_python_only_env(tmp_path / "env")
+    assert [p.name for p in python.parent.iterdir()] == ["python"]
+    env = {"PATH": "/usr/bin:/bin", "SAM3_TRITON_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    code = ("import subprocess; from server.triton import find_tritonserver, server_env; "
+            "env = server_env(find_tritonserver()); "
+            "print(subprocess.run(['python3', '-c', 'import os, numpy; print(os.path.realpath(numpy.__file__))'], "
+            "env=env, capture_output=True, text=True, check=True).stdout.strip())")
+    result = subprocess.run([str(python), "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == os.path.realpath(np.__file__)  # python3 on PATH sees this venv's packages
+
+
+def test_python3_dir_prefers_the_interpreters_own_python3(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAM3_TRITON_CACHE", str(tmp_path / "cache"))
+    assert python3_dir() == Path(sys.executable).parent  # a venv's bin has python3
+    python = fake_python_only_env(tmp_path / "env")
+    shim = python3_dir(str(python), str(tmp_path / "env"))
+    assert shim.parent.parent == tmp_path / "cache" / "python3-shim" and shim.name == "bin"
+    assert (shim / "python3").resolve() == python.resolve()
+    assert (shim.parent / "pyvenv.cfg").read_text() == (tmp_path / "env" / "pyvenv.cfg").read_text()
+    assert python3_dir(str(python), str(tmp_path / "env")) == shim  # idempotent
+    system = python3_dir(str(tmp_path / "usr" / "bin" / "python"), str(tmp_path / "usr"))  # no venv: no pyvenv.cfg
+    assert not (system.parent / "pyvenv.cfg").exists()
+
+
+def test_tritonserver_runs_python_models_where_only_python_exists(artifacts, tmp_path):
+    """The real bundled tritonserver started from an interpreter whose dir has no python3:
+    its Python backend stub finds this environment through the shim and loads a model."""
+    python = fake_python_only_env(tmp_path / "env")
+    repo = build_repository(artifacts, tmp_path / "repo", "cpu", models=["text"], intra_op_threads=1)
+    code = ("import sys; from pathlib import Path; from server.triton import TritonServer; "
+            "s = TritonServer(Path(sys.argv[1]), ready_timeout_s=150); s.__enter__(); "
+            "print('READY', s.is_ready(), flush=True); s.stop()")
+    env = {"PATH": "/usr/bin:/bin", "SAM3_TRITON_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+           "HOME": str(tmp_path)}
+    result = subprocess.run([str(python), "-c", code, str(repo)], env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and "READY True" in result.stdout, result.stderr[-3000:]
+
+
+REAL = Dims(image_size=1008, patch=14, hidden=256, queries=200, text_hidden=1024)
+
+
+def test_cuda_pool_flag_sized_from_the_spec():
+    specs = component_specs(REAL)
+    largest_tensor = max(int(np.prod(t.resolve(spec.sizes("max")))) * np.dtype(NP_DTYPES[t.dtype]).itemsize
+                         for spec in specs.values() for t in spec.inputs + spec.outputs)
+    pool = cuda_pool_bytes(REAL)
+    assert pool % (1 << 20) == 0 and pool >= 2 * largest_tensor > 2 * 85 * 2**20  # fpn_0 alone is 85 MB
+    assert cuda_pool_bytes(TINY) < pool / 100  # follows the model's dims
+    assert cuda_pool_bytes(REAL, headroom=1.0) < pool
+    command = server_command(Path("/r"), cuda_pool_bytes=pool)
+    assert command.count(f"--cuda-memory-pool-byte-size=0:{pool}") == 1
+    assert not any(a.startswith("--cuda-memory-pool") for a in server_command(Path("/r")))
+    assert cuda_pool_args(5, gpu=1) == ["--cuda-memory-pool-byte-size=1:5"]
+    with pytest.raises(ValueError, match="≥ 0"):
+        cuda_pool_args(-1)
 
 
 def test_missing_repository_is_a_start_error(tmp_path):

@@ -41,8 +41,8 @@ NO_GPU = pytest.mark.skipif(_gpu_present(), reason="checks the refusal on machin
 # ---------------------------------------------------------------- import and pins
 
 def test_module_imports_without_tensorrt_or_torch():
-    code = ("import sys, export.trt; bad = [m for m in ('tensorrt', 'torch', 'onnxruntime') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = ("import sys, export.trt; bad = [m for m in ('tensorrt', 'torch', 'onnxruntime', 'onnx') "
+            "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
 
 
@@ -51,6 +51,39 @@ def test_pins_are_one_consistent_pair():
     assert trt.TENSORRT_PIP == f"tensorrt-cu12=={trt.TENSORRT_VERSION}"
     assert trt.TENSORRT_VERSION.split(".")[:2] == ["10", "8"]  # release 25.01 ships TensorRT 10.8.0.43
     assert trt.TRITON_BINARY == "/opt/tritonserver/bin/tritonserver"
+
+
+def test_every_gpu_version_pin_is_in_pins_py():
+    """The pinned GPU-path requirements appear as literals only in export/trt/pins.py."""
+    root = Path(__file__).resolve().parents[1]
+    sources = [root / "modal_triton.py", *root.glob("export/**/*.py"), *root.glob("server/**/*.py")]
+    pins = {"tensorrt-cu12==", "onnxruntime-gpu==", "setuptools>=", 'TRITON_RELEASE = "', "torch==", "transformers=="}
+    found = {pin: [str(p.relative_to(root)) for p in sources if pin in p.read_text()] for pin in pins}
+    assert found == {pin: ["export/trt/pins.py"] for pin in pins}
+
+
+def test_torch_wheel_cuda_pin_is_the_installed_wheel():
+    """The stated CUDA of torch's default wheel is what torch/version.py of the installed one says."""
+    assert trt.torch_cuda_version() == trt.TORCH_WHEEL_CUDA
+    assert trt.TORCH_PIP.split("==")[1] in (Path(trt.env.importlib.util.find_spec("torch").origin).parent
+                                            / "version.py").read_text()
+
+
+# ---------------------------------------------------------------- CUDA runtime vs driver (item 7)
+
+def test_cuda_driver_problem_names_the_driver_branch():
+    problem = trt.cuda_driver_problem("13.0", (12, 8))
+    assert "CUDA 13.0" in problem and "R580" in problem and "supports CUDA 12.8" in problem
+    assert trt.cuda_driver_problem("13.0", (13, 0)) is None
+    assert trt.cuda_driver_problem("12.8", (12, 2)) is None   # minor-version compatibility
+    assert trt.cuda_driver_problem("12.8", (13, 1)) is None
+
+
+def test_check_torch_cuda_refuses_an_old_driver():
+    with pytest.raises(trt.CudaDriverError, match="torch is built for CUDA 13.0.*R580") as info:
+        trt.check_torch_cuda((12, 8))
+    assert isinstance(info.value, trt.GpuUnavailableError)
+    assert trt.check_torch_cuda((13, 0)) == "13.0"
 
 
 # ---------------------------------------------------------------- optimization profiles
@@ -86,22 +119,27 @@ def test_profile_without_axis_profile_is_a_clear_error():
         trt.optimization_profile(spec)
 
 
-# ---------------------------------------------------------------- precision rules
+# ---------------------------------------------------------------- precision rules (data) and the parity gate
 
-FP32_OPS = component_specs(TINY)["vision"].fp32_layers
+FUSED, EXPLICIT = trt.RULE_SETS["fused"], trt.RULE_SETS["explicit"]
 
 
 @pytest.mark.parametrize("kind,name", [
-    ("SOFTMAX", "/blocks.3/attn/Softmax"),
     ("NORMALIZATION", "/blocks.3/norm1/LayerNormalization"),
     ("REDUCE.AVG", "node_ReduceMean_17"),
     ("ELEMENTWISE.POW", "/neck/ln/Pow"),
     ("UNARY.SQRT", "/neck/ln/Sqrt"),
-    ("SHUFFLE", "/attn/Softmax_output_3"),  # named after a softmax: pinned by name
 ])
-def test_fp32_layers_stay_fp32(kind, name):
-    for precision in ("fp16", "bf16"):
-        assert trt.layer_precision(kind, name, FP32_OPS, precision) == "fp32"
+def test_norm_layers_stay_fp32_in_every_rule_set(kind, name):
+    for rules in trt.RULE_SETS.values():
+        for precision in ("fp16", "bf16"):
+            assert trt.layer_precision(kind, name, rules, precision) == "fp32"
+
+
+@pytest.mark.parametrize("kind,name", [("SOFTMAX", "/blocks.3/attn/Softmax"), ("SHUFFLE", "node_Softmax_157_output_3")])
+def test_softmax_is_free_for_fused_attention_and_fp32_in_explicit(kind, name):
+    assert trt.layer_precision(kind, name, FUSED, "fp16") == "fp16"
+    assert trt.layer_precision(kind, name, EXPLICIT, "fp16") == "fp32"
 
 
 @pytest.mark.parametrize("kind,name", [
@@ -109,26 +147,165 @@ def test_fp32_layers_stay_fp32(kind, name):
     ("MATRIX_MULTIPLY", "/blocks.0/attn/MatMul"),
     ("ELEMENTWISE.SUM", "/blocks.0/Add"),
     ("REDUCE.MAX", "/ReduceMax"),
-    ("UNARY.EXP", "/Exp_2"),  # Exp is not in the spec's fp32 list
+    ("UNARY.EXP", "/Exp_2"),
 ])
 def test_other_layers_take_the_build_precision(kind, name):
-    assert trt.layer_precision(kind, name, FP32_OPS, "fp16") == "fp16"
-    assert trt.layer_precision(kind, name, FP32_OPS, "bf16") == "bf16"
+    for rules in trt.RULE_SETS.values():
+        assert trt.layer_precision(kind, name, rules, "fp16") == "fp16"
+        assert trt.layer_precision(kind, name, rules, "bf16") == "bf16"
+
+
+def test_layers_of_norm_module_nodes_stay_fp32():
+    nodes = frozenset({"node_Div_12", "node_Add_7"})
+    assert trt.layer_precision("ELEMENTWISE.DIV", "node_Div_12", FUSED, "fp16", nodes) == "fp32"
+    assert trt.layer_precision("ELEMENTWISE.SUM", "node_Add_7_1", FUSED, "fp16", nodes) == "fp32"  # parser sub-layer
+    assert trt.layer_precision("ELEMENTWISE.DIV", "node_Div_1", FUSED, "fp16", nodes) == "fp16"
+    assert trt.layer_precision("ELEMENTWISE.DIV", "node_Div_123", FUSED, "fp16", nodes) == "fp16"
+
+
+def test_node_of_layer():
+    nodes = {"node_Div_1", "node_Div_12", "a/b"}
+    assert trt.node_of_layer("node_Div_12", nodes) == "node_Div_12"
+    assert trt.node_of_layer("node_Div_12_output", nodes) == "node_Div_12"
+    assert trt.node_of_layer("node_Div_123", nodes) is None
+    assert trt.node_of_layer("a/b/c", nodes) == "a/b"
 
 
 def test_fp32_build_keeps_every_layer_fp32():
-    assert trt.layer_precision("CONVOLUTION", "/Conv", FP32_OPS, "fp32") == "fp32"
+    assert trt.layer_precision("CONVOLUTION", "/Conv", FUSED, "fp32") == "fp32"
 
 
-def test_fp32_layer_types_come_from_the_spec():
-    assert trt.fp32_layer_types(component_specs(TINY)["concept"]) == {
-        "SOFTMAX", "NORMALIZATION", "REDUCE.AVG", "ELEMENTWISE.POW", "UNARY.SQRT"}
+def test_rule_sets_are_data():
+    assert trt.fp32_kinds(FUSED.fp32_ops) == {"NORMALIZATION", "REDUCE.AVG", "ELEMENTWISE.POW", "UNARY.SQRT"}
+    assert trt.fp32_kinds(EXPLICIT.fp32_ops) == trt.fp32_kinds(FUSED.fp32_ops) | {"SOFTMAX"}
     assert trt.fp32_kinds(["Softmax", "UnknownOp"]) == {"SOFTMAX"}
+    assert trt.DEFAULT_LADDER[0] == "fused" and set(trt.DEFAULT_LADDER) <= set(trt.RULE_SETS)
 
 
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
-        trt.layer_precision("SOFTMAX", "x", FP32_OPS, "int8")
+        trt.layer_precision("SOFTMAX", "x", FUSED, "int8")
+
+
+def _hand_written_norm_graph(path: Path) -> Path:
+    """x → [LayerNorm2d written by hand: ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div] → Add(+1) → y,
+    with the class hierarchy torch's exporter records on each node."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def node(op, inputs, output, hierarchy, **attrs):
+        n = helper.make_node(op, inputs, [output], name=f"node_{op}_{output}", **attrs)
+        n.metadata_props.add(key="pkg.torch.onnx.class_hierarchy", value=str(hierarchy))
+        return n
+    norm = ["export.wrappers.ConceptHead", "transformers.models.sam3.modeling_sam3.Sam3LayerNorm2d", "aten.op"]
+    top = ["export.wrappers.ConceptHead", "aten.add.Tensor"]
+    nodes = [node("ReduceMean", ["x", "axes"], "u", norm), node("Sub", ["x", "u"], "d", norm),
+             node("Pow", ["d", "two"], "d2", norm), node("ReduceMean", ["d2", "axes"], "var", norm),
+             node("Add", ["var", "eps"], "ve", norm), node("Sqrt", ["ve"], "sd", norm),
+             node("Div", ["d", "sd"], "n", norm), node("Add", ["n", "one"], "y", top)]
+    consts = [helper.make_tensor("axes", TensorProto.INT64, [1], [1]), helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+              helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-6]), helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])]
+    graph = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_hand_written_norm_keeps_its_add_and_div_in_fp32(tmp_path):
+    import onnxruntime as ort
+    path = _hand_written_norm_graph(tmp_path / "norm.onnx")
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # a real, runnable graph
+    nodes = trt.fp32_nodes(path, FUSED)
+    assert nodes == {"node_ReduceMean_u", "node_Sub_d", "node_Pow_d2", "node_ReduceMean_var", "node_Add_ve",
+                     "node_Sqrt_sd", "node_Div_n"}  # all of the norm, not the Add after it
+    assert trt.layer_precision("ELEMENTWISE.SUM", "node_Add_ve", FUSED, "fp16", nodes) == "fp32"
+    assert trt.layer_precision("ELEMENTWISE.DIV", "node_Div_n", FUSED, "fp16", nodes) == "fp32"
+    assert trt.layer_precision("ELEMENTWISE.SUM", "node_Add_y", FUSED, "fp16", nodes) == "fp16"
+    assert trt.fp32_nodes(path, trt.FP32_RULES) == frozenset()
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_node_scan_of_the_exported_graphs(tiny_artifacts, name):
+    """On the real exports: `fused` pins norm ops and norm-module nodes but no Softmax, MatMul or Conv;
+    `explicit` pins the same plus every Softmax."""
+    import onnx
+    graph = onnx.load(str(tiny_artifacts / f"{name}.onnx"), load_external_data=False).graph
+    fused = trt.fp32_nodes(tiny_artifacts / f"{name}.onnx", FUSED)
+    explicit = trt.fp32_nodes(tiny_artifacts / f"{name}.onnx", EXPLICIT)
+    by_name = {n.name: n for n in graph.node}
+    assert fused and fused <= set(by_name)
+    assert {by_name[n].op_type for n in fused}.isdisjoint({"Softmax", "MatMul", "Gemm", "Conv"})
+    in_norm = [any(c.endswith(("Norm", "Norm2d")) for c in trt.rules.node_module_classes(by_name[n])) for n in fused]
+    assert all(ok or by_name[n].op_type in FUSED.fp32_ops for n, ok in zip(fused, in_norm))
+    norms = {n.name for n in graph.node if n.op_type in ("LayerNormalization", "InstanceNormalization")}
+    assert norms <= fused
+    softmax = {n.name for n in graph.node if n.op_type == "Softmax"}
+    assert explicit == fused | softmax and softmax  # every component has attention
+
+
+def test_layers_map_to_nodes_through_parser_metadata():
+    nodes = frozenset({"node_Add_7"})
+    assert trt.onnx_nodes_of("[ONNX Layer: node_Add_7]") == ["node_Add_7"]
+    assert trt.onnx_nodes_of("") == []
+    # a layer the parser added for node_Add_7 (a broadcast shuffle) has an unrelated name
+    assert trt.layer_precision("SHUFFLE", "ONNXTRT_Broadcast_12", FUSED, "fp16", nodes, "[ONNX Layer: node_Add_7]") == "fp32"
+    assert trt.layer_precision("SHUFFLE", "ONNXTRT_Broadcast_12", FUSED, "fp16", nodes, "[ONNX Layer: node_Mul_2]") == "fp16"
+
+
+def test_attempts_ladder():
+    labels = [a.label for a in trt.attempts("vision", "fp16")]
+    assert labels == ["fp16/fused", "fp16/explicit", "fp32"]
+    assert [a.label for a in trt.attempts("vision", "bf16", fallback=False)] == ["bf16/fused"]
+    assert [a.label for a in trt.attempts("text", "fp32")] == ["fp32"]
+    assert trt.attempts("a_future_component", "fp16")[0].rules is FUSED  # generic: any component name
+
+
+def test_component_ladder_override(monkeypatch):
+    monkeypatch.setitem(trt.rules.COMPONENT_LADDER, "vision", ("explicit",))
+    assert [a.label for a in trt.attempts("vision", "fp16")] == ["fp16/explicit", "fp32"]
+    monkeypatch.setitem(trt.rules.COMPONENT_LADDER, "vision", ("nonsense",))
+    with pytest.raises(ValueError, match="unknown precision rule sets"):
+        trt.attempts("vision", "fp16")
+
+
+def _gate(failures: dict):
+    """try_one for first_passing: raises the error listed for an attempt's label, else returns facts."""
+    tried = []
+
+    def try_one(attempt):
+        tried.append(attempt.label)
+        if attempt.label in failures:
+            raise failures[attempt.label]
+        return {"built_precision": attempt.precision, "rules": attempt.rules.name}
+    return try_one, tried
+
+
+def test_parity_gate_falls_back_on_a_build_error():
+    try_one, tried = _gate({"fp16/fused": trt.EngineBuildError("no FP32 tactic for a pinned layer")})
+    facts = trt.first_passing(trt.attempts("vision", "fp16"), try_one, log=lambda m: None)
+    assert tried == ["fp16/fused", "fp16/explicit"] and facts["rules"] == "explicit"
+    assert facts["attempts"][0]["attempt"] == "fp16/fused" and "build failed" in facts["attempts"][0]["error"]
+
+
+def test_parity_gate_falls_back_to_fp32_on_parity_failures():
+    bad = trt.EngineParityError("vision", [trt.parity_row({"batch": 1}, "fpn_0", trt.parity_metrics(
+        np.arange(4.0), -np.arange(4.0)), trt.PARITY_TOLERANCE["fp16"])])
+    try_one, tried = _gate({"fp16/fused": bad, "fp16/explicit": trt.EngineBuildError("out of memory")})
+    facts = trt.first_passing(trt.attempts("vision", "fp16"), try_one, log=lambda m: None)
+    assert tried == ["fp16/fused", "fp16/explicit", "fp32"] and facts["built_precision"] == "fp32"
+    assert [a["error"].split(":")[0] for a in facts["attempts"]] == ["parity failed", "build failed"]
+
+
+def test_parity_gate_raises_the_last_error():
+    try_one, _ = _gate({"fp32": trt.EngineBuildError("parse error")})
+    with pytest.raises(trt.EngineBuildError, match="parse error"):
+        trt.first_passing(trt.attempts("text", "fp32"), try_one, log=lambda m: None)
+    try_one, tried = _gate({"fp16/fused": trt.EngineBuildError("x")})
+    with pytest.raises(trt.EngineBuildError):
+        trt.first_passing(trt.attempts("text", "fp16", fallback=False), try_one, log=lambda m: None)
+    assert tried == ["fp16/fused"]
 
 
 def test_every_component_has_a_default_precision():
@@ -188,6 +365,19 @@ def test_engine_is_current_checks_inputs_and_hash(tmp_path):
     assert not trt.engine_is_current(tmp_path, "text", "abc", "fp16", "10.9.0.34")
     trt.engine_path(tmp_path, "text").write_bytes(b"truncated")
     assert not trt.engine_is_current(tmp_path, "text", "abc", "fp16", trt.TENSORRT_VERSION)
+
+
+def test_engine_is_rebuilt_when_its_rules_change(tmp_path, monkeypatch):
+    key = trt.attempts_key(trt.attempts("text", "fp16"))
+    _write_engine(tmp_path, b"engine")
+    record = json.loads(trt.record_path(tmp_path, "text").read_text())
+    trt.record_path(tmp_path, "text").write_text(json.dumps({**record, "rules_key": key}))
+    assert trt.engine_is_current(tmp_path, "text", "abc", "fp16", trt.TENSORRT_VERSION, key)
+    edited = trt.PrecisionRules("fused", trt.RULE_SETS["fused"].fp32_ops + ("Exp",), trt.RULE_SETS["fused"].fp32_modules)
+    monkeypatch.setitem(trt.RULE_SETS, "fused", edited)
+    new_key = trt.attempts_key(trt.attempts("text", "fp16"))
+    assert new_key != key and not trt.engine_is_current(tmp_path, "text", "abc", "fp16", trt.TENSORRT_VERSION, new_key)
+    assert trt.attempts_key(trt.attempts("text", "fp16", fallback=False)) != new_key
 
 
 def test_timing_cache_roundtrip(tmp_path):
