@@ -414,27 +414,22 @@ class Sam3Triton:
     def triton_http(self) -> None:
         """Triton's KServe v2 HTTP API (started in start_triton); Modal proxy auth required."""
 
-    def _grpc(self):
+    def _sam3(self):
+        """The project's client (Sam3Client over gRPC) to this container's Triton, opened once."""
         if self._client is None:
-            import tritonclient.grpc as grpcclient
-            self._client = grpcclient.InferenceServerClient(f"localhost:{GRPC_PORT}")
+            from client.api import Sam3Client
+            self._client = Sam3Client(f"localhost:{GRPC_PORT}", "grpc", timeout_s=REQUEST_TIMEOUT_S - 30)
         return self._client
 
     @modal.method()
     def label(self, file_name: str, image_bytes: bytes, concepts: list[str], threshold: float = 0.5) -> dict:
-        """Text-prompt one image; a label record (see record_from_outputs) or {"file_name", "error"}."""
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
-        inputs = []
-        for name, array in text_request(image_bytes, concepts, threshold).items():
-            inputs.append(grpcclient.InferInput(name, list(array.shape), _triton_dtype(name)))
-            inputs[-1].set_data_from_numpy(array)
-        outputs = [grpcclient.InferRequestedOutput(n) for n in LABEL_OUTPUTS]
+        """Text-prompt one image; a label record (see record_from_segmentation) or {"file_name", "error"}."""
+        from client.api import Sam3Error
         try:
-            result = self._grpc().infer("sam3", inputs, outputs=outputs, client_timeout=REQUEST_TIMEOUT_S - 30)
-        except InferenceServerException as err:  # a bad image is reported per file, the run goes on
-            return {"file_name": file_name, "error": str(err.message())}
-        return record_from_outputs(file_name, concepts, {n: result.as_numpy(n) for n in LABEL_OUTPUTS})
+            seg = self._sam3().text(image_bytes, clean_concepts(concepts), threshold=threshold)
+        except Sam3Error as err:  # a bad image is reported per file, the run goes on
+            return {"file_name": file_name, "error": err.message}
+        return record_from_segmentation(file_name, seg)
 
     @modal.method()
     def grpc_tunnel(self, seconds: int = 540):
@@ -451,34 +446,24 @@ class Sam3Triton:
 
 # ---------------------------------------------------------------- labeling helpers (pure)
 
-LABEL_OUTPUTS = ("masks_rle", "boxes", "scores", "labels", "image_shape")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def _triton_dtype(name: str) -> str:
-    from export.spec import SAM3_INPUTS
-    return next(t.dtype for t in SAM3_INPUTS if t.name == name)
-
-
-def text_request(image_bytes: bytes, concepts: list[str], threshold: float) -> dict[str, np.ndarray]:
-    """Inputs of one text-mode `sam3` request (names/dtypes of export.spec.SAM3_INPUTS); masks as RLE."""
+def clean_concepts(concepts: list[str]) -> list[str]:
+    """Concepts stripped of surrounding spaces; ValueError when one is empty or not text."""
     if not concepts or not all(isinstance(c, str) and c.strip() for c in concepts):
         raise ValueError(f"concepts must be non-empty strings, got {concepts!r}")
-    return {"image": np.array([bytes(image_bytes)], dtype=object), "mode": np.array([b"text"], dtype=object),
-            "text": np.array([c.strip().encode() for c in concepts], dtype=object),
-            "threshold": np.array([threshold], dtype=np.float32), "mask_format": np.array([b"rle"], dtype=object)}
+    return [c.strip() for c in concepts]
 
 
-def record_from_outputs(file_name: str, concepts: list[str], outputs: dict[str, np.ndarray]) -> dict:
-    """One image's labels: {"file_name", "height", "width", "concepts", "detections": [
-    {"category": concept index, "score", "box": [x1,y1,x2,y2] px, "rle": COCO counts str}]}."""
-    height, width = (int(v) for v in np.asarray(outputs["image_shape"]).reshape(-1)[:2])
-    rles = [r.decode() if isinstance(r, bytes) else str(r) for r in np.asarray(outputs["masks_rle"]).reshape(-1)]
-    boxes = np.asarray(outputs["boxes"], np.float64).reshape(-1, 4)
-    dets = [{"category": int(c), "score": float(s), "box": [float(x) for x in b], "rle": r}
-            for r, b, s, c in zip(rles, boxes, np.asarray(outputs["scores"]).reshape(-1),
-                                  np.asarray(outputs["labels"]).reshape(-1))]
-    return {"file_name": file_name, "height": height, "width": width, "concepts": list(concepts), "detections": dets}
+def record_from_segmentation(file_name: str, seg) -> dict:
+    """One image's labels from a client Segmentation: {"file_name", "height", "width", "concepts",
+    "detections": [{"category": concept index, "score", "box": [x1,y1,x2,y2] px, "rle": COCO counts str}]}."""
+    height, width = seg.image_shape
+    dets = [{"category": int(c), "score": float(s), "box": [float(x) for x in b], "rle": r.decode()}
+            for r, b, s, c in zip(seg.masks_rle, seg.boxes, seg.scores, seg.labels)]
+    return {"file_name": file_name, "height": int(height), "width": int(width), "concepts": list(seg.concepts),
+            "detections": dets}
 
 
 def parse_concepts(text: str) -> list[str]:
@@ -527,7 +512,7 @@ def coco_annotation(ann_id: int, image_id: int, record: dict, det: dict, n_categ
 def coco_dataset(records: list[dict], concepts: list[str], description: str = "SAM 3 text-prompt labels") -> dict:
     """COCO instances dict (images, annotations with RLE masks / xywh boxes / scores, categories).
 
-    records: label records (record_from_outputs) made with these ``concepts``; image ids follow
+    records: label records (record_from_segmentation) made with these ``concepts``; image ids follow
     file_name order, category id = concept index + 1.
     """
     mismatched = [r["file_name"] for r in records if r.get("concepts", concepts) != concepts]

@@ -305,33 +305,33 @@ def _masks(height=40, width=60) -> list[np.ndarray]:
     return [a, b]
 
 
-def _triton_outputs(masks, labels, scores):
-    """Arrays shaped like the `sam3` outputs (export.spec.SAM3_OUTPUTS) for these masks."""
+def _segmentation(masks, labels, scores, concepts):
+    """A client Segmentation (client.results) built from `sam3`-shaped outputs for these masks."""
+    from client.results import segmentation_from_outputs
     rles = [mask_utils.encode(np.asfortranarray(m))["counts"] for m in masks]
     boxes = [[float(x), float(y), float(x + w), float(y + h)]
              for x, y, w, h in (mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m))) for m in masks)]
-    return {"masks_rle": np.array(rles, dtype=object), "boxes": np.array(boxes, np.float32).reshape(-1, 4),
-            "scores": np.array(scores, np.float32), "labels": np.array(labels, np.int32),
-            "image_shape": np.array(masks[0].shape if masks else (40, 60), np.int32)}
+    hw = masks[0].shape if masks else (40, 60)
+    outputs = {"masks_rle": np.array(rles, dtype=object), "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+               "scores": np.array(scores, np.float32), "labels": np.array(labels, np.int32),
+               "image_shape": np.array(hw, np.int32), "masks": np.zeros((0,) + hw, bool),
+               "iou_scores": np.zeros((len(masks), 0), np.float32), "stability_scores": np.zeros(len(masks), np.float32)}
+    return segmentation_from_outputs(outputs, concepts, "text")
 
 
-def test_text_request_matches_the_sam3_inputs():
-    arrays = mt.text_request(b"\x89PNG...", ["person", " red car "], 0.4)
-    inputs = {t.name: t for t in SAM3_INPUTS}
-    for name, array in arrays.items():
-        assert np.dtype(NP_DTYPES[inputs[name].dtype]) == array.dtype, name
-        assert array.ndim == len(inputs[name].shape), name
-    assert list(arrays["text"]) == [b"person", b"red car"] and arrays["mask_format"][0] == b"rle"
-    with pytest.raises(ValueError, match="concepts"):
-        mt.text_request(b"x", [], 0.5)
+def test_concepts_are_cleaned_for_the_client():
+    assert mt.clean_concepts(["person", " red car "]) == ["person", "red car"]
+    for bad in ([], ["dog", " "], [3]):
+        with pytest.raises(ValueError, match="concepts"):
+            mt.clean_concepts(bad)
 
 
 def test_coco_dataset_loads_and_scores_perfectly(tmp_path):
     masks = _masks()
     concepts = ["person", "car"]
-    records = [mt.record_from_outputs("b/img2.jpg", concepts, _triton_outputs(masks, [0, 1], [0.9, 0.8])),
-               mt.record_from_outputs("a/img1.jpg", concepts, _triton_outputs(masks[:1], [1], [0.7])),
-               mt.record_from_outputs("c/empty.jpg", concepts, _triton_outputs([], [], []))]
+    records = [mt.record_from_segmentation("b/img2.jpg", _segmentation(masks, [0, 1], [0.9, 0.8], concepts)),
+               mt.record_from_segmentation("a/img1.jpg", _segmentation(masks[:1], [1], [0.7], concepts)),
+               mt.record_from_segmentation("c/empty.jpg", _segmentation([], [], [], concepts))]
     path = tmp_path / "coco.json"
     mt.write_json(path, mt.coco_dataset(records, concepts))
     coco = COCO(str(path))
@@ -353,10 +353,10 @@ def test_coco_dataset_loads_and_scores_perfectly(tmp_path):
 
 def test_coco_dataset_rejects_inconsistent_records():
     concepts = ["person"]
-    record = mt.record_from_outputs("x.jpg", concepts, _triton_outputs(_masks()[:1], [3], [0.9]))
+    record = mt.record_from_segmentation("x.jpg", _segmentation(_masks()[:1], [3], [0.9], concepts))
     with pytest.raises(ValueError, match="concept index 3"):
         mt.coco_dataset([record], concepts)
-    other = mt.record_from_outputs("y.jpg", ["dog"], _triton_outputs(_masks()[:1], [0], [0.9]))
+    other = mt.record_from_segmentation("y.jpg", _segmentation(_masks()[:1], [0], [0.9], ["dog"]))
     with pytest.raises(ValueError, match="other concepts"):
         mt.coco_dataset([other], concepts)
 
