@@ -1,4 +1,4 @@
-"""The export steps behind ``python -m export``: onnx, verify (and trt, in export/trt.py).
+"""The export steps behind ``python -m export``: onnx, verify (and trt, in export/trt/).
 
 ``export_onnx`` writes ``<component>.onnx``, ``tokenizer.json`` and ``manifest.json`` into
 the output directory; ``verify`` writes ``parity_report.json`` and raises ParityError if any

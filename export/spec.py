@@ -2,7 +2,7 @@
 
 Everything that needs tensor names, dtypes or shapes is generated from this module:
 ONNX export arguments (``export/onnx_export.py``), TensorRT optimization profiles
-(``export/trt.py``), Triton ``config.pbtxt`` files (``export/repository.py``), the
+(``export/trt/``), Triton ``config.pbtxt`` files (``export/repository.py``), the
 orchestrator and the clients. This module imports only the standard library so that
 serving and client code can use it without torch.
 

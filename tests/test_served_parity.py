@@ -3,7 +3,7 @@
 Server side: the real Triton server (fixture ``sam3_server``) through the client library over
 gRPC. Reference side: Sam3Model + Sam3Processor and Sam3TrackerModel + Sam3TrackerProcessor
 in-process on the tiny checkpoint. Criteria (issue 3): same detection count, boxes within
-1e-2 px (the reference boxes clipped to the image, as we serve them), scores within 1e-4,
+1e-2 px and scores within 1e-4 (the reference boxes and IoU scores clipped to the image and to [0, 1], as we serve them),
 mask IoU ≥ 0.99. Thresholds are placed in a gap of the reference
 scores so that several detections are kept and a real difference would change the count.
 """
@@ -57,7 +57,7 @@ def reference_prompt(models, processors, image_bytes, points=None, labels=None, 
     masks = processors[1].post_process_masks(out.pred_masks, inputs["original_sizes"])[0].numpy()
     iou = out.iou_scores[0].numpy()
     best = iou.argmax(-1)
-    return masks[np.arange(len(best)), best], iou
+    return masks[np.arange(len(best)), best], np.clip(iou, 0, 1)  # we serve scores in [0, 1]
 
 
 def all_reference_scores(models, processors, image_bytes, text) -> np.ndarray:

@@ -287,6 +287,7 @@ class Sam3Pipeline:
         outs = await t.measure("compute", asyncio.gather(*calls))
         masks, iou = await t.measure("post", self.in_pool(self.post.best_prompt_masks, outs, features.image_hw,
                                                           post.prob_to_logit(req.mask_threshold)))
+        iou = post.clip_scores(iou)  # the IoU head's predictions, as scores in [0, 1]
         return Sam3Result(masks, masks.boxes_xyxy(), iou.max(-1), np.arange(len(iou), dtype=np.int32),
                           iou, np.zeros(len(iou), np.float32), features.image_hw)
 
@@ -301,9 +302,9 @@ class Sam3Pipeline:
         outs = await t.measure("compute", asyncio.gather(*calls))
         outputs = [(_host(o["pred_masks"]), _host(o["iou_scores"])) for o in outs]
         found = await t.measure("post", self.in_pool(generator.generate_rle, batches, outputs, features.image_hw))
-        n = len(found["iou"])
-        return Sam3Result(found["masks"], post.clip_boxes(found["boxes"], features.image_hw), found["iou"],
-                          np.arange(n, dtype=np.int32), found["iou"][:, None], found["stability"], features.image_hw)
+        n, iou = len(found["iou"]), post.clip_scores(found["iou"])
+        return Sam3Result(found["masks"], post.clip_boxes(found["boxes"], features.image_hw), iou,
+                          np.arange(n, dtype=np.int32), iou[:, None], found["stability"], features.image_hw)
 
 
 def _cache_key(req: Sam3Request) -> str:

@@ -204,6 +204,11 @@ def clip_boxes(boxes: np.ndarray, image_hw) -> np.ndarray:
     return np.clip(boxes, 0, np.array([w, h, w, h], np.float32)).astype(np.float32)
 
 
+def clip_scores(scores) -> np.ndarray:
+    """Scores as float32 in [0, 1] (the IoU head's predictions may stray slightly outside)."""
+    return np.clip(np.asarray(scores, np.float32), 0.0, 1.0)
+
+
 # ---------------------------------------------------------------- prompt (point / box) head
 
 def best_mask_index(iou_scores) -> np.ndarray:
