@@ -13,7 +13,7 @@ dynamic axis name it uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Triton / numpy dtype names used everywhere (config.pbtxt uses "TYPE_" + name).
 NP_DTYPES = {"UINT8": "uint8", "BOOL": "bool", "INT32": "int32", "INT64": "int64",
@@ -110,7 +110,6 @@ class ComponentSpec:
     parity_sizes: tuple[dict[str, int], ...]
     batch_axis: str | None = None
     doc: str = ""
-    fp32_layers: tuple[str, ...] = field(default=("Softmax", "LayerNormalization", "ReduceMean", "Pow", "Sqrt"))
 
     @property
     def triton_name(self) -> str:

@@ -31,7 +31,6 @@ from pycocotools.cocoeval import COCOeval
 import modal_triton as mt
 from export import trt
 from export.manifest import sha256
-from export.spec import NP_DTYPES, SAM3_INPUTS
 from export.spec import Dims
 from server.triton import cuda_pool_args, cuda_pool_bytes, server_command
 from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
