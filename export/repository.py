@@ -12,20 +12,20 @@ Targets:
     gpu  ``platform: tensorrt_plan`` with ``1/model.plan`` from ``engines_dir/<component>.plan``;
          components without an engine fall back to ``onnxruntime_onnx`` with ``1/model.onnx``.
 
-Every config.pbtxt is built as a dict from the spec and serialized by :func:`to_pbtxt` (protobuf
-text format); :func:`parse_config_text` reads that format back into dicts.
+Every config.pbtxt is built as a dict from the spec and serialized by ``export.pbtxt.to_pbtxt``
+(protobuf text format).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 from export.manifest import Manifest, load_manifest
+from export.pbtxt import Enum, to_pbtxt
 from export.spec import SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, Batching, ComponentSpec, TensorSpec
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "triton_repo"
@@ -41,136 +41,6 @@ IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 class RepositoryError(RuntimeError):
     """The model repository cannot be built from these artifacts / options."""
-
-
-class Enum(str):
-    """A protobuf enum identifier (e.g. TYPE_FP32): written without quotes."""
-
-
-# ---------------------------------------------------------------- protobuf text format writer
-
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-_UNESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "r": "\r"}
-
-
-def _scalar(value) -> str:
-    """One scalar in protobuf text format: bool, int, float, Enum (bare) or str (quoted)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, Enum):
-        return str(value)
-    if isinstance(value, str):
-        return '"' + "".join(_ESCAPES.get(c, c) for c in value) + '"'
-    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) to protobuf text")
-
-
-def _field(key: str, value, pad: str) -> list[str]:
-    """Lines of one field: message ``k { }``, repeated message ``k [ {..}, {..} ]``, list ``k: [a, b]``, scalar."""
-    if isinstance(value, dict):
-        return [f"{pad}{key} {{", *_lines(value, pad + "  "), f"{pad}}}"]
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        inner = pad + "  "
-        blocks = [f"{inner}{{\n" + "\n".join(_lines(v, inner + "  ")) + f"\n{inner}}}" for v in value]
-        return [f"{pad}{key} [", ",\n".join(blocks), f"{pad}]"]
-    if isinstance(value, list):
-        return [f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]"]
-    return [f"{pad}{key}: {_scalar(value)}"]
-
-
-def _lines(message: dict, pad: str) -> list[str]:
-    return [line for k, v in message.items() if v is not None for line in _field(k, v, pad)]
-
-
-def to_pbtxt(message: dict) -> str:
-    """Serialize a message given as a dict (values: scalars, Enum, dicts, lists) to protobuf text."""
-    return "\n".join(_lines(message, "")) + "\n"
-
-
-# ---------------------------------------------------------------- protobuf text format reader
-
-_TOKEN = re.compile(r"""\s+|\#[^\n]*|("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[{}\[\]:,;]|[^\s{}\[\]:,;"'\#]+)""")
-_INT = re.compile(r"[-+]?(0x[0-9a-fA-F]+|\d+)$")
-
-
-def _tokens(text: str) -> list[str]:
-    out, pos = [], 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            raise ValueError(f"protobuf text: cannot read {text[pos:pos + 20]!r} at offset {pos}")
-        if m.group(1):
-            out.append(m.group(1))
-        pos = m.end()
-    return out
-
-
-def _atom(token: str):
-    """Scalar value of one token: quoted string, bool, int, float or enum identifier (Enum)."""
-    if token[0] in "\"'":
-        return re.sub(r"\\(.)", lambda m: _UNESCAPES.get(m.group(1), m.group(1)), token[1:-1])
-    if token in ("true", "false"):
-        return token == "true"
-    if _INT.match(token):
-        return int(token, 0)
-    try:
-        return float(token)
-    except ValueError:
-        return Enum(token)
-
-
-def _add(message: dict, key: str, value) -> None:
-    """Store a field; a key seen again (or written with [ ]) becomes a list."""
-    if key not in message:
-        message[key] = value
-        return
-    old = message[key] if isinstance(message[key], list) else [message[key]]
-    message[key] = old + (value if isinstance(value, list) else [value])
-
-
-def _value(tokens: list, pos: int):
-    token = tokens[pos]
-    if token == "{":
-        return _message(tokens, pos + 1, "}")
-    if token != "[":
-        return _atom(token), pos + 1
-    items, pos = [], pos + 1
-    while tokens[pos] != "]":
-        item, pos = _value(tokens, pos)
-        items.append(item)
-        pos += tokens[pos] == ","
-    return items, pos + 1
-
-
-def _message(tokens: list, pos: int, end: str | None):
-    message = {}
-    while (tokens[pos] if pos < len(tokens) else None) != end:
-        key = tokens[pos]
-        pos += 1 + (tokens[pos + 1] == ":")
-        value, pos = _value(tokens, pos)
-        _add(message, key, value)
-        pos += pos < len(tokens) and tokens[pos] in ",;"
-    return message, pos + 1
-
-
-def parse_config_text(text: str) -> dict:
-    """Read protobuf text (a config.pbtxt) into dicts; repeated fields become lists.
-
-    Enum identifiers come back as :class:`Enum` (a str), so ``to_pbtxt(parse_config_text(t))``
-    round-trips what :func:`to_pbtxt` writes. Raises ValueError on malformed text.
-    """
-    tokens = _tokens(text)
-    try:
-        return _message(tokens, 0, None)[0]
-    except IndexError:
-        raise ValueError("protobuf text: unexpected end (unbalanced braces or brackets)") from None
-
-
-def config_parameters(config: dict) -> dict[str, str]:
-    """{key: string_value} of a parsed config's ``parameters`` map."""
-    entries = config.get("parameters", [])
-    return {e["key"]: e["value"]["string_value"] for e in (entries if isinstance(entries, list) else [entries])}
 
 
 # ---------------------------------------------------------------- config builders (dicts)

@@ -16,8 +16,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from export.manifest import Manifest, file_entry
-from export.repository import (ORCHESTRATOR, RepositoryError, build_repository, config_parameters,
-                               parse_config_text, to_pbtxt, triton_dtype)
+from export.pbtxt import to_pbtxt
+from export.repository import ORCHESTRATOR, RepositoryError, build_repository, triton_dtype
+from tests.pbtxt import config_parameters, parse_config_text
 from export.spec import (
     COMPONENTS, NP_DTYPES, SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, ComponentSpec, Dims, component_specs,
 )

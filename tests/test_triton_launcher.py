@@ -21,7 +21,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from export.repository import build_repository, parse_config_text, to_pbtxt
+from export.pbtxt import to_pbtxt
+from export.repository import build_repository
+from tests.pbtxt import parse_config_text
 from export.spec import NP_DTYPES, Dims, component_specs
 from server.triton import (TritonNotFoundError, TritonServer, TritonStartError, cuda_pool_args, cuda_pool_bytes,
                            find_tritonserver, free_port, python3_dir, server_command, server_env)
