@@ -110,10 +110,9 @@ def concept_chain(detector, sessions: dict, specs: dict, dims: Dims, tol: Tolera
     labels = np.array([[1], [0]], np.int64)
     diffs = []
     for with_boxes in (False, True):
-        feeds = dict(zip(["fpn_0", "fpn_1", "fpn_2"], fpn), text_features=text,
-                     text_mask=text_in["attention_mask"].astype(bool), boxes=boxes, box_labels=labels,
-                     box_valid=np.full((2, 1), with_boxes))
-        actual = _concept_and_masks(sessions, feeds)
+        feeds = dict(fpn_2=fpn[2], text_features=text, text_mask=text_in["attention_mask"].astype(bool),
+                     boxes=boxes, box_labels=labels, box_valid=np.full((2, 1), with_boxes))
+        actual = _concept_and_masks(sessions, feeds, fpn)
         kwargs = dict(input_boxes=torch.from_numpy(boxes), input_boxes_labels=torch.from_numpy(labels)) if with_boxes else {}
         with torch.no_grad():
             ref = detector(pixel_values=_normalized(pixels).repeat(2, 1, 1, 1), input_ids=torch.from_numpy(text_in["input_ids"]),
@@ -125,11 +124,11 @@ def concept_chain(detector, sessions: dict, specs: dict, dims: Dims, tol: Tolera
     return diffs
 
 
-def _concept_and_masks(sessions: dict, feeds: dict) -> dict:
+def _concept_and_masks(sessions: dict, feeds: dict, fpn: list) -> dict:
     """concept outputs + the mask head run on every query: {name: array} incl. pred_masks."""
     names = [o.name for o in sessions["concept"].get_outputs()]
     out = dict(zip(names, sessions["concept"].run(names, feeds)))
-    mask_feeds = {"fpn_0": feeds["fpn_0"], "fpn_1": feeds["fpn_1"], "memory": out["memory"], "queries": out["queries"]}
+    mask_feeds = {"fpn_0": fpn[0], "fpn_1": fpn[1], "memory": out["memory"], "queries": out["queries"]}
     out["pred_masks"] = sessions["mask"].run(None, mask_feeds)[0]
     return out
 

@@ -179,14 +179,12 @@ def concept_spec(d: Dims) -> ComponentSpec:
     padding slot; a row with no valid box runs as text-only (its geometry tokens masked).
     Boxes are cx,cy,w,h normalized to [0,1]; labels 1 positive / 0 negative.
     """
-    c, (f0, f1, f2), q = d.hidden, d.fpn_sizes, d.queries
+    c, f2, q = d.hidden, d.fpn_sizes[2], d.queries
     n, k = "prompts", "boxes"
     return ComponentSpec(
         name="concept",
         inputs=(
-            TensorSpec("fpn_0", "FP32", (1, c, f0, f0)),
-            TensorSpec("fpn_1", "FP32", (1, c, f1, f1)),
-            TensorSpec("fpn_2", "FP32", (1, c, f2, f2)),
+            TensorSpec("fpn_2", "FP32", (1, c, f2, f2), doc="the only FPN level the detector and geometry encoder read"),
             TensorSpec("text_features", "FP32", (n, TEXT_LENGTH, c)),
             TensorSpec("text_mask", "BOOL", (n, TEXT_LENGTH)),
             TensorSpec("boxes", "FP32", (n, k, 4), doc="cxcywh in [0,1]"),

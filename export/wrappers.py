@@ -78,13 +78,13 @@ class ConceptHead(nn.Module):
 
     PARTS = ("geometry_encoder", "detr_encoder", "detr_decoder", "dot_product_scoring", "mask_decoder")
 
-    def forward(self, fpn_0, fpn_1, fpn_2, text_features, text_mask, boxes, box_labels, box_valid):
+    def forward(self, fpn_2, text_features, text_mask, boxes, box_labels, box_valid):
         n = text_features.shape[0]
-        feats = [f.expand(n, -1, -1, -1) for f in (fpn_0, fpn_1, fpn_2)]
-        pos = [self.pos(f.shape, f.device, f.dtype) for f in feats]
+        feats = [fpn_2.expand(n, -1, -1, -1)]  # Sam3Model reads only the last FPN level here
+        pos = [self.pos(feats[0].shape, feats[0].device, feats[0].dtype)]
         prompt, mask = self._prompt(feats, pos, text_features, text_mask, boxes, box_labels, box_valid)
-        enc = self.det["detr_encoder"](vision_features=[feats[-1]], text_features=prompt,
-                                    vision_pos_embeds=[pos[-1]], text_mask=mask)
+        enc = self.det["detr_encoder"](vision_features=feats, text_features=prompt,
+                                    vision_pos_embeds=pos, text_mask=mask)
         dec = self.det["detr_decoder"](vision_features=enc.last_hidden_state, text_features=enc.text_features,
                                     vision_pos_encoding=enc.pos_embeds_flattened, text_mask=mask,
                                     spatial_shapes=enc.spatial_shapes)

@@ -227,7 +227,7 @@ class Sam3Pipeline:
     async def _concepts(self, feeds: dict, features: Features, req: Sam3Request, t: Timings) -> list[tuple]:
         """[(scores [D], boxes [D,4] px, MaskSet)] per prompt: detector call, then masks for kept queries."""
         fpn = {k: features.outputs[k] for k in ("fpn_0", "fpn_1", "fpn_2")}
-        det = await t.measure("compute", self.stages.arun("concept", fpn | feeds))
+        det = await t.measure("compute", self.stages.arun("concept", {"fpn_2": fpn["fpn_2"]} | feeds))
         kept = self.post.select_queries(det["logits"], det["presence_logits"], req.threshold)
         hw = features.image_hw
         masks = [MaskSet.empty(hw) for _ in kept]
