@@ -122,10 +122,16 @@ def _ragged(entry: dict, t: TensorSpec) -> dict:
 
 
 def queue_config(batching: Batching) -> dict:
-    """``dynamic_batching`` of ``sam3``: delay, and a queue that refuses (REJECT) when full or too old."""
-    policy = {"timeout_action": Enum("REJECT"), "default_timeout_microseconds": batching.queue_timeout_us,
-              "allow_timeout_override": True, "max_queue_size": batching.max_queue_size}
-    return {"max_queue_delay_microseconds": batching.max_queue_delay_us, "default_queue_policy": policy}
+    """``dynamic_batching`` of ``sam3``: the delay, and a queue policy only where ``batching`` sets one
+    (a full queue or a request queued too long is refused at once: REJECT)."""
+    config = {"max_queue_delay_microseconds": batching.max_queue_delay_us}
+    policy = {}
+    if batching.queue_timeout_us is not None:
+        policy |= {"timeout_action": Enum("REJECT"), "default_timeout_microseconds": batching.queue_timeout_us,
+                   "allow_timeout_override": True}
+    if batching.max_queue_size is not None:
+        policy["max_queue_size"] = batching.max_queue_size
+    return config | ({"default_queue_policy": policy} if policy else {})
 
 
 # ---------------------------------------------------------------- files

@@ -276,15 +276,18 @@ class Batching:
     """How Triton queues and batches `sam3` requests (written into its config.pbtxt).
 
     max_batch_size: requests per execute(); max_queue_delay_us: extra wait to fill a batch
-    (0: batch only what queued up while the model was busy); max_queue_size: queued requests
-    beyond which new ones are refused at once (UNAVAILABLE / HTTP 503); queue_timeout_us: a
-    request still queued after this is refused (a client may ask for less with its timeout).
+    (0: batch only what queued up while the model was busy). max_queue_size / queue_timeout_us:
+    Triton's queue policy (refuse at once with UNAVAILABLE beyond that many queued requests, or
+    after that long in the queue); None leaves the policy out, and that is the default: with any
+    queue policy, Triton 2.51's dynamic batcher stalled one request in five for ~500 ms on an
+    idle server (measured; see README "Concurrency"), so the queue is bounded in front of Triton
+    instead (the REST gateway's in-flight limit) and by client timeouts.
     """
 
     max_batch_size: int = 8
     max_queue_delay_us: int = 0
-    max_queue_size: int = 64
-    queue_timeout_us: int = 60_000_000
+    max_queue_size: int | None = None
+    queue_timeout_us: int | None = None
 
 
 SAM3_BATCHING = Batching()
