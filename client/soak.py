@@ -10,6 +10,9 @@ in this machine's process table by the instance name in their command line, e.g.
 and watches ``GET /health`` until it answers 200 again. Meanwhile it samples the resident memory
 (RSS) of tritonserver and of every stub.
 
+With ``--retries N`` each 503 is retried after its ``Retry-After`` (at most N times), as a
+well-behaved client does; errors then count what still failed.
+
 Report (stdout summary, JSON with ``--json``): requests, errors (by status; inside / outside the
 recovery window = requests that overlap the time from the kill until /health answers 200 again),
 latency p50/p99 (ms) of successful requests, throughput, recovery seconds, RSS over time and its
@@ -56,6 +59,7 @@ class Sample:
     error: str = ""
     retry_after: str = ""
     leak: bool = False
+    attempts: int = 1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-fraction", type=float, default=0.25, help="requests before RSS growth is measured")
     p.add_argument("--rss-interval", type=float, default=1.0, help="seconds between RSS samples")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--retries", type=int, default=0,
+                   help="retry a 503 up to this many times after its Retry-After, as a well-behaved client (0)")
     p.add_argument("--token", default=os.environ.get("SAM3_API_KEY"), help="bearer token, if the gateway needs one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the JSON report here")
@@ -232,7 +238,7 @@ class Soak:
         self.args = args
         self.pool = image_pool(args.images, args.seed)
         self.samples: list[Sample] = []
-        self.started = 0
+        self.started = self.retried = 0
         self.kill: dict = {}
         self._lock = threading.Lock()
         self.t0 = time.monotonic()
@@ -251,7 +257,9 @@ class Soak:
         if watcher is not None:
             watcher.join(120)
         rss.stop()
-        return build_report(args, self.samples, self.kill, rss.samples, wall)
+        report = build_report(args, self.samples, self.kill, rss.samples, wall)
+        report["errors"]["503_retried"] = self.retried
+        return report
 
     def _server_pid(self) -> int | None:
         if self.args.triton_pid:
@@ -269,14 +277,24 @@ class Soak:
         mode, body = request_body(i, self.pool, rng)
         with self._lock:
             self.started += 1
-        start = time.monotonic() - self.t0
-        status, data, retry = send(self.args.url, body, self.args.timeout, self.args.token)
+        start, leak = time.monotonic() - self.t0, False
+        for attempt in range(1, self.args.retries + 2):
+            status, data, retry = send(self.args.url, body, self.args.timeout, self.args.token)
+            text = data.decode(errors="replace")
+            leak = leak or bool(LEAK.search(text))
+            if status != 503 or attempt > self.args.retries:
+                break
+            self._count_retry()
+            time.sleep(min(30, int(retry) if retry.isdigit() else 1))
         end = time.monotonic() - self.t0
-        text = data.decode(errors="replace")
         error = "" if status == 200 else text[:300]
-        sample = Sample(mode, round(start, 4), round(end, 4), status, error, retry, bool(LEAK.search(text)))
+        sample = Sample(mode, round(start, 4), round(end, 4), status, error, retry, leak, attempt)
         with self._lock:
             self.samples.append(sample)
+
+    def _count_retry(self) -> None:
+        with self._lock:
+            self.retried += 1
 
     def _kill_and_watch(self, server_pid: int) -> None:
         while self.started < self.args.kill_at * self.args.requests:
@@ -372,7 +390,8 @@ def summary(report: dict) -> str:
              f"p50 {lat['p50']} ms, p99 {lat['p99']} ms",
              f"errors {e['total']} (inside the recovery window {e['inside_recovery_window']}, outside "
              f"{e['outside_recovery_window']}) by status {e['by_status']}; 503 without Retry-After: "
-             f"{e['503_without_retry_after']}; bodies with a traceback or path: {report['bodies_with_traceback_or_path']}"]
+             f"{e['503_without_retry_after']}; 503s retried after Retry-After: {e.get('503_retried', 0)}; "
+             f"bodies with a traceback or path: {report['bodies_with_traceback_or_path']}"]
     if kill:
         lines.append(f"killed {kill['model']} at {kill['at_s']} s; /health not ready at {kill['health_not_ready_s']} s, "
                      f"ready again at {kill['health_ready_again_s']} s: recovery {kill.get('recovery_s')} s")

@@ -293,6 +293,25 @@ def test_triton_s_unavailable_words_map_to_503(message, status):
     assert failure.status == status and failure.retry_after_s >= 1
 
 
+# ---------------------------------------------------------------- the soak command
+
+def test_soak_reports_a_kill_and_its_recovery(healing, tmp_path):
+    from client.cli import main
+    report_path = tmp_path / "soak.json"
+    code = main(["soak", "--url", healing.gateway_url, "--requests", "60", "--concurrency", "4", "--images", "3",
+                 "--kill", "sam3_text", "--kill-at", "0.3", "--triton-pid", str(healing.server.pid),
+                 "--retries", "5", "--rss-interval", "0.2", "--json", str(report_path)])
+    report = json.loads(report_path.read_text())
+    assert code == 0 and report["requests"] == 60
+    assert report["errors"]["outside_recovery_window"] == 0 and report["errors"]["503_without_retry_after"] == 0
+    assert report["bodies_with_traceback_or_path"] == 0
+    kill = report["kill"]
+    assert kill["model"] == "sam3_text" and kill["health_not_ready_s"] is not None
+    assert kill["health_ready_again_s"] is not None and kill["recovery_s"] is not None  # healed within the bound
+    assert report["latency_ms"]["p50"] > 0 and report["rss"]["samples"]
+    assert {"tritonserver", "sam3_0_0"} <= set(report["rss"]["samples"][0]["rss_kb"])
+
+
 # ---------------------------------------------------------------- last: tritonserver itself dies
 
 def test_a_dead_tritonserver_is_restarted(http, healing):
@@ -304,3 +323,12 @@ def test_a_dead_tritonserver_is_restarted(http, healing):
     assert 503 in watch.gateway and watch.gateway[-1] == 200, watch.gateway
     assert healing.server.pid != old_pid and healing.watchdog.history[-1].action == "restart"
     assert post(http, request_using("sam3", 701)).status_code == 200
+
+
+def test_instance_names_map_to_the_longest_model_name():
+    from server.watchdog import model_of_instance
+    names = ["sam3", "sam3_vision", "sam3_concept"]
+    assert model_of_instance("sam3_0_0", names) == "sam3"
+    assert model_of_instance("sam3_vision_0_0", names) == "sam3_vision"
+    assert model_of_instance("sam3_concept_1_3", names) == "sam3_concept"
+    assert model_of_instance("sam3_text_0_0", names) is None and model_of_instance("DEFAULT", names) is None
