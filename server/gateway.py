@@ -24,6 +24,7 @@ request is cancelled in Triton.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import re
@@ -68,6 +69,9 @@ class Gateway:
         self.watchdog, self.caller = watchdog, TritonCaller(grpc_url, timeout_s)
         self._client, self._lock = None, threading.Lock()
         self.counts: Counter = Counter()
+        self._inflight: set = set()
+        if watchdog is not None:
+            watchdog.on_incident(self._abandon_doomed)
 
     @property
     def client(self):
@@ -77,6 +81,14 @@ class Gateway:
                 from client.api import Sam3Client
                 self._client = Sam3Client(self.grpc_url, protocol="grpc", timeout_s=self.timeout_s)
             return self._client
+
+    def close(self) -> None:
+        """Close the gateway's connections to Triton (at shutdown: Triton waits for open connections)."""
+        self.caller.close()
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     # ---- routes
     async def segment(self, request: Request) -> Response:
@@ -103,11 +115,20 @@ class Gateway:
         from client.api import Sam3Error
         start, loop = time.monotonic(), asyncio.get_running_loop()
         call = await run_in_threadpool(self.caller.start, req.image, req.triton_mode, req.fields, loop)
-        if await _client_left(request, call):
+        with self._lock:
+            self._inflight.add(call)
+        try:
+            left = await _client_left(request, call)
+        finally:
+            with self._lock:
+                self._inflight.discard(call)
+        if left:
             call.cancel()
             self.counts["cancelled"] += 1
             log.info("client of a %s request disconnected: cancelled in Triton", req.mode)
             return error_response(499, "the client disconnected; the request was cancelled")
+        if call.doomed:
+            return self._unavailable_response()
         try:
             seg = call.segmentation()
         except Sam3Error as err:
@@ -115,6 +136,21 @@ class Gateway:
         body = await run_in_threadpool(rest.format_response, req, seg)
         log.info("segment mode=%s detections=%d %.0f ms", req.mode, len(seg), 1e3 * (time.monotonic() - start))
         return Response(body, media_type="application/json")
+
+    def _abandon_doomed(self, broken: dict) -> None:
+        """Watchdog incident: when the orchestrator or tritonserver itself died, the requests in flight
+        can only fail (Triton fails those queued on a dead stub one by one, ~1 s each): cancel them
+        now so their clients get 503 + Retry-After at once."""
+        from server.watchdog import ORCHESTRATOR, SERVER
+        if ORCHESTRATOR not in broken and SERVER not in broken:
+            return
+        with self._lock:
+            doomed = list(self._inflight)
+        for call in doomed:
+            call.doomed = True
+            call.cancel()
+        if doomed:
+            log.warning("cancelled %d request(s) in flight on the failed %s", len(doomed), ", ".join(broken))
 
     def _unavailable_response(self) -> Response:
         wait = self.watchdog.retry_after_s()
@@ -293,7 +329,12 @@ def create_app(grpc_url: str, auth_token: str | None = None, max_body_bytes: int
               Mount("/web", StaticFiles(directory=WEB_DIR), name="web")]
     middleware = [Middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                              allow_headers=["Authorization", "Content-Type"])] if cors_origins else []
-    app = Starlette(routes=routes, middleware=middleware,
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        gateway.close()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     app.state.gateway = gateway
     return app

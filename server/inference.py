@@ -28,6 +28,7 @@ class TritonCall:
         self._finished = asyncio.Event()
         self._result = self._error = None
         self._context = None
+        self.doomed = False  # set when the gateway abandons it (its stage died)
 
     def attach(self, context) -> None:
         self._context = context
@@ -59,6 +60,7 @@ class TritonCaller:
     def __init__(self, grpc_url: str, timeout_s: float):
         self.grpc_url, self.timeout_s = grpc_url, float(timeout_s)
         self._local = threading.local()
+        self._opened, self._lock = [], threading.Lock()
 
     def start(self, image: bytes | None, mode: str, fields: dict, loop: asyncio.AbstractEventLoop) -> TritonCall:
         """Send the request without waiting (call from a worker thread: encoding takes CPU)."""
@@ -82,4 +84,13 @@ class TritonCaller:
         if transport is None:
             import tritonclient.grpc as grpcclient
             transport = self._local.transport = grpcclient.InferenceServerClient(self.grpc_url)
+            with self._lock:
+                self._opened.append(transport)
         return transport
+
+    def close(self) -> None:
+        """Close every connection (tritonserver's shutdown waits for open client connections)."""
+        with self._lock:
+            opened, self._opened, self._local = self._opened, [], threading.local()
+        for transport in opened:
+            transport.close()

@@ -222,6 +222,7 @@ class Watchdog:
         self._lock, self._wake, self._halt = threading.Lock(), threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._watch_stubs = True
+        self._listeners: list = []
 
     # ---- life cycle
     def start(self) -> "Watchdog":
@@ -247,6 +248,11 @@ class Watchdog:
         log.warning("no Python backend stub of tritonserver (pid %s) is visible in the process table; "
                     "stub checks are off, the canary and the repository index remain", self.server.pid)
         return False
+
+    def on_incident(self, listener) -> None:
+        """Call ``listener(broken)`` (from the watchdog's thread) when a recovery of ``broken`` begins,
+        e.g. so the gateway can answer requests stuck on a dead orchestrator at once."""
+        self._listeners.append(listener)
 
     # ---- state for health endpoints and the gateway
     @property
@@ -372,6 +378,7 @@ class Watchdog:
         with self._lock:
             self._recovering = True
         log.error("unhealthy: %s; recovering", "; ".join(f"{m}: {r}" for m, r in broken.items()))
+        self._tell(broken)
         try:
             action = self._reload_or_restart(broken)
         except Exception:  # e.g. TritonStartError: the restarted server did not become ready
@@ -383,6 +390,13 @@ class Watchdog:
             with self._lock:
                 self._recovering = False
         self._record(Recovery(tuple(sorted(broken)), action, not left, time.monotonic() - start), left)
+
+    def _tell(self, broken: dict[str, str]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(dict(broken))
+            except Exception:  # a listener's bug must not stop the recovery
+                log.exception("incident listener %r failed", listener)
 
     def _reload_or_restart(self, broken: dict[str, str]) -> str:
         if SERVER not in broken and self.server.model_control == "explicit":
