@@ -63,9 +63,11 @@ class Gateway:
     get 503 + Retry-After while it heals a stage, and failures naming a dead stub wake it.
     """
 
-    def __init__(self, grpc_url: str, auth_token: str | None, max_body_bytes: int, timeout_s: float, watchdog=None):
+    def __init__(self, grpc_url: str, auth_token: str | None, max_body_bytes: int, timeout_s: float, watchdog=None,
+                 max_inflight: int = 256):
         self.grpc_url, self.auth_token = grpc_url, (auth_token.strip() if auth_token else None)
         self.max_body_bytes, self.timeout_s = int(max_body_bytes), float(timeout_s)
+        self.max_inflight, self.inflight = int(max_inflight), 0
         self.watchdog, self.caller = watchdog, TritonCaller(grpc_url, timeout_s)
         self._client, self._lock = None, threading.Lock()
         self.counts: Counter = Counter()
@@ -92,8 +94,20 @@ class Gateway:
 
     # ---- routes
     async def segment(self, request: Request) -> Response:
-        """POST / and /segment: auth → body (size-limited) → validate → Triton → seeds' JSON."""
-        response = await self._segment(request)
+        """POST / and /segment: auth → body (size-limited) → validate → Triton → seeds' JSON.
+
+        At most ``max_inflight`` requests at once (event-loop counter); beyond, 503 + Retry-After at once.
+        """
+        if self.inflight >= self.max_inflight:
+            response = error_response(503, f"the gateway is at capacity ({self.max_inflight} requests in progress); "
+                                      f"retry in {failures.OVERLOAD_RETRY_S} s",
+                                      {"Retry-After": str(failures.OVERLOAD_RETRY_S)})
+        else:
+            self.inflight += 1
+            try:
+                response = await self._segment(request)
+            finally:
+                self.inflight -= 1
         self.counts[response.status_code] += 1
         return response
 
@@ -205,7 +219,9 @@ class Gateway:
 
     async def metrics(self, request: Request) -> Response:
         """GET /metrics: Prometheus text (gateway responses by status, cancellations, watchdog counters)."""
-        lines = ["# HELP sam3_gateway_responses_total segmentation responses by HTTP status (cancelled: client left)",
+        lines = ["# HELP sam3_gateway_inflight segmentation requests in progress",
+                 "# TYPE sam3_gateway_inflight gauge", f"sam3_gateway_inflight {self.inflight}",
+                 "# HELP sam3_gateway_responses_total segmentation responses by HTTP status (cancelled: client left)",
                  "# TYPE sam3_gateway_responses_total counter"]
         lines += [f'sam3_gateway_responses_total{{status="{k}"}} {n}' for k, n in sorted(self.counts.items(), key=str)]
         text = "\n".join(lines) + "\n" + (self.watchdog.metrics_text() if self.watchdog is not None else "")
@@ -309,19 +325,21 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(grpc_url: str, auth_token: str | None = None, max_body_bytes: int = 30 * 2**20,
-               timeout_s: float = 300.0, cors_origins: tuple = ("*",), watchdog=None):
+               timeout_s: float = 300.0, cors_origins: tuple = ("*",), watchdog=None, max_inflight: int = 256):
     """The gateway ASGI app for Triton at ``grpc_url`` ("host:port").
 
     auth_token: when set, POST routes need ``Authorization: Bearer <auth_token>``.
     max_body_bytes: larger bodies get 413. timeout_s: per-request limit of the Triton call (504 after).
     cors_origins: origins allowed to call the API from a browser (() = same origin only).
     watchdog: a started server.watchdog.Watchdog whose checks /health reports (None: Triton's ready).
+    max_inflight: segmentation requests served at once; more get 503 + Retry-After (load shedding).
     """
-    if max_body_bytes <= 0 or timeout_s <= 0:
-        raise ValueError(f"max_body_bytes and timeout_s must be > 0; got {max_body_bytes}, {timeout_s}")
+    if max_body_bytes <= 0 or timeout_s <= 0 or max_inflight <= 0:
+        raise ValueError(f"max_body_bytes, timeout_s and max_inflight must be > 0; got {max_body_bytes}, "
+                         f"{timeout_s}, {max_inflight}")
     if auth_token is not None and not auth_token.strip():
         raise ValueError("auth_token is empty: pass None for no authentication, or a non-empty secret")
-    gateway = Gateway(grpc_url, auth_token, max_body_bytes, timeout_s, watchdog)
+    gateway = Gateway(grpc_url, auth_token, max_body_bytes, timeout_s, watchdog, max_inflight)
     routes = [Route("/", gateway.root, methods=["GET"]), Route("/", gateway.segment, methods=["POST"]),
               Route("/segment", gateway.segment, methods=["POST"]), Route("/health", gateway.health),
               Route("/metrics", gateway.metrics),

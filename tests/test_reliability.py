@@ -201,13 +201,9 @@ def test_a_killed_stage_is_reloaded_and_health_tells_the_truth(http, healing, mo
     done = healing.watchdog.history[recoveries:]
     assert [(r.action, r.ok) for r in done if model in r.models] == [("reload", True)], done
     assert post(http, request_using(model, 200 + MODELS.index(model))).status_code == 200
-
-
-def test_recoveries_are_counted_in_metrics(http, healing):
-    text = http.get("/metrics").text
-    for model in MODELS:
-        assert f'sam3_watchdog_recoveries_total{{model="{model}",action="reload",result="ok"}}' in text, text
-    assert "sam3_watchdog_ready 1" in text and 'sam3_gateway_responses_total{status="503"}' in text
+    metrics = http.get("/metrics").text  # counted, and the 503 too
+    assert f'sam3_watchdog_recoveries_total{{model="{model}",action="reload",result="ok"}}' in metrics, metrics
+    assert "sam3_watchdog_ready 1" in metrics and 'sam3_gateway_responses_total{status="503"}' in metrics
 
 
 # ---------------------------------------------------------------- overload, timeouts, departed clients
@@ -228,6 +224,22 @@ def test_a_full_queue_gets_503_with_retry_after(healing):
     for r in refused:
         assert_503_with_retry_after(r)
         assert "capacity" in r.json()["error"]
+
+
+def test_the_gateway_sheds_load_beyond_max_inflight(healing):
+    slow = {"image": png_b64(350, (256, 256)), "mode": "auto", "points_per_side": 32}
+    app = create_app(healing.server.grpc_url, watchdog=healing.watchdog, max_inflight=1)
+    with BackgroundServer(app) as gateway, httpx.Client(base_url=gateway.url, timeout=120, trust_env=False) as client:
+        first = threading.Thread(target=lambda: post(client, slow))
+        first.start()
+        deadline = time.monotonic() + 30
+        while "sam3_gateway_inflight 1" not in client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the first request never reached the gateway"
+            time.sleep(0.01)
+        second = post(client, request_using("sam3_prompt", 351))
+        first.join(120)
+    assert_503_with_retry_after(second)
+    assert "capacity" in second.json()["error"] and second.headers["retry-after"] == "1"
 
 
 def test_the_gateway_timeout_gives_504_with_a_clean_message(healing):
@@ -269,6 +281,30 @@ def test_stop_drains_requests_in_flight_then_refuses(healing):
     assert answers and answers[0].status_code == 200
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/health", trust_env=False, timeout=5)
+
+
+def test_serve_drains_a_request_in_flight_on_sigterm(tiny_artifacts, tmp_path):
+    """`sam3-triton serve` as deployed: SIGTERM while a request runs → it completes, then exit 0."""
+    from test_serve_cli import READY, start_serve, wait_for  # tests/ is on sys.path (pytest prepend import mode)
+    process, log, port = start_serve(tiny_artifacts, tmp_path, "--skip-verify", "--drain-timeout", "60")
+    url, answers = f"http://127.0.0.1:{port}", []
+    try:
+        assert READY in wait_for(process, log, READY)
+        slow = {"image": png_b64(650, (256, 256)), "mode": "auto", "points_per_side": 32}
+        with httpx.Client(base_url=url, timeout=120, trust_env=False) as client:
+            worker = threading.Thread(target=lambda: answers.append(post(client, slow)))
+            worker.start()
+            deadline = time.monotonic() + 60
+            while "sam3_gateway_inflight 1" not in client.get("/metrics").text:
+                assert time.monotonic() < deadline, "the request never reached the gateway"
+                time.sleep(0.01)
+            process.send_signal(signal.SIGTERM)
+            worker.join(120)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+    assert answers and answers[0].status_code == 200, answers
+    assert code == 0, wait_for(process, log, "")
 
 
 # ---------------------------------------------------------------- messages
