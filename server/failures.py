@@ -66,7 +66,8 @@ def classify(status: int, message: str, recovering: bool, retry_after_s: int = 5
             wait = OVERLOAD_RETRY_S if i == 0 else retry_after_s
             return Failure(503, f"{meaning}; retry in {wait} s", wait)
     if status == 504:
-        return Failure(504, public_message(message), retry_after_s)
+        return Failure(504, f"the model server did not answer in time ({public_message(message)}); send a "
+                       "smaller request or retry later", retry_after_s)
     if status == 503 or recovering:
         return Failure(503, f"the model server is unavailable or recovering; retry in {retry_after_s} s", retry_after_s)
     return Failure(502, f"the model server failed: {public_message(message)}")

@@ -128,7 +128,10 @@ class Gateway:
         """Run the request in Triton; cancel it there if the client disconnects first."""
         from client.api import Sam3Error
         start, loop = time.monotonic(), asyncio.get_running_loop()
-        call = await run_in_threadpool(self.caller.start, req.image, req.triton_mode, req.fields, loop)
+        try:
+            call = await run_in_threadpool(self.caller.start, req.image, req.triton_mode, req.fields, loop)
+        except Sam3Error as err:
+            return await run_in_threadpool(self._triton_error, err, req.mode, start)
         with self._lock:
             self._inflight.add(call)
         try:

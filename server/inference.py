@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from client.api import MODEL_NAME, INPUT_SPECS, Sam3Error, concepts_of, input_array, message_of, status_of
+from tritonclient.utils import InferenceServerException
+
+from client.api import INPUT_SPECS, MODEL_NAME, Sam3Error, concepts_of, input_array, message_of, status_of
 from client.images import encode_image_input
 from client.results import OUTPUT_SPECS, segmentation_from_outputs
 
@@ -63,12 +65,18 @@ class TritonCaller:
         self._opened, self._lock = [], threading.Lock()
 
     def start(self, image: bytes | None, mode: str, fields: dict, loop: asyncio.AbstractEventLoop) -> TritonCall:
-        """Send the request without waiting (call from a worker thread: encoding takes CPU)."""
+        """Send the request without waiting (call from a worker thread: encoding takes CPU).
+
+        Raises Sam3Error (Sam3InputError for a field the spec rejects) when it cannot be sent.
+        """
         call = TritonCall(mode, fields, loop)
         values = {"image": None if image is None else encode_image_input(image), "mode": mode, **fields}
         inputs = [self._input(name, value) for name, value in values.items() if value is not None]
-        context = self._transport().async_infer(MODEL_NAME, inputs, call.finish, client_timeout=self.timeout_s,
-                                                timeout=int(self.timeout_s * 1e6))
+        try:
+            context = self._transport().async_infer(MODEL_NAME, inputs, call.finish, client_timeout=self.timeout_s,
+                                                    timeout=int(self.timeout_s * 1e6))
+        except InferenceServerException as err:  # refused before it was sent (e.g. the channel is down)
+            raise Sam3Error(message_of(err), status_of(err), "grpc") from err
         call.attach(context)
         return call
 

@@ -264,7 +264,9 @@ class Watchdog:
     def status(self, live: bool = False) -> dict:
         """{"status", "broken": {model: reason}, "recoveries", "last_recovery_s"}; ``live`` re-checks first."""
         if live and not self._recovering:
-            self._publish(self.check())
+            found = self._credible(self.check())
+            if found is not None:
+                self._publish(found)
         with self._lock:
             state = "recovering" if self._recovering else "unavailable" if self._broken else "ready"
             return {"status": state, "broken": dict(self._broken), "recoveries": sum(r.ok for r in self.history),
@@ -360,10 +362,17 @@ class Watchdog:
             self._wake.wait(self._pause_s())
             self._wake.clear()
 
-    def _round(self) -> None:
-        broken = self.check()
+    def _credible(self, broken: dict[str, str]) -> dict[str, str] | None:
+        """``broken``, or None while the only sign is a few unanswered index calls of a live server
+        (a slow answer is not yet a dead server)."""
         if SERVER in broken and self.server.returncode is None and self._index_misses < INDEX_MISSES_BEFORE_RESTART:
-            return  # a slow answer is not yet a dead server
+            return None
+        return broken
+
+    def _round(self) -> None:
+        broken = self._credible(self.check())
+        if broken is None:
+            return
         broken = broken or self._canary()
         self._publish(broken)
         if broken and not self._halt.is_set():
