@@ -75,20 +75,19 @@ class Recovery:
 
 # ---------------------------------------------------------------- reading the repository and the process table
 
-def repository_models(repo: Path) -> dict[str, ModelInfo]:
-    """{name: ModelInfo} of every model directory (holding config.pbtxt) of a Triton repository."""
-    from export.repository import parse_config_text
+def triton_models(http: "TritonHttp") -> dict[str, ModelInfo]:
+    """{name: ModelInfo} of every model in Triton's repository index, from the config Triton loaded
+    (``GET /v2/models/<m>/config``: backend, instance groups)."""
     models = {}
-    for config_path in sorted(Path(repo).glob("*/config.pbtxt")):
-        config = parse_config_text(config_path.read_text())
-        name = str(config.get("name", config_path.parent.name))
-        backend = str(config.get("backend", config.get("platform", "")))
+    for name in http.model_states():
+        config = http.model_config(name)
+        backend = str(config.get("backend") or config.get("platform", ""))
         models[name] = ModelInfo(name, backend, _instance_count(config))
     return models
 
 
 def _instance_count(config: dict) -> int:
-    """Instances a config asks for: sum of count (default 1) x number of GPUs listed (default 1)."""
+    """Instances a model config (JSON) asks for: sum of count (default 1) x number of GPUs listed (default 1)."""
     groups = config.get("instance_group", [])
     groups = groups if isinstance(groups, list) else [groups]
     total = 0
@@ -171,6 +170,13 @@ class TritonHttp:
             raise OSError(f"repository index answered {status}: {body[:200]!r}")
         return {m["name"]: m.get("state", "") for m in json.loads(body)}
 
+    def model_config(self, model: str) -> dict:
+        """The configuration Triton loaded for ``model`` (JSON)."""
+        status, body = self.call(f"/v2/models/{model}/config")
+        if status != 200:
+            raise OSError(f"config of {model} answered {status}: {body[:200]!r}")
+        return json.loads(body)
+
     def reload(self, model: str, timeout_s: float) -> str | None:
         """Unload then load ``model``; None when done, else Triton's reason."""
         for action in ("unload", "load"):
@@ -213,8 +219,8 @@ class Watchdog:
         self.server = server
         self.interval_s, self.canary_interval_s, self.canary_timeout_s = interval_s, canary_interval_s, canary_timeout_s
         self.reload_timeout_s, self.restart_timeout_s = reload_timeout_s, restart_timeout_s
-        self.models = repository_models(server.repo)
         self.http = TritonHttp(server.http_url)
+        self.models: dict[str, ModelInfo] = {}
         self.history: list[Recovery] = []
         self._broken: dict[str, str] = {}
         self._recovering = False
@@ -226,7 +232,8 @@ class Watchdog:
 
     # ---- life cycle
     def start(self) -> "Watchdog":
-        """Start the checking thread (the server should be ready)."""
+        """Learn the models from Triton and start the checking thread (the server must be ready)."""
+        self.models = triton_models(self.http)
         self._watch_stubs = self._stubs_visible()
         self._next_canary = time.monotonic() + self.canary_interval_s
         self._thread = threading.Thread(target=self._run, daemon=True, name="sam3-watchdog")
