@@ -17,20 +17,22 @@ token (when ``auth_token`` is set; /health, /metrics, the page and the schema st
 ``Retry-After`` when Triton is unreachable, at capacity or healing a stage; 504 when it does not
 answer within ``timeout_s``; 502 (with ``error_id``) for any other model-server failure. Messages
 never carry tracebacks or file paths (server/failures.py); the log has the details under the id.
-Inference is a cancellable gRPC call (server/inference.py): when the client disconnects, the
-request is cancelled in Triton.
+Inference goes through client.api.Sam3Client with cancellable gRPC calls (server/inference.py):
+when the client disconnects, the request is cancelled in Triton.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import re
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -44,9 +46,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from server import failures, openapi, rest
-from server.inference import TritonCaller
+from server.inference import CancellableClient, Ticket
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
+MAX_WORKERS = 64  # threads (each with its own gRPC connection) that wait on Triton calls
 log = logging.getLogger("sam3.gateway")
 
 
@@ -68,25 +71,25 @@ class Gateway:
         self.grpc_url, self.auth_token = grpc_url, (auth_token.strip() if auth_token else None)
         self.max_body_bytes, self.timeout_s = int(max_body_bytes), float(timeout_s)
         self.max_inflight, self.inflight = int(max_inflight), 0
-        self.watchdog, self.caller = watchdog, TritonCaller(grpc_url, timeout_s)
+        self.watchdog = watchdog
         self._client, self._lock = None, threading.Lock()
+        self._workers = ThreadPoolExecutor(min(MAX_WORKERS, self.max_inflight), thread_name_prefix="triton-call")
         self.counts: Counter = Counter()
         self._inflight: set = set()
         if watchdog is not None:
             watchdog.on_incident(self._abandon_doomed)
 
     @property
-    def client(self):
-        """The shared ``Sam3Client`` (gRPC); thread safe, one connection per worker thread."""
+    def client(self) -> CancellableClient:
+        """The shared Sam3Client (gRPC, cancellable calls); thread safe, one connection per worker thread."""
         with self._lock:
             if self._client is None:
-                from client.api import Sam3Client
-                self._client = Sam3Client(self.grpc_url, protocol="grpc", timeout_s=self.timeout_s)
+                self._client = CancellableClient(self.grpc_url, timeout_s=self.timeout_s)
             return self._client
 
     def close(self) -> None:
         """Close the gateway's connections to Triton (at shutdown: Triton waits for open connections)."""
-        self.caller.close()
+        self._workers.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
@@ -127,27 +130,26 @@ class Gateway:
     async def _infer(self, request: Request, req) -> Response:
         """Run the request in Triton; cancel it there if the client disconnects first."""
         from client.api import Sam3Error
-        start, loop = time.monotonic(), asyncio.get_running_loop()
-        try:
-            call = await run_in_threadpool(self.caller.start, req.image, req.triton_mode, req.fields, loop)
-        except Sam3Error as err:
-            return await run_in_threadpool(self._triton_error, err, req.mode, start)
+        start, ticket = time.monotonic(), Ticket()
+        run = functools.partial(self.client.segment_cancellable, ticket, req.image, req.triton_mode, **req.fields)
+        call = asyncio.get_running_loop().run_in_executor(self._workers, run)
         with self._lock:
-            self._inflight.add(call)
+            self._inflight.add(ticket)
         try:
             left = await _client_left(request, call)
         finally:
             with self._lock:
-                self._inflight.discard(call)
+                self._inflight.discard(ticket)
         if left:
-            call.cancel()
+            ticket.cancel()
+            call.add_done_callback(_consume)  # its Sam3Error (cancelled) is expected; nobody awaits it
             self.counts["cancelled"] += 1
             log.info("client of a %s request disconnected: cancelled in Triton", req.mode)
             return error_response(499, "the client disconnected; the request was cancelled")
-        if call.doomed:
+        if ticket.doomed:
             return self._unavailable_response()
         try:
-            seg = call.segmentation()
+            seg = call.result()
         except Sam3Error as err:
             return await run_in_threadpool(self._triton_error, err, req.mode, start)
         body = await run_in_threadpool(rest.format_response, req, seg)
@@ -163,9 +165,9 @@ class Gateway:
             return
         with self._lock:
             doomed = list(self._inflight)
-        for call in doomed:
-            call.doomed = True
-            call.cancel()
+        for ticket in doomed:
+            ticket.doomed = True
+            ticket.cancel()
         if doomed:
             log.warning("cancelled %d request(s) in flight on the failed %s", len(doomed), ", ".join(broken))
 
@@ -278,14 +280,18 @@ def _too_large(size: int, limit: int) -> str:
             "(downscale or JPEG-compress it)")
 
 
-async def _client_left(request: Request, call) -> bool:
+async def _client_left(request: Request, call: asyncio.Future) -> bool:
     """Wait for ``call``; True when the client disconnected first (the body is already read)."""
-    finished = asyncio.ensure_future(call.wait())
     left = asyncio.ensure_future(_disconnect(request))
-    done, _ = await asyncio.wait({finished, left}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (finished, left):
-        task.cancel()
-    return finished not in done
+    done, _ = await asyncio.wait({call, left}, return_when=asyncio.FIRST_COMPLETED)
+    left.cancel()
+    return call not in done
+
+
+def _consume(future: asyncio.Future) -> None:
+    """Retrieve a finished future's exception so asyncio does not report it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _disconnect(request: Request) -> None:
