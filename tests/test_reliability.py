@@ -108,6 +108,16 @@ def post(http: httpx.Client, body: dict, **kw) -> httpx.Response:
     return response
 
 
+def settle(healing: Healing, limit_s: float = 120) -> None:
+    """Wait until slow requests an earlier test left running in Triton are done (a quick request queued
+    behind them succeeds), so a small queue bound does not refuse this test's requests."""
+    deadline = time.monotonic() + limit_s
+    with httpx.Client(base_url=healing.gateway_url, timeout=limit_s, trust_env=False) as client:
+        while post(client, request_using("sam3_prompt", 0)).status_code != 200:
+            assert time.monotonic() < deadline, "the server stayed busy"
+            time.sleep(0.5)
+
+
 def triton_ready(server: TritonServer) -> int:
     try:
         with urllib.request.urlopen(server.http_url + "/v2/health/ready", timeout=5) as response:
@@ -211,6 +221,7 @@ def test_a_killed_stage_is_reloaded_and_health_tells_the_truth(http, healing, mo
 def test_a_full_queue_gets_503_with_retry_after(healing):
     if not healing.queue_bounded:
         pytest.skip("model sam3 has no queue policy (max_queue_size) in this repository yet: nothing to fill")
+    settle(healing)
     bodies = [{"image": png_b64(300 + i), "mode": "auto", "points_per_side": 8} for i in range(24)]
     results: list[httpx.Response] = []
     with httpx.Client(base_url=healing.gateway_url, timeout=120, trust_env=False) as client:
@@ -227,6 +238,7 @@ def test_a_full_queue_gets_503_with_retry_after(healing):
 
 
 def test_the_gateway_sheds_load_beyond_max_inflight(healing):
+    settle(healing)
     slow = SLOW | {"image": png_b64(350, (512, 512))}
     app = create_app(healing.server.grpc_url, watchdog=healing.watchdog, max_inflight=1)
     with BackgroundServer(app) as gateway, httpx.Client(base_url=gateway.url, timeout=120, trust_env=False) as client:
@@ -243,6 +255,7 @@ def test_the_gateway_sheds_load_beyond_max_inflight(healing):
 
 
 def test_the_gateway_timeout_gives_504_with_a_clean_message(healing):
+    settle(healing)
     app = create_app(healing.server.grpc_url, watchdog=healing.watchdog, timeout_s=0.05)
     with BackgroundServer(app) as gateway, httpx.Client(base_url=gateway.url, timeout=60, trust_env=False) as client:
         response = post(client, SLOW | {"image": png_b64(400, (512, 512))})
@@ -264,6 +277,7 @@ def test_a_departed_client_s_request_is_cancelled(healing):
 
 
 def test_stop_drains_requests_in_flight_then_refuses(healing):
+    settle(healing)
     slow = SLOW | {"image": png_b64(600, (512, 512))}
     gateway = BackgroundServer(create_app(healing.server.grpc_url, watchdog=healing.watchdog), drain_s=60).start()
     url, answers = gateway.url, []
