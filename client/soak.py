@@ -16,7 +16,8 @@ well-behaved client does; errors then count what still failed.
 Report (stdout summary, JSON with ``--json``): requests, errors (by status; inside / outside the
 recovery window = requests that overlap the time from the kill until /health answers 200 again),
 latency p50/p99 (ms) of successful requests, throughput, recovery seconds, RSS over time and its
-growth from the end of the warm-up (``--warmup-fraction`` of the requests, caches full) to the end,
+growth from the end of the warm-up (``--warmup-fraction`` of the requests, caches full) to the end
+(and from a few seconds after the recovery to the end, which includes the restarted stub),
 and how many response bodies carried a traceback or a file path (should be 0).
 Exit status: 0 done (whatever the figures), 1 when the gateway cannot be reached, 2 bad arguments.
 """
@@ -44,6 +45,7 @@ import numpy as np
 MIX = (("text", 0.35), ("point", 0.3), ("box", 0.25), ("auto", 0.1))
 CONCEPTS = ("person", "cat", "cup", "car", "tree", "dog")
 SIZES = ((240, 320), (480, 640), (512, 512), (360, 270), (600, 800))
+RECOVERY_SETTLE_S = 3.0  # after /health is ready again, before RSS growth is measured anew
 INSTANCE = re.compile(r"[A-Za-z][\w.-]*?(_\d+)+")  # a model instance name, e.g. sam3_vision_0_0
 LEAK = re.compile(r'Traceback \(most recent|File "[^"]+", line \d+|(?<![\w.])/(?:[\w.-]+/){2,}[\w.-]+\.py')
 
@@ -366,21 +368,31 @@ def recovery_figures(kill: dict, samples: list[Sample]) -> dict:
 
 
 def rss_report(rss: list[dict], samples: list[Sample], warmup_fraction: float, kill: dict) -> dict:
-    """RSS at the end of the warm-up vs the last sample, per process that lived through both (KiB, %)."""
+    """RSS growth (%) per process from the end of the warm-up to the last sample (processes that lived
+    through both), and from RECOVERY_SETTLE_S after the recovery to the last sample (every process)."""
     if not rss:
         return {"samples": [], "growth_pct": {}}
     ends = sorted(s.end for s in samples)
     warm_t = ends[min(len(ends) - 1, int(warmup_fraction * len(ends)))] if ends else 0.0
-    base = next((r for r in rss if r["t"] >= warm_t), rss[0])
-    last = rss[-1]
-    growth = {name: round(100.0 * (last["rss_kb"][name] - kb) / kb, 2) for name, kb in base["rss_kb"].items()
-              if name in last["rss_kb"] and base["pid"].get(name) == last["pid"].get(name) and kb}
+    base, last = next((r for r in rss if r["t"] >= warm_t), rss[0]), rss[-1]
+    growth = _growth(base, last)
     total = sum(base["rss_kb"][n] for n in growth), sum(last["rss_kb"][n] for n in growth)
-    return {"from_s": base["t"], "to_s": last["t"], "growth_pct": growth,
-            "max_growth_pct": max(growth.values(), default=None),
-            "total_growth_pct": round(100.0 * (total[1] - total[0]) / total[0], 2) if total[0] else None,
-            "restarted": sorted(n for n in base["pid"] if base["pid"][n] != last["pid"].get(n)),
-            "samples": rss}
+    report = {"from_s": base["t"], "to_s": last["t"], "growth_pct": growth,
+              "max_growth_pct": max(growth.values(), default=None),
+              "total_growth_pct": round(100.0 * (total[1] - total[0]) / total[0], 2) if total[0] else None,
+              "restarted": sorted(n for n in base["pid"] if base["pid"][n] != last["pid"].get(n))}
+    healed = kill.get("health_ready_again_s")
+    after = next((r for r in rss if healed and r["t"] >= healed + RECOVERY_SETTLE_S), None)
+    if after is not None and after is not last:
+        report["after_recovery"] = {"from_s": after["t"], "growth_pct": _growth(after, last)}
+        report["after_recovery"]["max_growth_pct"] = max(report["after_recovery"]["growth_pct"].values(), default=None)
+    return report | {"samples": rss}
+
+
+def _growth(base: dict, last: dict) -> dict[str, float]:
+    """{process: % RSS growth from ``base`` to ``last``} for processes with the same pid in both samples."""
+    return {name: round(100.0 * (last["rss_kb"][name] - kb) / kb, 2) for name, kb in base["rss_kb"].items()
+            if name in last["rss_kb"] and base["pid"].get(name) == last["pid"].get(name) and kb}
 
 
 def summary(report: dict) -> str:
@@ -398,6 +410,10 @@ def summary(report: dict) -> str:
     if rss.get("growth_pct"):
         lines.append(f"RSS growth {rss['from_s']} s → {rss['to_s']} s: max {rss['max_growth_pct']}%, "
                      f"total {rss['total_growth_pct']}% (restarted: {', '.join(rss['restarted']) or 'none'})")
+    if rss.get("after_recovery"):
+        after = rss["after_recovery"]
+        lines.append(f"RSS growth after the recovery ({after['from_s']} s → {rss['to_s']} s, every process): "
+                     f"max {after['max_growth_pct']}%")
     return "\n".join(lines)
 
 
