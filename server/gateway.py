@@ -209,6 +209,7 @@ class Gateway:
         from client.api import Sam3Error
         if self.watchdog is not None:
             state = await run_in_threadpool(self.watchdog.status, True)
+            state["broken"] = {m: failures.public_message(why) for m, why in state["broken"].items()}
             if state["status"] != "ready":
                 wait = str(self.watchdog.retry_after_s())
                 return JSONResponse(state, status_code=503, headers={"Retry-After": wait})
