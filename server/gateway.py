@@ -147,6 +147,7 @@ class Gateway:
             log.info("client of a %s request disconnected: cancelled in Triton", req.mode)
             return error_response(499, "the client disconnected; the request was cancelled")
         if ticket.doomed:
+            _consume(call)  # the cancelled call's error is expected
             return self._unavailable_response()
         try:
             seg = call.result()
