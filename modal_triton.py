@@ -42,6 +42,7 @@ from export.manifest import sha256
 from export.trt import (EXPORT_PACKAGES, GPU_CHECK_PACKAGES, SERVING_PACKAGES, SETUPTOOLS_PIP, TENSORRT_VERSION,
                         TRITON_BINARY, TRITON_IMAGE, engine_dir, sanitize)
 from server.triton import TritonInstall, TritonServer, cuda_pool_args, cuda_pool_bytes
+from server.watchdog import Watchdog
 
 # ---------------------------------------------------------------- settings (documented in docs/DEPLOY.md)
 APP_NAME = "sam3-triton"
@@ -397,10 +398,13 @@ class Sam3Triton:
         self.server.start()
         self.server.wait_ready(TRITON_READY_TIMEOUT_S)
         print(self.server.log_tail(40), flush=True)
+        self.watchdog = Watchdog(self.server).start()  # reloads a dead stage, restarts a dead tritonserver
         self._client = None
 
     @modal.exit()
     def stop_triton(self) -> None:
+        if getattr(self, "watchdog", None) is not None:
+            self.watchdog.stop()
         if getattr(self, "server", None) is not None:
             self.server.stop()
 
@@ -408,7 +412,7 @@ class Sam3Triton:
     def gateway(self):
         """The seeds' REST contract (POST / and /segment); requires ``Authorization: Bearer <SAM3_API_KEY>``."""
         from server.gateway import create_app
-        return create_app(f"localhost:{GRPC_PORT}", auth_token=api_key())
+        return create_app(f"localhost:{GRPC_PORT}", auth_token=api_key(), watchdog=self.watchdog)
 
     @modal.web_server(HTTP_PORT, startup_timeout=WEB_SERVER_STARTUP_S, requires_proxy_auth=True)
     def triton_http(self) -> None:

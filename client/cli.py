@@ -6,6 +6,8 @@
     sam3-client segment photo.jpg --text cup --box 10,20,200,300,1 --out overlay.png   # exemplar box
     sam3-client segment photo.jpg --auto --out overlay.png
     sam3-client bench ...        (see client/bench.py)
+    sam3-client soak --url http://127.0.0.1:8080 --requests 2000 --concurrency 8 --kill sam3_vision
+                                 (see client/soak.py)
 
 The mode comes from the flags: --text → text (concepts; any --box are exemplar boxes with an
 optional 5th value LABEL 1 positive / 0 negative), else --box → box (one object per box; any
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
+    if argv and argv[0] == "soak":
+        return importlib.import_module("client.soak").main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return run_segment(args, segment_request(args, args.parser))
@@ -53,9 +57,11 @@ def _bench(argv: list[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3-client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{segment,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{segment,bench,soak}")
     seg = sub.add_parser("segment", help="segment one image and draw the result")
     sub.add_parser("bench", help="benchmark the server (client.bench; its own options)", add_help=False)
+    sub.add_parser("soak", help="soak the REST gateway, optionally killing a stage (client.soak; its own options)",
+                   add_help=False)
     _add_segment_args(seg)
     seg.set_defaults(parser=seg)  # flag conflicts are reported with the segment usage
     return parser

@@ -2,15 +2,19 @@
 
     sam3-triton serve --model tiny|facebook/sam3|DIR [--target cpu] [--http-port 8000]
                       [--grpc-port 8001] [--metrics-port 8002] [--gateway-port 8080]
+                      [--drain-timeout 30] [--no-watchdog]
     sam3-triton gpu-check [--model bench|full] [--json FILE]    (NVIDIA GPU: see server/gpu_check)
 
-Prints the endpoints when every model is ready; Ctrl-C / SIGTERM shut down cleanly. A model
-that fails to load exits non-zero with Triton's reason.
+Prints the endpoints when every model is ready. A watchdog (server/watchdog.py) reloads a
+model whose stage died, or restarts tritonserver. Ctrl-C / SIGTERM: stop accepting, let requests
+in flight finish for up to --drain-timeout seconds, then exit. A model that fails to load at
+start exits non-zero with Triton's reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -40,6 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="skip the ONNX Runtime vs PyTorch parity check after a fresh export "
                             "(at real size it needs ~20 GB of RAM)")
     serve.add_argument("--ready-timeout", type=float, default=300.0)
+    serve.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="on SIGTERM, seconds requests in flight may take to finish (30)")
+    serve.add_argument("--no-watchdog", action="store_true",
+                       help="do not watch the models (no reload of a dead stage, no restart)")
+    serve.add_argument("--watchdog-interval", type=float, default=1.0, help="seconds between health checks (1)")
     _add_gpu_check(sub)
     return parser.parse_args(argv)
 
@@ -71,27 +80,44 @@ def build(args) -> Path:
 
 def serve(args) -> int:
     from server.triton import TritonServer, TritonStartError
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     repo = build(args)
     server = TritonServer(repo, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                          ready_timeout_s=args.ready_timeout, address=args.host)
+                          ready_timeout_s=args.ready_timeout, address=args.host,
+                          exit_timeout_s=max(1, round(args.drain_timeout)), stop_grace_s=args.drain_timeout + 10)
     try:
         server.start().wait_ready()
     except TritonStartError as err:
         print(f"error: Triton did not become ready:\n{err}", file=sys.stderr)
         server.stop()
         return 1
-    gateway = _start_gateway(server.grpc_url, args.host, args.gateway_port) if args.gateway_port else None
+    watchdog = None if args.no_watchdog else _start_watchdog(server, args.watchdog_interval)
+    gateway = _start_gateway(server.grpc_url, args.host, args.gateway_port, watchdog, args.drain_timeout) \
+        if args.gateway_port else None
     _print_endpoints(server, gateway)
-    _wait_for_signal(server)
+    _wait_for_signal(server, watchdog)
+    return _shut_down(server, watchdog, gateway)
+
+
+def _start_watchdog(server, interval_s: float):
+    from server.watchdog import Watchdog
+    return Watchdog(server, interval_s=interval_s).start()
+
+
+def _start_gateway(grpc_url: str, host: str, port: int, watchdog=None, drain_s: float = 30.0):
+    """The REST gateway (server/gateway.py) served by uvicorn in a daemon thread."""
+    from server.gateway import BackgroundServer, create_app
+    return BackgroundServer(create_app(grpc_url, watchdog=watchdog), host=host, port=port, drain_s=drain_s).start()
+
+
+def _shut_down(server, watchdog, gateway) -> int:
+    """Stop healing, drain the gateway (it stops accepting at once), then stop Triton (it drains too)."""
+    print("shutting down: no new requests; waiting for requests in flight", flush=True)
+    if watchdog is not None:
+        watchdog.stop()
     if gateway is not None:
         gateway.stop()
     return 0 if server.stop() in (0, None, -signal.SIGTERM) else 1
-
-
-def _start_gateway(grpc_url: str, host: str, port: int):
-    """The REST gateway (server/gateway.py) served by uvicorn in a daemon thread."""
-    from server.gateway import BackgroundServer, create_app
-    return BackgroundServer(create_app(grpc_url), host=host, port=port).start()
 
 
 def _print_endpoints(server, gateway) -> None:
@@ -101,13 +127,13 @@ def _print_endpoints(server, gateway) -> None:
     print("sam3-triton is ready:\n  " + "\n  ".join(lines) + "\nCtrl-C to stop.", flush=True)
 
 
-def _wait_for_signal(server) -> None:
-    """Block until SIGINT/SIGTERM or until Triton exits by itself."""
+def _wait_for_signal(server, watchdog=None) -> None:
+    """Block until SIGINT/SIGTERM, or until Triton exits by itself with no watchdog to restart it."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
-        if server.returncode is not None:
+        if watchdog is None and server.returncode is not None:
             print(f"error: tritonserver exited with code {server.returncode}:\n{server.log_tail()}", file=sys.stderr)
             return
 

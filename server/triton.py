@@ -140,7 +140,8 @@ def server_command(repo: Path, *, binary="tritonserver", backend_dir=None, http_
     127.0.0.1. ``exit_timeout_s`` bounds how long shutdown waits for in-flight work and open
     client connections (Triton's default: 30 s). ``cuda_pool_bytes`` sizes GPU 0's CUDA memory
     pool (see :func:`cuda_pool_args`). Readiness is strict and a model that fails to load makes
-    the server exit non-zero.
+    the server exit non-zero. ``model_control="explicit"`` loads every model at start
+    (``--load-model=*``) and lets the repository API reload one (server/watchdog.py does).
     """
     if model_control not in MODEL_CONTROL_MODES:
         raise ValueError(f"model_control must be one of {MODEL_CONTROL_MODES}, got {model_control!r}")
@@ -148,6 +149,8 @@ def server_command(repo: Path, *, binary="tritonserver", backend_dir=None, http_
            f"--http-port={int(http_port)}", f"--grpc-port={int(grpc_port)}", f"--metrics-port={int(metrics_port)}",
            f"--model-control-mode={model_control}", "--allow-metrics=true", "--strict-readiness=true",
            "--exit-on-error=true", f"--log-verbose={int(log_verbose)}"]
+    if model_control == "explicit":
+        cmd.append("--load-model=*")
     if address:
         cmd += [f"--{api}-address={address}" for api in ("http", "grpc", "metrics")]
     if backend_dir is not None:
@@ -250,11 +253,13 @@ class TritonServer:
     :meth:`start`, :meth:`wait_ready` and :meth:`stop`. stdout and stderr go to ``log_path``
     (a fresh temp file unless given). On stop, Triton waits up to ``exit_timeout_s`` for
     in-flight requests and open client connections (close your clients); after
-    ``stop_grace_s`` seconds the process group is killed.
+    ``stop_grace_s`` seconds the process group is killed. Models are under explicit control
+    (loaded at start, reloadable one by one: see server/watchdog.py); :meth:`restart` starts a
+    fresh process on the same ports.
     """
 
     def __init__(self, repo: Path, *, install: TritonInstall | None = None, http_port: int | None = None,
-                 grpc_port: int | None = None, metrics_port: int | None = None, model_control="none",
+                 grpc_port: int | None = None, metrics_port: int | None = None, model_control="explicit",
                  log_verbose=0, extra_args=(), log_path: Path | None = None, ready_timeout_s=180.0,
                  stop_grace_s=20.0, exit_timeout_s=10, address: str | None = LOCALHOST):
         self.repo = Path(repo)
@@ -289,6 +294,11 @@ class TritonServer:
         return f"http://{LOCALHOST}:{self.metrics_port}/metrics"
 
     @property
+    def pid(self) -> int | None:
+        """Process id of tritonserver (None before start)."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
     def returncode(self) -> int | None:
         """Exit status of tritonserver, None while it runs or before start."""
         return None if self._proc is None else self._proc.poll()
@@ -316,11 +326,23 @@ class TritonServer:
                                       stderr=subprocess.STDOUT, env=server_env(install), start_new_session=True)
         return self
 
-    def _open_log(self) -> None:
+    def _open_log(self, mode: str = "wb") -> None:
         if self.log_path is None:
             self.log_path = Path(tempfile.mkdtemp(prefix="sam3-triton-")) / "tritonserver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, mode)
+
+    def restart(self, timeout_s: float | None = None) -> "TritonServer":
+        """Stop tritonserver (and its stubs), start a new one on the same ports, wait until ready.
+
+        The log continues in the same file. Raises TritonStartError like :meth:`wait_ready`.
+        """
+        self.stop()
+        self._proc = None
+        self._open_log("ab")
+        self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT, env=server_env(self.install), start_new_session=True)
+        return self.wait_ready(timeout_s)
 
     def is_ready(self) -> bool:
         """True when GET /v2/health/ready answers 200 (all models loaded: readiness is strict)."""

@@ -173,7 +173,7 @@ def test_triton_command_is_the_shared_builder(tmp_path):
     repo = tmp_path / "repository"
     command = mt.container_triton(repo, REAL).build_command()
     assert command == server_command(repo, binary="/opt/tritonserver/bin/tritonserver", http_port=8000,
-                                     grpc_port=8001, metrics_port=8002, model_control="none", log_verbose=0,
+                                     grpc_port=8001, metrics_port=8002, model_control="explicit", log_verbose=0,
                                      exit_timeout_s=10, extra_args=cuda_pool_args(cuda_pool_bytes(REAL)))
     assert command[0] == trt.TRITON_BINARY and f"--model-repository={repo}" in command
     assert not any(a.startswith(("--http-address", "--backend-directory")) for a in command)  # all interfaces, image backends
