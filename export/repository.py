@@ -179,11 +179,11 @@ def _write_gpu_component(spec, artifacts, out, count, engines_dir) -> str:
     return platform
 
 
-def _write_orchestrator(manifest, artifacts, out, target, count, models, extra, source) -> None:
+def _write_orchestrator(manifest, artifacts, out, target, count, models, extra, source, batching) -> None:
     # copies triton_repo/sam3/1/sam3_spec.py — a link to export/spec.py, the one contract — as a file
     shutil.copytree(source / ORCHESTRATOR, out / ORCHESTRATOR, ignore=IGNORED)
     _place(artifacts / manifest.tokenizer, out / ORCHESTRATOR / VERSION / Path(manifest.tokenizer).name)
-    _write_config(out / ORCHESTRATOR, orchestrator_config(manifest, target, count, models, extra))
+    _write_config(out / ORCHESTRATOR, orchestrator_config(manifest, target, count, models, extra, batching))
 
 
 # ---------------------------------------------------------------- options
@@ -244,7 +244,8 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances: dict[str, int] | None = None,
                      engines_dir: Path | None = None, orchestrator_params: dict | None = None, *,
-                     models=None, intra_op_threads: int = 0, source: Path = SOURCE_DIR) -> Path:
+                     models=None, intra_op_threads: int = 0, source: Path = SOURCE_DIR,
+                     batching: Batching = SAM3_BATCHING) -> Path:
     """Build the Triton model repository ``out`` from ``artifacts``; return ``out``.
 
     target: "cpu" (ONNX Runtime in the Python backend) or "gpu" (TensorRT plans from
@@ -267,7 +268,7 @@ def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances:
     tmp = _fresh_dir(out)
     try:
         _write_models(manifest, artifacts, tmp, target, names, counts, engines_dir,
-                      orchestrator_params or {}, source, intra_op_threads)
+                      orchestrator_params or {}, source, intra_op_threads, batching)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -276,12 +277,13 @@ def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances:
     return out
 
 
-def _write_models(manifest, artifacts, out, target, names, counts, engines_dir, extra, source, threads) -> None:
+def _write_models(manifest, artifacts, out, target, names, counts, engines_dir, extra, source, threads,
+                  batching) -> None:
     specs = {s.triton_name: s for s in manifest.specs().values()}
     for name in names:
         if name == ORCHESTRATOR:
             models = {s.name: s.triton_name for s in specs.values() if s.triton_name in names}
-            _write_orchestrator(manifest, artifacts, out, target, counts[name], models, extra, source)
+            _write_orchestrator(manifest, artifacts, out, target, counts[name], models, extra, source, batching)
         elif target == "cpu":
             _write_cpu_component(specs[name], artifacts, out, counts[name], source, threads)
         else:

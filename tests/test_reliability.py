@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 from export.repository import build_repository
-from export.spec import COMPONENTS
+from export.spec import COMPONENTS, Batching
 from server import failures
 from server.gateway import BackgroundServer, create_app
 from server.triton import TritonServer
@@ -53,28 +53,19 @@ class Healing:
     watchdog: Watchdog
     gateway_url: str
     models: dict
-    queue_bounded: bool
     repo: Path
-
-
-def _bound_sam3_queue(repo: Path) -> bool:
-    """Shrink `sam3`'s queue bound (its generated queue policy) to QUEUE_SIZE; False when it has none."""
-    path = repo / "sam3" / "config.pbtxt"
-    text, found = re.subn(r"max_queue_size: *\d+", f"max_queue_size: {QUEUE_SIZE}", path.read_text())
-    path.write_text(text)
-    return bool(found)
 
 
 @pytest.fixture(scope="module")
 def healing(tiny_artifacts, tmp_path_factory):
     repo = build_repository(tiny_artifacts, tmp_path_factory.mktemp("healing") / "cpu", "cpu",
-                            orchestrator_params={"image_cache_mb": 64})
-    queue_bounded = _bound_sam3_queue(repo)
+                            orchestrator_params={"image_cache_mb": 64},
+                            batching=Batching(max_queue_size=QUEUE_SIZE))  # the optional queue policy, small
     with TritonServer(repo, ready_timeout_s=180) as server:
         watchdog = Watchdog(server, interval_s=0.5, canary_interval_s=2.0).start()
         try:
             with BackgroundServer(create_app(server.grpc_url, watchdog=watchdog, timeout_s=60)) as gateway:
-                yield Healing(server, watchdog, gateway.url, watchdog.models, queue_bounded, repo)
+                yield Healing(server, watchdog, gateway.url, watchdog.models, repo)
         finally:
             watchdog.stop()
 
@@ -219,8 +210,6 @@ def test_a_killed_stage_is_reloaded_and_health_tells_the_truth(http, healing, mo
 # ---------------------------------------------------------------- overload, timeouts, departed clients
 
 def test_a_full_queue_gets_503_with_retry_after(healing):
-    if not healing.queue_bounded:
-        pytest.skip("model sam3 has no queue policy (max_queue_size) in this repository yet: nothing to fill")
     settle(healing)
     bodies = [{"image": png_b64(300 + i), "mode": "auto", "points_per_side": 8} for i in range(24)]
     results: list[httpx.Response] = []
