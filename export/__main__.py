@@ -1,7 +1,9 @@
 """CLI: ``python -m export onnx|verify|trt|all --model M --out DIR``.
 
 onnx    export the graphs, tokenizer.json and manifest.json
-verify  ONNX Runtime vs PyTorch parity (2 shapes per component + both chains) → parity_report.json
+verify  ONNX Runtime vs PyTorch parity (2 shapes per component + both chains) → parity_report.json,
+        then the bf16 gate where the CPU has bf16: OpenVINO bf16 vs fp32, cosine ≥ 0.9995 per output
+        → precision_report.json (a failing component is served in fp32; not an error)
 trt     TensorRT engines from the ONNX files (needs a CUDA GPU; stops at once without one)
 all     onnx + verify (+ trt when a GPU is present)
 latency PyTorch vs ONNX Runtime CPU latency per component (median of --runs) → latency_report.json
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> None:
         pipeline.export_onnx(args.model, args.out, args.components, args.opset, args.hf_token)
     if args.command in ("verify", "all"):
         pipeline.verify(args.out, args.hf_token, args.atol, args.rtol, args.components)
+        bf16_gate(args.out, args.components)
     if args.command == "trt" or (args.command == "all" and _has_gpu()):
         from export.trt import build_engines
         build_engines(args.out, components=args.components, precision=args.precision)
@@ -57,6 +60,22 @@ def run(args: argparse.Namespace) -> None:
         measure(args.out, runs=args.runs, components=args.components, token=args.hf_token)
     elif args.command == "all":
         pipeline.log("no CUDA GPU here: skipping TensorRT engines (run `python -m export trt` on a GPU machine)")
+
+
+def bf16_gate(out: Path, components) -> None:
+    """The bf16 parity gate of ``components`` (export/precision.py), or a line saying why it is skipped."""
+    from export import pipeline
+    from export.manifest import load_manifest
+    from export.precision import cpu_capabilities, gate, gate_lines
+    capabilities = cpu_capabilities()
+    if "BF16" not in capabilities:
+        pipeline.log(f"bf16 gate skipped: this CPU has no bf16 (OpenVINO capabilities {capabilities}); serving is fp32")
+        return
+    manifest = load_manifest(out)
+    specs = {n: s for n, s in manifest.specs().items() if n in components}
+    results = gate(out, specs, manifest.dims.image_size, log=pipeline.log)
+    for line in gate_lines(results):
+        pipeline.log(f"bf16 gate {line}")
 
 
 def _has_gpu() -> bool:
