@@ -287,8 +287,21 @@ def _write_cpu_component(spec, artifacts, out, count, source, cpu: CpuRuntime) -
     _place_graph(artifacts, spec.onnx_file, version_dir, spec.onnx_file)
     shutil.copytree(source / COMPONENT_DIR, version_dir, ignore=IGNORED, dirs_exist_ok=True)
     params = {"onnx_file": spec.onnx_file, "runtime": cpu.runtime, "precision": cpu.precisions[spec.name],
-              "threads": str(cpu.threads), "cache_dir": cpu.cache_dir}
+              "threads": str(cpu.threads), "cache_dir": cpu.cache_dir, "shared_axes": shared_axes(spec)}
     _write_config(out / spec.triton_name, component_config(spec, "python", count, params))
+
+
+def shared_axes(spec: ComponentSpec) -> dict[str, list]:
+    """{axis name: [[input, axis index], ...]} for each dynamic axis that two or more inputs share.
+
+    The component model checks every request against it, because a runtime may not: OpenVINO
+    runs a graph fed inconsistent sizes without an error.
+    """
+    axes: dict[str, list] = {}
+    for t in spec.inputs:
+        for index, axis in t.dynamic_axes().items():
+            axes.setdefault(axis, []).append([t.name, index])
+    return {axis: uses for axis, uses in axes.items() if len(uses) > 1}
 
 
 def _cpu_runtime(manifest, artifacts, out, names, runtime, precision, threads, cache_dir, log) -> CpuRuntime:

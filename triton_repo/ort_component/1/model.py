@@ -12,6 +12,8 @@ Config parameters (string values):
     threads     inference threads; "0" = the runtime's default (older repositories:
                 ``intra_op_threads``)
     cache_dir   OpenVINO model cache directory ("" = no cache)
+    shared_axes JSON {axis name: [[input, axis index], ...]}: dynamic axes several inputs share;
+                a request whose inputs disagree on one gets its own error (OpenVINO would run it)
 
 Precision at load: a "bf16" model on a CPU whose OpenVINO plugin does not list BF16 loads in
 fp32 and says so in the log. The effective runtime and precision are logged at load.
@@ -64,6 +66,17 @@ def _mismatches(kind: str, declared: list, actual: list, batched: bool) -> list[
     return problems
 
 
+def _axis_conflicts(arrays: dict, shared: dict) -> list[str]:
+    """Descriptions of the shared axes on which the request's inputs disagree."""
+    problems = []
+    for axis, uses in shared.items():
+        sizes = {f"{name}[{index}]": arrays[name].shape[index] for name, index in uses
+                 if name in arrays and arrays[name].ndim > index}
+        if len(set(sizes.values())) > 1:
+            problems.append(f"inputs disagree on axis {axis!r}: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+    return problems
+
+
 def _effective_precision(name: str, runtime: str, precision: str) -> str:
     """``precision``, or "fp32" (logged) when bf16 is asked of a CPU whose OpenVINO lacks BF16."""
     if runtime != "openvino" or precision != "bf16":
@@ -85,6 +98,7 @@ class TritonPythonModel:
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
+        self.shared_axes = json.loads(_parameter(config, "shared_axes", "{}"))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         path = version_dir / _parameter(config, "onnx_file")
         self.runner = self._open(config, path)
@@ -115,6 +129,9 @@ class TritonPythonModel:
             if tensor is None:
                 raise ValueError(f"{self.name}: input {name!r} is missing from the request")
             arrays[name] = tensor.as_numpy()
+        conflicts = _axis_conflicts(arrays, self.shared_axes)
+        if conflicts:
+            raise ValueError(f"{self.name}: " + "; ".join(conflicts))
         return arrays
 
     def _run(self, feeds: dict) -> list:
