@@ -130,7 +130,12 @@ def gate(artifacts: Path, specs: dict, image_size: int, log=print) -> dict[str, 
             results[name] = GateResult(name, entry["cosines"])
             continue
         log(f"bf16 gate {name}: OpenVINO bf16 vs fp32 at {len(spec.parity_sizes)} shapes")
-        results[name] = gate_component(artifacts / spec.onnx_file, spec, image_size)
+        try:
+            results[name] = gate_component(artifacts / spec.onnx_file, spec, image_size)
+        except Exception as err:  # noqa: BLE001 - OpenVINO raises plain RuntimeErrors; name the component
+            raise PrecisionError(f"{spec.triton_name}: OpenVINO cannot run {artifacts / spec.onnx_file} for the "
+                                 f"bf16 gate ({type(err).__name__}: {str(err).strip()[:500]}); re-export the "
+                                 "model or serve with --precision fp32") from err
         report[name] = {"key": key, "cosines": results[name].cosines, "ok": results[name].ok}
     (artifacts / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return results

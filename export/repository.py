@@ -310,12 +310,12 @@ def _cpu_runtime(manifest, artifacts, out, names, runtime, precision, threads, c
     runtime = "onnxruntime" if runtime == "ort" else runtime
     if runtime not in CPU_RUNTIMES:
         raise RepositoryError(f"runtime must be one of {CPU_RUNTIMES}, got {runtime!r}")
+    specs = {s.name: s for s in manifest.specs().values() if s.triton_name in names}
     try:
         resolved = resolve_precision(precision, runtime)
+        precisions = component_precisions(artifacts, specs, manifest.dims.image_size, resolved, log)
     except PrecisionError as err:
         raise RepositoryError(str(err)) from None
-    specs = {s.name: s for s in manifest.specs().values() if s.triton_name in names}
-    precisions = component_precisions(artifacts, specs, manifest.dims.image_size, resolved, log)
     cache = "" if runtime != "openvino" else str(Path(cache_dir or out.parent / "openvino-cache").resolve())
     return CpuRuntime(runtime, threads, cache, precisions)
 
