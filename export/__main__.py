@@ -7,6 +7,8 @@ verify  ONNX Runtime vs PyTorch parity (2 shapes per component + both chains) �
 trt     TensorRT engines from the ONNX files (needs a CUDA GPU; stops at once without one)
 all     onnx + verify (+ trt when a GPU is present)
 latency PyTorch vs ONNX Runtime CPU latency per component (median of --runs) → latency_report.json
+runtimes ONNX Runtime fp32 vs OpenVINO f32 vs OpenVINO bf16 per component (interleaved, median of
+        --runs, --threads) → runtime_latency.json
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from export.spec import COMPONENTS
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("onnx", "verify", "trt", "all", "latency"))
+    parser.add_argument("command", choices=("onnx", "verify", "trt", "all", "latency", "runtimes"))
     parser.add_argument("--model", default="facebook/sam3", help="HF id, checkpoint dir, or 'tiny' (default facebook/sam3)")
     parser.add_argument("--out", type=Path, required=True, help="artifacts directory")
     parser.add_argument("--components", default=",".join(COMPONENTS), help="comma list of " + ",".join(COMPONENTS))
@@ -31,6 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--atol", type=float, default=1e-4, help="parity absolute tolerance")
     parser.add_argument("--rtol", type=float, default=1e-4, help="parity tolerance relative to max |expected|")
     parser.add_argument("--runs", type=int, default=10, help="latency: timed runs per side (after 2 warm-up)")
+    parser.add_argument("--threads", type=int, default=0, help="runtimes: inference threads (0 = the runtime's default)")
     parser.add_argument("--precision", default=None, help="trt: fp32|fp16|bf16 for every component (default per component)")
     args = parser.parse_args(argv)
     args.components = _components(parser, args.components)
@@ -55,6 +58,9 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "trt" or (args.command == "all" and _has_gpu()):
         from export.trt import build_engines
         build_engines(args.out, components=args.components, precision=args.precision)
+    elif args.command == "runtimes":
+        from export.runtime_latency import measure as measure_runtimes
+        measure_runtimes(args.out, runs=args.runs, threads=args.threads, components=args.components)
     elif args.command == "latency":
         from export.latency import measure
         measure(args.out, runs=args.runs, components=args.components, token=args.hf_token)
