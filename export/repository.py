@@ -404,7 +404,7 @@ def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances:
                      log=print) -> Path:
     """Build the Triton model repository ``out`` from ``artifacts``; return ``out``.
 
-    target: "cpu" (ONNX Runtime in the Python backend) or "gpu" (TensorRT plans from
+    target: "cpu" (OpenVINO or ONNX Runtime in the Python backend) or "gpu" (TensorRT plans from
     ``engines_dir/<component>.plan``, else ONNX Runtime per component). instances: {model or
     component name: instance count} (default 1). orchestrator_params: extra ``sam3`` config
     parameters (non-str values JSON-encoded). models: names to include (default: every exported

@@ -249,3 +249,17 @@ def test_serve_cli_options_and_precision_line(tiny_artifacts, tmp_path, capsys):
     repo = build_repository(tiny_artifacts, tmp_path / "repo", "cpu", precision="fp32")
     _print_precisions(repo)
     assert capsys.readouterr().out == "cpu runtime openvino: vision fp32, text fp32, concept fp32, prompt fp32\n"
+
+
+def test_export_verify_runs_the_bf16_gate_or_says_why_not(fake, tmp_path, capsys):
+    """`python -m export verify` ends with the bf16 gate (its step after the ORT parity check)."""
+    from export.__main__ import bf16_gate
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fake, artifacts)
+    bf16_gate(artifacts, ("text", "prompt"))
+    log = capsys.readouterr().err
+    if "BF16" not in cpu_capabilities():
+        assert "bf16 gate skipped: this CPU has no bf16" in log and not (artifacts / REPORT_NAME).exists()
+        return
+    assert set(json.loads((artifacts / REPORT_NAME).read_text())) == {"text", "prompt"}
+    assert "bf16 gate text       pass" in log and "bf16 gate prompt     pass" in log

@@ -64,8 +64,9 @@ class OpenVinoRunner:
         return [_ov_port(p) for p in self.compiled.outputs]
 
     def run(self, output_names: list[str], feeds: dict) -> list:
-        """Outputs (fresh arrays, never views of the request's buffers) in ``output_names`` order."""
-        results = self.request.infer(feeds, share_inputs=False, share_outputs=False)
+        """Outputs in ``output_names`` order. Inputs are shared (no copy: infer is synchronous); outputs
+        are fresh arrays, never views of the request's buffers, which the next run overwrites."""
+        results = self.request.infer(feeds, share_inputs=True, share_outputs=False)
         by_name = {name: array for port, array in results.items() for name in port.get_names()}
         return [by_name[n] for n in output_names]
 
