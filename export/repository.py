@@ -420,6 +420,9 @@ def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances:
         raise RepositoryError(f"target must be one of {TARGETS}, got {target!r}")
     if engines_dir is not None and target != "gpu":
         raise RepositoryError("engines_dir is only used with target='gpu'")
+    if target == "gpu" and (runtime, precision) != ("openvino", "auto"):
+        raise RepositoryError("runtime= and precision= choose how the cpu target runs; the gpu target's precision "
+                              "is chosen when its engines are built (python -m export trt --precision)")
     artifacts, out, source = Path(artifacts), Path(out), Path(source)
     manifest = load_manifest(artifacts)
     names = _model_names(manifest, models)

@@ -210,6 +210,8 @@ def test_repository_with_onnxruntime(fake, tmp_path):
 
 def test_gpu_repository_has_no_precision_record(fake, tmp_path):
     assert read_precisions(build_repository(fake, tmp_path / "repo", "gpu", models=["text"])) == {}
+    with pytest.raises(RepositoryError, match="gpu target's precision"):
+        build_repository(fake, tmp_path / "other", "gpu", precision="bf16")
 
 
 # ---------------------------------------------------------------- served, both runtimes
