@@ -132,7 +132,7 @@ def gate(artifacts: Path, specs: dict, image_size: int, log=print) -> dict[str, 
         log(f"bf16 gate {name}: OpenVINO bf16 vs fp32 at {len(spec.parity_sizes)} shapes")
         try:
             results[name] = gate_component(artifacts / spec.onnx_file, spec, image_size)
-        except Exception as err:  # noqa: BLE001 - OpenVINO raises plain RuntimeErrors; name the component
+        except Exception as err:  # OpenVINO raises plain RuntimeErrors: name the component
             raise PrecisionError(f"{spec.triton_name}: OpenVINO cannot run {artifacts / spec.onnx_file} for the "
                                  f"bf16 gate ({type(err).__name__}: {str(err).strip()[:500]}); re-export the "
                                  "model or serve with --precision fp32") from err

@@ -70,8 +70,9 @@ def measure(out: Path, runs: int = 9, threads: int = 0, components=None) -> dict
 def format_table(report: dict) -> str:
     labels = [k for k in next(iter(report["components"].values())) if k.endswith(" ms")]
     head = f"{'component':<10}" + "".join(f"{label:>14}" for label in labels) + f"{'cosine bf16':>14}"
-    lines = [f"model {report['model']}  (threads {report['threads'] or 'default'}, median of {report['runs']} "
-             "interleaved rounds)", head]
+    title = (f"model {report['model']}  (threads {report['threads'] or 'default'}, median of {report['runs']} "
+             "interleaved rounds)")
+    lines = [title, head]
     for name, row in report["components"].items():
         cos = row.get("cosine bf16 vs f32")
         lines.append(f"{name:<10}" + "".join(f"{row[label]:>14.1f}" for label in labels)

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from test_served_parity import mask_iou, processors, reference_prompt, reference_text  # noqa: F401 (fixture)
+from test_served_parity import mask_iou, reference_prompt, reference_text
 
 MARGIN, BOX_PX, MIN_IOU, SCORE_ATOL = 1e-2, 4.0, 0.97, 1e-2
 
@@ -36,6 +35,12 @@ def _require_bf16():
     if "BF16" not in capabilities:
         pytest.skip(f"this CPU has no bf16 (OpenVINO capabilities {capabilities}): precision auto serves fp32 "
                     "here, so there is no bf16 server to check")
+
+
+@pytest.fixture(scope="module")
+def processors(tiny_checkpoint):
+    from transformers import Sam3Processor, Sam3TrackerProcessor
+    return Sam3Processor.from_pretrained(tiny_checkpoint), Sam3TrackerProcessor.from_pretrained(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")

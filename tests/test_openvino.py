@@ -17,15 +17,32 @@ import onnx
 import pytest
 import tritonclient.http as httpclient
 from onnx import TensorProto, helper
+from test_repository import TINY, make_fake_artifacts
 
 from export.inputs import example_inputs
 from export.manifest import load_manifest
-from export.precision import (GATE_COSINE, REPORT_NAME, GateResult, PrecisionError, component_precisions, cosine,
-                              cpu_capabilities, gate, gate_component, resolve_precision, runtime_module)
-from export.repository import RepositoryError, build_repository, config_parameters, parse_config_text, read_precisions
+from export.precision import (
+    GATE_COSINE,
+    REPORT_NAME,
+    GateResult,
+    PrecisionError,
+    component_precisions,
+    cosine,
+    cpu_capabilities,
+    gate,
+    gate_component,
+    resolve_precision,
+    runtime_module,
+)
+from export.repository import (
+    RepositoryError,
+    build_repository,
+    config_parameters,
+    parse_config_text,
+    read_precisions,
+)
 from export.spec import ComponentSpec, Profile, TensorSpec, component_specs
 from server.triton import TritonServer
-from test_repository import TINY, make_fake_artifacts
 
 pytestmark = pytest.mark.timeout(300)
 RT = runtime_module()
@@ -172,8 +189,9 @@ def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path):
     lines = []
     repo = build_repository(artifacts, tmp_path / "repo", "cpu", precision="auto", models=list(specs), log=lines.append)
     assert read_precisions(repo)["components"] == {"vision": "bf16", "text": "fp32", "concept": "bf16", "prompt": "bf16"}
-    assert lines == ["text: bf16 failed its parity gate (cosine 0.900000 < 0.9995 on 'text_features' "
-                     "vs OpenVINO fp32): serving fp32"]
+    expected = ("text: bf16 failed its parity gate (cosine 0.900000 < 0.9995 on 'text_features' "
+                "vs OpenVINO fp32): serving fp32")
+    assert lines == [expected]
     params = config_parameters(parse_config_text((repo / "sam3_text" / "config.pbtxt").read_text()))
     assert params["precision"] == "fp32" and params["runtime"] == "openvino"
 

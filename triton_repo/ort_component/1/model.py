@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
 from component_runtime import RuntimeLoadError, bf16_capable, open_runner
 
 
