@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -401,7 +402,7 @@ def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances:
                      engines_dir: Path | None = None, orchestrator_params: dict | None = None, *,
                      models=None, intra_op_threads: int = 0, source: Path = SOURCE_DIR,
                      runtime: str = "openvino", precision: str = "auto", cache_dir: Path | None = None,
-                     log=print) -> Path:
+                     log=None) -> Path:
     """Build the Triton model repository ``out`` from ``artifacts``; return ``out``.
 
     target: "cpu" (OpenVINO or ONNX Runtime in the Python backend) or "gpu" (TensorRT plans from
@@ -412,7 +413,8 @@ def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances:
     Runtime (0 = the runtime's default). source: the triton_repo/ directory holding ort_component/ and sam3/.
     runtime (cpu): "openvino" (default) or "onnxruntime" ("ort"). precision (cpu): "auto" (bf16 where
     OpenVINO lists BF16 for this CPU, else fp32), "fp32" or "bf16"; a component whose bf16 graph
-    fails the parity gate (export/precision.py) is served in fp32 and ``log`` says so. cache_dir:
+    fails the parity gate (export/precision.py) is served in fp32 and ``log`` (default: a line on
+    stderr) says so. cache_dir:
     OpenVINO's model cache (default ``<out's parent>/openvino-cache``, outside the replaced ``out``).
     ``out`` is replaced atomically; it must be new, empty or a previous build_repository output.
     """
@@ -428,7 +430,7 @@ def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances:
     names = _model_names(manifest, models)
     counts = _instance_counts(manifest, names, instances)
     _check_source(source, names, target)
-    cpu = _cpu_runtime(manifest, artifacts, out, names, runtime, precision, intra_op_threads, cache_dir, log) \
+    cpu = _cpu_runtime(manifest, artifacts, out, names, runtime, precision, intra_op_threads, cache_dir, log or _log) \
         if target == "cpu" else None
     tmp = _fresh_dir(out)
     try:
@@ -442,6 +444,10 @@ def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances:
     (tmp / MARKER).write_text(json.dumps({"target": target, "models": names}) + "\n")
     _swap_in(tmp, out)
     return out
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _write_precision_file(out: Path, cpu: CpuRuntime) -> None:
