@@ -783,8 +783,8 @@ def add_bf16_reference(comparisons: dict, work: Workloads, args, target: Target)
         return None
     from client.reference import ReferencePipeline
     log(f"loading the second reference (transformers, CPU bf16 autocast) from {target.checkpoint}")
-    reference, repeats, p1, p2 = ReferencePipeline(target.checkpoint, bf16=True), args.compare_repeats, \
-        comparisons.get("P1"), comparisons.get("P2")
+    reference, repeats = ReferencePipeline(target.checkpoint, bf16=True), args.compare_repeats
+    p1, p2 = comparisons.get("P1"), comparisons.get("P2")
     if p1:
         ref = latency_stats(repeat_timed(lambda i: _reference_text(reference, work, i), 2 * repeats))
         p1.update(reference_bf16=ref, speedup_bf16=ratio(ref.get("p50_ms"), p1["server_cold"].get("p50_ms")),
