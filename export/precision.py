@@ -6,7 +6,8 @@
 
 The bf16 gate: each component's graph runs in OpenVINO at fp32 and at bf16 on the same inputs
 (export/inputs.py, at every ``parity_sizes`` entry of its spec); it passes when every output's
-cosine similarity, bf16 vs fp32, is ≥ ``GATE_COSINE`` (0.9995) at every size. A component that
+cosine similarity, bf16 vs fp32, is ≥ ``GATE_COSINE`` (0.9995) at every size (the parity sizes and
+the ``opt`` sizes, which the served model runs in a static-shape copy). A component that
 fails is served in fp32. Results go to ``precision_report.json`` beside the graphs, keyed by the
 graph's size and mtime and the OpenVINO version, so a restart reuses them.
 
@@ -29,6 +30,7 @@ from export.spec import ComponentSpec
 REQUESTS = ("auto", "fp32", "bf16")
 RUNTIMES = ("openvino", "onnxruntime")
 GATE_COSINE = 0.9995
+GATE_VERSION = 2  # what the gate runs (2: the parity sizes and the opt sizes, with the static copy)
 REPORT_NAME = "precision_report.json"
 RUNTIME_MODULE = Path(__file__).resolve().parents[1] / "triton_repo" / "ort_component" / "1" / "component_runtime.py"
 
@@ -95,12 +97,20 @@ class GateResult:
         return min(self.cosines.items(), key=lambda kv: kv[1])
 
 
+def gate_sizes(spec: ComponentSpec) -> list[dict]:
+    """The parity sizes of ``spec`` plus its ``opt`` sizes (what the served static copy runs), once each."""
+    sizes = list(spec.parity_sizes)
+    return sizes + [spec.sizes("opt")] if spec.sizes("opt") not in sizes else sizes
+
+
 def gate_component(path: Path, spec: ComponentSpec, image_size: int, threads: int = 0) -> GateResult:
-    """Run ``path`` in OpenVINO fp32 and bf16 at every parity size of ``spec``; cosine per output."""
+    """Run ``path`` in OpenVINO fp32 and bf16, as served (with the static copy at the ``opt`` sizes),
+    at every size of :func:`gate_sizes`; the lowest cosine per output."""
+    from export.repository import static_shapes
     rt = runtime_module()
-    runners = {p: rt.OpenVinoRunner(path, p, threads) for p in ("fp32", "bf16")}
+    runners = {p: rt.OpenVinoRunner(path, p, threads, static_shapes=static_shapes(spec)) for p in ("fp32", "bf16")}
     names, cosines = [t.name for t in spec.outputs], {}
-    for seed, sizes in enumerate(spec.parity_sizes, start=1):
+    for seed, sizes in enumerate(gate_sizes(spec), start=1):
         feeds = example_inputs(spec, sizes, image_size, seed=seed)
         fp32, bf16 = (runners[p].run(names, feeds) for p in ("fp32", "bf16"))
         for name, a, b in zip(names, fp32, bf16):
@@ -112,7 +122,8 @@ def _graph_key(path: Path) -> dict:
     """What a cached gate result depends on: the graph file and the OpenVINO version."""
     import openvino as ov
     stat = path.stat()
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "openvino": ov.__version__, "threshold": GATE_COSINE}
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "openvino": ov.__version__, "threshold": GATE_COSINE,
+            "gate": GATE_VERSION}
 
 
 def _read_report(artifacts: Path) -> dict:
@@ -129,7 +140,7 @@ def gate(artifacts: Path, specs: dict, image_size: int, log=print) -> dict[str, 
         if entry.get("key") == key:
             results[name] = GateResult(name, entry["cosines"])
             continue
-        log(f"bf16 gate {name}: OpenVINO bf16 vs fp32 at {len(spec.parity_sizes)} shapes")
+        log(f"bf16 gate {name}: OpenVINO bf16 vs fp32 at {len(gate_sizes(spec))} shapes")
         try:
             results[name] = gate_component(artifacts / spec.onnx_file, spec, image_size)
         except Exception as err:  # OpenVINO raises plain RuntimeErrors: name the component

@@ -288,8 +288,15 @@ def _write_cpu_component(spec, artifacts, out, count, source, cpu: CpuRuntime) -
     _place_graph(artifacts, spec.onnx_file, version_dir, spec.onnx_file)
     shutil.copytree(source / COMPONENT_DIR, version_dir, ignore=IGNORED, dirs_exist_ok=True)
     params = {"onnx_file": spec.onnx_file, "runtime": cpu.runtime, "precision": cpu.precisions[spec.name],
-              "threads": str(cpu.threads), "cache_dir": cpu.cache_dir, "shared_axes": shared_axes(spec)}
+              "threads": str(cpu.threads), "cache_dir": cpu.cache_dir, "shared_axes": shared_axes(spec),
+              "static_shapes": static_shapes(spec) if cpu.runtime == "openvino" else {}}
     _write_config(out / spec.triton_name, component_config(spec, "python", count, params))
+
+
+def static_shapes(spec: ComponentSpec) -> dict[str, list]:
+    """{input: shape} at the spec's ``opt`` sizes (the most common request), for OpenVINO's static copy."""
+    sizes = spec.sizes("opt")
+    return {t.name: list(t.resolve(sizes)) for t in spec.inputs}
 
 
 def shared_axes(spec: ComponentSpec) -> dict[str, list]:

@@ -2,7 +2,8 @@
 
 ``python -m export runtimes --out DIR [--runs 9] [--threads 2]``: for each exported component,
 opens the three runners the Triton component model uses (triton_repo/ort_component/1/
-component_runtime.py) on the same inputs at the spec's first parity size, warms each up, then
+component_runtime.py; OpenVINO with its static copy at the spec's opt sizes, as served) on the
+same inputs at the spec's first parity size, warms each up, then
 times them in interleaved rounds (one run of each per round, so load from other processes
 spreads over all three) and prints the median per runner, with the bf16 vs f32 cosine (lowest
 over the outputs). Writes ``runtime_latency.json`` beside the graphs. Needs openvino and
@@ -42,8 +43,9 @@ def _rounds(runners: dict, names: list, feeds: dict, runs: int) -> dict[str, lis
 
 def measure_component(out: Path, spec, image_size: int, runs: int, threads: int, kinds) -> dict:
     """{"sizes", "<label> ms": median, ..., "cosine bf16 vs f32"} of one component."""
-    rt = runtime_module()
-    runners = {_label(r, p): rt.open_runner(r, out / spec.onnx_file, p, threads) for r, p in kinds}
+    from export.repository import static_shapes
+    rt, static = runtime_module(), static_shapes(spec)
+    runners = {_label(r, p): rt.open_runner(r, out / spec.onnx_file, p, threads, static_shapes=static) for r, p in kinds}
     names, feeds = [t.name for t in spec.outputs], example_inputs(spec, spec.parity_sizes[0], image_size)
     results = {label: [runner.run(names, feeds) for _ in range(WARMUP)][-1] for label, runner in runners.items()}
     row = {"sizes": spec.parity_sizes[0]}

@@ -1,7 +1,8 @@
 """bf16 serving against transformers fp32: the tolerances a user accepts (README, "Precision").
 
-The real Triton server serves the tiny model with every component in OpenVINO bf16 (each one
-passed its bf16 gate: cosine ≥ 0.9995 per output against OpenVINO fp32). The reference is
+The real Triton server serves the tiny model with ``precision="bf16"``: every component that
+passed its bf16 gate (cosine ≥ 0.9995 per output against OpenVINO fp32) runs in OpenVINO bf16 —
+vision, text and concept; the tiny prompt head misses the gate narrowly and runs in fp32. The reference is
 transformers' own fp32 pipeline on the same weights, image and prompts. Criteria (issue 9):
 
 - text: every detection whose reference score is not within 1e-2 of the threshold is served iff
@@ -61,9 +62,16 @@ def bf16_client(bf16_server):
         yield c
 
 
-def test_every_tiny_component_is_served_in_bf16(bf16_server):
-    record = bf16_server[1]
-    assert record["runtime"] == "openvino" and set(record["components"].values()) == {"bf16"}, record
+def test_served_precisions_follow_the_bf16_gate(bf16_server, tiny_artifacts):
+    """bf16 where the component passed its gate, fp32 (with a log line at build) where it did not.
+    On the tiny model vision, text and concept pass; prompt's pred_masks sits at the threshold
+    (cosine 0.99947 at its opt size), so prompt is served in fp32."""
+    import json
+    from export.precision import REPORT_NAME
+    record, report = bf16_server[1], json.loads((tiny_artifacts / REPORT_NAME).read_text())
+    assert record["runtime"] == "openvino"
+    assert record["components"] == {name: "bf16" if entry["ok"] else "fp32" for name, entry in report.items()}
+    assert record["components"]["vision"] == record["components"]["concept"] == "bf16"
 
 
 def _match(seg, box, mask) -> int | None:

@@ -12,6 +12,8 @@ Config parameters (string values):
     threads     inference threads; "0" = the runtime's default (older repositories:
                 ``intra_op_threads``)
     cache_dir   OpenVINO model cache directory ("" = no cache)
+    static_shapes JSON {input: shape} of the most common request (OpenVINO compiles a static copy
+                for it; "{}" = none)
     shared_axes JSON {axis name: [[input, axis index], ...]}: dynamic axes several inputs share;
                 a request whose inputs disagree on one gets its own error (OpenVINO would run it)
 
@@ -113,7 +115,8 @@ class TritonPythonModel:
         precision = _effective_precision(self.name, runtime, _parameter(config, "precision", "fp32"))
         threads = int(_parameter(config, "threads", _parameter(config, "intra_op_threads", "0")))
         try:
-            runner = open_runner(runtime, path, precision, threads, _parameter(config, "cache_dir", ""))
+            runner = open_runner(runtime, path, precision, threads, _parameter(config, "cache_dir", ""),
+                                 json.loads(_parameter(config, "static_shapes", "{}")))
         except RuntimeLoadError as err:
             raise ModelLoadError(f"{self.name}: {err}") from None
         pb_utils.Logger.log_info(f"{self.name}: {path.name} on {runtime}, precision {runner.precision}, "
