@@ -58,7 +58,10 @@ class OpenVinoRunner:
         self.compiled = core.compile_model(str(path), "CPU", props)
         self.request = self.compiled.create_infer_request()
         self.static_shapes = {name: tuple(shape) for name, shape in (static_shapes or {}).items()}
-        self.static_request = self._static(core, path, props) if self.static_shapes else None
+        ranks = {name: rank for name, _, rank in self.inputs()}
+        # a graph that does not take these inputs fails the model's load check (names/dtypes/ranks) instead
+        usable = bool(self.static_shapes) and all(ranks.get(n) == len(s) for n, s in self.static_shapes.items())
+        self.static_request = self._static(core, path, props) if usable else None
         self.precision = precision
         self.ov_version = ov.__version__
 
