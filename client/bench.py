@@ -704,7 +704,7 @@ def p5_summary(rows: list) -> dict:
 
 # ---------------------------------------------------------------- configuration echo
 
-VERSION_PACKAGES = ("numpy", "tritonclient", "onnxruntime", "pycocotools", "pillow", "torch", "transformers")
+VERSION_PACKAGES = ("numpy", "tritonclient", "onnxruntime", "openvino", "pycocotools", "pillow", "torch", "transformers")
 
 
 def versions(server_version: str) -> dict:
@@ -780,7 +780,7 @@ def format_table(report: dict) -> str:
         lines.append(f"{r['protocol']:8} {r['mode']:6} {r['concurrency']:>4} {r.get('count', 0):>4} {r['errors']:>3} "
                      f"{_ms(r.get('p50_ms'))} {_ms(r.get('p90_ms'))} {_ms(r.get('p99_ms'))} {r['throughput_rps']:>7.2f} "
                      f"{_n(r.get('sam3_batch')):>7} {_n(r.get('vision_batch')):>6}")
-    return "\n".join(lines + [""] + goal_lines(report["comparisons"]))
+    return "\n".join(lines + [""] + goal_lines(report["comparisons"]) + bf16_lines(report["comparisons"]))
 
 
 def _n(value) -> str:
@@ -878,7 +878,45 @@ def _measure(args, target: Target, clients: dict, stats: TritonStats) -> dict:
                    "P4": p4_mask_bytes(main, work, args.modes), "P5": p5_summary(p5), "throughput": rates}
     config["reference"] = {"checkpoint": str(target.checkpoint), "device": "cpu", "dtype": "float32",
                            "torch_threads": _torch_threads()} if reference is not None else None
+    config["reference_bf16"] = add_bf16_reference(comparisons, work, args, target)
     return {"config": config, "sweep": rows, "comparisons": comparisons}
+
+
+# ---------------------------------------------------------------- second reference: transformers + bf16 autocast
+
+def add_bf16_reference(comparisons: dict, work: Workloads, args, target: Target) -> dict | None:
+    """Time the same P1/P2 workloads on transformers under CPU bf16 autocast (same checkpoint, inputs)
+    and add ``reference_bf16`` / ``speedup_bf16`` (P1 also ``speedup_warm_bf16``) beside the fp32
+    reference's keys. The server's times are the ones already measured. Returns its config echo."""
+    if args.no_reference or target.checkpoint is None:
+        return None
+    from client.reference import ReferencePipeline
+    log(f"loading the second reference (transformers, CPU bf16 autocast) from {target.checkpoint}")
+    reference, repeats = ReferencePipeline(target.checkpoint, bf16=True), args.compare_repeats
+    p1, p2 = comparisons.get("P1"), comparisons.get("P2")
+    if p1:
+        ref = latency_stats(repeat_timed(lambda i: _reference_text(reference, work, i), 2 * repeats))
+        p1.update(reference_bf16=ref, speedup_bf16=ratio(ref.get("p50_ms"), p1["server_cold"].get("p50_ms")),
+                  speedup_warm_bf16=ratio(ref.get("p50_ms"), p1["server_warm"].get("p50_ms")))
+    if p2:
+        image = work.images["astronaut"].data
+        ref = latency_stats(repeat_timed(lambda _: [reference.point(image, [c], [1]) for c in work.clicks], repeats))
+        p2.update(reference_bf16=ref, speedup_bf16=ratio(ref.get("p50_ms"), p2["server_cached"].get("p50_ms")))
+    return {"checkpoint": str(target.checkpoint), "device": "cpu", "dtype": reference.dtype,
+            "torch_threads": _torch_threads()}
+
+
+def bf16_lines(c: dict) -> list[str]:
+    """P1/P2 against the bf16-autocast reference (P3 compares our server with itself: no reference)."""
+    p1, p2 = c.get("P1") or {}, c.get("P2") or {}
+    lines = []
+    if p1.get("reference_bf16"):
+        lines += [f"P1 text vs reference bf16 autocast {_p50(p1['reference_bf16'])} → speedup {_x(p1['speedup_bf16'])} "
+                  f"(cached {_x(p1['speedup_warm_bf16'])})"]
+    if p2.get("reference_bf16"):
+        lines += [f"P2 {p2['clicks']} clicks vs reference bf16 autocast {_p50(p2['reference_bf16'])} → "
+                  f"speedup {_x(p2['speedup_bf16'])}"]
+    return lines
 
 
 def _reference(args, target: Target):

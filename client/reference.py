@@ -3,8 +3,10 @@
 The seed deployments run ``Sam3Model`` + ``Sam3Processor`` for text prompts and
 ``Sam3TrackerModel`` + ``Sam3TrackerProcessor`` for points and boxes, on every request from
 the encoded image (no embedding cache). :class:`ReferencePipeline` does the same on the CPU in
-fp32; the benchmark (client/bench.py) measures our server against it and the parity tests
-compare the server's outputs with it.
+fp32 (eager), or with ``bf16=True`` under ``torch.autocast("cpu", dtype=torch.bfloat16)`` — the
+fastest CPU mode a transformers user has without exporting anything. The benchmark
+(client/bench.py) measures our server against both and the parity tests compare the server's
+outputs with the fp32 one.
 
 Needs the export extra (torch, transformers). Coordinates are pixels of the original image;
 boxes x0, y0, x1, y1; masks bool [H, W] at the original size.
@@ -25,17 +27,21 @@ def decode_image(image_bytes: bytes):
 
 
 class ReferencePipeline:
-    """Sam3Model/Sam3TrackerModel and their processors loaded from one checkpoint dir (fp32, eval).
+    """Sam3Model/Sam3TrackerModel and their processors loaded from one checkpoint dir (fp32 weights, eval).
 
     The models are loaded strictly (export.checkpoint.load_models: no missing/unexpected keys).
     Every call decodes and encodes the image again, one forward per concept, like the seeds.
+    ``bf16``: run every forward under CPU bf16 autocast (weights stay fp32; outputs are cast
+    back to float32 before post-processing).
     """
 
-    def __init__(self, checkpoint_dir: Path | str):
+    def __init__(self, checkpoint_dir: Path | str, bf16: bool = False):
         from transformers import Sam3Processor, Sam3TrackerProcessor
 
         from export.checkpoint import load_models
         self.checkpoint = checkpoint_dir  # a directory, or a Hugging Face id as export.checkpoint resolves it
+        self.bf16 = bf16
+        self.dtype = "bfloat16 autocast" if bf16 else "float32"
         self.model, self.tracker = load_models(self.checkpoint)
         self.processor = Sam3Processor.from_pretrained(self.checkpoint)
         self.tracker_processor = Sam3TrackerProcessor.from_pretrained(self.checkpoint)
@@ -55,10 +61,8 @@ class ReferencePipeline:
 
     def _one_concept(self, image, concept: str, threshold: float, mask_threshold: float):
         """processor(images, text) → Sam3Model → post_process_instance_segmentation, as numpy."""
-        import torch
         inputs = self.processor(images=image, text=concept, return_tensors="pt")
-        with torch.no_grad():
-            outputs = self.model(**inputs)
+        outputs = self._forward(self.model, inputs)
         result = self.processor.post_process_instance_segmentation(
             outputs, threshold=threshold, mask_threshold=mask_threshold,
             target_sizes=inputs.get("original_sizes").tolist())[0]
@@ -81,11 +85,19 @@ class ReferencePipeline:
 
     def _prompt(self, image_bytes: bytes, **prompts):
         """Sam3TrackerProcessor(images, prompts) → Sam3TrackerModel(multimask_output=True) → post_process_masks."""
-        import torch
         inputs = self.tracker_processor(images=decode_image(image_bytes), return_tensors="pt", **prompts)
-        with torch.no_grad():
-            outputs = self.tracker(**inputs, multimask_output=True)
+        outputs = self._forward(self.tracker, inputs, multimask_output=True)
         masks = self.tracker_processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"])[0]
         all_scores = outputs.iou_scores[0, 0].numpy().astype(np.float32)
         best = int(np.argmax(all_scores))
         return masks[0, best].numpy().astype(bool), float(all_scores[best]), all_scores
+
+    def _forward(self, model, inputs, **kwargs):
+        """model(**inputs) without grad, under bf16 autocast when asked; floating outputs as float32."""
+        import torch
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            outputs = model(**inputs, **kwargs)
+        for key, value in list(outputs.items()):
+            if torch.is_tensor(value) and value.is_floating_point():
+                outputs[key] = value.float()
+        return outputs

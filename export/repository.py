@@ -7,8 +7,11 @@ The artifacts dir holds ``manifest.json``, one ``<component>.onnx`` per componen
     sam3                                                 the orchestrator (Python backend, BLS)
 
 Targets:
-    cpu  each component is a Python-backend model running its graph in ONNX Runtime (CPU):
-         ``1/model.py`` = triton_repo/ort_component/1/model.py, ``1/<component>.onnx`` beside it.
+    cpu  each component is a Python-backend model running its graph on the CPU in OpenVINO
+         (default; fp32 or bf16, see export/precision.py) or ONNX Runtime (fp32):
+         ``1/`` = a copy of triton_repo/ort_component/1/ (model.py, component_runtime.py),
+         ``1/<component>.onnx`` beside it. The precision each component serves in is a config
+         parameter and is listed in ``precision.json`` at the repository root.
     gpu  ``platform: tensorrt_plan`` with ``1/model.plan`` from ``engines_dir/<component>.plan``;
          components without an engine fall back to ``onnxruntime_onnx`` with ``1/model.onnx``.
 
@@ -21,7 +24,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from export.manifest import Manifest, load_manifest
@@ -29,7 +33,10 @@ from export.pbtxt import Enum, to_pbtxt
 from export.spec import SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, Batching, ComponentSpec, TensorSpec
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "triton_repo"
-ORT_COMPONENT = Path("ort_component") / "1" / "model.py"
+COMPONENT_DIR = Path("ort_component") / "1"
+ORT_COMPONENT = COMPONENT_DIR / "model.py"
+PRECISION_FILE = "precision.json"
+CPU_RUNTIMES = ("openvino", "onnxruntime", "ort")  # "ort" is short for onnxruntime
 ORCHESTRATOR = "sam3"
 TARGETS = ("cpu", "gpu")
 MARKER = ".sam3-repository"
@@ -157,12 +164,60 @@ def _write_config(model_dir: Path, config: dict) -> None:
     (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
 
 
-def _write_cpu_component(spec, artifacts, out, count, source, threads) -> None:
+@dataclass(frozen=True)
+class CpuRuntime:
+    """How cpu components run: runtime ("openvino" | "onnxruntime"), inference threads (0 = the
+    runtime's default), OpenVINO cache dir ("" = none) and the precision per component."""
+
+    runtime: str
+    threads: int
+    cache_dir: str
+    precisions: dict
+
+
+def _write_cpu_component(spec, artifacts, out, count, source, cpu: CpuRuntime) -> None:
     version_dir = out / spec.triton_name / VERSION
     _place_graph(artifacts, spec.onnx_file, version_dir, spec.onnx_file)
-    shutil.copy2(source / ORT_COMPONENT, version_dir / "model.py")
-    params = {"onnx_file": spec.onnx_file, "intra_op_threads": str(threads)}
+    shutil.copytree(source / COMPONENT_DIR, version_dir, ignore=IGNORED, dirs_exist_ok=True)
+    params = {"onnx_file": spec.onnx_file, "runtime": cpu.runtime, "precision": cpu.precisions[spec.name],
+              "threads": str(cpu.threads), "cache_dir": cpu.cache_dir, "shared_axes": shared_axes(spec),
+              "static_shapes": static_shapes(spec) if cpu.runtime == "openvino" else {}}
     _write_config(out / spec.triton_name, component_config(spec, "python", count, params))
+
+
+def static_shapes(spec: ComponentSpec) -> dict[str, list]:
+    """{input: shape} at the spec's ``opt`` sizes (the most common request), for OpenVINO's static copy."""
+    sizes = spec.sizes("opt")
+    return {t.name: list(t.resolve(sizes)) for t in spec.inputs}
+
+
+def shared_axes(spec: ComponentSpec) -> dict[str, list]:
+    """{axis name: [[input, axis index], ...]} for each dynamic axis that two or more inputs share.
+
+    The component model checks every request against it, because a runtime may not: OpenVINO
+    runs a graph fed inconsistent sizes without an error.
+    """
+    axes: dict[str, list] = {}
+    for t in spec.inputs:
+        for index, axis in t.dynamic_axes().items():
+            axes.setdefault(axis, []).append([t.name, index])
+    return {axis: uses for axis, uses in axes.items() if len(uses) > 1}
+
+
+def _cpu_runtime(manifest, artifacts, out, names, runtime, precision, threads, cache_dir, log) -> CpuRuntime:
+    """Resolve runtime and precision ("auto" → bf16 where the CPU has it) and gate bf16 per component."""
+    from export.precision import PrecisionError, component_precisions, resolve_precision
+    runtime = "onnxruntime" if runtime == "ort" else runtime
+    if runtime not in CPU_RUNTIMES:
+        raise RepositoryError(f"runtime must be one of {CPU_RUNTIMES}, got {runtime!r}")
+    specs = {s.name: s for s in manifest.specs().values() if s.triton_name in names}
+    try:
+        resolved = resolve_precision(precision, runtime)
+        precisions = component_precisions(artifacts, specs, manifest.dims.image_size, resolved, log)
+    except PrecisionError as err:
+        raise RepositoryError(str(err)) from None
+    cache = "" if runtime != "openvino" else str(Path(cache_dir or out.parent / "openvino-cache").resolve())
+    return CpuRuntime(runtime, threads, cache, precisions)
 
 
 def _write_gpu_component(spec, artifacts, out, count, engines_dir) -> str:
@@ -245,30 +300,43 @@ def _swap_in(tmp: Path, out: Path) -> None:
 def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances: dict[str, int] | None = None,
                      engines_dir: Path | None = None, orchestrator_params: dict | None = None, *,
                      models=None, intra_op_threads: int = 0, source: Path = SOURCE_DIR,
-                     batching: Batching = SAM3_BATCHING) -> Path:
+                     batching: Batching = SAM3_BATCHING, runtime: str = "openvino", precision: str = "auto",
+                     cache_dir: Path | None = None, log=None) -> Path:
     """Build the Triton model repository ``out`` from ``artifacts``; return ``out``.
 
-    target: "cpu" (ONNX Runtime in the Python backend) or "gpu" (TensorRT plans from
+    target: "cpu" (OpenVINO or ONNX Runtime in the Python backend) or "gpu" (TensorRT plans from
     ``engines_dir/<component>.plan``, else ONNX Runtime per component). instances: {model or
     component name: instance count} (default 1). orchestrator_params: extra ``sam3`` config
     parameters (non-str values JSON-encoded). models: names to include (default: every exported
-    component + ``sam3``). intra_op_threads: ONNX Runtime threads per cpu component (0 = default).
-    source: the triton_repo/ directory holding ort_component/ and sam3/.
+    component + ``sam3``). intra_op_threads: inference threads per cpu component, OpenVINO or ONNX
+    Runtime (0 = the runtime's default). source: the triton_repo/ directory holding ort_component/ and sam3/.
+    runtime (cpu): "openvino" (default) or "onnxruntime" ("ort"). precision (cpu): "auto" (bf16 where
+    OpenVINO lists BF16 for this CPU, else fp32), "fp32" or "bf16"; a component whose bf16 graph
+    fails the parity gate (export/precision.py) is served in fp32 and ``log`` (default: a line on
+    stderr) says so. cache_dir:
+    OpenVINO's model cache (default ``<out's parent>/openvino-cache``, outside the replaced ``out``).
     ``out`` is replaced atomically; it must be new, empty or a previous build_repository output.
     """
     if target not in TARGETS:
         raise RepositoryError(f"target must be one of {TARGETS}, got {target!r}")
     if engines_dir is not None and target != "gpu":
         raise RepositoryError("engines_dir is only used with target='gpu'")
+    if target == "gpu" and (runtime, precision) != ("openvino", "auto"):
+        raise RepositoryError("runtime= and precision= choose how the cpu target runs; the gpu target's precision "
+                              "is chosen when its engines are built (python -m export trt --precision)")
     artifacts, out, source = Path(artifacts), Path(out), Path(source)
     manifest = load_manifest(artifacts)
     names = _model_names(manifest, models)
     counts = _instance_counts(manifest, names, instances)
     _check_source(source, names, target)
+    cpu = _cpu_runtime(manifest, artifacts, out, names, runtime, precision, intra_op_threads, cache_dir, log or _log) \
+        if target == "cpu" else None
     tmp = _fresh_dir(out)
     try:
         _write_models(manifest, artifacts, tmp, target, names, counts, engines_dir,
-                      orchestrator_params or {}, source, intra_op_threads, batching)
+                      orchestrator_params or {}, source, cpu, batching)
+        if cpu is not None:
+            _write_precision_file(tmp, cpu)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -277,7 +345,23 @@ def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances:
     return out
 
 
-def _write_models(manifest, artifacts, out, target, names, counts, engines_dir, extra, source, threads,
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _write_precision_file(out: Path, cpu: CpuRuntime) -> None:
+    """``precision.json``: {"runtime", "threads", "cache_dir", "components": {component: "fp32" | "bf16"}}."""
+    record = {"runtime": cpu.runtime, "threads": cpu.threads, "cache_dir": cpu.cache_dir, "components": cpu.precisions}
+    (out / PRECISION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_precisions(repo: Path) -> dict:
+    """The ``precision.json`` record of a cpu repository ({} for a gpu repository or an older one)."""
+    path = Path(repo) / PRECISION_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_models(manifest, artifacts, out, target, names, counts, engines_dir, extra, source, cpu,
                   batching) -> None:
     specs = {s.triton_name: s for s in manifest.specs().values()}
     for name in names:
@@ -285,6 +369,6 @@ def _write_models(manifest, artifacts, out, target, names, counts, engines_dir, 
             models = {s.name: s.triton_name for s in specs.values() if s.triton_name in names}
             _write_orchestrator(manifest, artifacts, out, target, counts[name], models, extra, source, batching)
         elif target == "cpu":
-            _write_cpu_component(specs[name], artifacts, out, counts[name], source, threads)
+            _write_cpu_component(specs[name], artifacts, out, counts[name], source, cpu)
         else:
             _write_gpu_component(specs[name], artifacts, out, counts[name], engines_dir)

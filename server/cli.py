@@ -2,9 +2,12 @@
 
     sam3-triton serve --model tiny|facebook/sam3|DIR [--target cpu] [--http-port 8000]
                       [--grpc-port 8001] [--metrics-port 8002] [--gateway-port 8080]
-                      [--drain-timeout 30] [--no-watchdog]
+                      [--drain-timeout 30] [--no-watchdog] [--runtime openvino|ort] [--precision auto|fp32|bf16]
     sam3-triton gpu-check [--model bench|full] [--json FILE]    (NVIDIA GPU: see server/gpu_check)
 
+On the cpu target the components run in OpenVINO (default) or ONNX Runtime; ``--precision auto``
+is bf16 where the CPU has it (each component parity-gated, else fp32). The runtime and the
+effective precision of every component are printed before Triton starts.
 Prints the endpoints when every model is ready. A watchdog (server/watchdog.py) reloads a
 model whose stage died, or restarts tritonserver. Ctrl-C / SIGTERM: stop accepting, let requests
 in flight finish for up to --drain-timeout seconds, then exit. A model that fails to load at
@@ -43,6 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--skip-verify", action="store_true",
                        help="skip the ONNX Runtime vs PyTorch parity check after a fresh export "
                             "(at real size it needs ~20 GB of RAM)")
+    serve.add_argument("--runtime", choices=("openvino", "ort"), default="openvino",
+                       help="cpu target: component runtime (default openvino; ort = ONNX Runtime, fp32)")
+    serve.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="cpu target: auto = bf16 where the CPU supports it and the component passes "
+                            "its bf16 parity gate, else fp32 (default auto)")
     serve.add_argument("--ready-timeout", type=float, default=300.0)
     serve.add_argument("--drain-timeout", type=float, default=30.0,
                        help="on SIGTERM, seconds requests in flight may take to finish (30)")
@@ -70,12 +78,27 @@ def _instances(text: str) -> dict[str, int]:
 
 def build(args) -> Path:
     """Artifacts (exported if missing) → model repository; returns the repository path."""
-    from export.repository import build_repository
+    from export.repository import RepositoryError, build_repository
     artifacts = args.artifacts or artifacts_dir(args.model)
     ensure_artifacts(args.model, artifacts, args.hf_token, verify=not args.skip_verify)
     repo = args.repo or artifacts.parent / f"repository-{args.target}"
     params = {"image_cache_mb": args.image_cache_mb}
-    return build_repository(artifacts, repo, args.target, _instances(args.instances), orchestrator_params=params)
+    try:
+        repo = build_repository(artifacts, repo, args.target, _instances(args.instances), orchestrator_params=params,
+                                runtime=args.runtime, precision=args.precision)
+    except RepositoryError as err:
+        raise SystemExit(f"error: {err}") from None
+    _print_precisions(repo)
+    return repo
+
+
+def _print_precisions(repo: Path) -> None:
+    """One line: the cpu runtime and each component's effective precision (nothing for a gpu repository)."""
+    from export.repository import read_precisions
+    record = read_precisions(repo)
+    if record:
+        parts = ", ".join(f"{name} {p}" for name, p in record["components"].items())
+        print(f"cpu runtime {record['runtime']}: {parts}", flush=True)
 
 
 def serve(args) -> int:

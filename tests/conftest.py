@@ -5,7 +5,8 @@
   when DIR has no valid manifest).
 - ``tiny_checkpoint``: the tiny checkpoint directory the artifacts were exported from.
 - ``sam3_server``: the real bundled tritonserver serving the cpu repository of the tiny model
-  on free 127.0.0.1 ports (session scope; stopped at the end).
+  on free 127.0.0.1 ports (session scope; stopped at the end). Components run in OpenVINO at
+  fp32, the precision the strict parity tests are written for (bf16: tests/test_bf16_parity.py).
 - ``orchestrator_modules``: puts triton_repo/sam3/1 on sys.path so tests import its modules.
 """
 
@@ -63,7 +64,7 @@ def sam3_server(tiny_artifacts, tmp_path_factory):
     from export.repository import build_repository
     from server.triton import TritonServer
     repo = build_repository(tiny_artifacts, tmp_path_factory.mktemp("repo") / "cpu", "cpu",
-                            orchestrator_params={"image_cache_mb": 64})
+                            orchestrator_params={"image_cache_mb": 64}, precision="fp32")
     with TritonServer(repo, ready_timeout_s=180) as server:
         yield RunningServer(server, server.http_address, server.grpc_url, server.metrics_url, repo, tiny_artifacts)
 

@@ -134,3 +134,22 @@ def test_reference_point_and_box(reference, coffee_jpeg):
     assert all_scores.shape == (3,) and score == pytest.approx(float(all_scores.max()))
     mask, score, all_scores = reference.box(coffee_jpeg, [200, 100, 450, 350])
     assert mask.shape == (400, 600) and score == pytest.approx(float(all_scores.max()))
+
+
+def test_p1_p2_against_the_bf16_autocast_reference(report):
+    """The second reference (transformers under CPU bf16 autocast) beside the fp32 one."""
+    config, goals = report["config"], report["comparisons"]
+    assert config["reference_bf16"]["dtype"] == "bfloat16 autocast"
+    for section in (goals["P1"], goals["P2"]):
+        assert _ordered(section["reference_bf16"]) and section["speedup_bf16"] > 0
+    assert goals["P1"]["speedup_warm_bf16"] > 0
+    assert "vs reference bf16 autocast" in bench.format_table(report)
+
+
+def test_bf16_autocast_reference_returns_float32_results(tiny_checkpoint, astronaut_png):
+    from client.reference import ReferencePipeline
+    reference = ReferencePipeline(tiny_checkpoint, bf16=True)
+    boxes, scores, masks = reference.text(astronaut_png, ["person"], threshold=0.0)
+    assert boxes.dtype == scores.dtype == np.float32 and masks.shape == (20, 512, 512)
+    mask, score, all_scores = reference.box(astronaut_png, [100, 30, 380, 500])
+    assert mask.shape == (512, 512) and all_scores.dtype == np.float32

@@ -56,7 +56,7 @@ def _slow_text_batching(repo: Path) -> None:
 @pytest.fixture(scope="module")
 def server(artifacts, tmp_path_factory):
     repo = build_repository(artifacts, tmp_path_factory.mktemp("served") / "repo", "cpu",
-                            models=COMPONENTS, intra_op_threads=1)
+                            models=COMPONENTS, intra_op_threads=1, precision="fp32")
     _slow_text_batching(repo)
     with TritonServer(repo, ready_timeout_s=180) as running:
         yield running
@@ -271,7 +271,7 @@ def test_graph_error_is_a_per_request_error(client, artifacts):
 
 
 def test_model_that_fails_to_load_raises_start_error(artifacts, tmp_path):
-    repo = build_repository(artifacts, tmp_path / "repo", "cpu", models=["text"], intra_op_threads=1)
+    repo = build_repository(artifacts, tmp_path / "repo", "cpu", models=["text"], intra_op_threads=1, precision="fp32")
     wrong = repo / "sam3_text" / "1" / "text.onnx"
     wrong.unlink()  # a hard link to the artifact: replace it, never write through it
     shutil.copyfile(artifacts / "vision.onnx", wrong)

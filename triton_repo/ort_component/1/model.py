@@ -1,14 +1,26 @@
-"""Generic Triton Python-backend model: runs one ONNX graph in ONNX Runtime on the CPU.
+"""Generic Triton Python-backend model: runs one ONNX graph on the CPU in OpenVINO or ONNX Runtime.
 
-Used by the ``cpu`` target of the model repository for every SAM3 component (sam3_vision,
-sam3_text, sam3_concept, sam3_prompt). ``export/repository.py`` copies this file into
-``<model>/1/model.py`` and places the graph beside it.
+Used by the ``cpu`` target of the model repository for every SAM3 component (one model per
+ComponentSpec of export/spec.py). ``export/repository.py`` copies this directory (model.py and
+component_runtime.py) into ``<model>/1/`` and places the graph beside it.
 
 Config parameters (string values):
-    onnx_file         path of the graph, relative to the model version dir (e.g. "vision.onnx")
-    intra_op_threads  ONNX Runtime intra-op threads; "0" = ONNX Runtime's default
+    onnx_file   path of the graph, relative to the model version dir (e.g. "vision.onnx")
+    runtime     "openvino" (default of new repositories) or "onnxruntime"
+    precision   "fp32" or "bf16" (OpenVINO only): the effective precision chosen when the
+                repository was built (after the bf16 parity gate, export/precision.py)
+    threads     inference threads; "0" = the runtime's default (older repositories:
+                ``intra_op_threads``)
+    cache_dir   OpenVINO model cache directory ("" = no cache)
+    static_shapes JSON {input: shape} of the most common request (OpenVINO compiles a static copy
+                for it; "{}" = none)
+    shared_axes JSON {axis name: [[input, axis index], ...]}: dynamic axes several inputs share;
+                a request whose inputs disagree on one gets its own error (OpenVINO would run it)
 
-Load-time checks: the session's input and output names must equal the config's, with the same
+Precision at load: a "bf16" model on a CPU whose OpenVINO plugin does not list BF16 loads in
+fp32 and says so in the log. The effective runtime and precision are logged at load.
+
+Load-time checks: the graph's input and output names must equal the config's, with the same
 dtypes and ranks (+1 for the batch axis when max_batch_size > 0); a mismatch fails the load with
 a message listing every difference.
 
@@ -22,11 +34,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
-
-ORT_TYPES = {"TYPE_FP32": "tensor(float)", "TYPE_FP16": "tensor(float16)", "TYPE_INT64": "tensor(int64)",
-             "TYPE_INT32": "tensor(int32)", "TYPE_UINT8": "tensor(uint8)", "TYPE_BOOL": "tensor(bool)"}
+from component_runtime import RuntimeLoadError, bf16_capable, open_runner
 
 
 class ModelLoadError(RuntimeError):
@@ -41,35 +50,48 @@ def _parameter(config: dict, key: str, default: str | None = None) -> str:
     return value
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    """CPU InferenceSession of ``path`` with ``threads`` intra-op threads (0 = default)."""
-    if not path.is_file():
-        raise ModelLoadError(f"ONNX file {path} not found: regenerate the model repository")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def _mismatches(kind: str, declared: list, actual: list, batched: bool) -> list[str]:
-    """Differences between config tensors (dicts) and session tensors (NodeArg) of one kind."""
-    found = {a.name: a for a in actual}
+    """Differences between config tensors (dicts) and graph tensors [(name, Triton type, rank)] of one kind."""
+    found = {name: (dtype, rank) for name, dtype, rank in actual}
     names = [t["name"] for t in declared]
     extra = sorted(found.keys() - set(names))
     missing = [n for n in names if n not in found]
     problems = [f"{kind}s {extra} are in the ONNX graph but not in config.pbtxt"] if extra else []
     problems += [f"{kind}s {missing} are in config.pbtxt but not in the ONNX graph"] if missing else []
     for t in (t for t in declared if t["name"] in found):
-        arg, rank = found[t["name"]], len(t.get("dims", [])) + int(batched)
-        if ORT_TYPES.get(t["data_type"]) != arg.type:
-            problems.append(f"{kind} {t['name']!r}: config {t['data_type']} vs graph {arg.type}")
-        elif len(arg.shape) != rank:
-            problems.append(f"{kind} {t['name']!r}: config rank {rank} vs graph rank {len(arg.shape)}")
+        (dtype, graph_rank), rank = found[t["name"]], len(t.get("dims", [])) + int(batched)
+        if t["data_type"] != dtype:
+            problems.append(f"{kind} {t['name']!r}: config {t['data_type']} vs graph {dtype}")
+        elif graph_rank != rank:
+            problems.append(f"{kind} {t['name']!r}: config rank {rank} vs graph rank {graph_rank}")
     return problems
 
 
+def _axis_conflicts(arrays: dict, shared: dict) -> list[str]:
+    """Descriptions of the shared axes on which the request's inputs disagree."""
+    problems = []
+    for axis, uses in shared.items():
+        sizes = {f"{name}[{index}]": arrays[name].shape[index] for name, index in uses
+                 if name in arrays and arrays[name].ndim > index}
+        if len(set(sizes.values())) > 1:
+            problems.append(f"inputs disagree on axis {axis!r}: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+    return problems
+
+
+def _effective_precision(name: str, runtime: str, precision: str) -> str:
+    """``precision``, or "fp32" (logged) when bf16 is asked of a CPU whose OpenVINO lacks BF16."""
+    if runtime != "openvino" or precision != "bf16":
+        return precision
+    capable, capabilities = bf16_capable()
+    if capable:
+        return precision
+    pb_utils.Logger.log_warn(f"{name}: precision bf16 requested but this CPU's OpenVINO capabilities are "
+                             f"{capabilities} (no BF16): running fp32")
+    return "fp32"
+
+
 class TritonPythonModel:
-    """One ONNX graph served through ONNX Runtime (CPU)."""
+    """One ONNX graph served through OpenVINO or ONNX Runtime (CPU)."""
 
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -77,14 +99,29 @@ class TritonPythonModel:
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
+        self.shared_axes = json.loads(_parameter(config, "shared_axes", "{}"))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         path = version_dir / _parameter(config, "onnx_file")
-        self.session = _session(path, int(_parameter(config, "intra_op_threads", "0")))
-        problems = (_mismatches("input", config["input"], self.session.get_inputs(), self.batched)
-                    + _mismatches("output", config["output"], self.session.get_outputs(), self.batched))
+        self.runner = self._open(config, path)
+        problems = (_mismatches("input", config["input"], self.runner.inputs(), self.batched)
+                    + _mismatches("output", config["output"], self.runner.outputs(), self.batched))
         if problems:
             raise ModelLoadError(f"{self.name}: {path.name} does not match config.pbtxt: " + "; ".join(problems)
                                  + ". Re-export the graph or regenerate the repository from the same spec.")
+
+    def _open(self, config: dict, path: Path):
+        """The runner named by the config's runtime / precision / threads / cache_dir parameters."""
+        runtime = _parameter(config, "runtime", "onnxruntime")
+        precision = _effective_precision(self.name, runtime, _parameter(config, "precision", "fp32"))
+        threads = int(_parameter(config, "threads", _parameter(config, "intra_op_threads", "0")))
+        try:
+            runner = open_runner(runtime, path, precision, threads, _parameter(config, "cache_dir", ""),
+                                 json.loads(_parameter(config, "static_shapes", "{}")))
+        except RuntimeLoadError as err:
+            raise ModelLoadError(f"{self.name}: {err}") from None
+        pb_utils.Logger.log_info(f"{self.name}: {path.name} on {runtime}, precision {runner.precision}, "
+                                 f"threads {threads or 'default'}")
+        return runner
 
     def _read(self, request) -> dict:
         """{input name: numpy array} of one request."""
@@ -94,11 +131,14 @@ class TritonPythonModel:
             if tensor is None:
                 raise ValueError(f"{self.name}: input {name!r} is missing from the request")
             arrays[name] = tensor.as_numpy()
+        conflicts = _axis_conflicts(arrays, self.shared_axes)
+        if conflicts:
+            raise ValueError(f"{self.name}: " + "; ".join(conflicts))
         return arrays
 
     def _run(self, feeds: dict) -> list:
-        """Session outputs in config order, as C-contiguous arrays."""
-        return [np.ascontiguousarray(a) for a in self.session.run(self.outputs, feeds)]
+        """Runner outputs in config order, as C-contiguous arrays."""
+        return [np.ascontiguousarray(a) for a in self.runner.run(self.outputs, feeds)]
 
     def _response(self, arrays: list):
         tensors = [pb_utils.Tensor(n, a) for n, a in zip(self.outputs, arrays)]
@@ -147,4 +187,4 @@ class TritonPythonModel:
         return [self._error(f) if isinstance(f, Exception) else next(ordered) for f in feeds]
 
     def finalize(self):
-        self.session = None
+        self.runner = None

@@ -1,0 +1,175 @@
+"""Which precision each cpu component serves in: detection of bf16 and the bf16 parity gate.
+
+``resolve_precision``: the requested precision ("auto" | "fp32" | "bf16") for a runtime
+("openvino" | "onnxruntime") on this CPU. ``auto`` is bf16 where OpenVINO's CPU plugin lists
+"BF16" in OPTIMIZATION_CAPABILITIES, fp32 elsewhere; ONNX Runtime is fp32 only.
+
+The bf16 gate: each component's graph runs in OpenVINO at fp32 and at bf16 on the same inputs
+(export/inputs.py, at every ``parity_sizes`` entry of its spec); it passes when every output's
+cosine similarity, bf16 vs fp32, is ≥ ``GATE_COSINE`` (0.9995) at every size (the parity sizes and
+the ``opt`` sizes, which the served model runs in a static-shape copy). A component that
+fails is served in fp32. Results go to ``precision_report.json`` beside the graphs, keyed by the
+graph's size and mtime and the OpenVINO version, so a restart reuses them.
+
+The gate runs the same runner class the Triton model uses (triton_repo/ort_component/1/
+component_runtime.py). Needs openvino and numpy, not torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.inputs import example_inputs
+from export.spec import ComponentSpec
+
+REQUESTS = ("auto", "fp32", "bf16")
+RUNTIMES = ("openvino", "onnxruntime")
+GATE_COSINE = 0.9995
+GATE_VERSION = 2  # what the gate runs (2: the parity sizes and the opt sizes, with the static copy)
+REPORT_NAME = "precision_report.json"
+RUNTIME_MODULE = Path(__file__).resolve().parents[1] / "triton_repo" / "ort_component" / "1" / "component_runtime.py"
+
+
+class PrecisionError(ValueError):
+    """The requested runtime / precision cannot run on this machine."""
+
+
+def runtime_module():
+    """triton_repo/ort_component/1/component_runtime.py, the runners the Triton component model uses."""
+    spec = importlib.util.spec_from_file_location("sam3_component_runtime", RUNTIME_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cpu_capabilities() -> list[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of the CPU (e.g. ['BF16', 'FP32', 'INT8', ...])."""
+    return runtime_module().bf16_capable()[1]
+
+
+def resolve_precision(requested: str, runtime: str, capabilities: list[str] | None = None) -> str:
+    """"fp32" or "bf16" for ``requested`` on ``runtime``; ``capabilities`` default: this CPU's.
+
+    Raises PrecisionError for bf16 on ONNX Runtime or on a CPU without BF16, and for unknown names.
+    """
+    if requested not in REQUESTS or runtime not in RUNTIMES:
+        raise PrecisionError(f"precision must be one of {REQUESTS} and runtime one of {RUNTIMES}; "
+                             f"got {requested!r}, {runtime!r}")
+    if runtime == "onnxruntime" or requested == "fp32":
+        if requested == "bf16":
+            raise PrecisionError("ONNX Runtime serves these graphs in fp32 only: use --runtime openvino for bf16")
+        return "fp32"
+    capable = "BF16" in (cpu_capabilities() if capabilities is None else capabilities)
+    if requested == "bf16" and not capable:
+        raise PrecisionError(f"this CPU has no bf16 support (OpenVINO capabilities {capabilities or cpu_capabilities()}); "
+                             "use --precision auto or fp32")
+    return "bf16" if capable else "fp32"
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays flattened (1.0 when both are all zero)."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norms == 0.0:
+        return 1.0 if not (a.any() or b.any()) else 0.0
+    return float(a @ b / norms)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """bf16 vs fp32 of one component: the lowest cosine per output over the parity sizes."""
+
+    component: str
+    cosines: dict
+    threshold: float = GATE_COSINE
+
+    @property
+    def ok(self) -> bool:
+        return all(c >= self.threshold for c in self.cosines.values())
+
+    def worst(self) -> tuple[str, float]:
+        """(output, cosine) with the lowest cosine."""
+        return min(self.cosines.items(), key=lambda kv: kv[1])
+
+
+def gate_sizes(spec: ComponentSpec) -> list[dict]:
+    """The parity sizes of ``spec`` plus its ``opt`` sizes (what the served static copy runs), once each."""
+    sizes = list(spec.parity_sizes)
+    return sizes + [spec.sizes("opt")] if spec.sizes("opt") not in sizes else sizes
+
+
+def gate_component(path: Path, spec: ComponentSpec, image_size: int, threads: int = 0) -> GateResult:
+    """Run ``path`` in OpenVINO fp32 and bf16, as served (with the static copy at the ``opt`` sizes),
+    at every size of :func:`gate_sizes`; the lowest cosine per output."""
+    from export.repository import static_shapes
+    rt = runtime_module()
+    runners = {p: rt.OpenVinoRunner(path, p, threads, static_shapes=static_shapes(spec)) for p in ("fp32", "bf16")}
+    names, cosines = [t.name for t in spec.outputs], {}
+    for seed, sizes in enumerate(gate_sizes(spec), start=1):
+        feeds = example_inputs(spec, sizes, image_size, seed=seed)
+        fp32, bf16 = (runners[p].run(names, feeds) for p in ("fp32", "bf16"))
+        for name, a, b in zip(names, fp32, bf16):
+            cosines[name] = min(cosines.get(name, 1.0), cosine(a, b))
+    return GateResult(spec.name, cosines)
+
+
+def _graph_key(path: Path) -> dict:
+    """What a cached gate result depends on: the graph file and the OpenVINO version."""
+    import openvino as ov
+    stat = path.stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "openvino": ov.__version__, "threshold": GATE_COSINE,
+            "gate": GATE_VERSION}
+
+
+def _read_report(artifacts: Path) -> dict:
+    path = artifacts / REPORT_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def gate(artifacts: Path, specs: dict, image_size: int, log=print) -> dict[str, GateResult]:
+    """{component: GateResult} for ``specs`` ({name: ComponentSpec}); reuses fresh entries of the report."""
+    artifacts, report = Path(artifacts), _read_report(Path(artifacts))
+    results = {}
+    for name, spec in specs.items():
+        key, entry = _graph_key(artifacts / spec.onnx_file), report.get(name, {})
+        if entry.get("key") == key:
+            results[name] = GateResult(name, entry["cosines"])
+            continue
+        log(f"bf16 gate {name}: OpenVINO bf16 vs fp32 at {len(gate_sizes(spec))} shapes")
+        try:
+            results[name] = gate_component(artifacts / spec.onnx_file, spec, image_size)
+        except Exception as err:  # OpenVINO raises plain RuntimeErrors: name the component
+            raise PrecisionError(f"{spec.triton_name}: OpenVINO cannot run {artifacts / spec.onnx_file} for the "
+                                 f"bf16 gate ({type(err).__name__}: {str(err).strip()[:500]}); re-export the "
+                                 "model or serve with --precision fp32") from err
+        report[name] = {"key": key, "cosines": results[name].cosines, "ok": results[name].ok}
+    try:
+        (artifacts / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as err:  # a read-only artifacts dir: the results stand, the next start gates again
+        log(f"bf16 gate: cannot write {artifacts / REPORT_NAME} ({err}); results not kept")
+    return results
+
+
+def component_precisions(artifacts: Path, specs: dict, image_size: int, precision: str, log=print) -> dict[str, str]:
+    """{component: "fp32" | "bf16"} to serve: ``precision`` (resolved), bf16 only where the gate passes."""
+    if precision != "bf16":
+        return {name: precision for name in specs}
+    results, chosen = gate(artifacts, specs, image_size, log), {}
+    for name, result in results.items():
+        chosen[name] = "bf16" if result.ok else "fp32"
+        if not result.ok:
+            output, value = result.worst()
+            log(f"{name}: bf16 failed its parity gate (cosine {value:.6f} < {GATE_COSINE} on {output!r} "
+                "vs OpenVINO fp32): serving fp32")
+    return chosen
+
+
+def gate_lines(results: dict[str, GateResult]) -> list[str]:
+    """One human-readable line per component: pass/fail and the worst output."""
+    return [f"{name:<10} {'pass' if r.ok else 'FAIL'}  worst cosine {r.worst()[1]:.6f} ({r.worst()[0]})"
+            for name, r in results.items()]

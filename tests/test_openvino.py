@@ -1,0 +1,303 @@
+"""OpenVINO as the cpu target's component runtime: precision choice, bf16 gate, runners, repository, CLI.
+
+Real OpenVINO and ONNX Runtime sessions on real graphs (the fake graphs of tests/test_repository.py
+and the tiny model's exported graphs); real tritonserver for the served checks. bf16 tests skip,
+saying why, on a CPU whose OpenVINO plugin does not list BF16.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tritonclient.http as httpclient
+from onnx import TensorProto, helper
+from test_repository import TINY, make_fake_artifacts
+
+from export.inputs import example_inputs
+from export.manifest import load_manifest
+from export.precision import (
+    GATE_COSINE,
+    REPORT_NAME,
+    GateResult,
+    PrecisionError,
+    component_precisions,
+    cosine,
+    cpu_capabilities,
+    gate,
+    gate_component,
+    resolve_precision,
+    runtime_module,
+)
+from export.repository import (
+    RepositoryError,
+    build_repository,
+    config_parameters,
+    parse_config_text,
+    read_precisions,
+)
+from export.spec import ComponentSpec, Profile, TensorSpec, component_specs
+from server.triton import TritonServer
+
+pytestmark = pytest.mark.timeout(300)
+RT = runtime_module()
+
+
+def require_bf16():
+    capabilities = cpu_capabilities()
+    if "BF16" not in capabilities:
+        pytest.skip(f"this CPU has no bf16 (OpenVINO capabilities {capabilities}): auto means fp32 here")
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory) -> Path:
+    return make_fake_artifacts(tmp_path_factory.mktemp("fake"))
+
+
+# ---------------------------------------------------------------- precision choice
+
+@pytest.mark.parametrize("requested, runtime, capabilities, expected", [
+    ("auto", "openvino", ["BF16", "FP32", "INT8"], "bf16"),
+    ("auto", "openvino", ["FP32", "INT8", "BIN"], "fp32"),
+    ("fp32", "openvino", ["BF16", "FP32"], "fp32"),
+    ("bf16", "openvino", ["BF16", "FP32"], "bf16"),
+    ("auto", "onnxruntime", ["BF16", "FP32"], "fp32"),
+])
+def test_resolve_precision(requested, runtime, capabilities, expected):
+    assert resolve_precision(requested, runtime, capabilities) == expected
+
+
+@pytest.mark.parametrize("requested, runtime, capabilities, message", [
+    ("bf16", "openvino", ["FP32"], "no bf16 support"),
+    ("bf16", "onnxruntime", ["BF16"], "fp32 only"),
+    ("fp16", "openvino", ["BF16"], "precision must be one of"),
+    ("auto", "tensorrt", ["BF16"], "runtime one of"),
+])
+def test_resolve_precision_refuses_what_cannot_run(requested, runtime, capabilities, message):
+    with pytest.raises(PrecisionError, match=message):
+        resolve_precision(requested, runtime, capabilities)
+
+
+def test_this_cpu_capabilities_come_from_openvino():
+    capabilities = cpu_capabilities()
+    assert "FP32" in capabilities
+    assert resolve_precision("auto", "openvino") == ("bf16" if "BF16" in capabilities else "fp32")
+
+
+def test_cosine():
+    a = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
+    assert cosine(a, 2 * a) == pytest.approx(1.0) and cosine(a, -a) == pytest.approx(-1.0)
+    assert cosine(np.zeros(3), np.zeros(3)) == 1.0 and cosine(np.zeros(3), np.ones(3)) == 0.0
+
+
+# ---------------------------------------------------------------- runners
+
+@pytest.mark.parametrize("component", ["vision", "text", "concept", "prompt"])
+def test_openvino_fp32_runner_equals_onnxruntime_on_fake_graphs(fake, component):
+    spec = component_specs(TINY)[component]
+    ov_runner = RT.open_runner("openvino", fake / spec.onnx_file, "fp32", 1)
+    ort_runner = RT.open_runner("onnxruntime", fake / spec.onnx_file, "fp32", 1)
+    assert ov_runner.inputs() == ort_runner.inputs() and ov_runner.outputs() == ort_runner.outputs()
+    assert [n for n, _, _ in ov_runner.outputs()] == [t.name for t in spec.outputs]
+    names, feeds = [t.name for t in spec.outputs], example_inputs(spec, spec.parity_sizes[-1], TINY.image_size)
+    for got, want in zip(ov_runner.run(names, feeds), ort_runner.run(names, feeds)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_openvino_fp32_equals_onnxruntime_on_the_tiny_model(tiny_artifacts):
+    """The export parity tolerance (atol = rtol = 1e-4) holds for OpenVINO fp32 as for ONNX Runtime."""
+    manifest = load_manifest(tiny_artifacts)
+    for spec in manifest.specs().values():
+        path, names = tiny_artifacts / spec.onnx_file, [t.name for t in spec.outputs]
+        ov_runner, ort_runner = (RT.open_runner(r, path, "fp32", 0) for r in ("openvino", "onnxruntime"))
+        for sizes in spec.parity_sizes:
+            feeds = example_inputs(spec, sizes, manifest.dims.image_size, seed=3)
+            for name, got, want in zip(names, ov_runner.run(names, feeds), ort_runner.run(names, feeds)):
+                scale = float(np.abs(want).max())
+                assert np.abs(got - want).max() <= 1e-4 + 1e-4 * scale, (spec.name, sizes, name)
+
+
+def test_openvino_static_copy_equals_the_dynamic_one_on_the_tiny_model(tiny_artifacts):
+    """Requests at the spec's opt sizes run in the static-shape copy; its fp32 results equal the dynamic copy's."""
+    from export.repository import static_shapes
+    manifest = load_manifest(tiny_artifacts)
+    for spec in manifest.specs().values():
+        path, names, opt = tiny_artifacts / spec.onnx_file, [t.name for t in spec.outputs], spec.sizes("opt")
+        runner = RT.open_runner("openvino", path, "fp32", 0, static_shapes=static_shapes(spec))
+        dynamic = RT.open_runner("openvino", path, "fp32", 0)
+        assert runner.static_request is not None and dynamic.static_request is None
+        feeds = example_inputs(spec, opt, manifest.dims.image_size, seed=5)
+        for name, got, want in zip(names, runner.run(names, feeds), dynamic.run(names, feeds)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{spec.name} {name}")
+
+
+def test_runner_refuses_missing_file_and_bf16_on_onnxruntime(fake, tmp_path):
+    with pytest.raises(RT.RuntimeLoadError, match="not found"):
+        RT.open_runner("openvino", tmp_path / "absent.onnx", "fp32", 0)
+    with pytest.raises(RT.RuntimeLoadError, match="fp32 only"):
+        RT.open_runner("onnxruntime", fake / "text.onnx", "bf16", 0)
+    with pytest.raises(RT.RuntimeLoadError, match="runtime must be one of"):
+        RT.open_runner("tensorrt", fake / "text.onnx", "fp32", 0)
+
+
+# ---------------------------------------------------------------- the bf16 gate
+
+def cancelling_graph(path: Path) -> ComponentSpec:
+    """y = x·W1 − x·W2 with W2 = W1 + 1e-3·R: exact in fp32, mostly rounding noise in bf16."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 16)).astype(np.float32)
+    w2 = (w1 + 1e-3 * rng.standard_normal((16, 16))).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("MatMul", ["x", "w2"], ["b"]),
+             helper.make_node("Sub", ["a", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "cancel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+                              initializer=[onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path / "cancel.onnx")
+    return ComponentSpec("cancel", inputs=(TensorSpec("x", "FP32", ("batch", 16)),),
+                         outputs=(TensorSpec("y", "FP32", ("batch", 16)),), profiles={"batch": Profile(1, 1, 4)},
+                         parity_sizes=({"batch": 1}, {"batch": 3}), batch_axis="batch")
+
+
+def test_gate_catches_a_graph_that_bf16_breaks(tmp_path):
+    require_bf16()
+    spec = cancelling_graph(tmp_path)
+    result = gate_component(tmp_path / "cancel.onnx", spec, image_size=16)
+    assert not result.ok and result.worst()[0] == "y" and result.worst()[1] < GATE_COSINE
+    lines = []
+    assert component_precisions(tmp_path, {"cancel": spec}, 16, "bf16", lines.append) == {"cancel": "fp32"}
+    assert "cancel: bf16 failed its parity gate" in lines[-1] and "serving fp32" in lines[-1]
+
+
+def test_tiny_model_gate_and_the_report_is_reused(tiny_artifacts, tmp_path):
+    """vision, text, concept pass; the tiny prompt head's pred_masks lands just under 0.9995 at its opt size."""
+    require_bf16()
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, artifacts, ignore=shutil.ignore_patterns("tiny-checkpoint", REPORT_NAME))
+    manifest, lines = load_manifest(artifacts), []
+    results = gate(artifacts, manifest.specs(), manifest.dims.image_size, lines.append)
+    assert {n: r.ok for n, r in results.items()} == {"vision": True, "text": True, "concept": True, "prompt": False}
+    assert results["prompt"].worst()[0] == "pred_masks" and len(lines) == len(results)
+    report = json.loads((artifacts / REPORT_NAME).read_text())
+    assert set(report) == set(manifest.specs()) and [n for n, e in report.items() if not e["ok"]] == ["prompt"]
+    gate(artifacts, manifest.specs(), manifest.dims.image_size, lines.append)
+    assert len(lines) == len(results), "a fresh report is reused, nothing runs again"
+    os.utime(artifacts / "text.onnx")  # a re-exported graph: its entry is stale
+    gate(artifacts, manifest.specs(), manifest.dims.image_size, lines.append)
+    assert lines[-1].startswith("bf16 gate text")
+
+
+def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path):
+    """The gate result the build reads (precision_report.json, as `python -m export verify` writes it)."""
+    require_bf16()
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fake, artifacts)
+    specs = component_specs(TINY)
+    gate(artifacts, specs, TINY.image_size, log=lambda _: None)
+    report = json.loads((artifacts / REPORT_NAME).read_text())
+    report["text"]["cosines"] = {"text_features": 0.9}
+    (artifacts / REPORT_NAME).write_text(json.dumps(report))
+    lines = []
+    repo = build_repository(artifacts, tmp_path / "repo", "cpu", precision="auto", models=list(specs), log=lines.append)
+    assert read_precisions(repo)["components"] == {"vision": "bf16", "text": "fp32", "concept": "bf16", "prompt": "bf16"}
+    expected = ("text: bf16 failed its parity gate (cosine 0.900000 < 0.9995 on 'text_features' "
+                "vs OpenVINO fp32): serving fp32")
+    assert lines == [expected]
+    params = config_parameters(parse_config_text((repo / "sam3_text" / "config.pbtxt").read_text()))
+    assert params["precision"] == "fp32" and params["runtime"] == "openvino"
+
+
+def test_gate_result_worst():
+    result = GateResult("x", {"a": 0.99999, "b": 0.9990})
+    assert not result.ok and result.worst() == ("b", 0.9990)
+
+
+# ---------------------------------------------------------------- repository
+
+def test_repository_records_runtime_precision_cache_and_copies_the_runtime_module(fake, tmp_path):
+    repo = build_repository(fake, tmp_path / "repo", "cpu", precision="fp32", models=["text", "concept"])
+    record = read_precisions(repo)
+    assert record == {"runtime": "openvino", "threads": 0, "cache_dir": str((tmp_path / "openvino-cache").resolve()),
+                      "components": {"text": "fp32", "concept": "fp32"}}
+    params = config_parameters(parse_config_text((repo / "sam3_concept" / "config.pbtxt").read_text()))
+    assert params["precision"] == "fp32" and params["cache_dir"] == record["cache_dir"]
+    assert json.loads(params["shared_axes"]) == {"prompts": [["text_features", 0], ["text_mask", 0], ["boxes", 0],
+                                                             ["box_labels", 0], ["box_valid", 0]],
+                                                 "boxes": [["boxes", 1], ["box_labels", 1], ["box_valid", 1]]}
+    static = json.loads(params["static_shapes"])
+    assert static["text_features"] == [1, 32, 16] and static["boxes"] == [1, 1, 4] and static["fpn_2"] == [1, 16, 4, 4]
+    assert (repo / "sam3_concept" / "1" / "component_runtime.py").is_file()
+
+
+def test_repository_with_onnxruntime(fake, tmp_path):
+    repo = build_repository(fake, tmp_path / "repo", "cpu", runtime="ort", models=["text"])
+    assert read_precisions(repo) == {"runtime": "onnxruntime", "threads": 0, "cache_dir": "",
+                                     "components": {"text": "fp32"}}
+    with pytest.raises(RepositoryError, match="fp32 only"):
+        build_repository(fake, tmp_path / "other", "cpu", runtime="ort", precision="bf16")
+    with pytest.raises(RepositoryError, match="runtime must be one of"):
+        build_repository(fake, tmp_path / "other", "cpu", runtime="tensorrt")
+
+
+def test_gpu_repository_has_no_precision_record(fake, tmp_path):
+    assert read_precisions(build_repository(fake, tmp_path / "repo", "gpu", models=["text"])) == {}
+    with pytest.raises(RepositoryError, match="gpu target's precision"):
+        build_repository(fake, tmp_path / "other", "gpu", precision="bf16")
+
+
+# ---------------------------------------------------------------- served, both runtimes
+
+@pytest.mark.parametrize("runtime, precision", [("ort", "fp32"), ("openvino", "auto")])
+def test_served_text_model_on_each_runtime(fake, tmp_path, runtime, precision):
+    """The same config.pbtxt contract on either runtime; OpenVINO fills its model cache at load."""
+    repo = build_repository(fake, tmp_path / "repo", "cpu", runtime=runtime, precision=precision, models=["text"],
+                            intra_op_threads=1)
+    config = (repo / "sam3_text" / "config.pbtxt").read_text()
+    spec = component_specs(TINY)["text"]
+    feeds = example_inputs(spec, {"batch": 2}, TINY.image_size)
+    with TritonServer(repo, ready_timeout_s=120) as server:
+        client = httpclient.InferenceServerClient(server.http_address)
+        inputs = []
+        for name, array in feeds.items():
+            inputs.append(httpclient.InferInput(name, list(array.shape), "INT64"))
+            inputs[-1].set_data_from_numpy(array)
+        got = client.infer("sam3_text", inputs).as_numpy("text_features")
+        client.close()
+    want = RT.open_runner("onnxruntime", fake / "text.onnx", "fp32", 1).run(["text_features"], feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-2 if "bf16" in config else 1e-6, atol=1e-6)
+    cache = tmp_path / "openvino-cache"
+    assert (cache.is_dir() and any(cache.iterdir())) == (runtime == "openvino")
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_serve_cli_options_and_precision_line(tiny_artifacts, tmp_path, capsys):
+    from server.cli import _print_precisions, parse_args
+    args = parse_args(["serve"])
+    assert args.runtime == "openvino" and args.precision == "auto"
+    args = parse_args(["serve", "--runtime", "ort", "--precision", "fp32"])
+    assert (args.runtime, args.precision) == ("ort", "fp32")
+    with pytest.raises(SystemExit):
+        parse_args(["serve", "--precision", "fp16"])
+    repo = build_repository(tiny_artifacts, tmp_path / "repo", "cpu", precision="fp32")
+    _print_precisions(repo)
+    assert capsys.readouterr().out == "cpu runtime openvino: vision fp32, text fp32, concept fp32, prompt fp32\n"
+
+
+def test_export_verify_runs_the_bf16_gate_or_says_why_not(fake, tmp_path, capsys):
+    """`python -m export verify` ends with the bf16 gate (its step after the ORT parity check)."""
+    from export.__main__ import bf16_gate
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(fake, artifacts)
+    bf16_gate(artifacts, ("text", "prompt"))
+    log = capsys.readouterr().err
+    if "BF16" not in cpu_capabilities():
+        assert "bf16 gate skipped: this CPU has no bf16" in log and not (artifacts / REPORT_NAME).exists()
+        return
+    assert set(json.loads((artifacts / REPORT_NAME).read_text())) == {"text", "prompt"}
+    assert "bf16 gate text       pass" in log and "bf16 gate prompt     pass" in log
