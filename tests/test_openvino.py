@@ -34,15 +34,10 @@ from export.precision import (
     resolve_precision,
     runtime_module,
 )
-from export.repository import (
-    RepositoryError,
-    build_repository,
-    config_parameters,
-    parse_config_text,
-    read_precisions,
-)
+from export.repository import RepositoryError, build_repository, read_precisions
 from export.spec import ComponentSpec, Profile, TensorSpec, component_specs
 from server.triton import TritonServer
+from tests.pbtxt import config_parameters, parse_config_text
 
 pytestmark = pytest.mark.timeout(300)
 RT = runtime_module()
@@ -181,7 +176,7 @@ def test_tiny_model_gate_and_the_report_is_reused(tiny_artifacts, tmp_path):
     shutil.copytree(tiny_artifacts, artifacts, ignore=shutil.ignore_patterns("tiny-checkpoint", REPORT_NAME))
     manifest, lines = load_manifest(artifacts), []
     results = gate(artifacts, manifest.specs(), manifest.dims.image_size, lines.append)
-    assert {n: r.ok for n, r in results.items()} == {"vision": True, "text": True, "concept": True, "prompt": False}
+    assert {n: r.ok for n, r in results.items()} == {"vision": True, "text": True, "concept": True, "mask": True, "prompt": False}
     assert results["prompt"].worst()[0] == "pred_masks" and len(lines) == len(results)
     report = json.loads((artifacts / REPORT_NAME).read_text())
     assert set(report) == set(manifest.specs()) and [n for n, e in report.items() if not e["ok"]] == ["prompt"]
@@ -204,7 +199,7 @@ def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path):
     (artifacts / REPORT_NAME).write_text(json.dumps(report))
     lines = []
     repo = build_repository(artifacts, tmp_path / "repo", "cpu", precision="auto", models=list(specs), log=lines.append)
-    assert read_precisions(repo)["components"] == {"vision": "bf16", "text": "fp32", "concept": "bf16", "prompt": "bf16"}
+    assert read_precisions(repo)["components"] == {"vision": "bf16", "text": "fp32", "concept": "bf16", "mask": "bf16", "prompt": "bf16"}
     expected = ("text: bf16 failed its parity gate (cosine 0.900000 < 0.9995 on 'text_features' "
                 "vs OpenVINO fp32): serving fp32")
     assert lines == [expected]
@@ -286,7 +281,7 @@ def test_serve_cli_options_and_precision_line(tiny_artifacts, tmp_path, capsys):
         parse_args(["serve", "--precision", "fp16"])
     repo = build_repository(tiny_artifacts, tmp_path / "repo", "cpu", precision="fp32")
     _print_precisions(repo)
-    assert capsys.readouterr().out == "cpu runtime openvino: vision fp32, text fp32, concept fp32, prompt fp32\n"
+    assert capsys.readouterr().out == "cpu runtime openvino: vision fp32, text fp32, concept fp32, mask fp32, prompt fp32\n"
 
 
 def test_export_verify_runs_the_bf16_gate_or_says_why_not(fake, tmp_path, capsys):
