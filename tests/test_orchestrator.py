@@ -110,3 +110,39 @@ def test_request_validation_messages(modules, tensors, message):
         arrays["image"] = np.array([b"bytes"], dtype=object)
     with pytest.raises(modules["request"].InputError, match=message):
         modules["request"].parse_request(arrays)
+
+
+class CountingStages:
+    """OrtStages that count their calls per component (the real sessions do the work)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, {}
+
+    def run(self, component, feeds):
+        self.calls[component] = self.calls.get(component, 0) + 1
+        return self.inner.run(component, feeds)
+
+    async def arun(self, component, feeds):
+        return self.run(component, feeds)
+
+
+def test_point_and_box_requests_on_one_image_share_prompt_calls(modules, tiny_artifacts, coffee_jpeg):
+    """Same image + same points per object → one sam3_prompt call (objects stacked, chunks of 2 here);
+    every request still gets exactly its own serial result."""
+    import asyncio
+    pipe = make_pipeline(modules, tiny_artifacts, modules["post"])
+    counting = CountingStages(pipe.stages)
+    pipe.stages, pipe.chunk_objects = counting, 2
+    reqs = [request(modules, coffee_jpeg, mode=[b"point"], points=[[100.0, 120.0]], point_labels=[1]),
+            request(modules, coffee_jpeg, mode=[b"point"], points=[[300.0, 200.0]], point_labels=[1]),
+            request(modules, coffee_jpeg, mode=[b"point"], points=[[50.0, 60.0], [400.0, 300.0]], point_labels=[1, 0]),
+            request(modules, coffee_jpeg, mode=[b"box"], boxes=[[10.0, 20.0, 300.0, 350.0], [200.0, 50.0, 580.0, 390.0]]),
+            request(modules, coffee_jpeg, mode=[b"point"], points=[[9000.0, 1.0]], point_labels=[1])]  # outside
+    together = [r for r, _ in asyncio.run(pipe.run_batch(reqs))]
+    assert counting.calls["prompt"] == 1 + 2  # K=1: one call (2 objects); K=2: 3 objects in chunks of 2
+    assert isinstance(together[4], modules["request"].InputError) and "outside the image" in str(together[4])
+    for req, got in zip(reqs[:4], together[:4]):
+        alone = pipe.run(req)
+        np.testing.assert_array_equal(got.masks.dense(), alone.masks.dense())
+        np.testing.assert_allclose(got.iou_scores, alone.iou_scores, atol=1e-6)
+    assert len(together[3].scores) == 2 and len(together[2].scores) == 1

@@ -287,7 +287,12 @@ class AutomaticMaskGenerator:
                 "stability": np.array(stabilities, np.float32)}
 
     def _add_batch(self, found: _Candidates, pred_masks, iou, points, orig_hw) -> None:
-        """Filter one batch's candidates [P, C, m, m] / [P, C] and store the survivors."""
+        """Filter one batch's candidates [P, C, m, m] / [P, C] and store the survivors.
+
+        Each candidate passing the IoU filter is upsampled once into a reused buffer; its
+        stability counts and its mask come from that buffer; the survivors are RLE-encoded and
+        boxed together (one pycocotools call each).
+        """
         cfg = self.config
         p, c = iou.shape
         logits = pred_masks.reshape((p * c,) + pred_masks.shape[-2:])
@@ -295,13 +300,26 @@ class AutomaticMaskGenerator:
         keep = np.arange(p * c)
         if cfg.pred_iou_thresh > 0:
             keep = np.flatnonzero(flat_iou > np.float32(cfg.pred_iou_thresh))
-        t, off = np.float32(cfg.mask_threshold), np.float32(cfg.stability_score_offset)
-        buffer = np.empty((orig_hw[1], orig_hw[0]), np.float32)
-        for k in keep.tolist():
+        columns, stable = self._binarize(logits, keep, orig_hw)
+        passing = [j for j, stab in enumerate(stable) if cfg.stability_score_thresh <= 0 or stab > cfg.stability_score_thresh]
+        kept = MaskSet(columns[passing], orig_hw)
+        for j, rle, box in zip(passing, kept.rle(), kept.boxes_xyxy()):
+            k = int(keep[j])
+            _store(found, rle, box, flat_iou[k], stable[j], points[k // c])
+
+    def _binarize(self, logits: np.ndarray, keep: np.ndarray, orig_hw) -> tuple[np.ndarray, list[float]]:
+        """(masks bool [len(keep), W, H] column-major, stability score of each) of the kept candidates."""
+        t, off = np.float32(self.config.mask_threshold), np.float32(self.config.stability_score_offset)
+        h, w = orig_hw
+        columns, scratch = np.empty((len(keep), w, h), bool), np.empty((w, h), bool)
+        buffer, stable = np.empty((w, h), np.float32), []
+        for j, k in enumerate(keep.tolist()):
             up = upsample(logits[k], orig_hw, out=buffer)  # [W, H]: column-major [H, W]
-            stab = float(_ratio(np.count_nonzero(up > t + off), np.count_nonzero(up > t - off)))
-            if cfg.stability_score_thresh <= 0 or stab > cfg.stability_score_thresh:
-                _store(found, up > t, flat_iou[k], stab, points[k // c], orig_hw)
+            inter = np.count_nonzero(np.greater(up, t + off, out=scratch))
+            union = np.count_nonzero(np.greater(up, t - off, out=scratch))
+            stable.append(float(_ratio(inter, union)))
+            np.greater(up, t, out=columns[j])
+        return columns, stable
 
     @staticmethod
     def _record(found: _Candidates, i: int, orig_hw) -> dict:
@@ -324,11 +342,10 @@ class AutomaticMaskGenerator:
         return [records[i] if unchanged[i] else _remade(records[i], masks[i]) for i in sorted(keep.tolist())]
 
 
-def _store(found: _Candidates, columns: np.ndarray, iou, stab: float, point: np.ndarray, orig_hw) -> None:
-    """Append one kept candidate (bool [W, H]: its mask column-major, stored as RLE) to ``found``."""
-    one = MaskSet(columns[None], orig_hw)
-    found.rles.append(one.rle()[0])
-    found.boxes.append(one.boxes_xyxy()[0])
+def _store(found: _Candidates, rle: bytes, box: np.ndarray, iou, stab: float, point: np.ndarray) -> None:
+    """Append one kept candidate (its mask as COCO RLE, its inclusive xyxy box) to ``found``."""
+    found.rles.append(rle)
+    found.boxes.append(box)
     found.ious.append(iou)
     found.stabilities.append(stab)
     found.points.append(point.tolist())

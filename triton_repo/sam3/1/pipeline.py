@@ -6,8 +6,10 @@
    its bytes); the distinct misses are decoded and resized in a thread pool and embedded by ONE
    ``sam3_vision`` call (batch = the missing images). At the same time the concepts missing from
    the text cache are encoded by ONE ``sam3_text`` call.
-2. Per request, as coroutines: the head calls (``sam3_concept`` then ``sam3_mask`` for the kept
-   queries only, or ``sam3_prompt``) overlap with the other requests' through BLS ``async_exec``;
+2. Point and box prompts of the whole batch go to ``sam3_prompt`` together: requests on the same
+   image share one call (prompts.py).
+3. Per request, as coroutines: the other head calls (``sam3_concept`` then ``sam3_mask`` for the
+   kept queries only; auto mode's grid) overlap with the other requests' through BLS ``async_exec``;
    post-processing and RLE encoding run in the thread pool.
 
 A request's bad input or failure is its own result (an exception); the others go on. Every
@@ -25,6 +27,7 @@ import numpy as np
 
 import postprocess as post
 import preprocess as pre
+import prompts
 from amg import AmgConfig, AutomaticMaskGenerator
 from cache import ByteLRU, content_key
 from errors import InputError
@@ -103,7 +106,9 @@ class Sam3Pipeline:
         """[(Sam3Result or the request's exception, Timings)] in request order."""
         start, timings = time.perf_counter(), [Timings() for _ in reqs]
         shared = await self._shared(reqs, timings)
-        jobs = [self._timed(self._mode(req, shared, t), t, start) for req, t in zip(reqs, timings)]
+        heads = await self._prompt_heads(reqs, shared, timings)
+        jobs = [self._timed(self._mode(req, shared, t, heads.get(i)), t, start)
+                for i, (req, t) in enumerate(zip(reqs, timings))]
         return list(zip(await asyncio.gather(*jobs, return_exceptions=True), timings))
 
     @staticmethod
@@ -199,14 +204,42 @@ class Sam3Pipeline:
                 self.text_cache.put(text, known[text])
         return known
 
-    # ---- step 2: one request's mode -------------------------------------------------------------
+    # ---- step 2: the point and box prompts of the batch ---------------------------------------------
 
-    async def _mode(self, req: Sam3Request, shared: _Shared, t: Timings) -> Sam3Result:
+    async def _prompt_heads(self, reqs, shared: _Shared, timings) -> dict:
+        """{index of a point/box request: its prompt-head outputs (list of output dicts) or its error}."""
+        plans, failed = {}, {}
+        for i, req in enumerate(reqs):
+            features = shared.features.get(_cache_key(req)) if req.mode in ("point", "box") else None
+            if isinstance(features, Features):
+                try:
+                    plans[i] = (_cache_key(req), prompts.plan(req, features.image_hw, self.dims.image_size))
+                except InputError as err:
+                    failed[i] = err
+        if not plans:
+            return failed
+
+        def run(key, coords, labels):
+            return self.stages.arun("prompt", self.prompt_feeds(shared.features[key], coords, labels))
+        start = time.perf_counter()
+        outputs = await prompts.grouped_calls(run, plans, self.chunk_objects)
+        for i in plans:
+            timings[i].seconds["compute"] += time.perf_counter() - start
+        return failed | outputs
+
+    # ---- step 3: one request's mode -------------------------------------------------------------
+
+    async def _mode(self, req: Sam3Request, shared: _Shared, t: Timings, heads) -> Sam3Result:
+        """The request's result; ``heads``: its prompt-head outputs (point/box modes) from step 2."""
         features = shared.features[_cache_key(req)]
         if isinstance(features, BaseException):
             raise features
-        handler = {"text": self._text, "point": self._point, "box": self._box, "auto": self._auto}[req.mode]
-        result = await handler(req, features, shared, t)
+        if req.mode in ("point", "box"):
+            if isinstance(heads, BaseException):
+                raise heads
+            result = await self._prompt_result(features, heads, req, t)
+        else:
+            result = await {"text": self._text, "auto": self._auto}[req.mode](req, features, shared, t)
         if req.mask_format == "rle":
             await t.measure("encode", self.in_pool(result.masks.rle))
         return result
@@ -256,23 +289,6 @@ class Sam3Pipeline:
 
     # points / boxes (tracker head)
 
-    async def _point(self, req: Sam3Request, features: Features, shared, t: Timings) -> Sam3Result:
-        points, labels = pre.validate_points(req.points, req.point_labels, features.image_hw)
-        coords = pre.scale_points(points, features.image_hw, self.dims.image_size)
-        return await self._prompt_result(features, coords[None], labels[None], req, t)
-
-    async def _box(self, req: Sam3Request, features: Features, shared, t: Timings) -> Sam3Result:
-        """One object per box; extra points (if any) join every box, before its corners."""
-        hw, size = features.image_hw, self.dims.image_size
-        boxes = pre.validate_boxes(req.boxes, hw, "boxes")
-        coords = pre.scale_points(boxes.reshape(-1, 2, 2), hw, size)
-        labels = np.tile(np.array([2, 3], np.int64), (len(boxes), 1))
-        if req.points is not None:
-            points, point_labels = pre.validate_points(req.points, req.point_labels, hw)
-            coords = np.concatenate([np.repeat(pre.scale_points(points, hw, size)[None], len(boxes), 0), coords], 1)
-            labels = np.concatenate([np.repeat(point_labels[None], len(boxes), 0), labels], 1)
-        return await self._prompt_result(features, coords, labels, req, t)
-
     def prompt_feeds(self, features: Features, coords: np.ndarray, labels: np.ndarray) -> dict:
         """sam3_prompt inputs for P objects: coords float32 [P,K,2] in the model frame, labels int64 [P,K]."""
         m = self.dims.mask_size
@@ -280,11 +296,8 @@ class Sam3Pipeline:
         return feeds | {"point_coords": coords.astype(np.float32), "point_labels": labels.astype(np.int64),
                         "mask_input": np.zeros((1, 1, m, m), np.float32), "has_mask_input": np.zeros(1, np.float32)}
 
-    async def _prompt_result(self, features: Features, coords, labels, req: Sam3Request, t: Timings) -> Sam3Result:
-        """Best of the 3 candidate masks per object, upsampled and binarized."""
-        calls = [self.stages.arun("prompt", self.prompt_feeds(features, coords[sl], labels[sl]))
-                 for sl in _chunks(len(coords), self.chunk_objects)]
-        outs = await t.measure("compute", asyncio.gather(*calls))
+    async def _prompt_result(self, features: Features, outs: list[dict], req: Sam3Request, t: Timings) -> Sam3Result:
+        """Best of the 3 candidate masks per object (prompt-head outputs ``outs``), upsampled and binarized."""
         masks, iou = await t.measure("post", self.in_pool(self.post.best_prompt_masks, outs, features.image_hw,
                                                           post.prob_to_logit(req.mask_threshold)))
         iou = post.clip_scores(iou)  # the IoU head's predictions, as scores in [0, 1]
