@@ -463,6 +463,7 @@ class Target:
     checkpoint: Path | str | None
     model: str
     metrics_url: str | None = None
+    precision: dict | None = None  # the served repository's precision.json (runtime, per-component precision)
 
 
 @contextmanager
@@ -480,12 +481,17 @@ def open_target(args):
         with TritonServer(repo, log_path=Path(tmp) / "tritonserver.log", ready_timeout_s=600) as server:
             log(f"server ready: gRPC {server.grpc_url}, HTTP {server.http_address}")
             yield Target({"grpc": server.grpc_url, "http": server.http_address}, _model_checkpoint(args), args.model,
-                         server.metrics_url)
+                         server.metrics_url, _served_precision(repo))
 
 
 def _artifacts(args) -> Path:
     from server.artifacts import artifacts_dir
     return Path(args.artifacts) if args.artifacts else artifacts_dir(args.model)
+
+
+def _served_precision(repo: Path) -> dict:
+    from export.repository import read_precisions
+    return read_precisions(repo)
 
 
 def _build_repo(args, out: Path) -> Path:
@@ -601,6 +607,18 @@ def p1_text(client, work: Workloads, reference, repeats: int) -> dict:
     ref = repeat_timed(lambda i: _reference_text(reference, work, i), 2 * repeats)
     return {**result, "reference": latency_stats(ref), "speedup": ratio(np.median(ref), np.median(cold)),
             "speedup_warm": ratio(np.median(ref), np.median(warm))}
+
+
+def p1_box(client, work: Workloads, reference, repeats: int) -> dict:
+    """Box mode on a never-seen image (a new image_id each time) vs the reference's box request."""
+    log(f"P1 box: server cold and reference, {repeats} requests each")
+    image = work.images["astronaut"].data
+    cold = repeat_timed(lambda i: work.call(client, "box", i, fresh_id("astronaut")), repeats)
+    result = {"server_cold": latency_stats(cold)}
+    if reference is None:
+        return {**result, "reference": None, "speedup": None}
+    ref = repeat_timed(lambda _: reference.box(image, list(BOX)), repeats)
+    return {**result, "reference": latency_stats(ref), "speedup": ratio(np.median(ref), np.median(cold))}
 
 
 def _reference_text(reference, work: Workloads, i: int):
@@ -746,7 +764,7 @@ def echo_config(args, target: Target, stats: TritonStats, work: Workloads) -> di
                                            "pred_iou_thresh", "stability_thresh", "quick")}
     images = {n: {"shape": list(i.shape), "format": i.format, "bytes": len(i.data)} for n, i in work.images.items()}
     return {"model": target.model, "checkpoint": str(target.checkpoint) if target.checkpoint else None,
-            "urls": target.urls, "dims": stats.dims(), "model_config": _model_summary(target.checkpoint),
+            "urls": target.urls, "served_precision": target.precision, "dims": stats.dims(), "model_config": _model_summary(target.checkpoint),
             "images": images, "thresholds": work.thresholds, "clicks": work.clicks, "box": list(BOX),
             "flags": flags, "versions": versions(stats.server_version()), "machine": machine()}
 
@@ -807,6 +825,9 @@ def goal_lines(c: dict) -> list[str]:
         lines += [f"P1 text vs reference: server {_p50(p1['server_cold'])} (cold image), {_p50(p1['server_warm'])} "
                   f"(cached), reference {_p50(p1['reference'])} → speedup {_x(p1['speedup'])} "
                   f"(cached {_x(p1['speedup_warm'])})"]
+    if c.get("P1box"):
+        lines += [f"P1 box vs reference: server {_p50(c['P1box']['server_cold'])} (cold image), reference "
+                  f"{_p50(c['P1box']['reference'])} → speedup {_x(c['P1box']['speedup'])}"]
     if p2:
         lines += [f"P2 {p2['clicks']} clicks: cached {_p50(p2['server_cached'])}, reference {_p50(p2['reference'])} → "
                   f"speedup {_x(p2['speedup'])}; server without cache {_p50(p2['server_no_cache'])} → "
@@ -873,6 +894,7 @@ def _measure(args, target: Target, clients: dict, stats: TritonStats) -> dict:
     rates = throughput(main, probes, work, args) if "point" in args.modes else None
     reference = _reference(args, target)
     comparisons = {"P1": p1_text(main, work, reference, args.compare_repeats) if "text" in args.modes else None,
+                   "P1box": p1_box(main, work, reference, args.compare_repeats) if "box" in args.modes else None,
                    "P2": p2_clicks(main, work, reference, args.compare_repeats) if "point" in args.modes else None,
                    "P3": p3_concepts(main, work, args.compare_repeats) if "text" in args.modes else None,
                    "P4": p4_mask_bytes(main, work, args.modes), "P5": p5_summary(p5), "throughput": rates}
@@ -893,7 +915,11 @@ def add_bf16_reference(comparisons: dict, work: Workloads, args, target: Target)
     from client.reference import ReferencePipeline
     log(f"loading the second reference (transformers, CPU bf16 autocast) from {target.checkpoint}")
     reference, repeats = ReferencePipeline(target.checkpoint, bf16=True), args.compare_repeats
-    p1, p2 = comparisons.get("P1"), comparisons.get("P2")
+    p1, p1box, p2 = comparisons.get("P1"), comparisons.get("P1box"), comparisons.get("P2")
+    if p1box:
+        image = work.images["astronaut"].data
+        ref = latency_stats(repeat_timed(lambda _: reference.box(image, list(BOX)), repeats))
+        p1box.update(reference_bf16=ref, speedup_bf16=ratio(ref.get("p50_ms"), p1box["server_cold"].get("p50_ms")))
     if p1:
         ref = latency_stats(repeat_timed(lambda i: _reference_text(reference, work, i), 2 * repeats))
         p1.update(reference_bf16=ref, speedup_bf16=ratio(ref.get("p50_ms"), p1["server_cold"].get("p50_ms")),
@@ -913,6 +939,9 @@ def bf16_lines(c: dict) -> list[str]:
     if p1.get("reference_bf16"):
         lines += [f"P1 text vs reference bf16 autocast {_p50(p1['reference_bf16'])} → speedup {_x(p1['speedup_bf16'])} "
                   f"(cached {_x(p1['speedup_warm_bf16'])})"]
+    if (c.get("P1box") or {}).get("reference_bf16"):
+        lines += [f"P1 box vs reference bf16 autocast {_p50(c['P1box']['reference_bf16'])} → speedup "
+                  f"{_x(c['P1box']['speedup_bf16'])}"]
     if p2.get("reference_bf16"):
         lines += [f"P2 {p2['clicks']} clicks vs reference bf16 autocast {_p50(p2['reference_bf16'])} → "
                   f"speedup {_x(p2['speedup_bf16'])}"]

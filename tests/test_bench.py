@@ -57,7 +57,9 @@ def test_sweep_covers_every_cell_without_errors(report):
 
 def test_goals_have_positive_ratios(report):
     goals = report["comparisons"]
-    assert set(goals) == set(SECTIONS) | {"throughput"}
+    assert set(goals) == set(SECTIONS) | {"throughput", "P1box"}
+    box = goals["P1box"]
+    assert _ordered(box["server_cold"]) and _ordered(box["reference"]) and box["speedup"] > 0
     p1, p2, p3, p4, p5 = (goals[k] for k in SECTIONS)
     for stats in (p1["server_cold"], p1["server_warm"], p1["reference"], p2["server_cached"], p2["server_no_cache"],
                   p2["reference"], p3["one_request"], p3["separate_requests"], p3["separate_requests_shared_image_id"]):
