@@ -82,7 +82,7 @@ VERIFY_TIMEOUT_S = 3600
 GPU_CHECK_DIR = VOLUME_ROOT / "gpu-check"   # gpu-check's exports and engines, kept between ::verify runs
 
 # Packages (pins: export/trt/pins.py). Serving: the orchestrator (numpy, pillow, tokenizers,
-# pycocotools; torch only for the GPU post-processing of DLPack tensors), the gateway and the
+# pycocotools, OpenCV; torch only for the GPU post-processing of DLPack tensors), the gateway and the
 # client it uses. Export/build: torch + transformers + the pinned TensorRT. gpu-check: both.
 PROJECT_PACKAGES = ("export", "server", "client")
 REPO_ROOT = Path(__file__).resolve().parent

@@ -40,7 +40,8 @@ SETUPTOOLS_PIP = "setuptools>=77.0.3"
 DRIVER_BRANCH_FOR_CUDA = {12: "R525 (R570 for every CUDA 12.8 feature)", 13: "R580"}
 
 # Python packages of the Modal images (modal_triton.py). Serving needs no transformers.
-SERVING_PACKAGES = ("numpy<2", "pillow", "tokenizers", "pycocotools", "starlette", "uvicorn", "httpx",
+OPENCV_PIP = "opencv-python-headless>=4.8,<4.11"  # the orchestrator's mask resize; <4.11 keeps numpy<2 wheels
+SERVING_PACKAGES = ("numpy<2", "pillow", "tokenizers", "pycocotools", OPENCV_PIP, "starlette", "uvicorn", "httpx",
                     "onnxruntime", "tritonclient[grpc,http]==2.54.0", TORCH_PIP)
 EXPORT_PACKAGES = (TORCH_PIP, TORCHVISION_PIP, "transformers==5.23.0", "onnx==1.22.0",
                    "onnxscript==0.7.2", "onnxruntime==1.32.0", "safetensors", "huggingface_hub", "tokenizers",
@@ -48,4 +49,4 @@ EXPORT_PACKAGES = (TORCH_PIP, TORCHVISION_PIP, "transformers==5.23.0", "onnx==1.
 # gpu-check inside the Triton image: export + engines + the ONNX Runtime GPU reference + clients.
 GPU_CHECK_PACKAGES = (TORCH_PIP, TORCHVISION_PIP, "transformers==5.23.0", "onnx==1.22.0", "onnxscript==0.7.2",
                       ONNXRUNTIME_GPU_PIP, "safetensors", "tokenizers", "open_clip_torch", "numpy<2", "pillow",
-                      "pycocotools", "tritonclient[grpc,http]==2.54.0", TENSORRT_PIP)
+                      "pycocotools", OPENCV_PIP, "tritonclient[grpc,http]==2.54.0", TENSORRT_PIP)
