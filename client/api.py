@@ -70,8 +70,10 @@ def split_url(url: str, protocol: str) -> tuple[str, bool]:
     scheme, address = url.split("://", 1)
     schemes = URL_SCHEMES[protocol]
     if scheme.lower() not in schemes:
-        raise ValueError(f"URL scheme {scheme!r} does not fit protocol {protocol!r}: use host:port "
-                         f"or one of {', '.join(s + '://' for s in schemes)}")
+        raise ValueError(
+            f"URL scheme {scheme!r} does not fit protocol {protocol!r}: use host:port "
+            f"or one of {', '.join(s + '://' for s in schemes)}"
+        )
     return address.rstrip("/"), schemes[scheme.lower()]
 
 
@@ -139,8 +141,14 @@ class Sam3Client:
     bytes, a PIL.Image or a uint8 HxWx3 array (see client.images).
     """
 
-    def __init__(self, url: str = "127.0.0.1:8001", protocol: str = "grpc", timeout_s: float = 120.0,
-                 headers: dict | None = None, ssl: bool = False):
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8001",
+        protocol: str = "grpc",
+        timeout_s: float = 120.0,
+        headers: dict | None = None,
+        ssl: bool = False,
+    ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
         self.address, scheme_ssl = split_url(url, protocol)
@@ -150,36 +158,88 @@ class Sam3Client:
         self._local, self._lock, self._opened = threading.local(), threading.Lock(), []
 
     # ---- high-level modes
-    def text(self, image, concepts: str | list[str] | None = None, *, exemplar_boxes=None, exemplar_labels=None,
-             threshold: float = 0.5, mask_threshold: float = 0.5, image_id: str | None = None,
-             mask_format: str = "rle") -> Segmentation:
+    def text(
+        self,
+        image,
+        concepts: str | list[str] | None = None,
+        *,
+        exemplar_boxes=None,
+        exemplar_labels=None,
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        image_id: str | None = None,
+        mask_format: str = "rle",
+    ) -> Segmentation:
         """Every instance of each concept. exemplar_boxes: [K, 4] x0, y0, x1, y1 px with
         exemplar_labels [K] 1 (positive) / 0 (negative); boxes alone segment what they show.
         ``labels`` of the result index ``concepts``."""
         concepts = [concepts] if isinstance(concepts, str) else list(concepts or [])
-        return self.segment(image, "text", text=concepts or None, boxes=exemplar_boxes, box_labels=exemplar_labels,
-                            threshold=threshold, mask_threshold=mask_threshold, image_id=image_id,
-                            mask_format=mask_format)
+        return self.segment(
+            image,
+            "text",
+            text=concepts or None,
+            boxes=exemplar_boxes,
+            box_labels=exemplar_labels,
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            image_id=image_id,
+            mask_format=mask_format,
+        )
 
-    def points(self, image, points, labels=None, *, mask_threshold=0.5, image_id=None,
-               mask_format="rle") -> Segmentation:
+    def points(
+        self, image, points, labels=None, *, mask_threshold=0.5, image_id=None, mask_format="rle"
+    ) -> Segmentation:
         """ONE object from clicks: points [N, 2] x, y px, labels [N] 1 fg / 0 bg (default all 1).
         One detection: the best of 3 candidate masks; ``iou_scores`` [1, 3] holds all three."""
-        return self.segment(image, "point", points=points, point_labels=labels, mask_threshold=mask_threshold,
-                            image_id=image_id, mask_format=mask_format)
+        return self.segment(
+            image,
+            "point",
+            points=points,
+            point_labels=labels,
+            mask_threshold=mask_threshold,
+            image_id=image_id,
+            mask_format=mask_format,
+        )
 
-    def boxes(self, image, boxes, *, points=None, point_labels=None, mask_threshold=0.5, image_id=None,
-              mask_format="rle") -> Segmentation:
+    def boxes(
+        self, image, boxes, *, points=None, point_labels=None, mask_threshold=0.5, image_id=None, mask_format="rle"
+    ) -> Segmentation:
         """One object per box: boxes [K, 4] x0, y0, x1, y1 px; optional points [N, 2] + labels join every box."""
-        return self.segment(image, "box", boxes=boxes, points=points, point_labels=point_labels,
-                            mask_threshold=mask_threshold, image_id=image_id, mask_format=mask_format)
+        return self.segment(
+            image,
+            "box",
+            boxes=boxes,
+            points=points,
+            point_labels=point_labels,
+            mask_threshold=mask_threshold,
+            image_id=image_id,
+            mask_format=mask_format,
+        )
 
-    def auto(self, image, *, points_per_side=16, points_per_batch=64, pred_iou_thresh=0.88,
-             stability_score_thresh=0.95, mask_threshold=0.5, image_id=None, mask_format="rle") -> Segmentation:
+    def auto(
+        self,
+        image,
+        *,
+        points_per_side=16,
+        points_per_batch=64,
+        pred_iou_thresh=0.88,
+        stability_score_thresh=0.95,
+        mask_threshold=0.5,
+        image_id=None,
+        mask_format="rle",
+    ) -> Segmentation:
         """Everything: a points_per_side² grid of clicks, filtered by predicted IoU and stability, then NMS."""
-        return self.segment(image, "auto", points_per_side=points_per_side, points_per_batch=points_per_batch,
-                            pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-                            mask_threshold=mask_threshold, image_id=image_id, mask_format=mask_format)
+        return self.segment(
+            image,
+            "auto",
+            points_per_side=points_per_side,
+            points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            mask_threshold=mask_threshold,
+            image_id=image_id,
+            mask_format=mask_format,
+        )
 
     # ---- low level
     def segment(self, image, mode: str, **fields) -> Segmentation:
@@ -199,8 +259,10 @@ class Sam3Client:
     def is_ready(self) -> bool:
         """True when the server answers and the `sam3` model is ready; False when unreachable."""
         try:
-            return bool(self._call("is_server_ready", **self._timeout_kw())
-                        and self._call("is_model_ready", MODEL_NAME, **self._timeout_kw()))
+            return bool(
+                self._call("is_server_ready", **self._timeout_kw())
+                and self._call("is_model_ready", MODEL_NAME, **self._timeout_kw())
+            )
         except Sam3Error as err:
             if err.status in (503, 504):
                 return False
@@ -255,8 +317,12 @@ class Sam3Client:
         except InferenceServerException as err:
             raise self._server_error(err) from err
         except TimeoutError as err:
-            raise Sam3Error(f"no answer from the SAM3 server at {self.url} within {self.timeout_s:g} s "
-                            "(raise timeout_s for large images or a cold server)", 504, self.protocol) from err
+            raise Sam3Error(
+                f"no answer from the SAM3 server at {self.url} within {self.timeout_s:g} s "
+                "(raise timeout_s for large images or a cold server)",
+                504,
+                self.protocol,
+            ) from err
         except OSError as err:
             raise self._unreachable(str(err)) from err
 
@@ -269,6 +335,10 @@ class Sam3Client:
         return Sam3Error(message, status, self.protocol)
 
     def _unreachable(self, detail: str) -> Sam3Error:
-        return Sam3Error(f"cannot reach the SAM3 server at {self.url} over {self.protocol} ({detail}): "
-                         "is it running (sam3-triton serve), and are the host, port and protocol right "
-                         "(gRPC 8001, HTTP 8000 by default)?", 503, self.protocol)
+        return Sam3Error(
+            f"cannot reach the SAM3 server at {self.url} over {self.protocol} ({detail}): "
+            "is it running (sam3-triton serve), and are the host, port and protocol right "
+            "(gRPC 8001, HTTP 8000 by default)?",
+            503,
+            self.protocol,
+        )

@@ -51,8 +51,9 @@ ORCHESTRATOR = "sam3"
 TEXT_WORKLOADS = (("astronaut", ("person",)), ("coffee", ("cup",)))
 P3_WORKLOAD = ("astronaut", ("person", "helmet", "flag", "spacesuit"))
 BOX = (120.0, 20.0, 460.0, 500.0)  # around the astronaut, x0 y0 x1 y1 px
-QUICK = dict(warmup=1, repeats=2, concurrency="1,2", compare_repeats=2, clicks=3, points_per_side=4,
-             throughput_concurrency=2)
+QUICK = dict(
+    warmup=1, repeats=2, concurrency="1,2", compare_repeats=2, clicks=3, points_per_side=4, throughput_concurrency=2
+)
 
 
 def log(message: str) -> None:
@@ -62,18 +63,26 @@ def log(message: str) -> None:
 
 # ---------------------------------------------------------------- command line
 
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m client.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m client.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     target = p.add_argument_group("target: a running server (--grpc-url/--http-url) or one started here (--model)")
     target.add_argument("--grpc-url", help="host:port of a running server's gRPC endpoint")
     target.add_argument("--http-url", help="host:port of a running server's HTTP endpoint")
-    target.add_argument("--metrics-url", help="a running server's Prometheus endpoint (http://host:8002/metrics), "
-                        "for the P5 phase breakdown")
+    target.add_argument(
+        "--metrics-url",
+        help="a running server's Prometheus endpoint (http://host:8002/metrics), for the P5 phase breakdown",
+    )
     target.add_argument("--model", help="tiny | bench | checkpoint dir: export if needed and start a server")
     target.add_argument("--artifacts", type=Path, help="exported artifacts of --model (default: its cache dir)")
-    target.add_argument("--checkpoint", type=Path, help="checkpoint dir of the served weights, for the reference "
-                        "(default with --model: the one the artifacts came from)")
+    target.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint dir of the served weights, for the reference "
+        "(default with --model: the one the artifacts came from)",
+    )
     target.add_argument("--image-cache-mb", type=int, default=1024, help="server image cache with --model")
     p.add_argument("--no-reference", action="store_true", help="skip the transformers reference (P1, P2 lines)")
     p.add_argument("--protocols", default="grpc,http", help="comma list of grpc,http")
@@ -83,10 +92,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=10, help="requests per client in each sweep cell")
     p.add_argument("--compare-repeats", type=int, default=5, help="repetitions of each P1-P3 measurement")
     p.add_argument("--clicks", type=int, default=10, help="clicks per image in P2")
-    p.add_argument("--throughput-concurrency", type=int, default=8,
-                   help="concurrent clients of the throughput comparison (vs 1)")
-    p.add_argument("--cache", choices=("cold", "warm"), default="cold",
-                   help="sweep: cold = a new image_id per request (vision runs every time); warm = one id per image")
+    p.add_argument(
+        "--throughput-concurrency", type=int, default=8, help="concurrent clients of the throughput comparison (vs 1)"
+    )
+    p.add_argument(
+        "--cache",
+        choices=("cold", "warm"),
+        default="cold",
+        help="sweep: cold = a new image_id per request (vision runs every time); warm = one id per image",
+    )
     p.add_argument("--threshold", default="auto", help="text score threshold, or 'auto': keep --keep best per concept")
     p.add_argument("--keep", type=int, default=3, help="detections per concept that --threshold auto keeps")
     p.add_argument("--points-per-side", type=int, default=16, help="auto mode grid")
@@ -112,8 +126,11 @@ def _check_args(parser, args) -> argparse.Namespace:
         args.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
     except ValueError:
         parser.error(f"--concurrency must be a comma list of integers; got {args.concurrency!r}")
-    if not args.concurrency or min(args.concurrency) < 1 or min(args.warmup, args.repeats - 1, args.compare_repeats - 1,
-                                                                args.clicks - 1, args.keep - 1) < 0:
+    if (
+        not args.concurrency
+        or min(args.concurrency) < 1
+        or min(args.warmup, args.repeats - 1, args.compare_repeats - 1, args.clicks - 1, args.keep - 1) < 0
+    ):
         parser.error("--concurrency, --repeats, --compare-repeats, --clicks and --keep must be ≥ 1, --warmup ≥ 0")
     if args.threshold != "auto":
         args.threshold = _threshold(parser, args.threshold)
@@ -140,6 +157,7 @@ def _threshold(parser, text: str) -> float:
 
 # ---------------------------------------------------------------- inputs
 
+
 @dataclass(frozen=True)
 class BenchImage:
     """A benchmark photo: name, encoded bytes (PNG or JPEG) and (height, width) px."""
@@ -153,14 +171,18 @@ class BenchImage:
 def load_images() -> dict[str, BenchImage]:
     """astronaut (512×512 PNG, a person) and coffee (400×600 JPEG, a cup) from scikit-image."""
     from skimage import data
-    return {"astronaut": _encoded("astronaut", data.astronaut(), "PNG"),
-            "coffee": _encoded("coffee", data.coffee(), "JPEG")}
+
+    return {
+        "astronaut": _encoded("astronaut", data.astronaut(), "PNG"),
+        "coffee": _encoded("coffee", data.coffee(), "JPEG"),
+    }
 
 
 def _encoded(name: str, pixels: np.ndarray, fmt: str) -> BenchImage:
     import io
 
     from PIL import Image
+
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return BenchImage(name, buf.getvalue(), tuple(pixels.shape[:2]), fmt)
@@ -179,6 +201,7 @@ def fresh_id(name: str) -> str:
 
 
 # ---------------------------------------------------------------- requests
+
 
 @dataclass
 class Workloads:
@@ -201,9 +224,13 @@ class Workloads:
             return client.points(astronaut, [self.clicks[i % len(self.clicks)]], [1], image_id=image_id)
         if mode == "box":
             return client.boxes(astronaut, [list(BOX)], image_id=image_id)
-        return client.auto(self.images["coffee"].data, points_per_side=self.points_per_side,
-                           pred_iou_thresh=self.pred_iou_thresh, stability_score_thresh=self.stability_thresh,
-                           image_id=image_id)
+        return client.auto(
+            self.images["coffee"].data,
+            points_per_side=self.points_per_side,
+            pred_iou_thresh=self.pred_iou_thresh,
+            stability_score_thresh=self.stability_thresh,
+            image_id=image_id,
+        )
 
     def text(self, client: Sam3Client, name: str, concepts, image_id: str | None):
         key = workload_key(name, concepts)
@@ -241,15 +268,22 @@ def thresholds_for(client: Sam3Client, images, args) -> dict[str, float]:
 
 # ---------------------------------------------------------------- timing
 
+
 def latency_stats(seconds) -> dict:
     """count, p50/p90/p99/mean/min/max in ms of a list of latencies in seconds."""
     ms = np.asarray(seconds, np.float64) * 1e3
     if not len(ms):
         return {"count": 0}
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"count": int(len(ms)), "p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),
-            "p99_ms": round(float(p99), 3), "mean_ms": round(float(ms.mean()), 3),
-            "min_ms": round(float(ms.min()), 3), "max_ms": round(float(ms.max()), 3)}
+    return {
+        "count": int(len(ms)),
+        "p50_ms": round(float(p50), 3),
+        "p90_ms": round(float(p90), 3),
+        "p99_ms": round(float(p99), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "min_ms": round(float(ms.min()), 3),
+        "max_ms": round(float(ms.max()), 3),
+    }
 
 
 def timed(fn, *args, **kwargs):
@@ -332,6 +366,7 @@ class TritonStats:
 
     def __init__(self, address: str, protocol: str):
         import importlib
+
         module = importlib.import_module(f"tritonclient.{protocol}")
         self.client = module.InferenceServerClient(address)
 
@@ -341,8 +376,9 @@ class TritonStats:
         stats = {}
         for entry in raw.get("model_stats", []):
             infer = entry.get("inference_stats", {})
-            stats[entry["name"]] = {k: (int(infer.get(k, {}).get("count", 0)), int(infer.get(k, {}).get("ns", 0)))
-                                    for k in STAT_KINDS} | {k: (int(entry.get(k, 0)), 0) for k in COUNTS}
+            stats[entry["name"]] = {
+                k: (int(infer.get(k, {}).get("count", 0)), int(infer.get(k, {}).get("ns", 0))) for k in STAT_KINDS
+            } | {k: (int(entry.get(k, 0)), 0) for k in COUNTS}
         return stats
 
     def settled(self, expected: int = 0, pause_s: float = 0.05, limit_s: float = 5.0) -> dict:
@@ -388,6 +424,7 @@ class PhaseMetrics:
         if not self.url:
             return {}
         import urllib.request
+
         with urllib.request.urlopen(self.url, timeout=10) as response:
             text = response.read().decode()
         return {phase: float(value) for phase, value in PHASE_METRIC.findall(text)}
@@ -403,9 +440,16 @@ def _successes(snapshot: dict) -> int:
 
 def stats_delta(before: dict, after: dict) -> dict:
     """{model: {kind: (count, ns)}} accumulated between two snapshots."""
-    return {model: {k: (after[model][k][0] - before.get(model, {}).get(k, (0, 0))[0],
-                        after[model][k][1] - before.get(model, {}).get(k, (0, 0))[1]) for k in STAT_KINDS + COUNTS}
-            for model in after}
+    return {
+        model: {
+            k: (
+                after[model][k][0] - before.get(model, {}).get(k, (0, 0))[0],
+                after[model][k][1] - before.get(model, {}).get(k, (0, 0))[1],
+            )
+            for k in STAT_KINDS + COUNTS
+        }
+        for model in after
+    }
 
 
 def batch_sizes(delta: dict) -> dict:
@@ -431,13 +475,19 @@ def overhead(delta: dict, latencies, phases: dict | None = None) -> dict:
     components = {m: per(delta[m]["compute_infer"][1]) for m in COMPONENT_MODELS if m in delta}
     e2e = float(np.mean(latencies)) * 1e3
     compute = sum(components.values())
-    row = {"requests": int(count), "consistent": int(count) == len(latencies), "end_to_end_ms": round(e2e, 3),
-           "server_request_ms": per(delta[ORCHESTRATOR]["success"][1]),
-           "orchestrator_compute_ms": per(delta[ORCHESTRATOR]["compute_infer"][1]),
-           "components_compute_ms": round(compute, 3), "components_ms": components,
-           "orchestrator_overhead_ms": round(per(delta[ORCHESTRATOR]["compute_infer"][1]) - compute, 3),
-           "transport_ms": round(e2e - per(delta[ORCHESTRATOR]["success"][1]), 3),
-           "overhead_ms": round(e2e - compute, 3), "overhead_fraction": round((e2e - compute) / e2e, 4)}
+    row = {
+        "requests": int(count),
+        "consistent": int(count) == len(latencies),
+        "end_to_end_ms": round(e2e, 3),
+        "server_request_ms": per(delta[ORCHESTRATOR]["success"][1]),
+        "orchestrator_compute_ms": per(delta[ORCHESTRATOR]["compute_infer"][1]),
+        "components_compute_ms": round(compute, 3),
+        "components_ms": components,
+        "orchestrator_overhead_ms": round(per(delta[ORCHESTRATOR]["compute_infer"][1]) - compute, 3),
+        "transport_ms": round(e2e - per(delta[ORCHESTRATOR]["success"][1]), 3),
+        "overhead_ms": round(e2e - compute, 3),
+        "overhead_fraction": round((e2e - compute) / e2e, 4),
+    }
     if phases:
         row["breakdown"] = _breakdown(row, phases, count, per(delta[ORCHESTRATOR]["queue"][1]))
     return row
@@ -446,13 +496,18 @@ def overhead(delta: dict, latencies, phases: dict | None = None) -> dict:
 def _breakdown(row: dict, phases: dict, count: int, queue_ms: float) -> dict:
     """The overhead of ``row`` split by phase (ms per request); ``rest`` closes the sum."""
     ms = {phase: round(seconds / count * 1e3, 3) for phase, seconds in phases.items()}
-    parts = {"queue": queue_ms, "decode": ms.get("decode", 0.0),
-             "bls": round(ms.get("compute", 0.0) - row["components_compute_ms"], 3),
-             "post": ms.get("post", 0.0), "encode": ms.get("encode", 0.0)}
+    parts = {
+        "queue": queue_ms,
+        "decode": ms.get("decode", 0.0),
+        "bls": round(ms.get("compute", 0.0) - row["components_compute_ms"], 3),
+        "post": ms.get("post", 0.0),
+        "encode": ms.get("encode", 0.0),
+    }
     return parts | {"rest": round(row["overhead_ms"] - sum(parts.values()), 3)}
 
 
 # ---------------------------------------------------------------- the target server
+
 
 @dataclass
 class Target:
@@ -475,22 +530,30 @@ def open_target(args):
         yield Target(urls, args.checkpoint, name, args.metrics_url)
         return
     from server.triton import TritonServer
+
     with tempfile.TemporaryDirectory(prefix="sam3-bench-") as tmp:
         repo = _build_repo(args, Path(tmp) / "repository-cpu")
         log(f"starting tritonserver over {repo}")
         with TritonServer(repo, log_path=Path(tmp) / "tritonserver.log", ready_timeout_s=600) as server:
             log(f"server ready: gRPC {server.grpc_url}, HTTP {server.http_address}")
-            yield Target({"grpc": server.grpc_url, "http": server.http_address}, _model_checkpoint(args), args.model,
-                         server.metrics_url, _served_precision(repo))
+            yield Target(
+                {"grpc": server.grpc_url, "http": server.http_address},
+                _model_checkpoint(args),
+                args.model,
+                server.metrics_url,
+                _served_precision(repo),
+            )
 
 
 def _artifacts(args) -> Path:
     from server.artifacts import artifacts_dir
+
     return Path(args.artifacts) if args.artifacts else artifacts_dir(args.model)
 
 
 def _served_precision(repo: Path) -> dict:
     from export.repository import read_precisions
+
     return read_precisions(repo)
 
 
@@ -498,6 +561,7 @@ def _build_repo(args, out: Path) -> Path:
     """Artifacts (exported if missing) → a cpu model repository, as ``sam3-triton serve`` does."""
     from export.repository import build_repository
     from server.artifacts import ensure_artifacts
+
     artifacts = _artifacts(args)
     log(f"artifacts of {args.model} in {artifacts} (exported now if missing)")
     ensure_artifacts(args.model, artifacts)
@@ -510,6 +574,7 @@ def _model_checkpoint(args) -> Path | str:
     if args.checkpoint:
         return Path(args.checkpoint)
     from export.checkpoint import BUILTIN
+
     if args.model in BUILTIN:
         return _artifacts(args) / f"{args.model}-checkpoint"
     path = Path(args.model).expanduser()
@@ -517,6 +582,7 @@ def _model_checkpoint(args) -> Path | str:
 
 
 # ---------------------------------------------------------------- the sweep
+
 
 @dataclass
 class Probes:
@@ -539,16 +605,24 @@ def sweep(clients: dict, probes: Probes, work: Workloads, args) -> tuple[list, l
                 row, load, delta, phases = _cell(client, probes, request, concurrency, args.repeats)
                 rows.append({"protocol": protocol, "mode": mode, **row})
                 if concurrency == args.concurrency[0]:
-                    p5.append({"protocol": protocol, "mode": mode, "concurrency": concurrency,
-                               **overhead(delta, load.latencies, phases)})
+                    p5.append(
+                        {
+                            "protocol": protocol,
+                            "mode": mode,
+                            "concurrency": concurrency,
+                            **overhead(delta, load.latencies, phases),
+                        }
+                    )
     return rows, p5
 
 
 def _sweep_request(work: Workloads, mode: str, cache: str):
     """request(client, i) for one sweep cell; cold: a fresh image_id per request, warm: one per photo."""
+
     def request(client, i):
         name = work.image_of(mode, i)
         return work.call(client, mode, i, fresh_id(name) if cache == "cold" else f"bench-{name}")
+
     return request
 
 
@@ -559,11 +633,16 @@ def _cell(client, probes: Probes, request, concurrency: int, per_client: int):
     load = run_load(client, request, concurrency, per_client)
     delta = stats_delta(before, probes.stats.settled(_successes(before) + len(load.latencies)))
     batches = batch_sizes(delta)
-    row = {"concurrency": concurrency, **latency_stats(load.latencies), "errors": len(load.errors),
-           "first_error": load.errors[0] if load.errors else None,
-           "throughput_rps": round(len(load.latencies) / load.wall_s, 3) if load.wall_s else 0.0,
-           "detections_mean": round(float(np.mean(load.detections)), 2) if load.detections else 0.0,
-           "sam3_batch": batches.get(ORCHESTRATOR), "vision_batch": batches.get("sam3_vision")}
+    row = {
+        "concurrency": concurrency,
+        **latency_stats(load.latencies),
+        "errors": len(load.errors),
+        "first_error": load.errors[0] if load.errors else None,
+        "throughput_rps": round(len(load.latencies) / load.wall_s, 3) if load.wall_s else 0.0,
+        "detections_mean": round(float(np.mean(load.detections)), 2) if load.detections else 0.0,
+        "sam3_batch": batches.get(ORCHESTRATOR),
+        "vision_batch": batches.get("sam3_vision"),
+    }
     return row, load, delta, phases_delta(phases_before, probes.phases.snapshot())
 
 
@@ -576,15 +655,19 @@ def throughput(client, probes: Probes, work: Workloads, args) -> dict:
         request(client, 0)
         log(f"throughput: point, {cache} image, concurrency 1 vs {high}")
         rows = {c: _cell(client, probes, request, c, args.repeats * max(1, high // c))[0] for c in (1, high)}
-        cases[cache] = {"concurrency": [1, high], "rps": [rows[1]["throughput_rps"], rows[high]["throughput_rps"]],
-                        "gain": ratio(rows[high]["throughput_rps"], rows[1]["throughput_rps"]),
-                        "vision_batch": [rows[1]["vision_batch"], rows[high]["vision_batch"]],
-                        "sam3_batch": [rows[1]["sam3_batch"], rows[high]["sam3_batch"]],
-                        "errors": rows[1]["errors"] + rows[high]["errors"]}
+        cases[cache] = {
+            "concurrency": [1, high],
+            "rps": [rows[1]["throughput_rps"], rows[high]["throughput_rps"]],
+            "gain": ratio(rows[high]["throughput_rps"], rows[1]["throughput_rps"]),
+            "vision_batch": [rows[1]["vision_batch"], rows[high]["vision_batch"]],
+            "sam3_batch": [rows[1]["sam3_batch"], rows[high]["sam3_batch"]],
+            "errors": rows[1]["errors"] + rows[high]["errors"],
+        }
     return cases
 
 
 # ---------------------------------------------------------------- the goals P1-P4
+
 
 def ratio(baseline, ours) -> float | None:
     """baseline / ours (> 1: ours is faster or smaller); None when either is missing or zero."""
@@ -599,14 +682,21 @@ def p1_text(client, work: Workloads, reference, repeats: int) -> dict:
     log(f"P1 text: server cold/warm and reference, {2 * repeats} requests each")
     cold = repeat_timed(lambda i: work.call(client, "text", i, fresh_id(work.image_of("text", i))), 2 * repeats)
     warm = repeat_timed(lambda i: work.call(client, "text", i, f"p1-{work.image_of('text', i)}"), 2 * repeats)
-    result = {"server_cold": latency_stats(cold), "server_warm": latency_stats(warm),
-              "workloads": [workload_key(n, c) for n, c in TEXT_WORKLOADS],
-              "detections": _p1_detections(client, work, reference)}
+    result = {
+        "server_cold": latency_stats(cold),
+        "server_warm": latency_stats(warm),
+        "workloads": [workload_key(n, c) for n, c in TEXT_WORKLOADS],
+        "detections": _p1_detections(client, work, reference),
+    }
     if reference is None:
         return {**result, "reference": None, "speedup": None, "speedup_warm": None}
     ref = repeat_timed(lambda i: _reference_text(reference, work, i), 2 * repeats)
-    return {**result, "reference": latency_stats(ref), "speedup": ratio(np.median(ref), np.median(cold)),
-            "speedup_warm": ratio(np.median(ref), np.median(warm))}
+    return {
+        **result,
+        "reference": latency_stats(ref),
+        "speedup": ratio(np.median(ref), np.median(cold)),
+        "speedup_warm": ratio(np.median(ref), np.median(warm)),
+    }
 
 
 def p1_box(client, work: Workloads, reference, repeats: int) -> dict:
@@ -623,7 +713,9 @@ def p1_box(client, work: Workloads, reference, repeats: int) -> dict:
 
 def _reference_text(reference, work: Workloads, i: int):
     name, concepts = TEXT_WORKLOADS[i % len(TEXT_WORKLOADS)]
-    return reference.text(work.images[name].data, list(concepts), threshold=work.thresholds[workload_key(name, concepts)])
+    return reference.text(
+        work.images[name].data, list(concepts), threshold=work.thresholds[workload_key(name, concepts)]
+    )
 
 
 def _p1_detections(client, work: Workloads, reference) -> dict:
@@ -656,10 +748,15 @@ def p2_clicks(client, work: Workloads, reference, sessions: int) -> dict:
 
     def session(image_id_of):
         return [client.points(image, [c], [1], image_id=image_id_of()) for c in clicks]
+
     cached = session_times(sessions, session, shared_id="astronaut")
     defeated = session_times(sessions, session)
-    result = {"clicks": len(clicks), "server_cached": latency_stats(cached), "server_no_cache": latency_stats(defeated),
-              "speedup_vs_no_cache": ratio(np.median(defeated), np.median(cached))}
+    result = {
+        "clicks": len(clicks),
+        "server_cached": latency_stats(cached),
+        "server_no_cache": latency_stats(defeated),
+        "speedup_vs_no_cache": ratio(np.median(defeated), np.median(cached)),
+    }
     if reference is None:
         return {**result, "reference": None, "speedup": None}
     ref = repeat_timed(lambda _: [reference.point(image, [c], [1]) for c in clicks], sessions)
@@ -674,60 +771,91 @@ def p3_concepts(client, work: Workloads, repeats: int) -> dict:
     log(f"P3 {len(concepts)} concepts: one request vs {len(concepts)} separate, {repeats} each")
 
     def separate(image_id_of):
-        return [client.text(work.images[name].data, [c], threshold=work.thresholds[key], image_id=image_id_of())
-                for c in concepts]
+        return [
+            client.text(work.images[name].data, [c], threshold=work.thresholds[key], image_id=image_id_of())
+            for c in concepts
+        ]
+
     one = repeat_timed(lambda _: work.text(client, name, concepts, fresh_id(name)), repeats)
     single = repeat_timed(lambda _: work.text(client, name, concepts[:1], fresh_id(name)), repeats)
     apart, shared = session_times(repeats, separate), session_times(repeats, separate, shared_id=name)
     extra = (np.median(one) - np.median(single)) / (len(concepts) - 1)
-    return {"concepts": list(concepts), "threshold": work.thresholds[key],
-            "one_request": latency_stats(one), "single_concept_request": latency_stats(single),
-            "separate_requests": latency_stats(apart),
-            "separate_requests_shared_image_id": latency_stats(shared),
-            "extra_concept_ms": round(float(extra) * 1e3, 3),
-            "extra_concept_fraction": round(float(extra / np.median(single)), 4),
-            "speedup": ratio(np.median(apart), np.median(one)),
-            "speedup_vs_shared_image_id": ratio(np.median(shared), np.median(one))}
+    return {
+        "concepts": list(concepts),
+        "threshold": work.thresholds[key],
+        "one_request": latency_stats(one),
+        "single_concept_request": latency_stats(single),
+        "separate_requests": latency_stats(apart),
+        "separate_requests_shared_image_id": latency_stats(shared),
+        "extra_concept_ms": round(float(extra) * 1e3, 3),
+        "extra_concept_fraction": round(float(extra / np.median(single)), 4),
+        "speedup": ratio(np.median(apart), np.median(one)),
+        "speedup_vs_shared_image_id": ratio(np.median(shared), np.median(one)),
+    }
 
 
 def p4_mask_bytes(client, work: Workloads, modes) -> dict:
     """Mask bytes per response: COCO RLE (ours) vs the seeds' JSON of nested booleans
     (``json.dumps(mask.tolist())``; ``compact``: with separators (",", ":") as FastAPI sends it)."""
     log("P4 mask bytes: RLE vs nested-boolean JSON")
-    cases = [(f"text {workload_key(n, c)}", lambda n=n, c=c: work.text(client, n, c, fresh_id(n)))
-             for n, c in TEXT_WORKLOADS + (P3_WORKLOAD,) if "text" in modes]
+    cases = [
+        (f"text {workload_key(n, c)}", lambda n=n, c=c: work.text(client, n, c, fresh_id(n)))
+        for n, c in TEXT_WORKLOADS + (P3_WORKLOAD,)
+        if "text" in modes
+    ]
     cases += [(m, lambda m=m: work.call(client, m, 0, fresh_id(work.image_of(m, 0)))) for m in modes if m != "text"]
     rows = [{"case": label, **_mask_bytes(fn())} for label, fn in cases]
     totals = {k: sum(r[k] for r in rows) for k in ("masks", "rle_bytes", "json_bytes", "json_compact_bytes")}
-    return {"cases": rows, "total": totals, "reduction": ratio(totals["json_bytes"], totals["rle_bytes"]),
-            "reduction_compact": ratio(totals["json_compact_bytes"], totals["rle_bytes"])}
+    return {
+        "cases": rows,
+        "total": totals,
+        "reduction": ratio(totals["json_bytes"], totals["rle_bytes"]),
+        "reduction_compact": ratio(totals["json_compact_bytes"], totals["rle_bytes"]),
+    }
 
 
 def _mask_bytes(seg) -> dict:
     """RLE bytes of a Segmentation's masks vs the seeds' JSON of the same masks (point/box: one 2-D mask)."""
     masks = seg.masks
     nested = masks[0].tolist() if seg.mode in ("point", "box") and len(masks) == 1 else masks.tolist()
-    return {"masks": int(len(seg)), "image_shape": list(seg.image_shape),
-            "rle_bytes": int(sum(len(c) for c in seg.masks_rle)), "json_bytes": len(json.dumps(nested)),
-            "json_compact_bytes": len(json.dumps(nested, separators=(",", ":")))}
+    return {
+        "masks": int(len(seg)),
+        "image_shape": list(seg.image_shape),
+        "rle_bytes": int(sum(len(c) for c in seg.masks_rle)),
+        "json_bytes": len(json.dumps(nested)),
+        "json_compact_bytes": len(json.dumps(nested, separators=(",", ":"))),
+    }
 
 
 def p5_summary(rows: list) -> dict:
     """P5: per protocol and mode at the lowest concurrency: overhead = end-to-end − component compute."""
     valid = [r for r in rows if r.get("requests")]
     fractions = [r["overhead_fraction"] for r in valid]
-    return {"rows": rows, "median_overhead_ms": round(float(np.median([r["overhead_ms"] for r in valid])), 3)
-            if valid else None, "median_overhead_fraction": round(float(np.median(fractions)), 4) if valid else None}
+    return {
+        "rows": rows,
+        "median_overhead_ms": round(float(np.median([r["overhead_ms"] for r in valid])), 3) if valid else None,
+        "median_overhead_fraction": round(float(np.median(fractions)), 4) if valid else None,
+    }
 
 
 # ---------------------------------------------------------------- configuration echo
 
-VERSION_PACKAGES = ("numpy", "tritonclient", "onnxruntime", "openvino", "pycocotools", "pillow", "torch", "transformers")
+VERSION_PACKAGES = (
+    "numpy",
+    "tritonclient",
+    "onnxruntime",
+    "openvino",
+    "pycocotools",
+    "pillow",
+    "torch",
+    "transformers",
+)
 
 
 def versions(server_version: str) -> dict:
     """Python, installed package versions (None when absent) and the Triton server's version."""
     from importlib import metadata
+
     found = {"python": platform.python_version(), "tritonserver": server_version}
     for name in VERSION_PACKAGES:
         try:
@@ -739,8 +867,11 @@ def versions(server_version: str) -> dict:
 
 def machine() -> dict:
     """CPU model, core counts, memory (GiB) and OS of this machine."""
-    info = {"cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
-            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    info = {
+        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
     if hasattr(os, "sched_getaffinity"):
         info["cpus_usable"] = len(os.sched_getaffinity(0))
     mem = _proc_field("/proc/meminfo", "MemTotal")
@@ -759,14 +890,41 @@ def _proc_field(path: str, key: str) -> str | None:
 
 def echo_config(args, target: Target, stats: TritonStats, work: Workloads) -> dict:
     """The configuration part of the report."""
-    flags = {k: getattr(args, k) for k in ("protocols", "modes", "concurrency", "warmup", "repeats", "compare_repeats",
-                                           "clicks", "cache", "threshold", "keep", "points_per_side",
-                                           "pred_iou_thresh", "stability_thresh", "quick")}
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "protocols",
+            "modes",
+            "concurrency",
+            "warmup",
+            "repeats",
+            "compare_repeats",
+            "clicks",
+            "cache",
+            "threshold",
+            "keep",
+            "points_per_side",
+            "pred_iou_thresh",
+            "stability_thresh",
+            "quick",
+        )
+    }
     images = {n: {"shape": list(i.shape), "format": i.format, "bytes": len(i.data)} for n, i in work.images.items()}
-    return {"model": target.model, "checkpoint": str(target.checkpoint) if target.checkpoint else None,
-            "urls": target.urls, "served_precision": target.precision, "dims": stats.dims(), "model_config": _model_summary(target.checkpoint),
-            "images": images, "thresholds": work.thresholds, "clicks": work.clicks, "box": list(BOX),
-            "flags": flags, "versions": versions(stats.server_version()), "machine": machine()}
+    return {
+        "model": target.model,
+        "checkpoint": str(target.checkpoint) if target.checkpoint else None,
+        "urls": target.urls,
+        "served_precision": target.precision,
+        "dims": stats.dims(),
+        "model_config": _model_summary(target.checkpoint),
+        "images": images,
+        "thresholds": work.thresholds,
+        "clicks": work.clicks,
+        "box": list(BOX),
+        "flags": flags,
+        "versions": versions(stats.server_version()),
+        "machine": machine(),
+    }
 
 
 def _model_summary(checkpoint: Path | str | None) -> dict | None:
@@ -777,27 +935,41 @@ def _model_summary(checkpoint: Path | str | None) -> dict | None:
     det = cfg.get("detector_config", cfg)
     vit = det.get("vision_config", {}).get("backbone_config", {})
     pick = lambda d, *keys: {k: d.get(k) for k in keys}  # noqa: E731
-    return {"vit": pick(vit, "image_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "window_size",
-                        "global_attn_indexes"),
-            "text": pick(det.get("text_config", {}), "hidden_size", "num_hidden_layers"),
-            "detr_encoder_layers": det.get("detr_encoder_config", {}).get("num_layers"),
-            "detr_decoder_layers": det.get("detr_decoder_config", {}).get("num_layers"),
-            "geometry_layers": det.get("geometry_encoder_config", {}).get("num_layers"),
-            "queries": det.get("detr_decoder_config", {}).get("num_queries"),
-            "hidden": det.get("vision_config", {}).get("fpn_hidden_size")}
+    return {
+        "vit": pick(
+            vit,
+            "image_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "window_size",
+            "global_attn_indexes",
+        ),
+        "text": pick(det.get("text_config", {}), "hidden_size", "num_hidden_layers"),
+        "detr_encoder_layers": det.get("detr_encoder_config", {}).get("num_layers"),
+        "detr_decoder_layers": det.get("detr_decoder_config", {}).get("num_layers"),
+        "geometry_layers": det.get("geometry_encoder_config", {}).get("num_layers"),
+        "queries": det.get("detr_decoder_config", {}).get("num_queries"),
+        "hidden": det.get("vision_config", {}).get("fpn_hidden_size"),
+    }
 
 
 # ---------------------------------------------------------------- report
 
+
 def format_table(report: dict) -> str:
     """The sweep table and the P1–P5 lines, for stdout."""
-    head = (f"{'protocol':8} {'mode':6} {'conc':>4} {'n':>4} {'err':>3} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-            f"{'req/s':>7} {'sam3/ex':>7} {'vis/ex':>6}")
+    head = (
+        f"{'protocol':8} {'mode':6} {'conc':>4} {'n':>4} {'err':>3} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+        f"{'req/s':>7} {'sam3/ex':>7} {'vis/ex':>6}"
+    )
     lines = [head, "-" * len(head)]
     for r in report["sweep"]:
-        lines.append(f"{r['protocol']:8} {r['mode']:6} {r['concurrency']:>4} {r.get('count', 0):>4} {r['errors']:>3} "
-                     f"{_ms(r.get('p50_ms'))} {_ms(r.get('p90_ms'))} {_ms(r.get('p99_ms'))} {r['throughput_rps']:>7.2f} "
-                     f"{_n(r.get('sam3_batch')):>7} {_n(r.get('vision_batch')):>6}")
+        lines.append(
+            f"{r['protocol']:8} {r['mode']:6} {r['concurrency']:>4} {r.get('count', 0):>4} {r['errors']:>3} "
+            f"{_ms(r.get('p50_ms'))} {_ms(r.get('p90_ms'))} {_ms(r.get('p99_ms'))} {r['throughput_rps']:>7.2f} "
+            f"{_n(r.get('sam3_batch')):>7} {_n(r.get('vision_batch')):>6}"
+        )
     return "\n".join(lines + [""] + goal_lines(report["comparisons"]) + bf16_lines(report["comparisons"]))
 
 
@@ -822,46 +994,65 @@ def goal_lines(c: dict) -> list[str]:
     p1, p2, p3, p4, p5, rates = (c.get(k) for k in ("P1", "P2", "P3", "P4", "P5", "throughput"))
     lines = []
     if p1:
-        lines += [f"P1 text vs reference: server {_p50(p1['server_cold'])} (cold image), {_p50(p1['server_warm'])} "
-                  f"(cached), reference {_p50(p1['reference'])} → speedup {_x(p1['speedup'])} "
-                  f"(cached {_x(p1['speedup_warm'])})"]
+        lines += [
+            f"P1 text vs reference: server {_p50(p1['server_cold'])} (cold image), {_p50(p1['server_warm'])} "
+            f"(cached), reference {_p50(p1['reference'])} → speedup {_x(p1['speedup'])} "
+            f"(cached {_x(p1['speedup_warm'])})"
+        ]
     if c.get("P1box"):
-        lines += [f"P1 box vs reference: server {_p50(c['P1box']['server_cold'])} (cold image), reference "
-                  f"{_p50(c['P1box']['reference'])} → speedup {_x(c['P1box']['speedup'])}"]
+        lines += [
+            f"P1 box vs reference: server {_p50(c['P1box']['server_cold'])} (cold image), reference "
+            f"{_p50(c['P1box']['reference'])} → speedup {_x(c['P1box']['speedup'])}"
+        ]
     if p2:
-        lines += [f"P2 {p2['clicks']} clicks: cached {_p50(p2['server_cached'])}, reference {_p50(p2['reference'])} → "
-                  f"speedup {_x(p2['speedup'])}; server without cache {_p50(p2['server_no_cache'])} → "
-                  f"{_x(p2['speedup_vs_no_cache'])}"]
+        lines += [
+            f"P2 {p2['clicks']} clicks: cached {_p50(p2['server_cached'])}, reference {_p50(p2['reference'])} → "
+            f"speedup {_x(p2['speedup'])}; server without cache {_p50(p2['server_no_cache'])} → "
+            f"{_x(p2['speedup_vs_no_cache'])}"
+        ]
     if p3:
-        lines += [f"P3 {len(p3['concepts'])} concepts: one request {_p50(p3['one_request'])}, separate "
-                  f"{_p50(p3['separate_requests'])} → speedup {_x(p3['speedup'])} (separate, shared image_id: "
-                  f"{_p50(p3['separate_requests_shared_image_id'])} → {_x(p3['speedup_vs_shared_image_id'])}); "
-                  f"each extra concept {p3['extra_concept_ms']:.1f} ms = "
-                  f"{100 * p3['extra_concept_fraction']:.0f}% of a one-concept request "
-                  f"({_p50(p3['single_concept_request'])})"]
+        lines += [
+            f"P3 {len(p3['concepts'])} concepts: one request {_p50(p3['one_request'])}, separate "
+            f"{_p50(p3['separate_requests'])} → speedup {_x(p3['speedup'])} (separate, shared image_id: "
+            f"{_p50(p3['separate_requests_shared_image_id'])} → {_x(p3['speedup_vs_shared_image_id'])}); "
+            f"each extra concept {p3['extra_concept_ms']:.1f} ms = "
+            f"{100 * p3['extra_concept_fraction']:.0f}% of a one-concept request "
+            f"({_p50(p3['single_concept_request'])})"
+        ]
     if p4:
         t = p4["total"]
-        lines += [f"P4 mask bytes ({t['masks']} masks): RLE {t['rle_bytes']:,} B vs JSON {t['json_bytes']:,} B → "
-                  f"{_x(p4['reduction'])} smaller (compact JSON {t['json_compact_bytes']:,} B → "
-                  f"{_x(p4['reduction_compact'])})"]
+        lines += [
+            f"P4 mask bytes ({t['masks']} masks): RLE {t['rle_bytes']:,} B vs JSON {t['json_bytes']:,} B → "
+            f"{_x(p4['reduction'])} smaller (compact JSON {t['json_compact_bytes']:,} B → "
+            f"{_x(p4['reduction_compact'])})"
+        ]
     if p5:
         lines += ["P5 overhead (end-to-end − component compute, lowest concurrency):"]
-        lines += [f"   {r['protocol']:5} {r['mode']:6} e2e {r['end_to_end_ms']:.1f} ms, components "
-                  f"{r['components_compute_ms']:.1f} ms, orchestrator {r['orchestrator_overhead_ms']:.1f} ms, "
-                  f"transport {r['transport_ms']:.1f} ms → overhead {r['overhead_ms']:.1f} ms "
-                  f"({100 * r['overhead_fraction']:.1f}%)" + ("" if r["consistent"] else " [other requests in stats]")
-                  for r in p5["rows"] if r.get("requests")]
-        lines += [f"   {r['protocol']:5} {r['mode']:6} breakdown ms: "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown"].items())
-                  for r in p5["rows"] if r.get("breakdown")]
+        lines += [
+            f"   {r['protocol']:5} {r['mode']:6} e2e {r['end_to_end_ms']:.1f} ms, components "
+            f"{r['components_compute_ms']:.1f} ms, orchestrator {r['orchestrator_overhead_ms']:.1f} ms, "
+            f"transport {r['transport_ms']:.1f} ms → overhead {r['overhead_ms']:.1f} ms "
+            f"({100 * r['overhead_fraction']:.1f}%)" + ("" if r["consistent"] else " [other requests in stats]")
+            for r in p5["rows"]
+            if r.get("requests")
+        ]
+        lines += [
+            f"   {r['protocol']:5} {r['mode']:6} breakdown ms: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown"].items())
+            for r in p5["rows"]
+            if r.get("breakdown")
+        ]
     for cache, t in (rates or {}).items():
-        lines += [f"throughput point {cache}: {t['rps'][0]:.2f} → {t['rps'][1]:.2f} req/s at concurrency "
-                  f"{t['concurrency'][0]} → {t['concurrency'][1]} ({_x(t['gain'])}); requests per execution "
-                  f"sam3 {_n(t['sam3_batch'][1])}, vision {_n(t['vision_batch'][1])}; errors {t['errors']}"]
+        lines += [
+            f"throughput point {cache}: {t['rps'][0]:.2f} → {t['rps'][1]:.2f} req/s at concurrency "
+            f"{t['concurrency'][0]} → {t['concurrency'][1]} ({_x(t['gain'])}); requests per execution "
+            f"sam3 {_n(t['sam3_batch'][1])}, vision {_n(t['vision_batch'][1])}; errors {t['errors']}"
+        ]
     return lines
 
 
 # ---------------------------------------------------------------- main
+
 
 def run(args) -> dict:
     """Everything: target, inputs, thresholds, sweep, goals; returns the JSON report."""
@@ -886,25 +1077,39 @@ def _measure(args, target: Target, clients: dict, stats: TritonStats) -> dict:
     main = next(iter(clients.values()))
     images = load_images()
     log("calibrating text thresholds" if args.threshold == "auto" else "fixed text threshold")
-    work = Workloads(images, thresholds_for(main, images, args), args.points_per_side, args.pred_iou_thresh,
-                     args.stability_thresh, click_points(args.clicks))
+    work = Workloads(
+        images,
+        thresholds_for(main, images, args),
+        args.points_per_side,
+        args.pred_iou_thresh,
+        args.stability_thresh,
+        click_points(args.clicks),
+    )
     config = echo_config(args, target, stats, work)
     probes = Probes(stats, PhaseMetrics(target.metrics_url))
     rows, p5 = sweep(clients, probes, work, args)
     rates = throughput(main, probes, work, args) if "point" in args.modes else None
     reference = _reference(args, target)
-    comparisons = {"P1": p1_text(main, work, reference, args.compare_repeats) if "text" in args.modes else None,
-                   "P1box": p1_box(main, work, reference, args.compare_repeats) if "box" in args.modes else None,
-                   "P2": p2_clicks(main, work, reference, args.compare_repeats) if "point" in args.modes else None,
-                   "P3": p3_concepts(main, work, args.compare_repeats) if "text" in args.modes else None,
-                   "P4": p4_mask_bytes(main, work, args.modes), "P5": p5_summary(p5), "throughput": rates}
-    config["reference"] = {"checkpoint": str(target.checkpoint), "device": "cpu", "dtype": "float32",
-                           "torch_threads": _torch_threads()} if reference is not None else None
+    comparisons = {
+        "P1": p1_text(main, work, reference, args.compare_repeats) if "text" in args.modes else None,
+        "P1box": p1_box(main, work, reference, args.compare_repeats) if "box" in args.modes else None,
+        "P2": p2_clicks(main, work, reference, args.compare_repeats) if "point" in args.modes else None,
+        "P3": p3_concepts(main, work, args.compare_repeats) if "text" in args.modes else None,
+        "P4": p4_mask_bytes(main, work, args.modes),
+        "P5": p5_summary(p5),
+        "throughput": rates,
+    }
+    config["reference"] = (
+        {"checkpoint": str(target.checkpoint), "device": "cpu", "dtype": "float32", "torch_threads": _torch_threads()}
+        if reference is not None
+        else None
+    )
     config["reference_bf16"] = add_bf16_reference(comparisons, work, args, target)
     return {"config": config, "sweep": rows, "comparisons": comparisons}
 
 
 # ---------------------------------------------------------------- second reference: transformers + bf16 autocast
+
 
 def add_bf16_reference(comparisons: dict, work: Workloads, args, target: Target) -> dict | None:
     """Time the same P1/P2 workloads on transformers under CPU bf16 autocast (same checkpoint, inputs)
@@ -913,6 +1118,7 @@ def add_bf16_reference(comparisons: dict, work: Workloads, args, target: Target)
     if args.no_reference or target.checkpoint is None:
         return None
     from client.reference import ReferencePipeline
+
     log(f"loading the second reference (transformers, CPU bf16 autocast) from {target.checkpoint}")
     reference, repeats = ReferencePipeline(target.checkpoint, bf16=True), args.compare_repeats
     p1, p1box, p2 = comparisons.get("P1"), comparisons.get("P1box"), comparisons.get("P2")
@@ -922,14 +1128,21 @@ def add_bf16_reference(comparisons: dict, work: Workloads, args, target: Target)
         p1box.update(reference_bf16=ref, speedup_bf16=ratio(ref.get("p50_ms"), p1box["server_cold"].get("p50_ms")))
     if p1:
         ref = latency_stats(repeat_timed(lambda i: _reference_text(reference, work, i), 2 * repeats))
-        p1.update(reference_bf16=ref, speedup_bf16=ratio(ref.get("p50_ms"), p1["server_cold"].get("p50_ms")),
-                  speedup_warm_bf16=ratio(ref.get("p50_ms"), p1["server_warm"].get("p50_ms")))
+        p1.update(
+            reference_bf16=ref,
+            speedup_bf16=ratio(ref.get("p50_ms"), p1["server_cold"].get("p50_ms")),
+            speedup_warm_bf16=ratio(ref.get("p50_ms"), p1["server_warm"].get("p50_ms")),
+        )
     if p2:
         image = work.images["astronaut"].data
         ref = latency_stats(repeat_timed(lambda _: [reference.point(image, [c], [1]) for c in work.clicks], repeats))
         p2.update(reference_bf16=ref, speedup_bf16=ratio(ref.get("p50_ms"), p2["server_cached"].get("p50_ms")))
-    return {"checkpoint": str(target.checkpoint), "device": "cpu", "dtype": reference.dtype,
-            "torch_threads": _torch_threads()}
+    return {
+        "checkpoint": str(target.checkpoint),
+        "device": "cpu",
+        "dtype": reference.dtype,
+        "torch_threads": _torch_threads(),
+    }
 
 
 def bf16_lines(c: dict) -> list[str]:
@@ -937,14 +1150,20 @@ def bf16_lines(c: dict) -> list[str]:
     p1, p2 = c.get("P1") or {}, c.get("P2") or {}
     lines = []
     if p1.get("reference_bf16"):
-        lines += [f"P1 text vs reference bf16 autocast {_p50(p1['reference_bf16'])} → speedup {_x(p1['speedup_bf16'])} "
-                  f"(cached {_x(p1['speedup_warm_bf16'])})"]
+        lines += [
+            f"P1 text vs reference bf16 autocast {_p50(p1['reference_bf16'])} → speedup {_x(p1['speedup_bf16'])} "
+            f"(cached {_x(p1['speedup_warm_bf16'])})"
+        ]
     if (c.get("P1box") or {}).get("reference_bf16"):
-        lines += [f"P1 box vs reference bf16 autocast {_p50(c['P1box']['reference_bf16'])} → speedup "
-                  f"{_x(c['P1box']['speedup_bf16'])}"]
+        lines += [
+            f"P1 box vs reference bf16 autocast {_p50(c['P1box']['reference_bf16'])} → speedup "
+            f"{_x(c['P1box']['speedup_bf16'])}"
+        ]
     if p2.get("reference_bf16"):
-        lines += [f"P2 {p2['clicks']} clicks vs reference bf16 autocast {_p50(p2['reference_bf16'])} → "
-                  f"speedup {_x(p2['speedup_bf16'])}"]
+        lines += [
+            f"P2 {p2['clicks']} clicks vs reference bf16 autocast {_p50(p2['reference_bf16'])} → "
+            f"speedup {_x(p2['speedup_bf16'])}"
+        ]
     return lines
 
 
@@ -954,12 +1173,14 @@ def _reference(args, target: Target):
         log("reference skipped: " + ("--no-reference" if args.no_reference else "no --checkpoint given"))
         return None
     from client.reference import ReferencePipeline
+
     log(f"loading the reference (transformers, CPU fp32) from {target.checkpoint}")
     return ReferencePipeline(target.checkpoint)
 
 
 def _torch_threads() -> int | None:
     import torch
+
     return torch.get_num_threads()
 
 

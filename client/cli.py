@@ -55,13 +55,15 @@ def _bench(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sam3-client", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sam3-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{segment,bench,soak}")
     seg = sub.add_parser("segment", help="segment one image and draw the result")
     sub.add_parser("bench", help="benchmark the server (client.bench; its own options)", add_help=False)
-    sub.add_parser("soak", help="soak the REST gateway, optionally killing a stage (client.soak; its own options)",
-                   add_help=False)
+    sub.add_parser(
+        "soak", help="soak the REST gateway, optionally killing a stage (client.soak; its own options)", add_help=False
+    )
     _add_segment_args(seg)
     seg.set_defaults(parser=seg)  # flag conflicts are reported with the segment usage
     return parser
@@ -70,10 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", type=Path, help="image file (JPEG, PNG, WebP, ...)")
     p.add_argument("--text", action="append", default=[], help="concept to find (repeat for several)")
-    p.add_argument("--point", action="append", default=[], type=_numbers(2, 3, "X,Y[,LABEL]"),
-                   metavar="X,Y[,LABEL]", help="click in px; LABEL 1 fg (default) / 0 bg (repeat)")
-    p.add_argument("--box", action="append", default=[], type=_numbers(4, 5, "X0,Y0,X1,Y1[,LABEL]"),
-                   metavar="X0,Y0,X1,Y1[,LABEL]", help="box in px (repeat); LABEL only for exemplars with --text")
+    p.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        type=_numbers(2, 3, "X,Y[,LABEL]"),
+        metavar="X,Y[,LABEL]",
+        help="click in px; LABEL 1 fg (default) / 0 bg (repeat)",
+    )
+    p.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        type=_numbers(4, 5, "X0,Y0,X1,Y1[,LABEL]"),
+        metavar="X0,Y0,X1,Y1[,LABEL]",
+        help="box in px (repeat); LABEL only for exemplars with --text",
+    )
     p.add_argument("--auto", action="store_true", help="segment everything (a grid of clicks)")
     p.add_argument("--threshold", type=float, default=0.5, help="text mode detection score threshold (0.5)")
     p.add_argument("--mask-threshold", type=float, default=0.5, help="mask binarization threshold (0.5)")
@@ -89,6 +103,7 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
 
 def _numbers(low: int, high: int, form: str):
     """argparse type: 'a,b,c' → floats, between ``low`` and ``high`` of them."""
+
     def parse(text: str) -> list[float]:
         try:
             values = [float(v) for v in text.split(",")]
@@ -97,6 +112,7 @@ def _numbers(low: int, high: int, form: str):
         if not low <= len(values) <= high:
             raise argparse.ArgumentTypeError(f"{text!r} is not {form}: {len(values)} numbers")
         return values
+
     return parse
 
 
@@ -116,15 +132,26 @@ def segment_request(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         return {"mode": "box", "boxes": args.box, **_points(args.point), "mask_threshold": args.mask_threshold}
     if args.point:
         return {"mode": "point", **_points(args.point), "mask_threshold": args.mask_threshold}
-    return {"mode": "auto", "points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
-            "stability_score_thresh": args.stability_score_thresh, "mask_threshold": args.mask_threshold}
+    return {
+        "mode": "auto",
+        "points_per_side": args.points_per_side,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh,
+        "mask_threshold": args.mask_threshold,
+    }
 
 
 def _text_request(args: argparse.Namespace) -> dict:
     boxes = [b[:4] for b in args.box] or None
     labels = [int(b[4]) if len(b) == 5 else 1 for b in args.box] or None
-    return {"mode": "text", "text": args.text, "boxes": boxes, "box_labels": labels,
-            "threshold": args.threshold, "mask_threshold": args.mask_threshold}
+    return {
+        "mode": "text",
+        "text": args.text,
+        "boxes": boxes,
+        "box_labels": labels,
+        "threshold": args.threshold,
+        "mask_threshold": args.mask_threshold,
+    }
 
 
 def _points(points: list[list[float]]) -> dict:
@@ -151,8 +178,13 @@ def run_segment(args: argparse.Namespace, request: dict) -> int:
 
 def _write_outputs(args: argparse.Namespace, seg: Segmentation, fields: dict) -> None:
     if args.out is not None:
-        overlay = draw_overlay(load_image_rgb(args.image), seg, points=fields.get("points"),
-                               point_labels=fields.get("point_labels"), prompt_boxes=fields.get("boxes"))
+        overlay = draw_overlay(
+            load_image_rgb(args.image),
+            seg,
+            points=fields.get("points"),
+            point_labels=fields.get("point_labels"),
+            prompt_boxes=fields.get("boxes"),
+        )
         overlay.save(args.out, "PNG")
         print(f"overlay: {args.out}")
     if args.json is not None:
@@ -163,8 +195,10 @@ def _write_outputs(args: argparse.Namespace, seg: Segmentation, fields: dict) ->
 def summary_table(seg: Segmentation) -> str:
     """One line per detection: index, label, score, box x0,y0,x1,y1 px, mask area px."""
     h, w = seg.image_shape
-    lines = [f"{len(seg)} detection(s), mode {seg.mode}, image {w}x{h} (w x h)",
-             f"{'#':>3}  {'label':<16} {'score':>6}  {'box x0,y0,x1,y1':<24} {'area':>8}"]
+    lines = [
+        f"{len(seg)} detection(s), mode {seg.mode}, image {w}x{h} (w x h)",
+        f"{'#':>3}  {'label':<16} {'score':>6}  {'box x0,y0,x1,y1':<24} {'area':>8}",
+    ]
     for i in range(len(seg)):
         box = ",".join(f"{v:.0f}" for v in seg.boxes[i])
         lines.append(f"{i:>3}  {seg.label_name(i)[:16]:<16} {float(seg.scores[i]):>6.3f}  {box:<24} {seg.area(i):>8}")

@@ -59,8 +59,10 @@ def _nonempty(data: bytes, what: str = "image bytes") -> bytes:
 def _checked_array(array: np.ndarray) -> np.ndarray:
     """The array itself when it is uint8 HxW, HxWx3 or HxWx4; else ValueError saying how to fix it."""
     if array.dtype != np.uint8:
-        raise ValueError(f"image array must be uint8 (0..255); got {array.dtype}: convert it, "
-                         "e.g. (array * 255).clip(0, 255).astype(np.uint8) for floats in [0, 1]")
+        raise ValueError(
+            f"image array must be uint8 (0..255); got {array.dtype}: convert it, "
+            "e.g. (array * 255).clip(0, 255).astype(np.uint8) for floats in [0, 1]"
+        )
     if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
         if array.shape[0] and array.shape[1]:
             return np.ascontiguousarray(array)

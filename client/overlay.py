@@ -12,8 +12,20 @@ from PIL import Image, ImageDraw, ImageFont
 
 from client.results import Segmentation
 
-PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+)
 POINT_COLORS = {1: (0, 255, 0), 0: (255, 0, 0)}  # foreground / background clicks
 
 
@@ -22,8 +34,16 @@ def color(i: int) -> tuple[int, int, int]:
     return PALETTE[i % len(PALETTE)]
 
 
-def draw_overlay(image_rgb: np.ndarray, seg: Segmentation, concepts=None, *, points=None, point_labels=None,
-                 prompt_boxes=None, alpha: float = 0.45) -> Image.Image:
+def draw_overlay(
+    image_rgb: np.ndarray,
+    seg: Segmentation,
+    concepts=None,
+    *,
+    points=None,
+    point_labels=None,
+    prompt_boxes=None,
+    alpha: float = 0.45,
+) -> Image.Image:
     """RGB image with the detections of ``seg`` drawn over ``image_rgb`` (uint8 [H, W, 3], H, W = seg.image_shape).
 
     concepts: label names overriding ``seg.concepts``. points [N, 2] x, y px with point_labels
@@ -55,8 +75,10 @@ def _checked_image(image_rgb: np.ndarray, seg: Segmentation) -> np.ndarray:
     if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         raise ValueError(f"image_rgb must be uint8 [H, W, 3]; got {image_rgb.dtype} {image_rgb.shape}")
     if tuple(image_rgb.shape[:2]) != tuple(seg.image_shape):
-        raise ValueError(f"image is {image_rgb.shape[:2]} (h, w) but the segmentation is of a "
-                         f"{tuple(seg.image_shape)} image: draw over the image that was segmented")
+        raise ValueError(
+            f"image is {image_rgb.shape[:2]} (h, w) but the segmentation is of a "
+            f"{tuple(seg.image_shape)} image: draw over the image that was segmented"
+        )
     return image_rgb
 
 
@@ -82,8 +104,9 @@ def _line_width(size_wh: tuple[int, int]) -> int:
     return max(2, min(size_wh) // 256)
 
 
-def _draw_detection(draw: ImageDraw.ImageDraw, seg: Segmentation, i: int, text: str, font,
-                    size: tuple[int, int]) -> None:
+def _draw_detection(
+    draw: ImageDraw.ImageDraw, seg: Segmentation, i: int, text: str, font, size: tuple[int, int]
+) -> None:
     """Box outline of detection ``i`` and its label on a filled tag above (or inside) the box."""
     x0, y0, x1, y1 = _clipped_box(seg.boxes[i], size)
     draw.rectangle((x0, y0, x1, y1), outline=color(i), width=_line_width(size))

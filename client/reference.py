@@ -23,6 +23,7 @@ import numpy as np
 def decode_image(image_bytes: bytes):
     """Encoded image bytes → RGB PIL image (as the seeds do: ``Image.open(...).convert("RGB")``)."""
     from PIL import Image
+
     return Image.open(io.BytesIO(image_bytes)).convert("RGB")
 
 
@@ -39,6 +40,7 @@ class ReferencePipeline:
         from transformers import Sam3Processor, Sam3TrackerProcessor
 
         from export.checkpoint import load_models
+
         self.checkpoint = checkpoint_dir  # a directory, or a Hugging Face id as export.checkpoint resolves it
         self.bf16 = bf16
         self.dtype = "bfloat16 autocast" if bf16 else "float32"
@@ -64,8 +66,11 @@ class ReferencePipeline:
         inputs = self.processor(images=image, text=concept, return_tensors="pt")
         outputs = self._forward(self.model, inputs)
         result = self.processor.post_process_instance_segmentation(
-            outputs, threshold=threshold, mask_threshold=mask_threshold,
-            target_sizes=inputs.get("original_sizes").tolist())[0]
+            outputs,
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            target_sizes=inputs.get("original_sizes").tolist(),
+        )[0]
         return result["boxes"].numpy(), result["scores"].numpy(), result["masks"].numpy()
 
     def point(self, image_bytes: bytes, points, labels):
@@ -95,6 +100,7 @@ class ReferencePipeline:
     def _forward(self, model, inputs, **kwargs):
         """model(**inputs) without grad, under bf16 autocast when asked; floating outputs as float32."""
         import torch
+
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             outputs = model(**inputs, **kwargs)
         for key, value in list(outputs.items()):

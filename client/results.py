@@ -91,14 +91,25 @@ class Segmentation:
         if masks not in ("rle", "none"):
             raise ValueError(f"masks must be 'rle' or 'none'; got {masks!r}")
         detections = [self._detection_json(i, masks == "rle") for i in range(len(self))]
-        return {"image_shape": list(self.image_shape), "mode": self.mode, "concepts": list(self.concepts),
-                "count": len(self), "detections": detections}
+        return {
+            "image_shape": list(self.image_shape),
+            "mode": self.mode,
+            "concepts": list(self.concepts),
+            "count": len(self),
+            "detections": detections,
+        }
 
     def _detection_json(self, i: int, with_mask: bool) -> dict:
-        item = {"index": i, "label": int(self.labels[i]), "name": self.label_name(i),
-                "score": float(self.scores[i]), "box": [float(v) for v in self.boxes[i]],
-                "iou_scores": [float(v) for v in self.iou_scores[i]],
-                "stability_score": float(self.stability_scores[i]), "area": self.area(i)}
+        item = {
+            "index": i,
+            "label": int(self.labels[i]),
+            "name": self.label_name(i),
+            "score": float(self.scores[i]),
+            "box": [float(v) for v in self.boxes[i]],
+            "iou_scores": [float(v) for v in self.iou_scores[i]],
+            "stability_score": float(self.stability_scores[i]),
+            "area": self.area(i),
+        }
         if with_mask:
             item["mask"] = self.rle(i)
         return item
@@ -108,8 +119,10 @@ class Segmentation:
 
     def _decode(self, i: int) -> np.ndarray:
         if i >= len(self.masks_rle):
-            raise IndexError(f"detection {i} has no mask: this result holds {len(self.masks_rle)} RLE masks "
-                             f"for {len(self)} detections")
+            raise IndexError(
+                f"detection {i} has no mask: this result holds {len(self.masks_rle)} RLE masks "
+                f"for {len(self)} detections"
+            )
         return mask_utils.decode(self._coco_rle(i)).astype(bool)
 
 
@@ -127,7 +140,13 @@ def segmentation_from_outputs(outputs: dict[str, np.ndarray | None], concepts: l
     count, masks = len(arr["scores"]), arr["masks"]
     return Segmentation(
         image_shape=(int(arr["image_shape"][0]), int(arr["image_shape"][1])),
-        boxes=arr["boxes"].reshape(-1, 4), scores=arr["scores"], labels=arr["labels"],
-        iou_scores=arr["iou_scores"], stability_scores=arr["stability_scores"],
-        masks_rle=[bytes(c) for c in arr["masks_rle"].reshape(-1)], concepts=list(concepts), mode=mode,
-        _masks=masks if count and len(masks) == count else None)
+        boxes=arr["boxes"].reshape(-1, 4),
+        scores=arr["scores"],
+        labels=arr["labels"],
+        iou_scores=arr["iou_scores"],
+        stability_scores=arr["stability_scores"],
+        masks_rle=[bytes(c) for c in arr["masks_rle"].reshape(-1)],
+        concepts=list(concepts),
+        mode=mode,
+        _masks=masks if count and len(masks) == count else None,
+    )

@@ -65,20 +65,27 @@ class Sample:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sam3-client soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="sam3-client soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--url", default="http://127.0.0.1:8080", help="REST gateway base URL")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--images", type=int, default=10, help="distinct images in the pool")
     p.add_argument("--kill", metavar="MODEL", help="SIGKILL the Python stub(s) of this model mid-way, e.g. sam3_vision")
     p.add_argument("--kill-at", type=float, default=0.5, help="fraction of the requests started before the kill")
-    p.add_argument("--triton-pid", type=int, help="tritonserver whose stubs to kill and measure (default: the only one)")
+    p.add_argument(
+        "--triton-pid", type=int, help="tritonserver whose stubs to kill and measure (default: the only one)"
+    )
     p.add_argument("--warmup-fraction", type=float, default=0.25, help="requests before RSS growth is measured")
     p.add_argument("--rss-interval", type=float, default=1.0, help="seconds between RSS samples")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--retries", type=int, default=0,
-                   help="retry a 503 up to this many times after its Retry-After, as a well-behaved client (0)")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="retry a 503 up to this many times after its Retry-After, as a well-behaved client (0)",
+    )
     p.add_argument("--token", default=os.environ.get("SAM3_API_KEY"), help="bearer token, if the gateway needs one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the JSON report here")
@@ -90,9 +97,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------- requests
 
+
 def image_pool(count: int, seed: int) -> list[tuple[str, int, int]]:
     """``count`` synthetic PNG images (blobs on a gradient, several sizes) as (base64, height, width)."""
     from PIL import Image, ImageDraw
+
     rng, pool = np.random.default_rng(seed), []
     for i in range(count):
         h, w = SIZES[i % len(SIZES)]
@@ -100,8 +109,10 @@ def image_pool(count: int, seed: int) -> list[tuple[str, int, int]]:
         draw = ImageDraw.Draw(image)
         for _ in range(4):
             x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
-            draw.ellipse([x0, y0, x0 + rng.integers(20, w // 2), y0 + rng.integers(20, h // 2)],
-                         fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+            draw.ellipse(
+                [x0, y0, x0 + rng.integers(20, w // 2), y0 + rng.integers(20, h // 2)],
+                fill=tuple(int(v) for v in rng.integers(0, 255, 3)),
+            )
         buf = io.BytesIO()
         image.save(buf, "PNG")
         pool.append((base64.b64encode(buf.getvalue()).decode(), h, w))
@@ -114,8 +125,12 @@ def request_body(i: int, pool, rng: np.random.Generator) -> tuple[str, dict]:
     mode = str(rng.choice(modes, p=np.array(weights) / sum(weights)))
     image, h, w = pool[i % len(pool)]
     x, y = float(rng.uniform(0, w)), float(rng.uniform(0, h))
-    fields = {"text": {"text": str(rng.choice(CONCEPTS))}, "point": {"point_coords": [[x, y]], "point_labels": [1]},
-              "box": {"box_coords": [x / 2, y / 2, (x + w) / 2, (y + h) / 2]}, "auto": {"points_per_side": 4}}[mode]
+    fields = {
+        "text": {"text": str(rng.choice(CONCEPTS))},
+        "point": {"point_coords": [[x, y]], "point_labels": [1]},
+        "box": {"box_coords": [x / 2, y / 2, (x + w) / 2, (y + h) / 2]},
+        "auto": {"points_per_side": 4},
+    }[mode]
     return mode, {"image": image, "mode": mode, "mask_format": "rle", **fields}
 
 
@@ -145,6 +160,7 @@ def health_status(url: str) -> int:
 
 # ---------------------------------------------------------------- processes
 
+
 def triton_pids() -> list[int]:
     """Process ids of the tritonserver processes on this machine."""
     found = []
@@ -164,7 +180,7 @@ def _flag(pid: int, prefix: str) -> str:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return ""
-    return next((a[len(prefix):] for a in args if a.startswith(prefix)), "")
+    return next((a[len(prefix) :] for a in args if a.startswith(prefix)), "")
 
 
 def rss_kb(pid: int) -> int | None:
@@ -180,6 +196,7 @@ def rss_kb(pid: int) -> int | None:
 def processes(server_pid: int) -> dict[str, int]:
     """{"tritonserver": pid, <stub instance name>: pid, ...} of one server."""
     from server.watchdog import stub_processes
+
     named = {"tritonserver": server_pid}
     for pid, args in stub_processes(server_pid).items():
         names = [a for a in args[1:] if INSTANCE.fullmatch(a) and not a.startswith("triton_python_backend")]
@@ -190,6 +207,7 @@ def processes(server_pid: int) -> dict[str, int]:
 def kill_stubs(server_pid: int, model: str) -> list[int]:
     """SIGKILL every stub of ``model`` under ``server_pid``; the pids killed (ValueError if none)."""
     from server.watchdog import stub_pids
+
     names = [model] + [n for n in _instance_models(server_pid) if n != model]
     pids = stub_pids(server_pid, names)[model]
     if not pids:
@@ -227,11 +245,17 @@ class RssSampler:
         while not self._halt.wait(self.interval_s):
             named = processes(self.server_pid)
             kb = {name: rss_kb(pid) for name, pid in named.items()}
-            self.samples.append({"t": round(time.monotonic() - self.t0, 2),
-                                 "pid": named, "rss_kb": {k: v for k, v in kb.items() if v is not None}})
+            self.samples.append(
+                {
+                    "t": round(time.monotonic() - self.t0, 2),
+                    "pid": named,
+                    "rss_kb": {k: v for k, v in kb.items() if v is not None},
+                }
+            )
 
 
 # ---------------------------------------------------------------- the run
+
 
 class Soak:
     """One soak run (see the module doc); :meth:`run` returns the report dict."""
@@ -271,8 +295,9 @@ class Soak:
             return pids[0]
         if self.args.kill:
             ports = {pid: _flag(pid, "--grpc-port=") for pid in pids}
-            raise SystemExit(f"sam3-client soak: {len(pids)} tritonserver processes here (pid: gRPC port {ports}): "
-                             "pass --triton-pid")
+            raise SystemExit(
+                f"sam3-client soak: {len(pids)} tritonserver processes here (pid: gRPC port {ports}): pass --triton-pid"
+            )
         return None
 
     def _one(self, i: int, rng) -> None:
@@ -324,6 +349,7 @@ def watch_health(url: str, t0: float, limit_s: float) -> dict:
 
 # ---------------------------------------------------------------- the report
 
+
 def percentile(values, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if len(values) else None
 
@@ -337,17 +363,25 @@ def build_report(args, samples: list[Sample], kill: dict, rss: list[dict], wall_
     by_status: dict[str, int] = {}
     for s in failed:
         by_status[str(s.status)] = by_status.get(str(s.status), 0) + 1
-    return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "token"},
-            "requests": len(samples), "ok": len(ok), "wall_s": round(wall_s, 2),
-            "throughput_rps": round(len(samples) / wall_s, 2),
-            "latency_ms": {"p50": percentile(ok, 50), "p99": percentile(ok, 99), "max": percentile(ok, 100)},
-            "errors": {"total": len(failed), "inside_recovery_window": len(inside),
-                       "outside_recovery_window": len(failed) - len(inside), "by_status": by_status,
-                       "503_without_retry_after": sum(s.status == 503 and not s.retry_after for s in failed),
-                       "examples": [asdict(s) for s in failed[:5]]},
-            "kill": kill | recovery_figures(kill, samples),
-            "bodies_with_traceback_or_path": sum(s.leak for s in samples),
-            "rss": rss_report(rss, samples, args.warmup_fraction, kill)}
+    return {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "token"},
+        "requests": len(samples),
+        "ok": len(ok),
+        "wall_s": round(wall_s, 2),
+        "throughput_rps": round(len(samples) / wall_s, 2),
+        "latency_ms": {"p50": percentile(ok, 50), "p99": percentile(ok, 99), "max": percentile(ok, 100)},
+        "errors": {
+            "total": len(failed),
+            "inside_recovery_window": len(inside),
+            "outside_recovery_window": len(failed) - len(inside),
+            "by_status": by_status,
+            "503_without_retry_after": sum(s.status == 503 and not s.retry_after for s in failed),
+            "examples": [asdict(s) for s in failed[:5]],
+        },
+        "kill": kill | recovery_figures(kill, samples),
+        "bodies_with_traceback_or_path": sum(s.leak for s in samples),
+        "rss": rss_report(rss, samples, args.warmup_fraction, kill),
+    }
 
 
 def recovery_window(kill: dict) -> tuple[float, float] | None:
@@ -363,8 +397,10 @@ def recovery_figures(kill: dict, samples: list[Sample]) -> dict:
         return {}
     at, again = kill["at_s"], kill.get("health_ready_again_s")
     failed_after = [s.end for s in samples if s.status != 200 and s.end >= at]
-    return {"recovery_s": round(again - at, 3) if again else None,
-            "last_failure_after_kill_s": round(max(failed_after) - at, 3) if failed_after else None}
+    return {
+        "recovery_s": round(again - at, 3) if again else None,
+        "last_failure_after_kill_s": round(max(failed_after) - at, 3) if failed_after else None,
+    }
 
 
 def rss_report(rss: list[dict], samples: list[Sample], warmup_fraction: float, kill: dict) -> dict:
@@ -377,10 +413,14 @@ def rss_report(rss: list[dict], samples: list[Sample], warmup_fraction: float, k
     base, last = next((r for r in rss if r["t"] >= warm_t), rss[0]), rss[-1]
     growth = _growth(base, last)
     total = sum(base["rss_kb"][n] for n in growth), sum(last["rss_kb"][n] for n in growth)
-    report = {"from_s": base["t"], "to_s": last["t"], "growth_pct": growth,
-              "max_growth_pct": max(growth.values(), default=None),
-              "total_growth_pct": round(100.0 * (total[1] - total[0]) / total[0], 2) if total[0] else None,
-              "restarted": sorted(n for n in base["pid"] if base["pid"][n] != last["pid"].get(n))}
+    report = {
+        "from_s": base["t"],
+        "to_s": last["t"],
+        "growth_pct": growth,
+        "max_growth_pct": max(growth.values(), default=None),
+        "total_growth_pct": round(100.0 * (total[1] - total[0]) / total[0], 2) if total[0] else None,
+        "restarted": sorted(n for n in base["pid"] if base["pid"][n] != last["pid"].get(n)),
+    }
     healed = kill.get("health_ready_again_s")
     after = next((r for r in rss if healed and r["t"] >= healed + RECOVERY_SETTLE_S), None)
     if after is not None and after is not last:
@@ -391,29 +431,40 @@ def rss_report(rss: list[dict], samples: list[Sample], warmup_fraction: float, k
 
 def _growth(base: dict, last: dict) -> dict[str, float]:
     """{process: % RSS growth from ``base`` to ``last``} for processes with the same pid in both samples."""
-    return {name: round(100.0 * (last["rss_kb"][name] - kb) / kb, 2) for name, kb in base["rss_kb"].items()
-            if name in last["rss_kb"] and base["pid"].get(name) == last["pid"].get(name) and kb}
+    return {
+        name: round(100.0 * (last["rss_kb"][name] - kb) / kb, 2)
+        for name, kb in base["rss_kb"].items()
+        if name in last["rss_kb"] and base["pid"].get(name) == last["pid"].get(name) and kb
+    }
 
 
 def summary(report: dict) -> str:
     """A few lines for the terminal."""
     e, lat, kill, rss = report["errors"], report["latency_ms"], report["kill"], report["rss"]
-    lines = [f"{report['requests']} requests, {report['ok']} ok, {report['throughput_rps']} req/s, "
-             f"p50 {lat['p50']} ms, p99 {lat['p99']} ms",
-             f"errors {e['total']} (inside the recovery window {e['inside_recovery_window']}, outside "
-             f"{e['outside_recovery_window']}) by status {e['by_status']}; 503 without Retry-After: "
-             f"{e['503_without_retry_after']}; 503s retried after Retry-After: {e.get('503_retried', 0)}; "
-             f"bodies with a traceback or path: {report['bodies_with_traceback_or_path']}"]
+    lines = [
+        f"{report['requests']} requests, {report['ok']} ok, {report['throughput_rps']} req/s, "
+        f"p50 {lat['p50']} ms, p99 {lat['p99']} ms",
+        f"errors {e['total']} (inside the recovery window {e['inside_recovery_window']}, outside "
+        f"{e['outside_recovery_window']}) by status {e['by_status']}; 503 without Retry-After: "
+        f"{e['503_without_retry_after']}; 503s retried after Retry-After: {e.get('503_retried', 0)}; "
+        f"bodies with a traceback or path: {report['bodies_with_traceback_or_path']}",
+    ]
     if kill:
-        lines.append(f"killed {kill['model']} at {kill['at_s']} s; /health not ready at {kill['health_not_ready_s']} s, "
-                     f"ready again at {kill['health_ready_again_s']} s: recovery {kill.get('recovery_s')} s")
+        lines.append(
+            f"killed {kill['model']} at {kill['at_s']} s; /health not ready at {kill['health_not_ready_s']} s, "
+            f"ready again at {kill['health_ready_again_s']} s: recovery {kill.get('recovery_s')} s"
+        )
     if rss.get("growth_pct"):
-        lines.append(f"RSS growth {rss['from_s']} s → {rss['to_s']} s: max {rss['max_growth_pct']}%, "
-                     f"total {rss['total_growth_pct']}% (restarted: {', '.join(rss['restarted']) or 'none'})")
+        lines.append(
+            f"RSS growth {rss['from_s']} s → {rss['to_s']} s: max {rss['max_growth_pct']}%, "
+            f"total {rss['total_growth_pct']}% (restarted: {', '.join(rss['restarted']) or 'none'})"
+        )
     if rss.get("after_recovery"):
         after = rss["after_recovery"]
-        lines.append(f"RSS growth after the recovery ({after['from_s']} s → {rss['to_s']} s, every process): "
-                     f"max {after['max_growth_pct']}%")
+        lines.append(
+            f"RSS growth after the recovery ({after['from_s']} s → {rss['to_s']} s, every process): "
+            f"max {after['max_growth_pct']}%"
+        )
     return "\n".join(lines)
 
 

@@ -22,19 +22,28 @@ from export.spec import COMPONENTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=("onnx", "verify", "trt", "all", "latency", "runtimes"))
-    parser.add_argument("--model", default="facebook/sam3", help="HF id, checkpoint dir, or 'tiny' (default facebook/sam3)")
+    parser.add_argument(
+        "--model", default="facebook/sam3", help="HF id, checkpoint dir, or 'tiny' (default facebook/sam3)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="artifacts directory")
     parser.add_argument("--components", default=",".join(COMPONENTS), help="comma list of " + ",".join(COMPONENTS))
     parser.add_argument("--opset", type=int, default=18)
-    parser.add_argument("--hf-token", default=os.environ.get("HF_TOKEN"), help="token for gated models (default $HF_TOKEN)")
+    parser.add_argument(
+        "--hf-token", default=os.environ.get("HF_TOKEN"), help="token for gated models (default $HF_TOKEN)"
+    )
     parser.add_argument("--atol", type=float, default=1e-4, help="parity absolute tolerance")
     parser.add_argument("--rtol", type=float, default=1e-4, help="parity tolerance relative to max |expected|")
     parser.add_argument("--runs", type=int, default=10, help="latency: timed runs per side (after 2 warm-up)")
-    parser.add_argument("--threads", type=int, default=0, help="runtimes: inference threads (0 = the runtime's default)")
-    parser.add_argument("--precision", default=None, help="trt: fp32|fp16|bf16 for every component (default per component)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="runtimes: inference threads (0 = the runtime's default)"
+    )
+    parser.add_argument(
+        "--precision", default=None, help="trt: fp32|fp16|bf16 for every component (default per component)"
+    )
     args = parser.parse_args(argv)
     args.components = _components(parser, args.components)
     return args
@@ -50,6 +59,7 @@ def _components(parser, text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> None:
     from export import pipeline
+
     if args.command in ("onnx", "all"):
         pipeline.export_onnx(args.model, args.out, args.components, args.opset, args.hf_token)
     if args.command in ("verify", "all"):
@@ -57,12 +67,15 @@ def run(args: argparse.Namespace) -> None:
         bf16_gate(args.out, args.components)
     if args.command == "trt" or (args.command == "all" and _has_gpu()):
         from export.trt import build_engines
+
         build_engines(args.out, components=args.components, precision=args.precision)
     elif args.command == "runtimes":
         from export.runtime_latency import measure as measure_runtimes
+
         measure_runtimes(args.out, runs=args.runs, threads=args.threads, components=args.components)
     elif args.command == "latency":
         from export.latency import measure
+
         measure(args.out, runs=args.runs, components=args.components, token=args.hf_token)
     elif args.command == "all":
         pipeline.log("no CUDA GPU here: skipping TensorRT engines (run `python -m export trt` on a GPU machine)")
@@ -73,6 +86,7 @@ def bf16_gate(out: Path, components) -> None:
     from export import pipeline
     from export.manifest import load_manifest
     from export.precision import cpu_capabilities, gate, gate_lines
+
     capabilities = cpu_capabilities()
     if "BF16" not in capabilities:
         pipeline.log(f"bf16 gate skipped: this CPU has no bf16 (OpenVINO capabilities {capabilities}); serving is fp32")
@@ -86,6 +100,7 @@ def bf16_gate(out: Path, components) -> None:
 
 def _has_gpu() -> bool:
     from export.trt import GpuUnavailableError, require_gpu
+
     try:
         require_gpu()
     except GpuUnavailableError:
@@ -100,6 +115,7 @@ def main(argv=None) -> int:
     from export.onnx_export import ExportError
     from export.parity import ParityError
     from export.trt import EngineBuildError, EngineParityError, GpuUnavailableError, TensorRTVersionError
+
     try:
         run(args)
     except (CheckpointError, ManifestError, ExportError, GpuUnavailableError, TensorRTVersionError) as err:

@@ -74,45 +74,71 @@ class BenchSizes:
 def bench_vision_config(s: BenchSizes) -> dict:
     """Vision config dict (ViT + FPN neck) shared by the detector and tracker configs."""
     g = s.grid
-    vit = dict(model_type="sam3_vit_model", hidden_size=s.vit_hidden, intermediate_size=4 * s.vit_hidden,
-               num_hidden_layers=s.vit_layers, num_attention_heads=s.vit_heads, image_size=s.image_size,
-               patch_size=14, window_size=s.vit_window, global_attn_indexes=list(s.vit_global),
-               pretrain_image_size=s.image_size)
-    return dict(backbone_config=vit, fpn_hidden_size=s.hidden,
-                backbone_feature_sizes=[[4 * g, 4 * g], [2 * g, 2 * g], [g, g]])
+    vit = dict(
+        model_type="sam3_vit_model",
+        hidden_size=s.vit_hidden,
+        intermediate_size=4 * s.vit_hidden,
+        num_hidden_layers=s.vit_layers,
+        num_attention_heads=s.vit_heads,
+        image_size=s.image_size,
+        patch_size=14,
+        window_size=s.vit_window,
+        global_attn_indexes=list(s.vit_global),
+        pretrain_image_size=s.image_size,
+    )
+    return dict(
+        backbone_config=vit, fpn_hidden_size=s.hidden, backbone_feature_sizes=[[4 * g, 4 * g], [2 * g, 2 * g], [g, g]]
+    )
 
 
 def bench_detector_config(s: BenchSizes):
     """Sam3Config of the detector (text encoder, geometry encoder, DETR, mask decoder)."""
     from transformers import Sam3Config
+
     layer = dict(hidden_size=s.hidden, num_attention_heads=s.heads, intermediate_size=s.ffn)
     return Sam3Config(
         vision_config=bench_vision_config(s),
-        text_config=dict(vocab_size=49408, hidden_size=s.text_hidden, intermediate_size=4 * s.text_hidden,
-                         num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads,
-                         max_position_embeddings=32, projection_dim=s.hidden),
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=s.text_hidden,
+            intermediate_size=4 * s.text_hidden,
+            num_hidden_layers=s.text_layers,
+            num_attention_heads=s.text_heads,
+            max_position_embeddings=32,
+            projection_dim=s.hidden,
+        ),
         geometry_encoder_config=dict(layer, num_layers=s.geometry_layers, roi_size=7),
         detr_encoder_config=dict(layer, num_layers=s.detr_encoder_layers),
         detr_decoder_config=dict(layer, num_layers=s.detr_decoder_layers, num_queries=s.queries),
-        mask_decoder_config=dict(hidden_size=s.hidden, num_attention_heads=s.heads))
+        mask_decoder_config=dict(hidden_size=s.hidden, num_attention_heads=s.heads),
+    )
 
 
 def bench_tracker_config(s: BenchSizes):
     """Sam3TrackerVideoConfig (prompt encoder + mask decoder; memory parts sized to match)."""
     from transformers import Sam3TrackerVideoConfig
+
     h = s.hidden
     return Sam3TrackerVideoConfig(
-        image_size=s.image_size, vision_config=bench_vision_config(s),
+        image_size=s.image_size,
+        vision_config=bench_vision_config(s),
         prompt_encoder_config=dict(hidden_size=h, image_size=s.image_size, patch_size=14),
         mask_decoder_config=dict(hidden_size=h, mlp_dim=s.ffn, num_attention_heads=s.heads, iou_head_hidden_dim=h),
-        memory_attention_hidden_size=h, memory_encoder_hidden_size=h, mask_downsampler_embed_dim=h,
-        memory_fuser_embed_dim=h, memory_fuser_intermediate_dim=4 * h, memory_attention_feed_forward_hidden_size=s.ffn,
-        memory_encoder_output_channels=32, memory_attention_rope_feat_sizes=[s.grid, s.grid])
+        memory_attention_hidden_size=h,
+        memory_encoder_hidden_size=h,
+        mask_downsampler_embed_dim=h,
+        memory_fuser_embed_dim=h,
+        memory_fuser_intermediate_dim=4 * h,
+        memory_attention_feed_forward_hidden_size=s.ffn,
+        memory_encoder_output_channels=32,
+        memory_attention_rope_feat_sizes=[s.grid, s.grid],
+    )
 
 
 def bench_video_config(sizes: BenchSizes = BenchSizes()):
     """A Sam3VideoConfig whose detector and tracker have the bench sizes."""
     from transformers import Sam3VideoConfig
+
     sizes.check()
     return Sam3VideoConfig(detector_config=bench_detector_config(sizes), tracker_config=bench_tracker_config(sizes))
 
@@ -120,6 +146,7 @@ def bench_video_config(sizes: BenchSizes = BenchSizes()):
 def build_bench_checkpoint(out_dir: Path, seed: int = BENCH_SEED, sizes: BenchSizes = BenchSizes()) -> Path:
     """Write the bench checkpoint (config, model.safetensors, tokenizer, processor) to out_dir; return it."""
     from export.random_checkpoint import write_random_checkpoint
+
     return write_random_checkpoint(bench_video_config(sizes), out_dir, sizes.image_size, seed)
 
 

@@ -14,5 +14,6 @@ def build_full_random_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     from transformers import Sam3Config, Sam3TrackerVideoConfig, Sam3VideoConfig
 
     from export.random_checkpoint import write_random_checkpoint
+
     config = Sam3VideoConfig(detector_config=Sam3Config(), tracker_config=Sam3TrackerVideoConfig(image_size=1008))
     return write_random_checkpoint(config, out_dir, 1008, seed, spread=False)

@@ -33,7 +33,7 @@ def _input_ids(shape, rng, _):
     ids = np.full(shape, EOS, dtype=np.int64)
     for row, n in enumerate(_lengths(shape)):
         ids[row, 0] = BOS
-        ids[row, 1:n - 1] = rng.integers(0, BOS, n - 2)
+        ids[row, 1 : n - 1] = rng.integers(0, BOS, n - 2)
     return ids
 
 
@@ -57,9 +57,9 @@ def _boxes(shape, rng, _):
 
 def _box_valid(shape, rng, _):
     valid = np.ones(shape, dtype=bool)
-    valid[0, :] = False          # first row: text only (padding slots)
+    valid[0, :] = False  # first row: text only (padding slots)
     if shape[1] > 1:
-        valid[-1, -1] = False    # a padding slot after a valid box
+        valid[-1, -1] = False  # a padding slot after a valid box
     return valid
 
 

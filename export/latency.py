@@ -29,13 +29,17 @@ def _times(fn, runs: int, warmup: int) -> list[float]:
 
 
 def _summary(samples: list[float]) -> dict:
-    return {"median_ms": 1e3 * statistics.median(samples), "p90_ms": 1e3 * float(np.percentile(samples, 90)),
-            "runs": len(samples)}
+    return {
+        "median_ms": 1e3 * statistics.median(samples),
+        "p90_ms": 1e3 * float(np.percentile(samples, 90)),
+        "runs": len(samples),
+    }
 
 
 def measure(out: Path, runs: int = 10, warmup: int = 2, components=None, token=None) -> dict:
     """{component: {"sizes", "torch", "onnxruntime", "ratio"}} and the JSON report on disk."""
     import torch
+
     from export.checkpoint import load_models, resolve_checkpoint
     from export.inputs import example_inputs
     from export.manifest import load_manifest
@@ -57,20 +61,35 @@ def measure(out: Path, runs: int = 10, warmup: int = 2, components=None, token=N
         with torch.no_grad():
             eager = _summary(_times(lambda: wrappers[name](*tensors), runs, warmup))
         ort = _summary(_times(lambda: session.run(None, feeds), runs, warmup))
-        results[name] = {"sizes": sizes, "torch": eager, "onnxruntime": ort,
-                         "speedup": eager["median_ms"] / ort["median_ms"]}
-    report = {"model": manifest.model, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-              "torch": torch.__version__, "runs": runs, "warmup": warmup, "components": results}
+        results[name] = {
+            "sizes": sizes,
+            "torch": eager,
+            "onnxruntime": ort,
+            "speedup": eager["median_ms"] / ort["median_ms"],
+        }
+    report = {
+        "model": manifest.model,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "runs": runs,
+        "warmup": warmup,
+        "components": results,
+    }
     (Path(out) / "latency_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
     return report
 
 
 def format_table(report: dict) -> str:
-    rows = [f"model {report['model']}  (threads {report['threads']}, median of {report['runs']} runs)",
-            f"{'component':<10} {'sizes':<22} {'torch ms':>10} {'ORT ms':>10} {'ORT speedup':>12}"]
+    rows = [
+        f"model {report['model']}  (threads {report['threads']}, median of {report['runs']} runs)",
+        f"{'component':<10} {'sizes':<22} {'torch ms':>10} {'ORT ms':>10} {'ORT speedup':>12}",
+    ]
     for name, r in report["components"].items():
         sizes = ",".join(f"{k}={v}" for k, v in r["sizes"].items())
-        rows.append(f"{name:<10} {sizes:<22} {r['torch']['median_ms']:>10.1f} {r['onnxruntime']['median_ms']:>10.1f} "
-                    f"{r['speedup']:>11.2f}x")
+        rows.append(
+            f"{name:<10} {sizes:<22} {r['torch']['median_ms']:>10.1f} {r['onnxruntime']['median_ms']:>10.1f} "
+            f"{r['speedup']:>11.2f}x"
+        )
     return "\n".join(rows)

@@ -53,6 +53,7 @@ class Manifest:
 def _spec_json(spec: ComponentSpec) -> dict:
     def tensors(ts):
         return [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in ts]
+
     profiles = {k: asdict(p) for k, p in spec.profiles.items()}
     return {"inputs": tensors(spec.inputs), "outputs": tensors(spec.outputs), "profiles": profiles}
 
@@ -85,8 +86,9 @@ def load_manifest(directory: Path, check_hashes: bool = False) -> Manifest:
     data = json.loads(path.read_text())
     data.pop("tensors", None)
     manifest = Manifest(**{**data, "dims": Dims(**data["dims"])})
-    problems = [p for name, entry in manifest.components.items()
-                for p in _check_entry(directory, name, entry, check_hashes)]
+    problems = [
+        p for name, entry in manifest.components.items() for p in _check_entry(directory, name, entry, check_hashes)
+    ]
     if not (directory / manifest.tokenizer).is_file():
         problems.append(f"tokenizer file {manifest.tokenizer} missing")
     if problems:
@@ -100,4 +102,6 @@ def _check_entry(directory: Path, name: str, entry: dict, check_hashes: bool) ->
         return [f"{name}: {entry['file']} missing"]
     if check_hashes and sha256(path) != entry["sha256"]:
         return [f"{name}: {entry['file']} sha256 differs from the manifest"]
-    return [p for sidecar in entry.get("external_data", []) for p in _check_entry(directory, name, sidecar, check_hashes)]
+    return [
+        p for sidecar in entry.get("external_data", []) for p in _check_entry(directory, name, sidecar, check_hashes)
+    ]

@@ -23,17 +23,26 @@ def dynamic_shapes(spec: ComponentSpec) -> dict:
     return {t.name: {i: dims[a] for i, a in t.dynamic_axes().items()} or None for t in spec.inputs}
 
 
-def export_component(wrapper: torch.nn.Module, spec: ComponentSpec, path: Path, image_size: int,
-                     opset: int = DEFAULT_OPSET) -> float:
+def export_component(
+    wrapper: torch.nn.Module, spec: ComponentSpec, path: Path, image_size: int, opset: int = DEFAULT_OPSET
+) -> float:
     """Export ``wrapper`` to ``path`` at the spec's opt sizes; return seconds taken."""
     args = tuple(torch.from_numpy(v) for v in example_inputs(spec, _trace_sizes(spec), image_size).values())
     start = time.perf_counter()
     try:
         with torch.no_grad():
             program = torch.onnx.export(
-                wrapper, args, input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
-                dynamic_shapes=tuple(dynamic_shapes(spec).values()), opset_version=opset, dynamo=True,
-                external_data=False, optimize=True, verbose=False)
+                wrapper,
+                args,
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
+                dynamic_shapes=tuple(dynamic_shapes(spec).values()),
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
     except Exception as err:  # re-raised with the component named
         raise ExportError(f"exporting {spec.name} failed: {type(err).__name__}: {err}") from err
     for stale in Path(path).parent.glob(Path(path).name + ".*"):  # weights of an earlier export

@@ -32,8 +32,9 @@ class ParityError(AssertionError):
 
     def __init__(self, diffs: list[Diff]):
         self.diffs = diffs
-        rows = "\n".join(f"  {d.check:<28} {d.output:<22} max_abs={d.max_abs:.3e} max_rel={d.max_rel:.3e}"
-                         for d in diffs)
+        rows = "\n".join(
+            f"  {d.check:<28} {d.output:<22} max_abs={d.max_abs:.3e} max_rel={d.max_rel:.3e}" for d in diffs
+        )
         super().__init__(f"{len(diffs)} output(s) outside tolerance:\n{rows}")
 
 
@@ -57,6 +58,7 @@ def diff(check: str, name: str, expected: np.ndarray, actual: np.ndarray, tol: T
 def ort_session(path):
     """A CPU ONNX Runtime session for ``path``."""
     import onnxruntime as ort
+
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -91,6 +93,7 @@ def report(diffs: list[Diff]) -> list[dict]:
 
 # ---- chain checks against the UNPATCHED transformers models -------------------------------------
 
+
 def _pixels(dims: Dims, batch: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (batch, 3, dims.image_size, dims.image_size), dtype=np.uint8)
 
@@ -110,15 +113,31 @@ def concept_chain(detector, sessions: dict, specs: dict, dims: Dims, tol: Tolera
     labels = np.array([[1], [0]], np.int64)
     diffs = []
     for with_boxes in (False, True):
-        feeds = dict(fpn_2=fpn[2], text_features=text, text_mask=text_in["attention_mask"].astype(bool),
-                     boxes=boxes, box_labels=labels, box_valid=np.full((2, 1), with_boxes))
+        feeds = dict(
+            fpn_2=fpn[2],
+            text_features=text,
+            text_mask=text_in["attention_mask"].astype(bool),
+            boxes=boxes,
+            box_labels=labels,
+            box_valid=np.full((2, 1), with_boxes),
+        )
         actual = _concept_and_masks(sessions, feeds, fpn)
-        kwargs = dict(input_boxes=torch.from_numpy(boxes), input_boxes_labels=torch.from_numpy(labels)) if with_boxes else {}
+        kwargs = (
+            dict(input_boxes=torch.from_numpy(boxes), input_boxes_labels=torch.from_numpy(labels)) if with_boxes else {}
+        )
         with torch.no_grad():
-            ref = detector(pixel_values=_normalized(pixels).repeat(2, 1, 1, 1), input_ids=torch.from_numpy(text_in["input_ids"]),
-                           attention_mask=torch.from_numpy(text_in["attention_mask"]), **kwargs)
-        expected = {"logits": ref.pred_logits, "presence_logits": ref.presence_logits, "pred_boxes": ref.pred_boxes,
-                    "pred_masks": ref.pred_masks}
+            ref = detector(
+                pixel_values=_normalized(pixels).repeat(2, 1, 1, 1),
+                input_ids=torch.from_numpy(text_in["input_ids"]),
+                attention_mask=torch.from_numpy(text_in["attention_mask"]),
+                **kwargs,
+            )
+        expected = {
+            "logits": ref.pred_logits,
+            "presence_logits": ref.presence_logits,
+            "pred_boxes": ref.pred_boxes,
+            "pred_masks": ref.pred_masks,
+        }
         label = "chain Sam3Model" + (" +boxes" if with_boxes else " text")
         diffs += [diff(label, name, e.numpy(), actual[name], tol) for name, e in expected.items()]
     return diffs
@@ -140,18 +159,30 @@ def prompt_chain(tracker, sessions: dict, specs: dict, dims: Dims, tol: Toleranc
     s = dims.image_size
     points = np.array([[[0.3 * s, 0.4 * s], [0.7 * s, 0.6 * s]]], np.float32)
     box = np.array([[0.2 * s, 0.25 * s, 0.8 * s, 0.7 * s]], np.float32)
-    cases = {"points": (points, np.array([[1, 0]]), dict(input_points=torch.from_numpy(points)[None],
-                                                         input_labels=torch.tensor([[[1, 0]]]))),
-             "box": (box.reshape(1, 2, 2), np.array([[2, 3]]), dict(input_boxes=torch.from_numpy(box)[None]))}
+    cases = {
+        "points": (
+            points,
+            np.array([[1, 0]]),
+            dict(input_points=torch.from_numpy(points)[None], input_labels=torch.tensor([[[1, 0]]])),
+        ),
+        "box": (box.reshape(1, 2, 2), np.array([[2, 3]]), dict(input_boxes=torch.from_numpy(box)[None])),
+    }
     m = dims.mask_size
     diffs = []
     for name, (coords, labels, kwargs) in cases.items():
-        feeds = dict(zip(["track_0", "track_1", "track_2"], track), point_coords=coords, point_labels=labels.astype(np.int64),
-                     mask_input=np.zeros((1, 1, m, m), np.float32), has_mask_input=np.zeros(1, np.float32))
+        feeds = dict(
+            zip(["track_0", "track_1", "track_2"], track),
+            point_coords=coords,
+            point_labels=labels.astype(np.int64),
+            mask_input=np.zeros((1, 1, m, m), np.float32),
+            has_mask_input=np.zeros(1, np.float32),
+        )
         actual = sessions["prompt"].run(None, feeds)
         with torch.no_grad():
             ref = tracker(pixel_values=_normalized(pixels), multimask_output=True, **kwargs)
         expected = (ref.pred_masks[0], ref.iou_scores[0], ref.object_score_logits[0])
-        diffs += [diff(f"chain Sam3Tracker {name}", t.name, e.numpy(), a, tol)
-                  for t, e, a in zip(specs["prompt"].outputs, expected, actual)]
+        diffs += [
+            diff(f"chain Sam3Tracker {name}", t.name, e.numpy(), a, tol)
+            for t, e, a in zip(specs["prompt"].outputs, expected, actual)
+        ]
     return diffs

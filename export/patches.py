@@ -23,12 +23,14 @@ def static_get_coords(grid: int):
     def _get_coords(self, height, width, dtype, device):
         coords = torch.arange(0, grid, device=device, dtype=dtype) / grid
         return coords, coords
+
     return _get_coords
 
 
 def rois_from_boxes(boxes_xyxy):
     """(N, K, 4) pixel xyxy boxes → (N·K, 5) rois ``[batch_idx, x1, y1, x2, y2]`` for roi_align."""
     import torch
+
     n, k = boxes_xyxy.shape[:2]
     index = torch.arange(n, device=boxes_xyxy.device, dtype=boxes_xyxy.dtype)[:, None].expand(n, k).reshape(-1)
     return torch.cat([index[:, None], boxes_xyxy.reshape(n * k, 4)], dim=1)
@@ -58,6 +60,7 @@ def encode_boxes_with_rois(self, boxes, boxes_mask, boxes_labels, vision_feature
 def export_patches(grid: int):
     """Apply both patches (see module docstring) for the duration of the block."""
     from transformers.models.sam3 import modeling_sam3 as m
+
     saved = (m.Sam3DetrDecoder._get_coords, m.Sam3GeometryEncoder._encode_boxes)
     m.Sam3DetrDecoder._get_coords = static_get_coords(grid)
     m.Sam3GeometryEncoder._encode_boxes = encode_boxes_with_rois

@@ -27,12 +27,24 @@ def tool_versions() -> dict[str, str]:
     import onnxruntime
     import torch
     import transformers
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
-def export_onnx(model: str, out: Path, components=COMPONENTS, opset: int = 18, token: str | None = None,
-                cache_dir: Path | None = None) -> Manifest:
+def export_onnx(
+    model: str,
+    out: Path,
+    components=COMPONENTS,
+    opset: int = 18,
+    token: str | None = None,
+    cache_dir: Path | None = None,
+) -> Manifest:
     """Export the chosen components of ``model`` (HF id, dir or "tiny") into ``out``."""
     from export.checkpoint import config_summary, dims_from_config, load_models, resolve_checkpoint
     from export.onnx_export import export_component
@@ -79,8 +91,14 @@ def _revision(detector) -> str:
 def verify(out: Path, token: str | None = None, atol: float = 1e-4, rtol: float = 1e-4, components=COMPONENTS) -> list:
     """ORT vs PyTorch for the chosen exported components (2 shapes each) + the chains they complete."""
     from export.checkpoint import load_models, resolve_checkpoint
-    from export.parity import (Tolerance, check_component, concept_chain, ort_session, prompt_chain,
-                               raise_on_failures, report)
+    from export.parity import (
+        Tolerance,
+        check_component,
+        concept_chain,
+        ort_session,
+        prompt_chain,
+        raise_on_failures,
+    )
     from export.wrappers import build_wrappers
 
     out = Path(out)
@@ -106,8 +124,13 @@ def verify(out: Path, token: str | None = None, atol: float = 1e-4, rtol: float 
 
 def _write_report(out: Path, manifest: Manifest, diffs, tol) -> None:
     from export.parity import report
+
     rows = report(diffs)
-    data = {"model": manifest.model, "tolerance": {"atol": tol.atol, "rtol": tol.rtol},
-            "all_ok": all(r["ok"] for r in rows), "checks": rows}
+    data = {
+        "model": manifest.model,
+        "tolerance": {"atol": tol.atol, "rtol": tol.rtol},
+        "all_ok": all(r["ok"] for r in rows),
+        "checks": rows,
+    }
     (out / PARITY_NAME).write_text(json.dumps(data, indent=2) + "\n")
     log(f"parity: {sum(r['ok'] for r in rows)}/{len(rows)} outputs within tolerance → {out / PARITY_NAME}")

@@ -53,21 +53,24 @@ def cpu_capabilities() -> list[str]:
 
 
 def resolve_precision(requested: str, runtime: str, capabilities: list[str] | None = None) -> str:
-    """"fp32" or "bf16" for ``requested`` on ``runtime``; ``capabilities`` default: this CPU's.
+    """ "fp32" or "bf16" for ``requested`` on ``runtime``; ``capabilities`` default: this CPU's.
 
     Raises PrecisionError for bf16 on ONNX Runtime or on a CPU without BF16, and for unknown names.
     """
     if requested not in REQUESTS or runtime not in RUNTIMES:
-        raise PrecisionError(f"precision must be one of {REQUESTS} and runtime one of {RUNTIMES}; "
-                             f"got {requested!r}, {runtime!r}")
+        raise PrecisionError(
+            f"precision must be one of {REQUESTS} and runtime one of {RUNTIMES}; got {requested!r}, {runtime!r}"
+        )
     if runtime == "onnxruntime" or requested == "fp32":
         if requested == "bf16":
             raise PrecisionError("ONNX Runtime serves these graphs in fp32 only: use --runtime openvino for bf16")
         return "fp32"
     capable = "BF16" in (cpu_capabilities() if capabilities is None else capabilities)
     if requested == "bf16" and not capable:
-        raise PrecisionError(f"this CPU has no bf16 support (OpenVINO capabilities {capabilities or cpu_capabilities()}); "
-                             "use --precision auto or fp32")
+        raise PrecisionError(
+            f"this CPU has no bf16 support (OpenVINO capabilities {capabilities or cpu_capabilities()}); "
+            "use --precision auto or fp32"
+        )
     return "bf16" if capable else "fp32"
 
 
@@ -107,6 +110,7 @@ def gate_component(path: Path, spec: ComponentSpec, image_size: int, threads: in
     """Run ``path`` in OpenVINO fp32 and bf16, as served (with the static copy at the ``opt`` sizes),
     at every size of :func:`gate_sizes`; the lowest cosine per output."""
     from export.repository import static_shapes
+
     rt = runtime_module()
     runners = {p: rt.OpenVinoRunner(path, p, threads, static_shapes=static_shapes(spec)) for p in ("fp32", "bf16")}
     names, cosines = [t.name for t in spec.outputs], {}
@@ -121,9 +125,15 @@ def gate_component(path: Path, spec: ComponentSpec, image_size: int, threads: in
 def _graph_key(path: Path) -> dict:
     """What a cached gate result depends on: the graph file and the OpenVINO version."""
     import openvino as ov
+
     stat = path.stat()
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "openvino": ov.__version__, "threshold": GATE_COSINE,
-            "gate": GATE_VERSION}
+    return {
+        "bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "openvino": ov.__version__,
+        "threshold": GATE_COSINE,
+        "gate": GATE_VERSION,
+    }
 
 
 def _read_report(artifacts: Path) -> dict:
@@ -144,9 +154,11 @@ def gate(artifacts: Path, specs: dict, image_size: int, log=print) -> dict[str, 
         try:
             results[name] = gate_component(artifacts / spec.onnx_file, spec, image_size)
         except Exception as err:  # OpenVINO raises plain RuntimeErrors: name the component
-            raise PrecisionError(f"{spec.triton_name}: OpenVINO cannot run {artifacts / spec.onnx_file} for the "
-                                 f"bf16 gate ({type(err).__name__}: {str(err).strip()[:500]}); re-export the "
-                                 "model or serve with --precision fp32") from err
+            raise PrecisionError(
+                f"{spec.triton_name}: OpenVINO cannot run {artifacts / spec.onnx_file} for the "
+                f"bf16 gate ({type(err).__name__}: {str(err).strip()[:500]}); re-export the "
+                "model or serve with --precision fp32"
+            ) from err
         report[name] = {"key": key, "cosines": results[name].cosines, "ok": results[name].ok}
     try:
         (artifacts / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
@@ -164,12 +176,16 @@ def component_precisions(artifacts: Path, specs: dict, image_size: int, precisio
         chosen[name] = "bf16" if result.ok else "fp32"
         if not result.ok:
             output, value = result.worst()
-            log(f"{name}: bf16 failed its parity gate (cosine {value:.6f} < {GATE_COSINE} on {output!r} "
-                "vs OpenVINO fp32): serving fp32")
+            log(
+                f"{name}: bf16 failed its parity gate (cosine {value:.6f} < {GATE_COSINE} on {output!r} "
+                "vs OpenVINO fp32): serving fp32"
+            )
     return chosen
 
 
 def gate_lines(results: dict[str, GateResult]) -> list[str]:
     """One human-readable line per component: pass/fail and the worst output."""
-    return [f"{name:<10} {'pass' if r.ok else 'FAIL'}  worst cosine {r.worst()[1]:.6f} ({r.worst()[0]})"
-            for name, r in results.items()]
+    return [
+        f"{name:<10} {'pass' if r.ok else 'FAIL'}  worst cosine {r.worst()[1]:.6f} ({r.worst()[0]})"
+        for name, r in results.items()
+    ]

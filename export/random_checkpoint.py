@@ -19,6 +19,7 @@ def write_random_checkpoint(config, out_dir: Path, image_size: int, seed: int, s
     from transformers import Sam3VideoModel
 
     from export.tokenizer import save_sam3_processor
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -41,6 +42,7 @@ def spread_weights(model, seed: int) -> None:
     matrices from N(0, 1/fan_in) — still random weights.
     """
     import torch
+
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -50,4 +52,4 @@ def spread_weights(model, seed: int) -> None:
 
 def _std(p) -> float:
     fan_in = max(1, p[0].numel())
-    return 1.0 / fan_in ** 0.5
+    return 1.0 / fan_in**0.5

@@ -52,6 +52,7 @@ class RepositoryError(RuntimeError):
 
 # ---------------------------------------------------------------- config builders (dicts)
 
+
 def triton_dtype(dtype: str) -> Enum:
     """config.pbtxt data type of a spec dtype (BYTES is TYPE_STRING in Triton)."""
     return Enum("TYPE_STRING" if dtype == "BYTES" else f"TYPE_{dtype}")
@@ -67,8 +68,9 @@ def tensor_config(t: TensorSpec, batched: bool) -> dict:
 
 def parameters(values: dict) -> list[dict]:
     """The ``parameters`` map; non-string values are JSON-encoded."""
-    return [{"key": k, "value": {"string_value": v if isinstance(v, str) else json.dumps(v)}}
-            for k, v in values.items()]
+    return [
+        {"key": k, "value": {"string_value": v if isinstance(v, str) else json.dumps(v)}} for k, v in values.items()
+    ]
 
 
 def max_batch_size(spec: ComponentSpec) -> int:
@@ -77,8 +79,9 @@ def max_batch_size(spec: ComponentSpec) -> int:
         return 0
     unbatched = [t.name for t in spec.inputs + spec.outputs if t.shape[:1] != (spec.batch_axis,)]
     if unbatched:
-        raise RepositoryError(f"{spec.name}: batch axis {spec.batch_axis!r} is not the leading axis of "
-                              f"{unbatched}; fix export/spec.py")
+        raise RepositoryError(
+            f"{spec.name}: batch axis {spec.batch_axis!r} is not the leading axis of {unbatched}; fix export/spec.py"
+        )
     return spec.profiles[spec.batch_axis].max
 
 
@@ -88,19 +91,24 @@ def component_config(spec: ComponentSpec, platform: str, count: int, params: dic
     kind = "KIND_CPU" if platform == "python" else "KIND_GPU"
     config = {"name": spec.triton_name}
     config.update({"backend": "python"} if platform == "python" else {"platform": platform})
-    config.update(max_batch_size=batch,
-                  input=[tensor_config(t, batch > 0) for t in spec.inputs],
-                  output=[tensor_config(t, batch > 0) for t in spec.outputs],
-                  instance_group=[{"count": count, "kind": Enum(kind)}])
+    config.update(
+        max_batch_size=batch,
+        input=[tensor_config(t, batch > 0) for t in spec.inputs],
+        output=[tensor_config(t, batch > 0) for t in spec.outputs],
+        instance_group=[{"count": count, "kind": Enum(kind)}],
+    )
     if batch:
-        config["dynamic_batching"] = {"max_queue_delay_microseconds": QUEUE_DELAY_US.get(spec.name, DEFAULT_QUEUE_DELAY_US)}
+        config["dynamic_batching"] = {
+            "max_queue_delay_microseconds": QUEUE_DELAY_US.get(spec.name, DEFAULT_QUEUE_DELAY_US)
+        }
     if params:
         config["parameters"] = parameters(params)
     return config
 
 
-def orchestrator_config(manifest: Manifest, target: str, count: int, models: dict, extra: dict,
-                        batching: Batching = SAM3_BATCHING) -> dict:
+def orchestrator_config(
+    manifest: Manifest, target: str, count: int, models: dict, extra: dict, batching: Batching = SAM3_BATCHING
+) -> dict:
     """config.pbtxt dict of ``sam3``: SAM3_INPUTS/OUTPUTS (variable-length inputs ragged), dynamic
     batching with a bounded queue (``batching``), parameters.
 
@@ -108,17 +116,25 @@ def orchestrator_config(manifest: Manifest, target: str, count: int, models: dic
     manifest's Dims), ``target``, ``components`` (JSON {component: model name}), then ``extra``;
     on gpu also FORCE_CPU_ONLY_INPUT_TENSORS = "no" (BLS tensors stay on the GPU).
     """
-    params = {"tokenizer": Path(manifest.tokenizer).name, "dims": asdict(manifest.dims), "target": target,
-              "components": models}
+    params = {
+        "tokenizer": Path(manifest.tokenizer).name,
+        "dims": asdict(manifest.dims),
+        "target": target,
+        "components": models,
+    }
     if target == "gpu":
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
     kind = "KIND_GPU" if target == "gpu" else "KIND_CPU"
-    return {"name": ORCHESTRATOR, "backend": "python", "max_batch_size": batching.max_batch_size,
-            "input": [_ragged(tensor_config(t, False), t) for t in SAM3_INPUTS],
-            "output": [tensor_config(t, False) for t in SAM3_OUTPUTS],
-            "instance_group": [{"count": count, "kind": Enum(kind)}],
-            "dynamic_batching": queue_config(batching),
-            "parameters": parameters({**params, **extra})}
+    return {
+        "name": ORCHESTRATOR,
+        "backend": "python",
+        "max_batch_size": batching.max_batch_size,
+        "input": [_ragged(tensor_config(t, False), t) for t in SAM3_INPUTS],
+        "output": [tensor_config(t, False) for t in SAM3_OUTPUTS],
+        "instance_group": [{"count": count, "kind": Enum(kind)}],
+        "dynamic_batching": queue_config(batching),
+        "parameters": parameters({**params, **extra}),
+    }
 
 
 def _ragged(entry: dict, t: TensorSpec) -> dict:
@@ -134,14 +150,18 @@ def queue_config(batching: Batching) -> dict:
     config = {"max_queue_delay_microseconds": batching.max_queue_delay_us}
     policy = {}
     if batching.queue_timeout_us is not None:
-        policy |= {"timeout_action": Enum("REJECT"), "default_timeout_microseconds": batching.queue_timeout_us,
-                   "allow_timeout_override": True}
+        policy |= {
+            "timeout_action": Enum("REJECT"),
+            "default_timeout_microseconds": batching.queue_timeout_us,
+            "allow_timeout_override": True,
+        }
     if batching.max_queue_size is not None:
         policy["max_queue_size"] = batching.max_queue_size
     return config | ({"default_queue_policy": policy} if policy else {})
 
 
 # ---------------------------------------------------------------- files
+
 
 def _place(src: Path, dst: Path) -> None:
     """Hard-link ``src`` to ``dst`` (copy when linking is impossible, e.g. across filesystems)."""
@@ -179,9 +199,15 @@ def _write_cpu_component(spec, artifacts, out, count, source, cpu: CpuRuntime) -
     version_dir = out / spec.triton_name / VERSION
     _place_graph(artifacts, spec.onnx_file, version_dir, spec.onnx_file)
     shutil.copytree(source / COMPONENT_DIR, version_dir, ignore=IGNORED, dirs_exist_ok=True)
-    params = {"onnx_file": spec.onnx_file, "runtime": cpu.runtime, "precision": cpu.precisions[spec.name],
-              "threads": str(cpu.threads), "cache_dir": cpu.cache_dir, "shared_axes": shared_axes(spec),
-              "static_shapes": static_shapes(spec) if cpu.runtime == "openvino" else {}}
+    params = {
+        "onnx_file": spec.onnx_file,
+        "runtime": cpu.runtime,
+        "precision": cpu.precisions[spec.name],
+        "threads": str(cpu.threads),
+        "cache_dir": cpu.cache_dir,
+        "shared_axes": shared_axes(spec),
+        "static_shapes": static_shapes(spec) if cpu.runtime == "openvino" else {},
+    }
     _write_config(out / spec.triton_name, component_config(spec, "python", count, params))
 
 
@@ -207,6 +233,7 @@ def shared_axes(spec: ComponentSpec) -> dict[str, list]:
 def _cpu_runtime(manifest, artifacts, out, names, runtime, precision, threads, cache_dir, log) -> CpuRuntime:
     """Resolve runtime and precision ("auto" → bf16 where the CPU has it) and gate bf16 per component."""
     from export.precision import PrecisionError, component_precisions, resolve_precision
+
     runtime = "onnxruntime" if runtime == "ort" else runtime
     if runtime not in CPU_RUNTIMES:
         raise RepositoryError(f"runtime must be one of {CPU_RUNTIMES}, got {runtime!r}")
@@ -243,6 +270,7 @@ def _write_orchestrator(manifest, artifacts, out, target, count, models, extra, 
 
 # ---------------------------------------------------------------- options
 
+
 def _model_names(manifest: Manifest, models) -> list[str]:
     """Requested model names (component or Triton names accepted), default all + orchestrator."""
     specs = manifest.specs()
@@ -251,8 +279,9 @@ def _model_names(manifest: Manifest, models) -> list[str]:
     wanted = list(known.values()) if models is None else list(models)
     unknown = [m for m in wanted if m not in known]
     if unknown:
-        raise RepositoryError(f"unknown or not exported models {unknown}; these artifacts hold "
-                              f"{sorted(set(known.values()))}")
+        raise RepositoryError(
+            f"unknown or not exported models {unknown}; these artifacts hold {sorted(set(known.values()))}"
+        )
     return list(dict.fromkeys(known[m] for m in wanted))
 
 
@@ -270,18 +299,23 @@ def _check_source(source: Path, names: list[str], target: str) -> None:
     """The model code this build copies exists: ort_component (cpu components) and sam3 (orchestrator)."""
     orchestrator = source / ORCHESTRATOR / VERSION / "model.py"
     if ORCHESTRATOR in names and not orchestrator.is_file():
-        raise RepositoryError(f"orchestrator source {orchestrator} not found; pass models= "
-                              f"without {ORCHESTRATOR!r} to build only the components")
+        raise RepositoryError(
+            f"orchestrator source {orchestrator} not found; pass models= "
+            f"without {ORCHESTRATOR!r} to build only the components"
+        )
     if target == "cpu" and set(names) - {ORCHESTRATOR} and not (source / ORT_COMPONENT).is_file():
-        raise RepositoryError(f"component model code {source / ORT_COMPONENT} not found; "
-                              "pass source= the project's triton_repo/ directory")
+        raise RepositoryError(
+            f"component model code {source / ORT_COMPONENT} not found; "
+            "pass source= the project's triton_repo/ directory"
+        )
 
 
 def _fresh_dir(out: Path) -> Path:
     """A temporary sibling of ``out`` to build into; refuses to touch a non-empty ``out`` we did not write."""
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise RepositoryError(f"{out} is not empty and was not generated by build_repository; "
-                              "choose an empty or new directory")
+        raise RepositoryError(
+            f"{out} is not empty and was not generated by build_repository; choose an empty or new directory"
+        )
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -297,11 +331,24 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 # ---------------------------------------------------------------- entry point
 
-def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances: dict[str, int] | None = None,
-                     engines_dir: Path | None = None, orchestrator_params: dict | None = None, *,
-                     models=None, intra_op_threads: int = 0, source: Path = SOURCE_DIR,
-                     batching: Batching = SAM3_BATCHING, runtime: str = "openvino", precision: str = "auto",
-                     cache_dir: Path | None = None, log=None) -> Path:
+
+def build_repository(
+    artifacts: Path,
+    out: Path,
+    target: str = "cpu",
+    instances: dict[str, int] | None = None,
+    engines_dir: Path | None = None,
+    orchestrator_params: dict | None = None,
+    *,
+    models=None,
+    intra_op_threads: int = 0,
+    source: Path = SOURCE_DIR,
+    batching: Batching = SAM3_BATCHING,
+    runtime: str = "openvino",
+    precision: str = "auto",
+    cache_dir: Path | None = None,
+    log=None,
+) -> Path:
     """Build the Triton model repository ``out`` from ``artifacts``; return ``out``.
 
     target: "cpu" (OpenVINO or ONNX Runtime in the Python backend) or "gpu" (TensorRT plans from
@@ -322,19 +369,35 @@ def build_repository(artifacts: Path, out: Path, target: str = "cpu", instances:
     if engines_dir is not None and target != "gpu":
         raise RepositoryError("engines_dir is only used with target='gpu'")
     if target == "gpu" and (runtime, precision) != ("openvino", "auto"):
-        raise RepositoryError("runtime= and precision= choose how the cpu target runs; the gpu target's precision "
-                              "is chosen when its engines are built (python -m export trt --precision)")
+        raise RepositoryError(
+            "runtime= and precision= choose how the cpu target runs; the gpu target's precision "
+            "is chosen when its engines are built (python -m export trt --precision)"
+        )
     artifacts, out, source = Path(artifacts), Path(out), Path(source)
     manifest = load_manifest(artifacts)
     names = _model_names(manifest, models)
     counts = _instance_counts(manifest, names, instances)
     _check_source(source, names, target)
-    cpu = _cpu_runtime(manifest, artifacts, out, names, runtime, precision, intra_op_threads, cache_dir, log or _log) \
-        if target == "cpu" else None
+    cpu = (
+        _cpu_runtime(manifest, artifacts, out, names, runtime, precision, intra_op_threads, cache_dir, log or _log)
+        if target == "cpu"
+        else None
+    )
     tmp = _fresh_dir(out)
     try:
-        _write_models(manifest, artifacts, tmp, target, names, counts, engines_dir,
-                      orchestrator_params or {}, source, cpu, batching)
+        _write_models(
+            manifest,
+            artifacts,
+            tmp,
+            target,
+            names,
+            counts,
+            engines_dir,
+            orchestrator_params or {},
+            source,
+            cpu,
+            batching,
+        )
         if cpu is not None:
             _write_precision_file(tmp, cpu)
     except BaseException:
@@ -361,8 +424,7 @@ def read_precisions(repo: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _write_models(manifest, artifacts, out, target, names, counts, engines_dir, extra, source, cpu,
-                  batching) -> None:
+def _write_models(manifest, artifacts, out, target, names, counts, engines_dir, extra, source, cpu, batching) -> None:
     specs = {s.triton_name: s for s in manifest.specs().values()}
     for name in names:
         if name == ORCHESTRATOR:

@@ -44,13 +44,20 @@ def _rounds(runners: dict, names: list, feeds: dict, runs: int) -> dict[str, lis
 def measure_component(out: Path, spec, image_size: int, runs: int, threads: int, kinds) -> dict:
     """{"sizes", "<label> ms": median, ..., "cosine bf16 vs f32"} of one component."""
     from export.repository import static_shapes
+
     rt, static = runtime_module(), static_shapes(spec)
-    runners = {_label(r, p): rt.open_runner(r, out / spec.onnx_file, p, threads, static_shapes=static) for r, p in kinds}
+    runners = {
+        _label(r, p): rt.open_runner(r, out / spec.onnx_file, p, threads, static_shapes=static) for r, p in kinds
+    }
     names, feeds = [t.name for t in spec.outputs], example_inputs(spec, spec.parity_sizes[0], image_size)
     results = {label: [runner.run(names, feeds) for _ in range(WARMUP)][-1] for label, runner in runners.items()}
     row = {"sizes": spec.parity_sizes[0]}
-    row.update({f"{label} ms": round(1e3 * statistics.median(s), 2)
-                for label, s in _rounds(runners, names, feeds, runs).items()})
+    row.update(
+        {
+            f"{label} ms": round(1e3 * statistics.median(s), 2)
+            for label, s in _rounds(runners, names, feeds, runs).items()
+        }
+    )
     if "OV bf16" in results:
         row["cosine bf16 vs f32"] = min(cosine(a, b) for a, b in zip(results["OV fp32"], results["OV bf16"]))
     return row
@@ -60,10 +67,20 @@ def measure(out: Path, runs: int = 9, threads: int = 0, components=None) -> dict
     """Every (chosen) component of the artifacts in ``out``; prints the table, writes the JSON report."""
     out, manifest = Path(out), load_manifest(Path(out))
     kinds = [k for k in RUNNERS if k[1] != "bf16" or "BF16" in cpu_capabilities()]
-    rows = {name: measure_component(out, spec, manifest.dims.image_size, runs, threads, kinds)
-            for name, spec in manifest.specs().items() if not components or name in components}
-    report = {"model": manifest.model, "threads": threads, "runs": runs, "warmup": WARMUP, "cpus": os.cpu_count(),
-              "capabilities": cpu_capabilities(), "components": rows}
+    rows = {
+        name: measure_component(out, spec, manifest.dims.image_size, runs, threads, kinds)
+        for name, spec in manifest.specs().items()
+        if not components or name in components
+    }
+    report = {
+        "model": manifest.model,
+        "threads": threads,
+        "runs": runs,
+        "warmup": WARMUP,
+        "cpus": os.cpu_count(),
+        "capabilities": cpu_capabilities(),
+        "components": rows,
+    }
     (out / "runtime_latency.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
     return report
@@ -72,11 +89,16 @@ def measure(out: Path, runs: int = 9, threads: int = 0, components=None) -> dict
 def format_table(report: dict) -> str:
     labels = [k for k in next(iter(report["components"].values())) if k.endswith(" ms")]
     head = f"{'component':<10}" + "".join(f"{label:>14}" for label in labels) + f"{'cosine bf16':>14}"
-    title = (f"model {report['model']}  (threads {report['threads'] or 'default'}, median of {report['runs']} "
-             "interleaved rounds)")
+    title = (
+        f"model {report['model']}  (threads {report['threads'] or 'default'}, median of {report['runs']} "
+        "interleaved rounds)"
+    )
     lines = [title, head]
     for name, row in report["components"].items():
         cos = row.get("cosine bf16 vs f32")
-        lines.append(f"{name:<10}" + "".join(f"{row[label]:>14.1f}" for label in labels)
-                     + (f"{cos:>14.6f}" if cos is not None else f"{'-':>14}"))
+        lines.append(
+            f"{name:<10}"
+            + "".join(f"{row[label]:>14.1f}" for label in labels)
+            + (f"{cos:>14.6f}" if cos is not None else f"{'-':>14}")
+        )
     return "\n".join(lines)

@@ -16,8 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Triton / numpy dtype names used everywhere (config.pbtxt uses "TYPE_" + name).
-NP_DTYPES = {"UINT8": "uint8", "BOOL": "bool", "INT32": "int32", "INT64": "int64",
-             "FP16": "float16", "FP32": "float32", "BYTES": "object"}
+NP_DTYPES = {
+    "UINT8": "uint8",
+    "BOOL": "bool",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "BYTES": "object",
+}
 
 TEXT_LENGTH = 32  # CLIP context length used by SAM3; text is always padded to it.
 
@@ -184,7 +191,9 @@ def concept_spec(d: Dims) -> ComponentSpec:
     return ComponentSpec(
         name="concept",
         inputs=(
-            TensorSpec("fpn_2", "FP32", (1, c, f2, f2), doc="the only FPN level the detector and geometry encoder read"),
+            TensorSpec(
+                "fpn_2", "FP32", (1, c, f2, f2), doc="the only FPN level the detector and geometry encoder read"
+            ),
             TensorSpec("text_features", "FP32", (n, TEXT_LENGTH, c)),
             TensorSpec("text_mask", "BOOL", (n, TEXT_LENGTH)),
             TensorSpec("boxes", "FP32", (n, k, 4), doc="cxcywh in [0,1]"),
@@ -196,8 +205,12 @@ def concept_spec(d: Dims) -> ComponentSpec:
             TensorSpec("presence_logits", "FP32", (n, 1)),
             TensorSpec("pred_boxes", "FP32", (n, q, 4), doc="xyxy in [0,1]"),
             TensorSpec("queries", "FP32", (n, q, c), doc="last DETR decoder layer, input of the mask head"),
-            TensorSpec("memory", "FP32", (n, c, f2, f2),
-                       doc="encoder image tokens after the mask decoder's prompt cross-attention"),
+            TensorSpec(
+                "memory",
+                "FP32",
+                (n, c, f2, f2),
+                doc="encoder image tokens after the mask decoder's prompt cross-attention",
+            ),
         ),
         profiles={n: Profile(1, 1, 8), k: Profile(1, 1, 8)},
         parity_sizes=({n: 1, k: 1}, {n: 3, k: 2}),
@@ -256,8 +269,13 @@ def prompt_spec(d: Dims) -> ComponentSpec:
     )
 
 
-COMPONENT_BUILDERS = {"vision": vision_spec, "text": text_spec, "concept": concept_spec, "mask": mask_spec,
-                      "prompt": prompt_spec}
+COMPONENT_BUILDERS = {
+    "vision": vision_spec,
+    "text": text_spec,
+    "concept": concept_spec,
+    "mask": mask_spec,
+    "prompt": prompt_spec,
+}
 COMPONENTS = tuple(COMPONENT_BUILDERS)
 
 
@@ -295,28 +313,68 @@ MODES = ("text", "point", "box", "auto")
 MASK_FORMATS = ("rle", "bool")
 
 SAM3_INPUTS = (
-    TensorSpec("image", "BYTES", (1,), optional=True,
-               doc="encoded image bytes (JPEG, PNG, WebP, ...); may be left out when image_id is cached"),
+    TensorSpec(
+        "image",
+        "BYTES",
+        (1,),
+        optional=True,
+        doc="encoded image bytes (JPEG, PNG, WebP, ...); may be left out when image_id is cached",
+    ),
     TensorSpec("mode", "BYTES", (1,), optional=True, doc="prompt mode", default="text", choices=MODES),
     TensorSpec("text", "BYTES", ("concepts",), optional=True, doc="one entry per concept (text mode)", default=()),
     TensorSpec("points", "FP32", ("points", 2), optional=True, doc="x,y px in the original image", default=()),
     TensorSpec("point_labels", "INT32", ("points",), optional=True, doc="1 fg, 0 bg", default=()),
-    TensorSpec("boxes", "FP32", ("boxes", 4), optional=True, default=(),
-               doc="x0,y0,x1,y1 px: box prompts (box mode) or exemplar boxes (text mode)"),
+    TensorSpec(
+        "boxes",
+        "FP32",
+        ("boxes", 4),
+        optional=True,
+        default=(),
+        doc="x0,y0,x1,y1 px: box prompts (box mode) or exemplar boxes (text mode)",
+    ),
     TensorSpec("box_labels", "INT32", ("boxes",), optional=True, doc="exemplar labels 1 / 0 (text mode)", default=()),
     TensorSpec("image_id", "BYTES", (1,), optional=True, doc="client key for the embedding cache", default=""),
-    TensorSpec("threshold", "FP32", (1,), optional=True, doc="detection score threshold", default=0.5,
-               bounds=(0.0, 1.0)),
-    TensorSpec("mask_threshold", "FP32", (1,), optional=True, doc="mask binarization threshold (probability)",
-               default=0.5, bounds=(0.0, 1.0)),
+    TensorSpec(
+        "threshold", "FP32", (1,), optional=True, doc="detection score threshold", default=0.5, bounds=(0.0, 1.0)
+    ),
+    TensorSpec(
+        "mask_threshold",
+        "FP32",
+        (1,),
+        optional=True,
+        doc="mask binarization threshold (probability)",
+        default=0.5,
+        bounds=(0.0, 1.0),
+    ),
     TensorSpec("points_per_side", "INT32", (1,), optional=True, doc="auto mode grid", default=16, bounds=(1, 64)),
     TensorSpec("points_per_batch", "INT32", (1,), optional=True, doc="auto mode batch", default=64, bounds=(1, 1024)),
-    TensorSpec("pred_iou_thresh", "FP32", (1,), optional=True, doc="auto mode predicted-IoU filter", default=0.88,
-               bounds=(0.0, 1.0)),
-    TensorSpec("stability_score_thresh", "FP32", (1,), optional=True, doc="auto mode stability filter",
-               default=0.95, bounds=(0.0, 1.0)),
-    TensorSpec("mask_format", "BYTES", (1,), optional=True, doc="masks as COCO RLE or dense booleans",
-               default="rle", choices=MASK_FORMATS),
+    TensorSpec(
+        "pred_iou_thresh",
+        "FP32",
+        (1,),
+        optional=True,
+        doc="auto mode predicted-IoU filter",
+        default=0.88,
+        bounds=(0.0, 1.0),
+    ),
+    TensorSpec(
+        "stability_score_thresh",
+        "FP32",
+        (1,),
+        optional=True,
+        doc="auto mode stability filter",
+        default=0.95,
+        bounds=(0.0, 1.0),
+    ),
+    TensorSpec(
+        "mask_format",
+        "BYTES",
+        (1,),
+        optional=True,
+        doc="masks as COCO RLE or dense booleans",
+        default="rle",
+        choices=MASK_FORMATS,
+    ),
 )
 
 SAM3_OUTPUTS = (

@@ -42,8 +42,9 @@ def bpe_path() -> Path:
     """Path of ``bpe_simple_vocab_16e6.txt.gz`` inside the installed open_clip package (not imported)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise TokenizerBuildError("open_clip is not installed; install open_clip_torch (it ships the CLIP "
-                                  f"vocabulary {BPE_FILE})")
+        raise TokenizerBuildError(
+            f"open_clip is not installed; install open_clip_torch (it ships the CLIP vocabulary {BPE_FILE})"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / BPE_FILE
     if not path.is_file():
         raise TokenizerBuildError(f"{path} is missing from the open_clip package; reinstall open_clip_torch")
@@ -66,32 +67,48 @@ def bytes_to_unicode() -> dict[int, str]:
 def load_vocab_merges(path: Path | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP vocab {token: id} (49408 entries) and merges [(a, b)] (48894) from the gz file."""
     lines = gzip.open(path or bpe_path()).read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1:N_MERGES + 1]]
+    merges = [tuple(line.split()) for line in lines[1 : N_MERGES + 1]]
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [BOS, EOS]
     vocab = {t: i for i, t in enumerate(tokens)}
     if len(vocab) != VOCAB_SIZE or vocab[BOS] != BOS_ID or vocab[EOS] != EOS_ID:
-        raise TokenizerBuildError(f"{BPE_FILE} gave {len(vocab)} tokens (bos id {vocab.get(BOS)}), "
-                                  f"expected {VOCAB_SIZE} with bos {BOS_ID}; the file is not CLIP's")
+        raise TokenizerBuildError(
+            f"{BPE_FILE} gave {len(vocab)} tokens (bos id {vocab.get(BOS)}), "
+            f"expected {VOCAB_SIZE} with bos {BOS_ID}; the file is not CLIP's"
+        )
     return vocab, merges
 
 
 def build_tokenizer(context_length: int = TEXT_LENGTH, path: Path | None = None) -> Tokenizer:
     """``tokenizers.Tokenizer`` equal to transformers' CLIPTokenizer, padded/truncated to ``context_length``."""
     vocab, merges = load_vocab_merges(path)
-    tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
-                        end_of_word_suffix="</w>", fuse_unk=False, unk_token=EOS))
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
-                                           normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
+    tok = Tokenizer(
+        BPE(
+            vocab=vocab,
+            merges=merges,
+            dropout=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="</w>",
+            fuse_unk=False,
+            unk_token=EOS,
+        )
+    )
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(BOS, special=True, normalized=False),
-                            AddedToken(EOS, special=True, normalized=False)])
-    tok.post_processor = processors.RobertaProcessing((EOS, EOS_ID), (BOS, BOS_ID), trim_offsets=False,
-                                                      add_prefix_space=False)
+    tok.add_special_tokens(
+        [AddedToken(BOS, special=True, normalized=False), AddedToken(EOS, special=True, normalized=False)]
+    )
+    tok.post_processor = processors.RobertaProcessing(
+        (EOS, EOS_ID), (BOS, BOS_ID), trim_offsets=False, add_prefix_space=False
+    )
     tok.enable_truncation(max_length=context_length)
     tok.enable_padding(length=context_length, pad_id=EOS_ID, pad_token=EOS)
     return tok

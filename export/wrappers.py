@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
 
@@ -83,19 +82,25 @@ class ConceptHead(nn.Module):
         feats = [fpn_2.expand(n, -1, -1, -1)]  # Sam3Model reads only the last FPN level here
         pos = [self.pos(feats[0].shape, feats[0].device, feats[0].dtype)]
         prompt, mask = self._prompt(feats, pos, text_features, text_mask, boxes, box_labels, box_valid)
-        enc = self.det["detr_encoder"](vision_features=feats, text_features=prompt,
-                                    vision_pos_embeds=pos, text_mask=mask)
-        dec = self.det["detr_decoder"](vision_features=enc.last_hidden_state, text_features=enc.text_features,
-                                    vision_pos_encoding=enc.pos_embeds_flattened, text_mask=mask,
-                                    spatial_shapes=enc.spatial_shapes)
+        enc = self.det["detr_encoder"](
+            vision_features=feats, text_features=prompt, vision_pos_embeds=pos, text_mask=mask
+        )
+        dec = self.det["detr_decoder"](
+            vision_features=enc.last_hidden_state,
+            text_features=enc.text_features,
+            vision_pos_encoding=enc.pos_embeds_flattened,
+            text_mask=mask,
+            spatial_shapes=enc.spatial_shapes,
+        )
         logits, pred_boxes = self._scores_and_boxes(dec, enc, mask)
         memory = self._memory(enc.last_hidden_state, prompt, mask, fpn_2.shape[-1])
         return logits, dec.presence_logits[-1], pred_boxes, dec.intermediate_hidden_states[-1], memory
 
     def _prompt(self, feats, pos, text_features, text_mask, boxes, box_labels, box_valid):
         """Text tokens + geometry tokens and their validity mask (True = valid)."""
-        geo = self.det["geometry_encoder"](box_embeddings=boxes, box_mask=box_valid, box_labels=box_labels,
-                                        img_feats=feats, img_pos_embeds=pos)
+        geo = self.det["geometry_encoder"](
+            box_embeddings=boxes, box_mask=box_valid, box_labels=box_labels, img_feats=feats, img_pos_embeds=pos
+        )
         geo_mask = geo.attention_mask & box_valid.any(dim=1, keepdim=True)
         prompt = torch.cat([text_features, geo.last_hidden_state], dim=1)
         return prompt, torch.cat([text_mask, geo_mask], dim=1)
@@ -104,16 +109,18 @@ class ConceptHead(nn.Module):
         hidden = dec.intermediate_hidden_states
         offsets = self.det["detr_decoder"].box_head(hidden[-1])
         boxes = (inverse_sigmoid(dec.reference_boxes[-1]) + offsets).sigmoid()
-        logits = self.det["dot_product_scoring"](decoder_hidden_states=hidden[-1:], text_features=enc.text_features,
-                                              text_mask=mask).squeeze(-1)[-1]
+        logits = self.det["dot_product_scoring"](
+            decoder_hidden_states=hidden[-1:], text_features=enc.text_features, text_mask=mask
+        ).squeeze(-1)[-1]
         return logits, box_cxcywh_to_xyxy(boxes)
 
     def _memory(self, encoded, prompt, mask, grid: int):
         """Sam3MaskDecoder's prompt cross-attention, then its image tokens as [N, C, g, g]."""
         head = self.det["mask_decoder"]
         normed = head.prompt_cross_attn_norm(encoded)
-        attn_mask = create_bidirectional_mask(config=head.config, inputs_embeds=normed,
-                                              encoder_hidden_states=prompt, attention_mask=mask)
+        attn_mask = create_bidirectional_mask(
+            config=head.config, inputs_embeds=normed, encoder_hidden_states=prompt, attention_mask=mask
+        )
         attended, _ = head.prompt_cross_attn(query=normed, key=prompt, value=prompt, attention_mask=attn_mask)
         tokens = (encoded + attended)[:, : grid * grid]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid, grid)
@@ -156,14 +163,23 @@ class PromptHead(nn.Module):
         no_mask = enc.no_mask_embed.weight.view(1, -1, 1, 1)
         dense = has * enc.mask_embed(mask_input) + (1.0 - has) * no_mask
         masks, iou, _, obj = self.mask_decoder(
-            image_embeddings=track_2, image_positional_embeddings=self.image_pe,
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
-            high_resolution_features=[track_0, track_1])
+            image_embeddings=track_2,
+            image_positional_embeddings=self.image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+            high_resolution_features=[track_0, track_1],
+        )
         return masks[0], iou[0], obj[0]
 
 
 def build_wrappers(detector, tracker) -> dict[str, nn.Module]:
     """{component name: eval-mode wrapper} for every component in export.spec.COMPONENTS."""
-    wrappers = {"vision": VisionEncoder(detector, tracker), "text": TextEncoder(detector),
-                "concept": ConceptHead(detector), "mask": MaskHead(detector), "prompt": PromptHead(tracker)}
+    wrappers = {
+        "vision": VisionEncoder(detector, tracker),
+        "text": TextEncoder(detector),
+        "concept": ConceptHead(detector),
+        "mask": MaskHead(detector),
+        "prompt": PromptHead(tracker),
+    }
     return {name: w.eval() for name, w in wrappers.items()}

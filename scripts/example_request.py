@@ -1,6 +1,6 @@
 """Send the documented REST request (the seeds' JSON contract) and print what came back.
 
-    python scripts/example_request.py --url http://127.0.0.1:8080/ [--image PATH] [--text person]
+python scripts/example_request.py --url http://127.0.0.1:8080/ [--image PATH] [--text person]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 def sample_image() -> bytes:
     """astronaut.png shipped in the scikit-image wheel (a real photo with a person)."""
     import skimage
+
     return (Path(skimage.__file__).parent / "data" / "astronaut.png").read_bytes()
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the tests need (venv, Python packages, Debian's chromium for the browser
-# test) and run the whole suite. Extra arguments go to pytest.
+# test), lint (ruff check + ruff format --check) and run the whole suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
@@ -12,4 +12,6 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 . .venv/bin/activate
+ruff check .                # lint (rules in pyproject.toml [tool.ruff])
+ruff format --check .       # formatting
 python -m pytest -q "$@"

@@ -24,6 +24,7 @@ def artifacts_dir(model: str) -> Path:
 def ensure_artifacts(model: str, out: Path, token: str | None = None, verify: bool = True) -> Path:
     """Export ``model`` into ``out`` unless a valid manifest for it is already there."""
     from export.manifest import ManifestError, load_manifest
+
     try:
         manifest = load_manifest(out, check_hashes=False)
         if manifest.model == model and set(manifest.components) == set(COMPONENTS):
@@ -33,8 +34,9 @@ def ensure_artifacts(model: str, out: Path, token: str | None = None, verify: bo
     try:
         from export import pipeline
     except ImportError as err:  # torch/transformers are the export extra
-        raise SystemExit(f"{out} has no exported model and export needs the [export] extra: "
-                         f"pip install -e '.[export]' ({err})") from err
+        raise SystemExit(
+            f"{out} has no exported model and export needs the [export] extra: pip install -e '.[export]' ({err})"
+        ) from err
     pipeline.export_onnx(model, out, token=token)
     if verify:
         pipeline.verify(out, token)

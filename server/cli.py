@@ -43,19 +43,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--instances", default="", help="e.g. sam3=1,vision=2 (default 1 each)")
     serve.add_argument("--image-cache-mb", type=int, default=1024)
     serve.add_argument("--hf-token", default=os.environ.get("HF_TOKEN"))
-    serve.add_argument("--skip-verify", action="store_true",
-                       help="skip the ONNX Runtime vs PyTorch parity check after a fresh export "
-                            "(at real size it needs ~20 GB of RAM)")
-    serve.add_argument("--runtime", choices=("openvino", "ort"), default="openvino",
-                       help="cpu target: component runtime (default openvino; ort = ONNX Runtime, fp32)")
-    serve.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                       help="cpu target: auto = bf16 where the CPU supports it and the component passes "
-                            "its bf16 parity gate, else fp32 (default auto)")
+    serve.add_argument(
+        "--skip-verify",
+        action="store_true",
+        help="skip the ONNX Runtime vs PyTorch parity check after a fresh export (at real size it needs ~20 GB of RAM)",
+    )
+    serve.add_argument(
+        "--runtime",
+        choices=("openvino", "ort"),
+        default="openvino",
+        help="cpu target: component runtime (default openvino; ort = ONNX Runtime, fp32)",
+    )
+    serve.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="cpu target: auto = bf16 where the CPU supports it and the component passes "
+        "its bf16 parity gate, else fp32 (default auto)",
+    )
     serve.add_argument("--ready-timeout", type=float, default=300.0)
-    serve.add_argument("--drain-timeout", type=float, default=30.0,
-                       help="on SIGTERM, seconds requests in flight may take to finish (30)")
-    serve.add_argument("--no-watchdog", action="store_true",
-                       help="do not watch the models (no reload of a dead stage, no restart)")
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds requests in flight may take to finish (30)",
+    )
+    serve.add_argument(
+        "--no-watchdog", action="store_true", help="do not watch the models (no reload of a dead stage, no restart)"
+    )
     serve.add_argument("--watchdog-interval", type=float, default=1.0, help="seconds between health checks (1)")
     _add_gpu_check(sub)
     return parser.parse_args(argv)
@@ -64,8 +79,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _add_gpu_check(sub) -> None:
     """``sam3-triton gpu-check``: engines, parity and latency on an NVIDIA GPU (server/gpu_check)."""
     from server.gpu_check.cli import add_arguments
-    add_arguments(sub.add_parser("gpu-check", help="build TensorRT engines, check them against ONNX Runtime and "
-                                 "time them (NVIDIA GPU; stops at once without one)"))
+
+    add_arguments(
+        sub.add_parser(
+            "gpu-check",
+            help="build TensorRT engines, check them against ONNX Runtime and "
+            "time them (NVIDIA GPU; stops at once without one)",
+        )
+    )
 
 
 def _instances(text: str) -> dict[str, int]:
@@ -79,13 +100,21 @@ def _instances(text: str) -> dict[str, int]:
 def build(args) -> Path:
     """Artifacts (exported if missing) → model repository; returns the repository path."""
     from export.repository import RepositoryError, build_repository
+
     artifacts = args.artifacts or artifacts_dir(args.model)
     ensure_artifacts(args.model, artifacts, args.hf_token, verify=not args.skip_verify)
     repo = args.repo or artifacts.parent / f"repository-{args.target}"
     params = {"image_cache_mb": args.image_cache_mb}
     try:
-        repo = build_repository(artifacts, repo, args.target, _instances(args.instances), orchestrator_params=params,
-                                runtime=args.runtime, precision=args.precision)
+        repo = build_repository(
+            artifacts,
+            repo,
+            args.target,
+            _instances(args.instances),
+            orchestrator_params=params,
+            runtime=args.runtime,
+            precision=args.precision,
+        )
     except RepositoryError as err:
         raise SystemExit(f"error: {err}") from None
     _print_precisions(repo)
@@ -95,6 +124,7 @@ def build(args) -> Path:
 def _print_precisions(repo: Path) -> None:
     """One line: the cpu runtime and each component's effective precision (nothing for a gpu repository)."""
     from export.repository import read_precisions
+
     record = read_precisions(repo)
     if record:
         parts = ", ".join(f"{name} {p}" for name, p in record["components"].items())
@@ -103,11 +133,19 @@ def _print_precisions(repo: Path) -> None:
 
 def serve(args) -> int:
     from server.triton import TritonServer, TritonStartError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     repo = build(args)
-    server = TritonServer(repo, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                          ready_timeout_s=args.ready_timeout, address=args.host,
-                          exit_timeout_s=max(1, round(args.drain_timeout)), stop_grace_s=args.drain_timeout + 10)
+    server = TritonServer(
+        repo,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        ready_timeout_s=args.ready_timeout,
+        address=args.host,
+        exit_timeout_s=max(1, round(args.drain_timeout)),
+        stop_grace_s=args.drain_timeout + 10,
+    )
     try:
         server.start().wait_ready()
     except TritonStartError as err:
@@ -115,8 +153,11 @@ def serve(args) -> int:
         server.stop()
         return 1
     watchdog = None if args.no_watchdog else _start_watchdog(server, args.watchdog_interval)
-    gateway = _start_gateway(server.grpc_url, args.host, args.gateway_port, watchdog, args.drain_timeout) \
-        if args.gateway_port else None
+    gateway = (
+        _start_gateway(server.grpc_url, args.host, args.gateway_port, watchdog, args.drain_timeout)
+        if args.gateway_port
+        else None
+    )
     _print_endpoints(server, gateway)
     _wait_for_signal(server, watchdog)
     return _shut_down(server, watchdog, gateway)
@@ -124,12 +165,14 @@ def serve(args) -> int:
 
 def _start_watchdog(server, interval_s: float):
     from server.watchdog import Watchdog
+
     return Watchdog(server, interval_s=interval_s).start()
 
 
 def _start_gateway(grpc_url: str, host: str, port: int, watchdog=None, drain_s: float = 30.0):
     """The REST gateway (server/gateway.py) served by uvicorn in a daemon thread."""
     from server.gateway import BackgroundServer, create_app
+
     return BackgroundServer(create_app(grpc_url, watchdog=watchdog), host=host, port=port, drain_s=drain_s).start()
 
 
@@ -144,7 +187,11 @@ def _shut_down(server, watchdog, gateway) -> int:
 
 
 def _print_endpoints(server, gateway) -> None:
-    lines = [f"Triton HTTP   {server.http_url}", f"Triton gRPC   {server.grpc_url}", f"metrics       {server.metrics_url}"]
+    lines = [
+        f"Triton HTTP   {server.http_url}",
+        f"Triton gRPC   {server.grpc_url}",
+        f"metrics       {server.metrics_url}",
+    ]
     if gateway is not None:
         lines.append(f"REST gateway  {gateway.url}/  (web page: open it in a browser)")
     print("sam3-triton is ready:\n  " + "\n  ".join(lines) + "\nCtrl-C to stop.", flush=True)
@@ -165,6 +212,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.command == "gpu-check":
         from server.gpu_check.cli import run_cli
+
         return run_cli(args)
     return serve(args)
 

@@ -24,12 +24,18 @@ _PATH = re.compile(r"""(?<![\w.:/])(?:[A-Za-z]:)?(?:[/\\][\w.@+~-]+){2,}[/\\]?""
 
 # (pattern in the server's message, what the client is told); first match wins. All are 503 + Retry-After.
 RETRYABLE = (
-    (re.compile(r"exceeds maximum queue size|request timeout expired", re.IGNORECASE),
-     "the model server is at capacity (its request queue is full or the request waited too long in it)"),
-    (re.compile(r"failed to connect|connection refused|socket closed|cannot reach|connect failed", re.IGNORECASE),
-     "cannot reach the model server (it is restarting, or down)"),
-    (re.compile(r"Stub process '[^']+' is not healthy|unknown model|is not ready|not found", re.IGNORECASE),
-     "the model server is recovering from a failed stage"),
+    (
+        re.compile(r"exceeds maximum queue size|request timeout expired", re.IGNORECASE),
+        "the model server is at capacity (its request queue is full or the request waited too long in it)",
+    ),
+    (
+        re.compile(r"failed to connect|connection refused|socket closed|cannot reach|connect failed", re.IGNORECASE),
+        "cannot reach the model server (it is restarting, or down)",
+    ),
+    (
+        re.compile(r"Stub process '[^']+' is not healthy|unknown model|is not ready|not found", re.IGNORECASE),
+        "the model server is recovering from a failed stage",
+    ),
 )
 
 
@@ -52,7 +58,7 @@ def public_message(message: str) -> str:
     text = _FRAME.sub("", _TRACEBACK.sub("", message or ""))
     text = _PATH.sub("<path>", text).strip()
     first = text.splitlines()[0].strip() if text else "no details"
-    return first if len(first) <= MAX_MESSAGE else first[:MAX_MESSAGE - 3] + "..."
+    return first if len(first) <= MAX_MESSAGE else first[: MAX_MESSAGE - 3] + "..."
 
 
 def classify(status: int, message: str, recovering: bool, retry_after_s: int = 5) -> Failure:
@@ -66,8 +72,12 @@ def classify(status: int, message: str, recovering: bool, retry_after_s: int = 5
             wait = OVERLOAD_RETRY_S if i == 0 else retry_after_s
             return Failure(503, f"{meaning}; retry in {wait} s", wait)
     if status == 504:
-        return Failure(504, f"the model server did not answer in time ({public_message(message)}); send a "
-                       "smaller request or retry later", retry_after_s)
+        return Failure(
+            504,
+            f"the model server did not answer in time ({public_message(message)}); send a "
+            "smaller request or retry later",
+            retry_after_s,
+        )
     if status == 503 or recovering:
         return Failure(503, f"the model server is unavailable or recovering; retry in {retry_after_s} s", retry_after_s)
     return Failure(502, f"the model server failed: {public_message(message)}")

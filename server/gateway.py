@@ -66,8 +66,15 @@ class Gateway:
     get 503 + Retry-After while it heals a stage, and failures naming a dead stub wake it.
     """
 
-    def __init__(self, grpc_url: str, auth_token: str | None, max_body_bytes: int, timeout_s: float, watchdog=None,
-                 max_inflight: int = 256):
+    def __init__(
+        self,
+        grpc_url: str,
+        auth_token: str | None,
+        max_body_bytes: int,
+        timeout_s: float,
+        watchdog=None,
+        max_inflight: int = 256,
+    ):
         self.grpc_url, self.auth_token = grpc_url, (auth_token.strip() if auth_token else None)
         self.max_body_bytes, self.timeout_s = int(max_body_bytes), float(timeout_s)
         self.max_inflight, self.inflight = int(max_inflight), 0
@@ -102,9 +109,12 @@ class Gateway:
         At most ``max_inflight`` requests at once (event-loop counter); beyond, 503 + Retry-After at once.
         """
         if self.inflight >= self.max_inflight:
-            response = error_response(503, f"the gateway is at capacity ({self.max_inflight} requests in progress); "
-                                      f"retry in {failures.OVERLOAD_RETRY_S} s",
-                                      {"Retry-After": str(failures.OVERLOAD_RETRY_S)})
+            response = error_response(
+                503,
+                f"the gateway is at capacity ({self.max_inflight} requests in progress); "
+                f"retry in {failures.OVERLOAD_RETRY_S} s",
+                {"Retry-After": str(failures.OVERLOAD_RETRY_S)},
+            )
         else:
             self.inflight += 1
             try:
@@ -130,6 +140,7 @@ class Gateway:
     async def _infer(self, request: Request, req) -> Response:
         """Run the request in Triton; cancel it there if the client disconnects first."""
         from client.api import Sam3Error
+
         start, ticket = time.monotonic(), Ticket()
         run = functools.partial(self.client.segment_cancellable, ticket, req.image, req.triton_mode, **req.fields)
         call = asyncio.get_running_loop().run_in_executor(self._workers, run)
@@ -162,6 +173,7 @@ class Gateway:
         can only fail (Triton fails those queued on a dead stub one by one, ~1 s each): cancel them
         now so their clients get 503 + Retry-After at once."""
         from server.watchdog import ORCHESTRATOR, SERVER
+
         if ORCHESTRATOR not in broken and SERVER not in broken:
             return
         with self._lock:
@@ -175,8 +187,9 @@ class Gateway:
     def _unavailable_response(self) -> Response:
         wait = self.watchdog.retry_after_s()
         broken = ", ".join(self.watchdog.status()["broken"]) or "a stage"
-        return error_response(503, f"the model server is recovering ({broken}); retry in {wait} s",
-                              {"Retry-After": str(wait)})
+        return error_response(
+            503, f"the model server is recovering ({broken}); retry in {wait} s", {"Retry-After": str(wait)}
+        )
 
     def _triton_error(self, err, mode: str, started: float) -> Response:
         """Sam3Error → 400 (bad input, in this API's names), 503 + Retry-After, 504, or 502 with an error id."""
@@ -185,10 +198,12 @@ class Gateway:
         watchdog = self.watchdog
         if watchdog is not None:
             watchdog.report_failure(err.message)
-        recovering = watchdog is not None and (watchdog.unsettled_since(started)
-                                               or watchdog.status(live=True)["status"] != "ready")
-        failure = failures.classify(err.status, err.message, recovering,
-                                    watchdog.retry_after_s() if watchdog is not None else 5)
+        recovering = watchdog is not None and (
+            watchdog.unsettled_since(started) or watchdog.status(live=True)["status"] != "ready"
+        )
+        failure = failures.classify(
+            err.status, err.message, recovering, watchdog.retry_after_s() if watchdog is not None else 5
+        )
         error_id = failures.new_error_id()
         log.error("model server error %s (id %s): %s", err.status, error_id, err.message)
         headers = {"Retry-After": str(failure.retry_after_s)} if failure.retry_after_s else None
@@ -198,8 +213,15 @@ class Gateway:
         """GET /: the web page for browsers, a JSON index for API clients."""
         if _prefers_html(request.headers.get("accept", "")):
             return FileResponse(WEB_DIR / "index.html", media_type="text/html")
-        return JSONResponse({"service": "SAM3 REST gateway", "segment": "POST / or POST /segment (JSON)",
-                             "schema": "/openapi.json", "docs": "/docs", "health": "/health"})
+        return JSONResponse(
+            {
+                "service": "SAM3 REST gateway",
+                "segment": "POST / or POST /segment (JSON)",
+                "schema": "/openapi.json",
+                "docs": "/docs",
+                "health": "/health",
+            }
+        )
 
     async def health(self, request: Request) -> Response:
         """GET /health: 200 when Triton and the `sam3` model are ready, else 503 with the reason.
@@ -208,6 +230,7 @@ class Gateway:
         process table and repository index); else 503 with the broken models and Retry-After.
         """
         from client.api import Sam3Error
+
         if self.watchdog is not None:
             state = await run_in_threadpool(self.watchdog.status, True)
             state["broken"] = {m: failures.public_message(why) for m, why in state["broken"].items()}
@@ -217,19 +240,28 @@ class Gateway:
         try:
             ready = await run_in_threadpool(self.client.is_ready)
         except Sam3Error as err:
-            return JSONResponse({"status": "unavailable", "error": failures.public_message(err.message)},
-                                status_code=503)
+            return JSONResponse(
+                {"status": "unavailable", "error": failures.public_message(err.message)}, status_code=503
+            )
         if not ready:
-            return JSONResponse({"status": "unavailable", "error": f"Triton at {self.grpc_url} or model "
-                                 "`sam3` is not ready yet (still loading?)"}, status_code=503)
+            return JSONResponse(
+                {
+                    "status": "unavailable",
+                    "error": f"Triton at {self.grpc_url} or model `sam3` is not ready yet (still loading?)",
+                },
+                status_code=503,
+            )
         return JSONResponse({"status": "ready"})
 
     async def metrics(self, request: Request) -> Response:
         """GET /metrics: Prometheus text (gateway responses by status, cancellations, watchdog counters)."""
-        lines = ["# HELP sam3_gateway_inflight segmentation requests in progress",
-                 "# TYPE sam3_gateway_inflight gauge", f"sam3_gateway_inflight {self.inflight}",
-                 "# HELP sam3_gateway_responses_total segmentation responses by HTTP status (cancelled: client left)",
-                 "# TYPE sam3_gateway_responses_total counter"]
+        lines = [
+            "# HELP sam3_gateway_inflight segmentation requests in progress",
+            "# TYPE sam3_gateway_inflight gauge",
+            f"sam3_gateway_inflight {self.inflight}",
+            "# HELP sam3_gateway_responses_total segmentation responses by HTTP status (cancelled: client left)",
+            "# TYPE sam3_gateway_responses_total counter",
+        ]
         lines += [f'sam3_gateway_responses_total{{status="{k}"}} {n}' for k, n in sorted(self.counts.items(), key=str)]
         text = "\n".join(lines) + "\n" + (self.watchdog.metrics_text() if self.watchdog is not None else "")
         return Response(text, media_type="text/plain; version=0.0.4")
@@ -278,8 +310,10 @@ async def _drain(request: Request, budget: int) -> None:
 
 
 def _too_large(size: int, limit: int) -> str:
-    return (f"request body is {size} bytes, over the {limit}-byte limit: send a smaller image "
-            "(downscale or JPEG-compress it)")
+    return (
+        f"request body is {size} bytes, over the {limit}-byte limit: send a smaller image "
+        "(downscale or JPEG-compress it)"
+    )
 
 
 async def _client_left(request: Request, call: asyncio.Future) -> bool:
@@ -324,19 +358,30 @@ def _qualities(accept: str) -> dict[str, float]:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
-    return error_response(exc.status_code, f"{exc.detail}: {request.method} {request.url.path} "
-                          "(see GET /docs for the routes)", getattr(exc, "headers", None))
+    return error_response(
+        exc.status_code,
+        f"{exc.detail}: {request.method} {request.url.path} (see GET /docs for the routes)",
+        getattr(exc, "headers", None),
+    )
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     error_id = failures.new_error_id()
     log.exception("gateway error %s on %s %s", error_id, request.method, request.url.path)
-    return error_response(500, f"internal gateway error (error id {error_id}); the server log has the details",
-                          error_id=error_id)
+    return error_response(
+        500, f"internal gateway error (error id {error_id}); the server log has the details", error_id=error_id
+    )
 
 
-def create_app(grpc_url: str, auth_token: str | None = None, max_body_bytes: int = 30 * 2**20,
-               timeout_s: float = 300.0, cors_origins: tuple = ("*",), watchdog=None, max_inflight: int = 256):
+def create_app(
+    grpc_url: str,
+    auth_token: str | None = None,
+    max_body_bytes: int = 30 * 2**20,
+    timeout_s: float = 300.0,
+    cors_origins: tuple = ("*",),
+    watchdog=None,
+    max_inflight: int = 256,
+):
     """The gateway ASGI app for Triton at ``grpc_url`` ("host:port").
 
     auth_token: when set, POST routes need ``Authorization: Bearer <auth_token>``.
@@ -346,25 +391,46 @@ def create_app(grpc_url: str, auth_token: str | None = None, max_body_bytes: int
     max_inflight: segmentation requests served at once; more get 503 + Retry-After (load shedding).
     """
     if max_body_bytes <= 0 or timeout_s <= 0 or max_inflight <= 0:
-        raise ValueError(f"max_body_bytes, timeout_s and max_inflight must be > 0; got {max_body_bytes}, "
-                         f"{timeout_s}, {max_inflight}")
+        raise ValueError(
+            f"max_body_bytes, timeout_s and max_inflight must be > 0; got {max_body_bytes}, {timeout_s}, {max_inflight}"
+        )
     if auth_token is not None and not auth_token.strip():
         raise ValueError("auth_token is empty: pass None for no authentication, or a non-empty secret")
     gateway = Gateway(grpc_url, auth_token, max_body_bytes, timeout_s, watchdog, max_inflight)
-    routes = [Route("/", gateway.root, methods=["GET"]), Route("/", gateway.segment, methods=["POST"]),
-              Route("/segment", gateway.segment, methods=["POST"]), Route("/health", gateway.health),
-              Route("/metrics", gateway.metrics),
-              Route("/openapi.json", gateway.openapi_json), Route("/docs", gateway.docs),
-              Mount("/web", StaticFiles(directory=WEB_DIR), name="web")]
-    middleware = [Middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                             allow_headers=["Authorization", "Content-Type"])] if cors_origins else []
+    routes = [
+        Route("/", gateway.root, methods=["GET"]),
+        Route("/", gateway.segment, methods=["POST"]),
+        Route("/segment", gateway.segment, methods=["POST"]),
+        Route("/health", gateway.health),
+        Route("/metrics", gateway.metrics),
+        Route("/openapi.json", gateway.openapi_json),
+        Route("/docs", gateway.docs),
+        Mount("/web", StaticFiles(directory=WEB_DIR), name="web"),
+    ]
+    middleware = (
+        [
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+            )
+        ]
+        if cors_origins
+        else []
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         gateway.close()
 
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
     app.state.gateway = gateway
     return app
 
@@ -379,9 +445,13 @@ class BackgroundServer:
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", drain_s: float = 30.0):
         import uvicorn
+
         self.drain_s = drain_s
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                                    timeout_graceful_shutdown=max(1, round(drain_s))))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=max(1, round(drain_s))
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="gateway")
         self.host = host
 

@@ -73,9 +73,11 @@ class CancellableClient(Sam3Client):
         def finish(result=None, error=None):
             outcome.update(result=result, error=error)
             done.set()
+
         try:
-            context = self._transport().async_infer(model, inputs, finish, headers=self.headers or None,
-                                                    timeout=int(self.timeout_s * 1e6), **kwargs)
+            context = self._transport().async_infer(
+                model, inputs, finish, headers=self.headers or None, timeout=int(self.timeout_s * 1e6), **kwargs
+            )
         except InferenceServerException as err:  # refused before it was sent
             raise Sam3Error(message_of(err), status_of(err), self.protocol) from err
         ticket.attach(context)

@@ -16,9 +16,12 @@ _BOX = {"type": "array", "items": _NUMBER, "minItems": 4, "maxItems": 4, "descri
 _BOXES = {"type": "array", "items": _BOX, "minItems": 1, "maxItems": MAX_ITEMS}
 _KIND_SCHEMAS = {
     "image": {"type": "string", "contentEncoding": "base64"},
-    "text": {"oneOf": [{"type": "string", "minLength": 1},
-                       {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
-                        "maxItems": MAX_ITEMS}]},
+    "text": {
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": MAX_ITEMS},
+        ]
+    },
     "points": {"type": "array", "items": _PAIR, "minItems": 1, "maxItems": MAX_ITEMS},
     "labels": {"type": "array", "items": {"type": "integer", "enum": [0, 1]}, "minItems": 1, "maxItems": MAX_ITEMS},
     "box": {"oneOf": [_BOX, _BOXES]},
@@ -43,13 +46,22 @@ def field_schema(f: Field) -> dict:
 
 def request_schema() -> dict:
     """The segmentation request object; unknown properties are ignored by the gateway."""
-    return {"type": "object", "required": list(REQUIRED), "additionalProperties": True,
-            "properties": {f.name: field_schema(f) for f in FIELDS}}
+    return {
+        "type": "object",
+        "required": list(REQUIRED),
+        "additionalProperties": True,
+        "properties": {f.name: field_schema(f) for f in FIELDS},
+    }
 
 
-_MASK = {"description": "per mask_format: bool → bool[H][W]; rle → COCO RLE; png → base64 PNG",
-         "oneOf": [{"type": "array", "items": {"type": "array", "items": {"type": "boolean"}}},
-                   {"$ref": "#/components/schemas/RLE"}, {"type": "string", "contentEncoding": "base64"}]}
+_MASK = {
+    "description": "per mask_format: bool → bool[H][W]; rle → COCO RLE; png → base64 PNG",
+    "oneOf": [
+        {"type": "array", "items": {"type": "array", "items": {"type": "boolean"}}},
+        {"$ref": "#/components/schemas/RLE"},
+        {"type": "string", "contentEncoding": "base64"},
+    ],
+}
 _SHAPE = {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2, "description": "[h, w]"}
 _FLOATS = {"type": "array", "items": _NUMBER}
 
@@ -60,74 +72,135 @@ def _object(properties: dict, required: tuple, description: str) -> dict:
 
 def response_schemas() -> dict:
     """components.schemas: the response of each mode, the RLE mask and the error."""
-    auto_item = _object({"segmentation": _MASK, "score": _NUMBER, "area": {"type": "integer"},
-                         "bbox": {"type": "array", "items": {"type": "integer"}, "description": "[x, y, w, h] px"},
-                         "predicted_iou": _NUMBER, "stability_score": _NUMBER},
-                        ("segmentation", "score", "area", "bbox", "predicted_iou", "stability_score"), "one mask")
+    auto_item = _object(
+        {
+            "segmentation": _MASK,
+            "score": _NUMBER,
+            "area": {"type": "integer"},
+            "bbox": {"type": "array", "items": {"type": "integer"}, "description": "[x, y, w, h] px"},
+            "predicted_iou": _NUMBER,
+            "stability_score": _NUMBER,
+        },
+        ("segmentation", "score", "area", "bbox", "predicted_iou", "stability_score"),
+        "one mask",
+    )
     return {
-        "RLE": _object({"size": _SHAPE, "counts": {"type": "string"}}, ("size", "counts"),
-                       "COCO compressed RLE (column-major), as pycocotools.mask.encode"),
+        "RLE": _object(
+            {"size": _SHAPE, "counts": {"type": "string"}},
+            ("size", "counts"),
+            "COCO compressed RLE (column-major), as pycocotools.mask.encode",
+        ),
         "TextResponse": _object(
-            {"masks": {"type": "array", "items": _MASK}, "boxes": {"type": "array", "items": _BOX}, "scores": _FLOATS,
-             "count": {"type": "integer"}, "image_shape": _SHAPE,
-             "labels": {"type": "array", "items": {"type": "integer"}, "description": "only when text is a list"},
-             "concepts": {"type": "array", "items": {"type": "string"}, "description": "only when text is a list"}},
-            ("masks", "boxes", "scores", "count", "image_shape"), "mode text"),
-        "PromptResponse": _object({"mask": _MASK, "score": _NUMBER, "all_scores": _FLOATS, "image_shape": _SHAPE},
-                                  ("mask", "score", "all_scores", "image_shape"), "mode point / box, one object"),
+            {
+                "masks": {"type": "array", "items": _MASK},
+                "boxes": {"type": "array", "items": _BOX},
+                "scores": _FLOATS,
+                "count": {"type": "integer"},
+                "image_shape": _SHAPE,
+                "labels": {"type": "array", "items": {"type": "integer"}, "description": "only when text is a list"},
+                "concepts": {"type": "array", "items": {"type": "string"}, "description": "only when text is a list"},
+            },
+            ("masks", "boxes", "scores", "count", "image_shape"),
+            "mode text",
+        ),
+        "PromptResponse": _object(
+            {"mask": _MASK, "score": _NUMBER, "all_scores": _FLOATS, "image_shape": _SHAPE},
+            ("mask", "score", "all_scores", "image_shape"),
+            "mode point / box, one object",
+        ),
         "PromptListResponse": _object(
-            {"masks": {"type": "array", "items": _MASK}, "boxes": {"type": "array", "items": _BOX}, "scores": _FLOATS,
-             "all_scores": {"type": "array", "items": _FLOATS}, "count": {"type": "integer"}, "image_shape": _SHAPE},
+            {
+                "masks": {"type": "array", "items": _MASK},
+                "boxes": {"type": "array", "items": _BOX},
+                "scores": _FLOATS,
+                "all_scores": {"type": "array", "items": _FLOATS},
+                "count": {"type": "integer"},
+                "image_shape": _SHAPE,
+            },
             ("masks", "boxes", "scores", "all_scores", "count", "image_shape"),
-            "mode point / box when box_coords is a list of boxes (one object per box)"),
-        "AutoResponse": _object({"masks": {"type": "array", "items": auto_item}, "count": {"type": "integer"},
-                                 "image_shape": _SHAPE}, ("masks", "count", "image_shape"), "mode auto"),
+            "mode point / box when box_coords is a list of boxes (one object per box)",
+        ),
+        "AutoResponse": _object(
+            {"masks": {"type": "array", "items": auto_item}, "count": {"type": "integer"}, "image_shape": _SHAPE},
+            ("masks", "count", "image_shape"),
+            "mode auto",
+        ),
         "Error": _object({"error": {"type": "string"}}, ("error",), "what is wrong and how to fix it"),
     }
 
 
 def _error(description: str) -> dict:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def _segment_operation() -> dict:
     modes = ("TextResponse", "PromptResponse", "PromptListResponse", "AutoResponse")
     ok = {"oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in modes]}
-    return {"summary": "Segment an image (text concepts, points, boxes or everything)",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema()}}},
-            "responses": {"200": {"description": "segmentation", "content": {"application/json": {"schema": ok}}},
-                          "400": _error("body is not JSON, or the image / coordinates do not fit the image"),
-                          "401": _error("missing or wrong Authorization: Bearer <token>"),
-                          "413": _error("body larger than the gateway's limit"),
-                          "422": _error("a field is missing, has the wrong type or is out of range"),
-                          "503": _error("the model server is not available")}}
+    return {
+        "summary": "Segment an image (text concepts, points, boxes or everything)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema()}}},
+        "responses": {
+            "200": {"description": "segmentation", "content": {"application/json": {"schema": ok}}},
+            "400": _error("body is not JSON, or the image / coordinates do not fit the image"),
+            "401": _error("missing or wrong Authorization: Bearer <token>"),
+            "413": _error("body larger than the gateway's limit"),
+            "422": _error("a field is missing, has the wrong type or is out of range"),
+            "503": _error("the model server is not available"),
+        },
+    }
 
 
 def openapi_schema(max_body_bytes: int | None = None) -> dict:
     """The whole OpenAPI 3.1 document of the gateway."""
     limit = f" Bodies over {max_body_bytes} bytes get 413." if max_body_bytes else ""
-    health = {"summary": "Readiness of the model server", "security": [],
-              "responses": {"200": {"description": "ready"}, "503": _error("not ready")}}
-    return {"openapi": "3.1.0",
-            "info": {"title": "SAM3 REST gateway", "version": "1",
-                     "description": f"The seeds' JSON contract; masks as {'|'.join(MASK_FORMATS)}.{limit}"},
-            "paths": {"/": {"post": _segment_operation(), "get": {"summary": "web page (text/html)", "security": [],
-                                                                  "responses": {"200": {"description": "HTML"}}}},
-                      "/segment": {"post": _segment_operation()}, "/health": {"get": health}},
-            "components": {"schemas": response_schemas(),
-                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-            "security": [{"bearer": []}]}
+    health = {
+        "summary": "Readiness of the model server",
+        "security": [],
+        "responses": {"200": {"description": "ready"}, "503": _error("not ready")},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "SAM3 REST gateway",
+            "version": "1",
+            "description": f"The seeds' JSON contract; masks as {'|'.join(MASK_FORMATS)}.{limit}",
+        },
+        "paths": {
+            "/": {
+                "post": _segment_operation(),
+                "get": {
+                    "summary": "web page (text/html)",
+                    "security": [],
+                    "responses": {"200": {"description": "HTML"}},
+                },
+            },
+            "/segment": {"post": _segment_operation()},
+            "/health": {"get": health},
+        },
+        "components": {
+            "schemas": response_schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
 
 
 def docs_html() -> str:
     """A plain HTML page listing the request fields (GET /docs)."""
-    rows = "".join(f"<tr><td><code>{f.name}</code></td><td>{f.kind}</td><td>{html.escape(repr(f.default))}</td>"
-                   f"<td>{', '.join(f.modes)}</td><td>{html.escape(f.doc)}</td></tr>" for f in FIELDS)
-    return ("<!doctype html><meta charset=utf-8><title>SAM3 REST API</title>"
-            "<style>body{font:14px system-ui;margin:2em}td,th{border-bottom:1px solid #ddd;padding:4px 8px;"
-            "text-align:left;vertical-align:top}</style><h1>SAM3 REST API</h1>"
-            "<p><code>POST /</code> or <code>POST /segment</code> with a JSON object; schema: "
-            "<a href=openapi.json>openapi.json</a>; web page: <a href=./>/</a>.</p>"
-            "<table><tr><th>field</th><th>kind</th><th>default</th><th>modes</th><th>meaning</th></tr>"
-            f"{rows}</table>")
+    rows = "".join(
+        f"<tr><td><code>{f.name}</code></td><td>{f.kind}</td><td>{html.escape(repr(f.default))}</td>"
+        f"<td>{', '.join(f.modes)}</td><td>{html.escape(f.doc)}</td></tr>"
+        for f in FIELDS
+    )
+    return (
+        "<!doctype html><meta charset=utf-8><title>SAM3 REST API</title>"
+        "<style>body{font:14px system-ui;margin:2em}td,th{border-bottom:1px solid #ddd;padding:4px 8px;"
+        "text-align:left;vertical-align:top}</style><h1>SAM3 REST API</h1>"
+        "<p><code>POST /</code> or <code>POST /segment</code> with a JSON object; schema: "
+        "<a href=openapi.json>openapi.json</a>; web page: <a href=./>/</a>.</p>"
+        "<table><tr><th>field</th><th>kind</th><th>default</th><th>modes</th><th>meaning</th></tr>"
+        f"{rows}</table>"
+    )

@@ -70,32 +70,103 @@ class Field:
 FIELDS = (
     Field("image", "image", "the image file (JPEG, PNG, WebP, ...) as base64; a data: URL prefix is accepted"),
     Field("mode", "choice", "what to segment with", "text", choices=MODES),
-    Field("text", "text", "concept(s) to find: a string or a list of strings (then `labels`/`concepts` "
-          "are added to the response)", modes=("text",), triton="text"),
+    Field(
+        "text",
+        "text",
+        "concept(s) to find: a string or a list of strings (then `labels`/`concepts` are added to the response)",
+        modes=("text",),
+        triton="text",
+    ),
     Field("threshold", "number", "detection score threshold", 0.5, 0.0, 1.0, modes=("text",), triton="threshold"),
     Field("mask_threshold", "number", "mask probability threshold", 0.5, 0.0, 1.0, triton="mask_threshold"),
-    Field("point_coords", "points", "[[x, y], ...] px; all points prompt ONE object",
-          modes=("point", "box"), triton="points"),
-    Field("point_labels", "labels", "one per point: 1 foreground, 0 background (default all 1)",
-          modes=("point", "box"), triton="point_labels"),
-    Field("box_coords", "box", "[x0, y0, x1, y1] px (one object), or a list of boxes (one object each; "
-          "the response is then list-shaped)", modes=("point", "box"), triton="boxes"),
-    Field("exemplar_boxes", "boxes", "[[x0, y0, x1, y1], ...] px example boxes of the concept",
-          modes=("text",), triton="boxes"),
-    Field("exemplar_labels", "labels", "one per exemplar box: 1 positive, 0 negative (default all 1)",
-          modes=("text",), triton="box_labels"),
-    Field("points_per_batch", "integer", "points per prompt-decoder call", 64, 1, 1024, modes=("auto",),
-          triton="points_per_batch"),
-    Field("points_per_side", "integer", "grid of points_per_side^2 prompts", 16, 1, 64, modes=("auto",),
-          triton="points_per_side"),
-    Field("pred_iou_thresh", "number", "keep masks whose predicted IoU is at least this", 0.88, 0.0, 1.0,
-          modes=("auto",), triton="pred_iou_thresh"),
-    Field("stability_score_thresh", "number", "keep masks whose stability score is at least this", 0.95,
-          0.0, 1.0, modes=("auto",), triton="stability_score_thresh"),
-    Field("mask_format", "choice", "bool: nested true/false lists; rle: COCO RLE {size, counts}; "
-          "png: base64 1-bit PNG", "bool", choices=MASK_FORMATS),
-    Field("image_id", "string", "key of the server's image-embedding cache: send the same id with the same "
-          "image to skip the image encoder", triton="image_id"),
+    Field(
+        "point_coords",
+        "points",
+        "[[x, y], ...] px; all points prompt ONE object",
+        modes=("point", "box"),
+        triton="points",
+    ),
+    Field(
+        "point_labels",
+        "labels",
+        "one per point: 1 foreground, 0 background (default all 1)",
+        modes=("point", "box"),
+        triton="point_labels",
+    ),
+    Field(
+        "box_coords",
+        "box",
+        "[x0, y0, x1, y1] px (one object), or a list of boxes (one object each; the response is then list-shaped)",
+        modes=("point", "box"),
+        triton="boxes",
+    ),
+    Field(
+        "exemplar_boxes",
+        "boxes",
+        "[[x0, y0, x1, y1], ...] px example boxes of the concept",
+        modes=("text",),
+        triton="boxes",
+    ),
+    Field(
+        "exemplar_labels",
+        "labels",
+        "one per exemplar box: 1 positive, 0 negative (default all 1)",
+        modes=("text",),
+        triton="box_labels",
+    ),
+    Field(
+        "points_per_batch",
+        "integer",
+        "points per prompt-decoder call",
+        64,
+        1,
+        1024,
+        modes=("auto",),
+        triton="points_per_batch",
+    ),
+    Field(
+        "points_per_side",
+        "integer",
+        "grid of points_per_side^2 prompts",
+        16,
+        1,
+        64,
+        modes=("auto",),
+        triton="points_per_side",
+    ),
+    Field(
+        "pred_iou_thresh",
+        "number",
+        "keep masks whose predicted IoU is at least this",
+        0.88,
+        0.0,
+        1.0,
+        modes=("auto",),
+        triton="pred_iou_thresh",
+    ),
+    Field(
+        "stability_score_thresh",
+        "number",
+        "keep masks whose stability score is at least this",
+        0.95,
+        0.0,
+        1.0,
+        modes=("auto",),
+        triton="stability_score_thresh",
+    ),
+    Field(
+        "mask_format",
+        "choice",
+        "bool: nested true/false lists; rle: COCO RLE {size, counts}; png: base64 1-bit PNG",
+        "bool",
+        choices=MASK_FORMATS,
+    ),
+    Field(
+        "image_id",
+        "string",
+        "key of the server's image-embedding cache: send the same id with the same image to skip the image encoder",
+        triton="image_id",
+    ),
 )
 FIELD_NAMES = tuple(f.name for f in FIELDS)
 REQUIRED = ("image",)
@@ -122,21 +193,27 @@ class SegmentRequest:
 
 # ---------------------------------------------------------------- body → dict
 
+
 def parse_body(raw: bytes) -> dict:
     """JSON body → dict. 400 when it is not JSON, 422 when it is not a JSON object."""
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise RestError(400, f"request body is not valid JSON ({err}); send a JSON object such as "
-                        '{"image": "<base64>", "mode": "text", "text": "person"} '
-                        "with Content-Type: application/json") from err
+        raise RestError(
+            400,
+            f"request body is not valid JSON ({err}); send a JSON object such as "
+            '{"image": "<base64>", "mode": "text", "text": "person"} '
+            "with Content-Type: application/json",
+        ) from err
     if not isinstance(body, dict):
-        raise RestError(422, f"request body must be a JSON object with an `image` field; got a JSON "
-                        f"{type(body).__name__}")
+        raise RestError(
+            422, f"request body must be a JSON object with an `image` field; got a JSON {type(body).__name__}"
+        )
     return body
 
 
 # ---------------------------------------------------------------- one parser per field kind
+
 
 def _fail(name: str, message: str) -> RestError:
     return RestError(422, f"`{name}` {message}")
@@ -188,8 +265,9 @@ def _matrix(name: str, value, width: int, example: str) -> np.ndarray:
     if not isinstance(value, list) or not value or not all(isinstance(r, list) and len(r) == width for r in value):
         raise _fail(name, f"must be a non-empty list of {example}; got {json.dumps(value)[:80]}")
     _at_most(name, value)
-    return np.array([[_number(f"{name}[{i}][{j}]", x) for j, x in enumerate(row)] for i, row in enumerate(value)],
-                    np.float32)
+    return np.array(
+        [[_number(f"{name}[{i}][{j}]", x) for j, x in enumerate(row)] for i, row in enumerate(value)], np.float32
+    )
 
 
 def _at_most(name: str, items: list) -> None:
@@ -205,7 +283,9 @@ def _boxes(name: str, value, f: Field) -> np.ndarray:
     boxes = _matrix(name, value, 4, "[x0, y0, x1, y1] boxes in pixels, e.g. [[50, 50, 200, 200]]")
     for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         if x1 < x0 or y1 < y0:
-            raise _fail(f"{name}[{i}]", f"= {[x0, y0, x1, y1]} has x1 < x0 or y1 < y0: send [x_min, y_min, x_max, y_max]")
+            raise _fail(
+                f"{name}[{i}]", f"= {[x0, y0, x1, y1]} has x1 < x0 or y1 < y0: send [x_min, y_min, x_max, y_max]"
+            )
     return boxes
 
 
@@ -250,11 +330,22 @@ def _b64decode(text: str) -> bytes:
         return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
 
 
-PARSERS = {"image": _image, "choice": _choice, "text": _text, "number": _number, "integer": _integer,
-           "points": _points, "labels": _labels, "box": _box, "boxes": _boxes, "string": _string}
+PARSERS = {
+    "image": _image,
+    "choice": _choice,
+    "text": _text,
+    "number": _number,
+    "integer": _integer,
+    "points": _points,
+    "labels": _labels,
+    "box": _box,
+    "boxes": _boxes,
+    "string": _string,
+}
 
 
 # ---------------------------------------------------------------- the whole request
+
 
 def validate(body: dict) -> SegmentRequest:
     """Checked request dict → :class:`SegmentRequest`. Raises RestError (422 / 400) naming the field."""
@@ -272,8 +363,9 @@ def validate(body: dict) -> SegmentRequest:
 def _check_mode_needs(mode: str, values: dict) -> None:
     """422 when the mode's prompt is missing or a label list does not match its coordinates."""
     if mode == "text" and "text" not in values and "exemplar_boxes" not in values:
-        raise _fail("text", 'is required in text mode (the default mode): e.g. "text": "person", '
-                    "or give `exemplar_boxes`")
+        raise _fail(
+            "text", 'is required in text mode (the default mode): e.g. "text": "person", or give `exemplar_boxes`'
+        )
     if mode == "point" and "point_coords" not in values and "box_coords" not in values:
         raise _fail("point_coords", "is required in point mode: [[x, y], ...] px with `point_labels` [1, ...]")
     if mode == "box" and "box_coords" not in values:
@@ -300,18 +392,28 @@ def image_size(data: bytes) -> tuple[int, int]:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
     except UnidentifiedImageError as err:
-        raise RestError(400, f"`image` is not a decodable image file ({len(data)} bytes of an unknown format); "
-                        "send a base64 JPEG, PNG or WebP file") from err
+        raise RestError(
+            400,
+            f"`image` is not a decodable image file ({len(data)} bytes of an unknown format); "
+            "send a base64 JPEG, PNG or WebP file",
+        ) from err
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise RestError(400, f"`image` is not a decodable image file ({len(data)} bytes; {err}); "
-                        "send a complete base64 JPEG, PNG or WebP file") from err
+        raise RestError(
+            400,
+            f"`image` is not a decodable image file ({len(data)} bytes; {err}); "
+            "send a complete base64 JPEG, PNG or WebP file",
+        ) from err
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
 def _check_inside(values: dict, mode: str, image_hw: tuple[int, int]) -> None:
     """400 when a point or box of the mode lies outside [0, width] x [0, height]."""
-    names = {"text": ("exemplar_boxes",), "point": ("point_coords", "box_coords"),
-             "box": ("point_coords", "box_coords"), "auto": ()}[mode]
+    names = {
+        "text": ("exemplar_boxes",),
+        "point": ("point_coords", "box_coords"),
+        "box": ("point_coords", "box_coords"),
+        "auto": (),
+    }[mode]
     for name in names:
         coords = values.get(name)
         coords = coords[0] if name == "box_coords" and coords is not None else coords
@@ -326,9 +428,12 @@ def _inside(name: str, xy: np.ndarray, image_hw: tuple[int, int]) -> None:
     if bad.any():
         i = int(np.argmax(bad.any(axis=1)))
         entry = xy[i].reshape(-1).tolist()
-        raise RestError(400, f"`{name}[{i}]` = {[round(v, 3) for v in entry]} lies outside the image "
-                        f"(x in 0..{w}, y in 0..{h} px; the image is {w}x{h}): coordinates are pixels of the "
-                        "original image")
+        raise RestError(
+            400,
+            f"`{name}[{i}]` = {[round(v, 3) for v in entry]} lies outside the image "
+            f"(x in 0..{w}, y in 0..{h} px; the image is {w}x{h}): coordinates are pixels of the "
+            "original image",
+        )
 
 
 def _request(mode: str, values: dict, image_hw) -> SegmentRequest:
@@ -353,9 +458,12 @@ def _triton_value(name: str, value):
     return value[0] if name == "box_coords" else value
 
 
-_TRITON_NAMES = {"text": {"boxes": "exemplar_boxes", "box_labels": "exemplar_labels"},
-                 "point": {"points": "point_coords", "boxes": "box_coords"},
-                 "box": {"points": "point_coords", "boxes": "box_coords"}, "auto": {}}
+_TRITON_NAMES = {
+    "text": {"boxes": "exemplar_boxes", "box_labels": "exemplar_labels"},
+    "point": {"points": "point_coords", "boxes": "box_coords"},
+    "box": {"points": "point_coords", "boxes": "box_coords"},
+    "auto": {},
+}
 
 
 def server_message(message: str, mode: str) -> str:
@@ -367,6 +475,7 @@ def server_message(message: str, mode: str) -> str:
 
 
 # ---------------------------------------------------------------- responses
+
 
 class RawJSON:
     """Ready JSON text spliced verbatim into a response by :func:`dumps`."""
@@ -448,17 +557,32 @@ def format_response(req: SegmentRequest, seg) -> bytes:
     elif req.mode == "auto":
         body = _auto_body(seg, masks, shape)
     elif req.multi:
-        body = {"masks": masks, "boxes": [_nums(b) for b in seg.boxes], "scores": _nums(seg.scores),
-                "all_scores": [_nums(r) for r in seg.iou_scores], "count": len(seg), "image_shape": shape}
+        body = {
+            "masks": masks,
+            "boxes": [_nums(b) for b in seg.boxes],
+            "scores": _nums(seg.scores),
+            "all_scores": [_nums(r) for r in seg.iou_scores],
+            "count": len(seg),
+            "image_shape": shape,
+        }
     else:
-        body = {"mask": masks[0], "score": _num(seg.scores[0]), "all_scores": _nums(seg.iou_scores[0]),
-                "image_shape": shape}
+        body = {
+            "mask": masks[0],
+            "score": _num(seg.scores[0]),
+            "all_scores": _nums(seg.iou_scores[0]),
+            "image_shape": shape,
+        }
     return dumps(body)
 
 
 def _text_body(seg, masks: list, shape: list, concepts: list[str] | None) -> dict:
-    body = {"masks": masks, "boxes": [_nums(b) for b in seg.boxes], "scores": _nums(seg.scores),
-            "count": len(seg), "image_shape": shape}
+    body = {
+        "masks": masks,
+        "boxes": [_nums(b) for b in seg.boxes],
+        "scores": _nums(seg.scores),
+        "count": len(seg),
+        "image_shape": shape,
+    }
     if concepts is not None:
         body |= {"labels": [int(v) for v in seg.labels], "concepts": concepts}
     return body
@@ -470,6 +594,14 @@ def _auto_body(seg, masks: list, shape: list) -> dict:
     for i, mask in enumerate(masks):
         x0, y0, x1, y1 = (int(round(float(v))) for v in seg.boxes[i])
         iou = _num(seg.scores[i])
-        records.append({"segmentation": mask, "score": iou, "area": seg.area(i), "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "predicted_iou": iou, "stability_score": _num(seg.stability_scores[i])})
+        records.append(
+            {
+                "segmentation": mask,
+                "score": iou,
+                "area": seg.area(i),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "predicted_iou": iou,
+                "stability_score": _num(seg.stability_scores[i]),
+            }
+        )
     return {"masks": records, "count": len(records), "image_shape": shape}

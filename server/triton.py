@@ -33,8 +33,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-INSTALL_HINT = ("install it into this environment: pip install 'nvidia-pytriton==0.7.*' 'numpy<2' "
-                "(Linux x86_64 wheel that bundles tritonserver 2.51)")
+INSTALL_HINT = (
+    "install it into this environment: pip install 'nvidia-pytriton==0.7.*' 'numpy<2' "
+    "(Linux x86_64 wheel that bundles tritonserver 2.51)"
+)
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 READY_PATH = "/v2/health/ready"
 CACHE_ENV = "SAM3_TRITON_CACHE"
@@ -66,6 +68,7 @@ class TritonInstall:
 
 # ---------------------------------------------------------------- finding the bundled server
 
+
 def find_tritonserver() -> TritonInstall:
     """Locate the tritonserver of the nvidia-pytriton wheel and assemble its backend directory.
 
@@ -78,11 +81,17 @@ def find_tritonserver() -> TritonInstall:
     needed = (dist / "bin" / "tritonserver", dist / "backends" / "python" / "libtriton_python.so", stub, libs)
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        raise TritonNotFoundError(f"the nvidia-pytriton wheel in {dist} lacks {', '.join(missing)} "
-                                  f"(no Python backend stub for Python {version}?); {INSTALL_HINT}")
+        raise TritonNotFoundError(
+            f"the nvidia-pytriton wheel in {dist} lacks {', '.join(missing)} "
+            f"(no Python backend stub for Python {version}?); {INSTALL_HINT}"
+        )
     caches = dist / "caches"
-    return TritonInstall(binary=needed[0], backend_dir=_prepare_backend_dir(dist, stub), lib_dirs=[libs],
-                         cache_dir=caches if caches.is_dir() else None)
+    return TritonInstall(
+        binary=needed[0],
+        backend_dir=_prepare_backend_dir(dist, stub),
+        lib_dirs=[libs],
+        cache_dir=caches if caches.is_dir() else None,
+    )
 
 
 def _pytriton_dist_dir() -> Path:
@@ -129,10 +138,23 @@ def _link(src: Path, dst: Path) -> None:
 
 # ---------------------------------------------------------------- command line and environment
 
-def server_command(repo: Path, *, binary="tritonserver", backend_dir=None, http_port=8000, grpc_port=8001,
-                   metrics_port=8002, model_control="none", log_verbose=0, extra_args=(),
-                   address: str | None = None, cache_dir=None, exit_timeout_s: int | None = None,
-                   cuda_pool_bytes: int | None = None) -> list[str]:
+
+def server_command(
+    repo: Path,
+    *,
+    binary="tritonserver",
+    backend_dir=None,
+    http_port=8000,
+    grpc_port=8001,
+    metrics_port=8002,
+    model_control="none",
+    log_verbose=0,
+    extra_args=(),
+    address: str | None = None,
+    cache_dir=None,
+    exit_timeout_s: int | None = None,
+    cuda_pool_bytes: int | None = None,
+) -> list[str]:
     """The tritonserver command line (argv list) used both locally and in the Modal container.
 
     ``backend_dir``/``cache_dir`` None keep Triton's defaults (``/opt/tritonserver/...`` in the
@@ -145,10 +167,18 @@ def server_command(repo: Path, *, binary="tritonserver", backend_dir=None, http_
     """
     if model_control not in MODEL_CONTROL_MODES:
         raise ValueError(f"model_control must be one of {MODEL_CONTROL_MODES}, got {model_control!r}")
-    cmd = [str(binary), f"--model-repository={Path(repo)}",
-           f"--http-port={int(http_port)}", f"--grpc-port={int(grpc_port)}", f"--metrics-port={int(metrics_port)}",
-           f"--model-control-mode={model_control}", "--allow-metrics=true", "--strict-readiness=true",
-           "--exit-on-error=true", f"--log-verbose={int(log_verbose)}"]
+    cmd = [
+        str(binary),
+        f"--model-repository={Path(repo)}",
+        f"--http-port={int(http_port)}",
+        f"--grpc-port={int(grpc_port)}",
+        f"--metrics-port={int(metrics_port)}",
+        f"--model-control-mode={model_control}",
+        "--allow-metrics=true",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--log-verbose={int(log_verbose)}",
+    ]
     if model_control == "explicit":
         cmd.append("--load-model=*")
     if address:
@@ -166,17 +196,19 @@ def server_command(repo: Path, *, binary="tritonserver", backend_dir=None, http_
 
 # ---------------------------------------------------------------- CUDA memory pool (GPU target)
 
-POOL_HEADROOM = 2.0      # two calls' tensors in flight at once
-POOL_ALIGN = 1 << 20     # round up to MiB
+POOL_HEADROOM = 2.0  # two calls' tensors in flight at once
+POOL_ALIGN = 1 << 20  # round up to MiB
 
 
 def bls_call_bytes(spec, sizes: dict[str, int]) -> int:
     """Bytes one call of a component moves one way at ``sizes``: max(all inputs, all outputs)."""
-    from export.spec import NP_DTYPES
     import numpy as np
+
+    from export.spec import NP_DTYPES
 
     def total(tensors) -> int:
         return sum(int(np.prod(t.resolve(sizes))) * np.dtype(NP_DTYPES[t.dtype]).itemsize for t in tensors)
+
     return max(total(spec.inputs), total(spec.outputs))
 
 
@@ -189,6 +221,7 @@ def cuda_pool_bytes(dims, headroom: float = POOL_HEADROOM) -> int:
     at its profile's max sizes, times ``headroom``, rounded up to MiB.
     """
     from export.spec import component_specs
+
     largest = max(bls_call_bytes(spec, spec.sizes("max")) for spec in component_specs(dims).values())
     return -(-int(largest * headroom) // POOL_ALIGN) * POOL_ALIGN
 
@@ -246,6 +279,7 @@ def free_port() -> int:
 
 # ---------------------------------------------------------------- the server process
 
+
 class TritonServer:
     """A local tritonserver process serving ``repo`` on 127.0.0.1 (free ports unless given).
 
@@ -258,14 +292,29 @@ class TritonServer:
     fresh process on the same ports.
     """
 
-    def __init__(self, repo: Path, *, install: TritonInstall | None = None, http_port: int | None = None,
-                 grpc_port: int | None = None, metrics_port: int | None = None, model_control="explicit",
-                 log_verbose=0, extra_args=(), log_path: Path | None = None, ready_timeout_s=180.0,
-                 stop_grace_s=20.0, exit_timeout_s=10, address: str | None = LOCALHOST):
+    def __init__(
+        self,
+        repo: Path,
+        *,
+        install: TritonInstall | None = None,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        model_control="explicit",
+        log_verbose=0,
+        extra_args=(),
+        log_path: Path | None = None,
+        ready_timeout_s=180.0,
+        stop_grace_s=20.0,
+        exit_timeout_s=10,
+        address: str | None = LOCALHOST,
+    ):
         self.repo = Path(repo)
         self.address = address  # interface to bind; None = Triton's default (all interfaces, e.g. in a container)
         self.install = install
-        self.http_port, self.grpc_port, self.metrics_port = (p or free_port() for p in (http_port, grpc_port, metrics_port))
+        self.http_port, self.grpc_port, self.metrics_port = (
+            p or free_port() for p in (http_port, grpc_port, metrics_port)
+        )
         self.model_control, self.log_verbose, self.extra_args = model_control, log_verbose, tuple(extra_args)
         self.log_path = Path(log_path) if log_path else None
         self.ready_timeout_s, self.stop_grace_s, self.exit_timeout_s = ready_timeout_s, stop_grace_s, exit_timeout_s
@@ -307,23 +356,39 @@ class TritonServer:
         """The tritonserver argv for this server (server_command with this install and ports)."""
         install = self.install or find_tritonserver()
         return server_command(
-            self.repo, binary=install.binary, backend_dir=install.backend_dir, http_port=self.http_port,
-            grpc_port=self.grpc_port, metrics_port=self.metrics_port, model_control=self.model_control,
-            log_verbose=self.log_verbose, extra_args=self.extra_args, address=self.address, cache_dir=install.cache_dir,
-            exit_timeout_s=self.exit_timeout_s)
+            self.repo,
+            binary=install.binary,
+            backend_dir=install.backend_dir,
+            http_port=self.http_port,
+            grpc_port=self.grpc_port,
+            metrics_port=self.metrics_port,
+            model_control=self.model_control,
+            log_verbose=self.log_verbose,
+            extra_args=self.extra_args,
+            address=self.address,
+            cache_dir=install.cache_dir,
+            exit_timeout_s=self.exit_timeout_s,
+        )
 
     def start(self) -> "TritonServer":
         """Launch tritonserver (does not wait for readiness; see :meth:`wait_ready`)."""
         if self._proc is not None:
             raise RuntimeError("this TritonServer was already started; create a new one")
         if not self.repo.is_dir():
-            raise TritonStartError(f"model repository {self.repo} is not a directory: build it first "
-                                   "(export.repository.build_repository)")
+            raise TritonStartError(
+                f"model repository {self.repo} is not a directory: build it first (export.repository.build_repository)"
+            )
         install = self.install = self.install or find_tritonserver()
         self.command = self.build_command()
         self._open_log()
-        self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, env=server_env(install), start_new_session=True)
+        self._proc = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=server_env(install),
+            start_new_session=True,
+        )
         return self
 
     def _open_log(self, mode: str = "wb") -> None:
@@ -340,8 +405,14 @@ class TritonServer:
         self.stop()
         self._proc = None
         self._open_log("ab")
-        self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, env=server_env(self.install), start_new_session=True)
+        self._proc = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=server_env(self.install),
+            start_new_session=True,
+        )
         return self.wait_ready(timeout_s)
 
     def is_ready(self) -> bool:
@@ -371,8 +442,10 @@ class TritonServer:
         failed = "".join(f"\n  {model}: {reason}" for model, reason in self.load_errors())
         failed = f"\nModels that failed to load:{failed}" if failed else ""
         tail = "\n".join(line for line in self.log_tail().splitlines() if not line.startswith("+-"))
-        return (f"{what} (model repository {self.repo}).{failed}\nLast lines of {self.log_path}:\n"
-                f"{tail}\ncommand: {' '.join(self.command)}")
+        return (
+            f"{what} (model repository {self.repo}).{failed}\nLast lines of {self.log_path}:\n"
+            f"{tail}\ncommand: {' '.join(self.command)}"
+        )
 
     def load_errors(self) -> list[tuple[str, str]]:
         """[(model, reason)] for every "failed to load '<model>' version <v>: <reason>" in the log."""

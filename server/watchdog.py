@@ -75,6 +75,7 @@ class Recovery:
 
 # ---------------------------------------------------------------- reading the repository and the process table
 
+
 def triton_models(http: "TritonHttp") -> dict[str, ModelInfo]:
     """{name: ModelInfo} of every model in Triton's repository index, from the config Triton loaded
     (``GET /v2/models/<m>/config``: backend, instance groups)."""
@@ -147,6 +148,7 @@ def stub_counts(server_pid: int, names) -> dict[str, int]:
 
 # ---------------------------------------------------------------- Triton's HTTP API
 
+
 class TritonHttp:
     """The few KServe / repository calls the watchdog makes (standard library HTTP, bounded timeouts)."""
 
@@ -206,6 +208,7 @@ class TritonHttp:
 
 # ---------------------------------------------------------------- the watchdog
 
+
 class Watchdog:
     """Watches a running :class:`server.triton.TritonServer` from a daemon thread and heals it.
 
@@ -214,8 +217,16 @@ class Watchdog:
     restart_timeout_s: limit for a restarted tritonserver to become ready again.
     """
 
-    def __init__(self, server, *, interval_s: float = 1.0, canary_interval_s: float = 15.0,
-                 canary_timeout_s: float = 30.0, reload_timeout_s: float = 120.0, restart_timeout_s: float = 300.0):
+    def __init__(
+        self,
+        server,
+        *,
+        interval_s: float = 1.0,
+        canary_interval_s: float = 15.0,
+        canary_timeout_s: float = 30.0,
+        reload_timeout_s: float = 120.0,
+        restart_timeout_s: float = 300.0,
+    ):
         self.server = server
         self.interval_s, self.canary_interval_s, self.canary_timeout_s = interval_s, canary_interval_s, canary_timeout_s
         self.reload_timeout_s, self.restart_timeout_s = reload_timeout_s, restart_timeout_s
@@ -252,8 +263,11 @@ class Watchdog:
         python_models = [m for m in self.models.values() if m.has_stubs]
         if not python_models or any(stub_counts(self.server.pid, [m.name for m in python_models]).values()):
             return True
-        log.warning("no Python backend stub of tritonserver (pid %s) is visible in the process table; "
-                    "stub checks are off, the canary and the repository index remain", self.server.pid)
+        log.warning(
+            "no Python backend stub of tritonserver (pid %s) is visible in the process table; "
+            "stub checks are off, the canary and the repository index remain",
+            self.server.pid,
+        )
         return False
 
     def on_incident(self, listener) -> None:
@@ -276,8 +290,12 @@ class Watchdog:
                 self._publish(found)
         with self._lock:
             state = "recovering" if self._recovering else "unavailable" if self._broken else "ready"
-            return {"status": state, "broken": dict(self._broken), "recoveries": sum(r.ok for r in self.history),
-                    "last_recovery_s": self._last_seconds()}
+            return {
+                "status": state,
+                "broken": dict(self._broken),
+                "recoveries": sum(r.ok for r in self.history),
+                "last_recovery_s": self._last_seconds(),
+            }
 
     def unsettled_since(self, t0: float) -> bool:
         """True when a stage is broken or being healed now, or a recovery ended after ``t0`` (time.monotonic())."""
@@ -304,20 +322,27 @@ class Watchdog:
 
     def metrics_text(self) -> str:
         """Prometheus text: sam3_watchdog_ready, recoveries by model and action, last recovery seconds."""
-        lines = ["# HELP sam3_watchdog_ready 1 when every model passed the last check, else 0",
-                 "# TYPE sam3_watchdog_ready gauge", f"sam3_watchdog_ready {int(self.ready)}",
-                 "# HELP sam3_watchdog_recoveries_total recoveries of broken models, by model, action and result",
-                 "# TYPE sam3_watchdog_recoveries_total counter"]
+        lines = [
+            "# HELP sam3_watchdog_ready 1 when every model passed the last check, else 0",
+            "# TYPE sam3_watchdog_ready gauge",
+            f"sam3_watchdog_ready {int(self.ready)}",
+            "# HELP sam3_watchdog_recoveries_total recoveries of broken models, by model, action and result",
+            "# TYPE sam3_watchdog_recoveries_total counter",
+        ]
         counts: dict[tuple, int] = {}
         for r in list(self.history):
             for model in r.models:
                 key = (model, r.action, "ok" if r.ok else "failed")
                 counts[key] = counts.get(key, 0) + 1
-        lines += [f'sam3_watchdog_recoveries_total{{model="{m}",action="{a}",result="{ok}"}} {n}'
-                  for (m, a, ok), n in sorted(counts.items())]
-        lines += ["# HELP sam3_watchdog_last_recovery_seconds duration of the last successful recovery",
-                  "# TYPE sam3_watchdog_last_recovery_seconds gauge",
-                  f"sam3_watchdog_last_recovery_seconds {self._last_seconds() or 0}"]
+        lines += [
+            f'sam3_watchdog_recoveries_total{{model="{m}",action="{a}",result="{ok}"}} {n}'
+            for (m, a, ok), n in sorted(counts.items())
+        ]
+        lines += [
+            "# HELP sam3_watchdog_last_recovery_seconds duration of the last successful recovery",
+            "# TYPE sam3_watchdog_last_recovery_seconds gauge",
+            f"sam3_watchdog_last_recovery_seconds {self._last_seconds() or 0}",
+        ]
         return "\n".join(lines) + "\n"
 
     # ---- checks
@@ -340,8 +365,9 @@ class Watchdog:
             return {}
         wanted = {m.name: m.instances for m in self.models.values() if m.has_stubs and m.name not in skip}
         have = stub_counts(self.server.pid, list(self.models))
-        return {m: f"{n - have[m]} of {n} Python backend stub process(es) died"
-                for m, n in wanted.items() if have[m] < n}
+        return {
+            m: f"{n - have[m]} of {n} Python backend stub process(es) died" for m, n in wanted.items() if have[m] < n
+        }
 
     def _canary(self) -> dict[str, str]:
         """The orchestrator's canary, when it is due: {"sam3": reason} on failure."""
@@ -387,7 +413,7 @@ class Watchdog:
 
     def _pause_s(self) -> float:
         """interval_s, or a growing back-off (up to 60 s) after failed recoveries."""
-        return self.interval_s if not self._failures_in_row else min(60.0, 2.0 ** self._failures_in_row)
+        return self.interval_s if not self._failures_in_row else min(60.0, 2.0**self._failures_in_row)
 
     def _recover(self, broken: dict[str, str]) -> None:
         start = time.monotonic()
@@ -437,5 +463,10 @@ class Watchdog:
             log.warning("recovered %s by %s in %.1f s", ", ".join(recovery.models), recovery.action, recovery.seconds)
         else:
             self._failures_in_row += 1
-            log.error("recovery of %s by %s did not heal it (%s); next try in %.0f s", ", ".join(recovery.models),
-                      recovery.action, left, self._pause_s())
+            log.error(
+                "recovery of %s by %s did not heal it (%s); next try in %.0f s",
+                ", ".join(recovery.models),
+                recovery.action,
+                left,
+                self._pause_s(),
+            )

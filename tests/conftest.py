@@ -28,6 +28,7 @@ ORCHESTRATOR_DIR = ROOT / "triton_repo" / "sam3" / "1"
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory) -> Path:
     from server.artifacts import ensure_artifacts
+
     target = os.environ.get("SAM3_TEST_ARTIFACTS")
     out = Path(target) if target else tmp_path_factory.mktemp("tiny-artifacts")
     return ensure_artifacts("tiny", out, verify=True)
@@ -44,6 +45,7 @@ def tiny_checkpoint(tiny_artifacts) -> Path:
 def tiny_models(tiny_checkpoint):
     """(Sam3Model, Sam3TrackerModel) of the tiny checkpoint, loaded strictly."""
     from export.checkpoint import load_models
+
     return load_models(tiny_checkpoint)
 
 
@@ -63,8 +65,14 @@ class RunningServer:
 def sam3_server(tiny_artifacts, tmp_path_factory):
     from export.repository import build_repository
     from server.triton import TritonServer
-    repo = build_repository(tiny_artifacts, tmp_path_factory.mktemp("repo") / "cpu", "cpu",
-                            orchestrator_params={"image_cache_mb": 64}, precision="fp32")
+
+    repo = build_repository(
+        tiny_artifacts,
+        tmp_path_factory.mktemp("repo") / "cpu",
+        "cpu",
+        orchestrator_params={"image_cache_mb": 64},
+        precision="fp32",
+    )
     with TritonServer(repo, ready_timeout_s=180) as server:
         yield RunningServer(server, server.http_address, server.grpc_url, server.metrics_url, repo, tiny_artifacts)
 
@@ -73,6 +81,7 @@ def sam3_server(tiny_artifacts, tmp_path_factory):
 def client(sam3_server):
     """The project's client library over gRPC to the session server."""
     from client.api import Sam3Client
+
     with Sam3Client(sam3_server.grpc_url, protocol="grpc") as c:
         yield c
 
@@ -81,6 +90,7 @@ def client(sam3_server):
 def gateway_url(sam3_server):
     """The REST gateway (server/gateway.py) on a free port, in front of the session server."""
     from server.gateway import BackgroundServer, create_app
+
     with BackgroundServer(create_app(sam3_server.grpc_url)) as server:
         yield server.url
 
@@ -96,6 +106,7 @@ def orchestrator_modules():
 def encode_image(array: np.ndarray, fmt: str = "PNG") -> bytes:
     """HxWx3 uint8 → encoded image bytes."""
     from PIL import Image
+
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, fmt)
     return buf.getvalue()
@@ -105,6 +116,7 @@ def encode_image(array: np.ndarray, fmt: str = "PNG") -> bytes:
 def astronaut_png() -> bytes:
     """A real photo with a person (512×512, from scikit-image's data)."""
     from skimage import data
+
     return encode_image(data.astronaut())
 
 
@@ -112,4 +124,5 @@ def astronaut_png() -> bytes:
 def coffee_jpeg() -> bytes:
     """A real non-square photo (400×600) with a cup, as JPEG."""
     from skimage import data
+
     return encode_image(data.coffee(), "JPEG")

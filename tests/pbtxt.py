@@ -17,7 +17,7 @@ def _tokens(text: str) -> list[str]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None:
-            raise ValueError(f"protobuf text: cannot read {text[pos:pos + 20]!r} at offset {pos}")
+            raise ValueError(f"protobuf text: cannot read {text[pos : pos + 20]!r} at offset {pos}")
         if m.group(1):
             out.append(m.group(1))
         pos = m.end()

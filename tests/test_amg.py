@@ -9,7 +9,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "triton_repo" / "sam3" / "1"))
 
 from amg import (  # noqa: E402
-    AmgConfig, AutomaticMaskGenerator, batch_slices, box_nms, point_grid, remove_small_regions, stability_score,
+    AmgConfig,
+    AutomaticMaskGenerator,
+    batch_slices,
+    box_nms,
+    point_grid,
+    remove_small_regions,
+    stability_score,
 )
 from preprocess import scale_points  # noqa: E402
 

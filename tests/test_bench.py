@@ -16,9 +16,21 @@ SECTIONS = ("P1", "P2", "P3", "P4", "P5")
 def report(sam3_server, tiny_checkpoint, tmp_path_factory):
     """JSON report of `python -m client.bench --quick` against the session server, with the reference."""
     out = tmp_path_factory.mktemp("bench") / "report.json"
-    code = bench.main(["--grpc-url", sam3_server.grpc_url, "--http-url", sam3_server.http_address,
-                       "--metrics-url", sam3_server.metrics_url, "--checkpoint", str(tiny_checkpoint), "--quick",
-                       "--json", str(out)])
+    code = bench.main(
+        [
+            "--grpc-url",
+            sam3_server.grpc_url,
+            "--http-url",
+            sam3_server.http_address,
+            "--metrics-url",
+            sam3_server.metrics_url,
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--quick",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     return json.loads(out.read_text())
 
@@ -26,11 +38,15 @@ def report(sam3_server, tiny_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint):
     from client.reference import ReferencePipeline
+
     return ReferencePipeline(tiny_checkpoint)
 
 
 def _ordered(stats: dict) -> bool:
-    return stats["count"] > 0 and stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+    return (
+        stats["count"] > 0
+        and stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+    )
 
 
 def test_report_echoes_config(report, tiny_checkpoint):
@@ -61,15 +77,33 @@ def test_goals_have_positive_ratios(report):
     box = goals["P1box"]
     assert _ordered(box["server_cold"]) and _ordered(box["reference"]) and box["speedup"] > 0
     p1, p2, p3, p4, p5 = (goals[k] for k in SECTIONS)
-    for stats in (p1["server_cold"], p1["server_warm"], p1["reference"], p2["server_cached"], p2["server_no_cache"],
-                  p2["reference"], p3["one_request"], p3["separate_requests"], p3["separate_requests_shared_image_id"]):
+    for stats in (
+        p1["server_cold"],
+        p1["server_warm"],
+        p1["reference"],
+        p2["server_cached"],
+        p2["server_no_cache"],
+        p2["reference"],
+        p3["one_request"],
+        p3["separate_requests"],
+        p3["separate_requests_shared_image_id"],
+    ):
         assert _ordered(stats)
-    for value in (p1["speedup"], p1["speedup_warm"], p2["speedup"], p2["speedup_vs_no_cache"], p3["speedup"],
-                  p3["speedup_vs_shared_image_id"], p4["reduction"], p4["reduction_compact"]):
+    for value in (
+        p1["speedup"],
+        p1["speedup_warm"],
+        p2["speedup"],
+        p2["speedup_vs_no_cache"],
+        p3["speedup"],
+        p3["speedup_vs_shared_image_id"],
+        p4["reduction"],
+        p4["reduction_compact"],
+    ):
         assert value is not None and value > 0
     assert p2["clicks"] == bench.QUICK["clicks"] and len(p3["concepts"]) == 4
     assert _ordered(p3["single_concept_request"]) and p3["extra_concept_ms"] == pytest.approx(
-        (p3["one_request"]["p50_ms"] - p3["single_concept_request"]["p50_ms"]) / 3, abs=1e-2)
+        (p3["one_request"]["p50_ms"] - p3["single_concept_request"]["p50_ms"]) / 3, abs=1e-2
+    )
 
 
 def test_throughput_compares_concurrency_and_reports_batching(report):
@@ -80,6 +114,7 @@ def test_throughput_compares_concurrency_and_reports_batching(report):
         assert all(r > 0 for r in case["rps"]) and case["gain"] > 0
         assert case["sam3_batch"][0] == 1.0 and case["sam3_batch"][1] >= 1.0  # one client: never batched
     assert rates["cold"]["vision_batch"][0] == 1.0 and rates["warm"]["vision_batch"] == [None, None]  # cached
+
 
 def test_text_detections_match_reference_counts(report):
     """--threshold auto keeps --keep detections per concept; server and reference agree on the count."""
@@ -109,8 +144,13 @@ def test_table_lists_every_goal(report):
 
 
 def test_cli_rejects_bad_flags(capsys):
-    for argv in ([], ["--model", "tiny", "--grpc-url", "x:1"], ["--model", "tiny", "--modes", "video"],
-                 ["--model", "tiny", "--threshold", "2"], ["--model", "tiny", "--concurrency", "0"]):
+    for argv in (
+        [],
+        ["--model", "tiny", "--grpc-url", "x:1"],
+        ["--model", "tiny", "--modes", "video"],
+        ["--model", "tiny", "--threshold", "2"],
+        ["--model", "tiny", "--concurrency", "0"],
+    ):
         with pytest.raises(SystemExit):
             bench.parse_args(argv)
     assert "error" in capsys.readouterr().err
@@ -150,6 +190,7 @@ def test_p1_p2_against_the_bf16_autocast_reference(report):
 
 def test_bf16_autocast_reference_returns_float32_results(tiny_checkpoint, astronaut_png):
     from client.reference import ReferencePipeline
+
     reference = ReferencePipeline(tiny_checkpoint, bf16=True)
     boxes, scores, masks = reference.text(astronaut_png, ["person"], threshold=0.0)
     assert boxes.dtype == scores.dtype == np.float32 and masks.shape == (20, 512, 512)

@@ -32,15 +32,19 @@ MARGIN, BOX_PX, MIN_IOU, SCORE_ATOL = 1e-2, 4.0, 0.97, 1e-2
 
 def _require_bf16():
     from export.precision import cpu_capabilities
+
     capabilities = cpu_capabilities()
     if "BF16" not in capabilities:
-        pytest.skip(f"this CPU has no bf16 (OpenVINO capabilities {capabilities}): precision auto serves fp32 "
-                    "here, so there is no bf16 server to check")
+        pytest.skip(
+            f"this CPU has no bf16 (OpenVINO capabilities {capabilities}): precision auto serves fp32 "
+            "here, so there is no bf16 server to check"
+        )
 
 
 @pytest.fixture(scope="module")
 def processors(tiny_checkpoint):
     from transformers import Sam3Processor, Sam3TrackerProcessor
+
     return Sam3Processor.from_pretrained(tiny_checkpoint), Sam3TrackerProcessor.from_pretrained(tiny_checkpoint)
 
 
@@ -49,8 +53,14 @@ def bf16_server(tiny_artifacts, tmp_path_factory):
     _require_bf16()
     from export.repository import build_repository, read_precisions
     from server.triton import TritonServer
-    repo = build_repository(tiny_artifacts, tmp_path_factory.mktemp("bf16") / "cpu", "cpu", precision="bf16",
-                            orchestrator_params={"image_cache_mb": 64})
+
+    repo = build_repository(
+        tiny_artifacts,
+        tmp_path_factory.mktemp("bf16") / "cpu",
+        "cpu",
+        precision="bf16",
+        orchestrator_params={"image_cache_mb": 64},
+    )
     with TritonServer(repo, ready_timeout_s=180) as server:
         yield server, read_precisions(repo)
 
@@ -58,6 +68,7 @@ def bf16_server(tiny_artifacts, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bf16_client(bf16_server):
     from client.api import Sam3Client
+
     with Sam3Client(bf16_server[0].grpc_url, protocol="grpc") as c:
         yield c
 
@@ -67,7 +78,9 @@ def test_served_precisions_follow_the_bf16_gate(bf16_server, tiny_artifacts):
     On the tiny model vision, text and concept pass; prompt's pred_masks sits at the threshold
     (cosine 0.99947 at its opt size), so prompt is served in fp32."""
     import json
+
     from export.precision import REPORT_NAME
+
     record, report = bf16_server[1], json.loads((tiny_artifacts / REPORT_NAME).read_text())
     assert record["runtime"] == "openvino"
     assert record["components"] == {name: "bf16" if entry["ok"] else "fp32" for name, entry in report.items()}

@@ -126,11 +126,15 @@ def test_image_input_kinds_give_the_same_result(sam3_server, astronaut, tmp_path
         assert seg.masks_rle == results[0].masks_rle and np.array_equal(seg.scores, results[0].scores)
 
 
-@pytest.mark.parametrize("request_, words", [
-    (lambda c, img: c.points(img, [[9000, 10]]), ("points", "outside the image")),
-    (lambda c, img: c.segment(img, "bogus"), ("unknown mode", "text, point, box, auto")),
-    (lambda c, img: c.text(b"not an image at all", "person"), ("not a decodable image",)),
-], ids=["point-outside", "unknown-mode", "undecodable-image"])
+@pytest.mark.parametrize(
+    "request_, words",
+    [
+        (lambda c, img: c.points(img, [[9000, 10]]), ("points", "outside the image")),
+        (lambda c, img: c.segment(img, "bogus"), ("unknown mode", "text, point, box, auto")),
+        (lambda c, img: c.text(b"not an image at all", "person"), ("not a decodable image",)),
+    ],
+    ids=["point-outside", "unknown-mode", "undecodable-image"],
+)
 def test_bad_requests_raise_400(sam, astronaut_png, request_, words):
     with pytest.raises(Sam3Error) as caught:
         request_(sam, astronaut_png)
@@ -186,13 +190,25 @@ def test_url_schemes():
 
 
 def test_empty_result_and_json():
-    outputs = {"masks_rle": np.zeros(0), "masks": np.zeros((0, 5, 7)), "boxes": np.zeros((0, 4)),
-               "scores": np.zeros(0), "labels": np.zeros(0), "iou_scores": np.zeros((0, 0)),
-               "stability_scores": np.zeros(0), "image_shape": np.array([5, 7], np.int32)}
+    outputs = {
+        "masks_rle": np.zeros(0),
+        "masks": np.zeros((0, 5, 7)),
+        "boxes": np.zeros((0, 4)),
+        "scores": np.zeros(0),
+        "labels": np.zeros(0),
+        "iou_scores": np.zeros((0, 0)),
+        "stability_scores": np.zeros(0),
+        "image_shape": np.array([5, 7], np.int32),
+    }
     seg = segmentation_from_outputs(outputs, ["person"], "text")  # HTTP gives float64 for empty tensors
     assert len(seg) == 0 and seg.labels.dtype == np.int32 and seg.masks.shape == (0, 5, 7)
-    assert seg.to_json() == {"image_shape": [5, 7], "mode": "text", "concepts": ["person"], "count": 0,
-                             "detections": []}
+    assert seg.to_json() == {
+        "image_shape": [5, 7],
+        "mode": "text",
+        "concepts": ["person"],
+        "count": 0,
+        "detections": [],
+    }
 
 
 def test_to_json_and_overlay(sam3_server, astronaut):

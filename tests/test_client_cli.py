@@ -35,8 +35,24 @@ def check_overlay(out: Path, image: Path) -> None:
 
 def test_text_mode_writes_overlay_and_json(sam3_server, coffee_path, tmp_path, capsys):
     out, result = tmp_path / "overlay.png", tmp_path / "result.json"
-    code = main(["segment", str(coffee_path), "--text", "cup", "--text", "spoon", "--threshold", "0.1",
-                 "--url", sam3_server.grpc_url, "--out", str(out), "--json", str(result)])
+    code = main(
+        [
+            "segment",
+            str(coffee_path),
+            "--text",
+            "cup",
+            "--text",
+            "spoon",
+            "--threshold",
+            "0.1",
+            "--url",
+            sam3_server.grpc_url,
+            "--out",
+            str(out),
+            "--json",
+            str(result),
+        ]
+    )
     assert code == 0
     check_overlay(out, coffee_path)
     data = json.loads(result.read_text())
@@ -50,20 +66,38 @@ def test_text_mode_writes_overlay_and_json(sam3_server, coffee_path, tmp_path, c
 
 def test_point_mode_over_http(sam3_server, coffee_path, tmp_path, capsys):
     out = tmp_path / "points.png"
-    code = main(["segment", str(coffee_path), "--point", "300,150", "--point", "20,20,0", "--protocol", "http",
-                 "--url", f"http://{sam3_server.http_address}", "--out", str(out)])
+    code = main(
+        [
+            "segment",
+            str(coffee_path),
+            "--point",
+            "300,150",
+            "--point",
+            "20,20,0",
+            "--protocol",
+            "http",
+            "--url",
+            f"http://{sam3_server.http_address}",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     check_overlay(out, coffee_path)
     assert "1 detection(s), mode point" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--auto", "--text", "cup"], "--auto segments everything"),
-    (["--text", "cup", "--point", "1,2"], "--point does not combine with --text"),
-    ([], "say what to segment"),
-    (["--box", "1,2,3,4,1"], "only applies to exemplar boxes"),
-    (["--point", "1,2,3,4"], "is not X,Y[,LABEL]"),
-], ids=["auto+text", "text+point", "nothing", "box-label", "bad-point"])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--auto", "--text", "cup"], "--auto segments everything"),
+        (["--text", "cup", "--point", "1,2"], "--point does not combine with --text"),
+        ([], "say what to segment"),
+        (["--box", "1,2,3,4,1"], "only applies to exemplar boxes"),
+        (["--point", "1,2,3,4"], "is not X,Y[,LABEL]"),
+    ],
+    ids=["auto+text", "text+point", "nothing", "box-label", "bad-point"],
+)
 def test_bad_flags_exit_2(coffee_path, flags, words, capsys):
     with pytest.raises(SystemExit) as caught:
         main(["segment", str(coffee_path), *flags])
@@ -77,9 +111,27 @@ def test_server_error_exits_1_with_its_message(sam3_server, coffee_path, capsys)
 
 def test_subprocess_box_mode(sam3_server, coffee_path, tmp_path):
     out, result = tmp_path / "box.png", tmp_path / "box.json"
-    proc = subprocess.run([sys.executable, "-m", "client.cli", "segment", str(coffee_path), "--box", "150,50,450,300",
-                           "--url", sam3_server.grpc_url, "--out", str(out), "--json", str(result)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "segment",
+            str(coffee_path),
+            "--box",
+            "150,50,450,300",
+            "--url",
+            sam3_server.grpc_url,
+            "--out",
+            str(out),
+            "--json",
+            str(result),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "mode box" in proc.stdout
     check_overlay(out, coffee_path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -31,7 +30,9 @@ def test_artifacts_hold_graphs_tokenizer_manifest_and_report(tiny_artifacts):
     assert report["all_ok"] and all(row["ok"] for row in report["checks"])
     for name, spec in manifest.specs().items():
         assert sum(c.startswith(name + " ") for c in checks) == len(spec.parity_sizes) >= 2
-    assert any(c.startswith("chain Sam3Model") for c in checks) and any(c.startswith("chain Sam3Tracker") for c in checks)
+    assert any(c.startswith("chain Sam3Model") for c in checks) and any(
+        c.startswith("chain Sam3Tracker") for c in checks
+    )
 
 
 def test_onnx_inputs_follow_the_spec(tiny_artifacts):
@@ -73,8 +74,13 @@ def test_export_patches_keep_eager_outputs_identical(tiny_models, batch):
     ids = torch.full((batch, 32), 49407)
     ids[:, :3] = torch.tensor([49406, 320, 49407])
     mask = (torch.arange(32) < 3).long().expand(batch, 32)
-    kwargs = dict(pixel_values=pixels, input_ids=ids, attention_mask=mask,
-                  input_boxes=torch.rand(batch, 2, 4) * 0.4 + 0.2, input_boxes_labels=torch.ones(batch, 2, dtype=torch.long))
+    kwargs = dict(
+        pixel_values=pixels,
+        input_ids=ids,
+        attention_mask=mask,
+        input_boxes=torch.rand(batch, 2, 4) * 0.4 + 0.2,
+        input_boxes_labels=torch.ones(batch, 2, dtype=torch.long),
+    )
     with torch.no_grad():
         plain = detector(**kwargs)
         with export_patches(16):
@@ -97,6 +103,7 @@ def test_manifest_detects_changed_and_missing_files(tiny_artifacts, tmp_path):
 
 def test_checkpoint_with_a_missing_tensor_is_refused(tiny_checkpoint, tmp_path):
     from safetensors.torch import load_file, save_file
+
     bad = tmp_path / "bad"
     shutil.copytree(tiny_checkpoint, bad)
     state = load_file(str(bad / "model.safetensors"))

@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from export.spec import MODES
 from server.gateway import BackgroundServer, create_app
 from server.rest import FIELD_NAMES, MASK_FORMATS, bool_mask_json
-from export.spec import MODES
 
 TOKEN = "s3cret-token"
 SMALL_LIMIT = 256 * 1024
@@ -51,6 +51,7 @@ def image_b64(astronaut_png) -> str:
 @pytest.fixture(scope="module")
 def sam(sam3_server):
     from client.api import Sam3Client
+
     with Sam3Client(sam3_server.grpc_url, protocol="grpc") as client:
         yield client
 
@@ -84,6 +85,7 @@ def assert_floats(values, count=None):
 
 # ---------------------------------------------------------------- the seeds' examples
 
+
 def test_text_mode_as_in_the_seeds(api, image_b64):
     result = ok_json(api.post("/", json={"image": image_b64, "mode": "text", "text": "person"}))
     assert list(result) == ["masks", "boxes", "scores", "count", "image_shape"]
@@ -99,8 +101,9 @@ def top_threshold(seg, n: int = 3) -> float:
 
 def test_text_masks_boxes_scores_match_triton(api, image_b64, astronaut_png, sam):
     threshold = top_threshold(sam.text(astronaut_png, "person", threshold=0.0))
-    result = ok_json(api.post("/segment", json={"image": image_b64, "mode": "text", "text": "person",
-                                                "threshold": threshold}))
+    result = ok_json(
+        api.post("/segment", json={"image": image_b64, "mode": "text", "text": "person", "threshold": threshold})
+    )
     direct = sam.text(astronaut_png, "person", threshold=threshold)
     assert result["count"] == len(direct) >= 3
     masks = np.stack([assert_bool_mask(m, result["image_shape"]) for m in result["masks"]])
@@ -113,8 +116,9 @@ def test_text_masks_boxes_scores_match_triton(api, image_b64, astronaut_png, sam
 
 
 def test_point_mode_as_in_the_seeds(api, image_b64, astronaut_png, sam):
-    result = ok_json(api.post("/", json={"image": image_b64, "mode": "point", "point_coords": [[100, 150]],
-                                         "point_labels": [1]}))
+    result = ok_json(
+        api.post("/", json={"image": image_b64, "mode": "point", "point_coords": [[100, 150]], "point_labels": [1]})
+    )
     assert list(result) == ["mask", "score", "all_scores", "image_shape"]
     mask = assert_bool_mask(result["mask"], result["image_shape"])
     assert type(result["score"]) is float
@@ -138,9 +142,19 @@ def test_auto_mode_as_in_the_seeds(api, image_b64):
 
 
 def test_auto_mode_records(api, image_b64):
-    result = ok_json(api.post("/", json={"image": image_b64, "mode": "auto", "points_per_side": 4,
-                                         "points_per_batch": 8, "pred_iou_thresh": 0.0,
-                                         "stability_score_thresh": 0.0}))
+    result = ok_json(
+        api.post(
+            "/",
+            json={
+                "image": image_b64,
+                "mode": "auto",
+                "points_per_side": 4,
+                "points_per_batch": 8,
+                "pred_iou_thresh": 0.0,
+                "stability_score_thresh": 0.0,
+            },
+        )
+    )
     assert result["count"] == len(result["masks"]) >= 1
     for record in result["masks"]:
         assert list(record) == ["segmentation", "score", "area", "bbox", "predicted_iou", "stability_score"]
@@ -160,13 +174,16 @@ def test_root_and_segment_routes_give_the_same_bytes(api, image_b64):
 
 # ---------------------------------------------------------------- extensions
 
+
 def test_text_list_adds_labels_and_concepts(api, image_b64, astronaut_png, sam):
     concepts = ["person", "cat"]
     direct = sam.text(astronaut_png, concepts, threshold=0.0)
-    threshold = min(top_threshold(direct, 1) for direct in
-                    (sam.text(astronaut_png, c, threshold=0.0) for c in concepts))  # both concepts detected
-    result = ok_json(api.post("/", json={"image": image_b64, "text": concepts, "threshold": threshold,
-                                         "mask_format": "rle"}))
+    threshold = min(
+        top_threshold(direct, 1) for direct in (sam.text(astronaut_png, c, threshold=0.0) for c in concepts)
+    )  # both concepts detected
+    result = ok_json(
+        api.post("/", json={"image": image_b64, "text": concepts, "threshold": threshold, "mask_format": "rle"})
+    )
     assert list(result) == ["masks", "boxes", "scores", "count", "image_shape", "labels", "concepts"]
     assert result["concepts"] == concepts and all(type(v) is int for v in result["labels"])
     assert len(result["labels"]) == result["count"] and set(result["labels"]) == {0, 1}
@@ -178,8 +195,9 @@ def test_exemplar_boxes(api, image_b64, astronaut_png, sam):
     kw = {"exemplar_boxes": [[150, 20, 350, 300]], "exemplar_labels": [1]}
     threshold = top_threshold(sam.text(astronaut_png, "person", threshold=0.0, **kw))
     direct = sam.text(astronaut_png, "person", threshold=threshold, **kw)
-    result = ok_json(api.post("/", json={"image": image_b64, "text": "person", "threshold": threshold,
-                                         "mask_format": "rle", **kw}))
+    result = ok_json(
+        api.post("/", json={"image": image_b64, "text": "person", "threshold": threshold, "mask_format": "rle", **kw})
+    )
     assert result["count"] == len(direct) >= 3
     np.testing.assert_allclose(result["scores"], direct.scores, rtol=1e-6)
     assert [m["counts"] for m in result["masks"]] == [direct.rle(i)["counts"] for i in range(len(direct))]
@@ -191,18 +209,27 @@ def decode_png(text: str) -> np.ndarray:
 
 @pytest.mark.parametrize("mode", ["text", "point"])
 def test_rle_and_png_masks_decode_to_the_bool_masks(api, image_b64, astronaut_png, sam, mode):
-    mode_body = {"mode": "point", "point_coords": [[256, 200]]} if mode == "point" else {
-        "mode": "text", "text": "person", "threshold": top_threshold(sam.text(astronaut_png, "person", threshold=0))}
-    results = {fmt: ok_json(api.post("/", json={"image": image_b64, "mask_format": fmt, **mode_body}))
-               for fmt in MASK_FORMATS}
+    mode_body = (
+        {"mode": "point", "point_coords": [[256, 200]]}
+        if mode == "point"
+        else {
+            "mode": "text",
+            "text": "person",
+            "threshold": top_threshold(sam.text(astronaut_png, "person", threshold=0)),
+        }
+    )
+    results = {
+        fmt: ok_json(api.post("/", json={"image": image_b64, "mask_format": fmt, **mode_body})) for fmt in MASK_FORMATS
+    }
     key = "masks" if "masks" in results["bool"] else "mask"
     as_list = (lambda r: r[key]) if key == "masks" else (lambda r: [r[key]])
     bool_masks = [np.array(m, bool) for m in as_list(results["bool"])]
     assert bool_masks
     for got_rle, got_png, expected in zip(as_list(results["rle"]), as_list(results["png"]), bool_masks):
         assert list(got_rle) == ["size", "counts"] and got_rle["size"] == [512, 512]
-        np.testing.assert_array_equal(mask_utils.decode({"size": got_rle["size"],
-                                                         "counts": got_rle["counts"].encode()}).astype(bool), expected)
+        np.testing.assert_array_equal(
+            mask_utils.decode({"size": got_rle["size"], "counts": got_rle["counts"].encode()}).astype(bool), expected
+        )
         np.testing.assert_array_equal(decode_png(got_png), expected)
 
 
@@ -216,8 +243,9 @@ def test_image_id_reuses_the_cached_embedding(api, image_b64, coffee_jpeg):
 
 def test_data_url_prefix_is_accepted(api, image_b64):
     plain = api.post("/", json={"image": image_b64, "mode": "box", "box_coords": [50, 50, 200, 200]})
-    prefixed = api.post("/", json={"image": "data:image/png;base64," + image_b64, "mode": "box",
-                                   "box_coords": [50, 50, 200, 200]})
+    prefixed = api.post(
+        "/", json={"image": "data:image/png;base64," + image_b64, "mode": "box", "box_coords": [50, 50, 200, 200]}
+    )
     assert plain.status_code == 200 and prefixed.content == plain.content
 
 
@@ -231,14 +259,25 @@ def test_list_of_boxes_gives_one_object_per_box(api, image_b64, astronaut_png, s
 
 
 def test_point_mode_with_a_box_is_one_object(api, image_b64, astronaut_png, sam):
-    result = ok_json(api.post("/", json={"image": image_b64, "mode": "point", "point_coords": [[120, 120]],
-                                         "point_labels": [1], "box_coords": [50, 50, 200, 200]}))
+    result = ok_json(
+        api.post(
+            "/",
+            json={
+                "image": image_b64,
+                "mode": "point",
+                "point_coords": [[120, 120]],
+                "point_labels": [1],
+                "box_coords": [50, 50, 200, 200],
+            },
+        )
+    )
     assert list(result) == ["mask", "score", "all_scores", "image_shape"]
     direct = sam.boxes(astronaut_png, [[50, 50, 200, 200]], points=[[120, 120]], point_labels=[1])
     np.testing.assert_array_equal(np.array(result["mask"], bool), direct.masks[0])
 
 
 # ---------------------------------------------------------------- bad requests
+
 
 def bad_cases(b64: str, tiny: str) -> list:
     """(id, body (dict → JSON, bytes → raw), status, text the error must contain)."""
@@ -248,8 +287,12 @@ def bad_cases(b64: str, tiny: str) -> list:
         ("not-an-object", b"[1, 2]", 422, "JSON object"),
         ("missing-image", {"mode": "text", "text": "person"}, 422, "`image`"),
         ("bad-base64", {"image": "this is not base64!", "text": "x"}, 422, "`image` is not valid base64"),
-        ("not-an-image", {"image": base64.b64encode(b"hello, not a picture").decode(), "text": "x"}, 400,
-         "`image` is not a decodable image"),
+        (
+            "not-an-image",
+            {"image": base64.b64encode(b"hello, not a picture").decode(), "text": "x"},
+            400,
+            "`image` is not a decodable image",
+        ),
         ("unknown-mode", img | {"mode": "segment"}, 422, "`mode`"),
         ("missing-text", img | {"mode": "text"}, 422, "`text`"),
         ("empty-text", img | {"text": " "}, 422, "`text`"),
@@ -260,18 +303,30 @@ def bad_cases(b64: str, tiny: str) -> list:
         ("box-outside", img | {"mode": "box", "box_coords": [0, 0, 65, 10]}, 400, "`box_coords[0]`"),
         ("exemplar-outside", img | {"text": "x", "exemplar_boxes": [[0, 0, 10, 70]]}, 400, "`exemplar_boxes[0]`"),
         ("nan-threshold", b'{"image": "%s", "text": "x", "threshold": NaN}' % tiny.encode(), 422, "`threshold`"),
-        ("nan-point", b'{"image": "%s", "mode": "point", "point_coords": [[NaN, 1]]}' % tiny.encode(), 422,
-         "`point_coords[0][0]`"),
-        ("huge-integer", b'{"image": "%s", "mode": "auto", "points_per_side": 1%s}' % (tiny.encode(), b"0" * 400),
-         422, "`points_per_side`"),
+        (
+            "nan-point",
+            b'{"image": "%s", "mode": "point", "point_coords": [[NaN, 1]]}' % tiny.encode(),
+            422,
+            "`point_coords[0][0]`",
+        ),
+        (
+            "huge-integer",
+            b'{"image": "%s", "mode": "auto", "points_per_side": 1%s}' % (tiny.encode(), b"0" * 400),
+            422,
+            "`points_per_side`",
+        ),
         ("threshold-string", img | {"text": "x", "threshold": "high"}, 422, "`threshold`"),
         ("threshold-bool", img | {"text": "x", "threshold": True}, 422, "`threshold`"),
         ("threshold-range", img | {"text": "x", "threshold": 2}, 422, "`threshold` must be in [0, 1]"),
         ("point-shape", img | {"mode": "point", "point_coords": [[1]]}, 422, "`point_coords`"),
         ("point-flat", img | {"mode": "point", "point_coords": [1, 2]}, 422, "`point_coords`"),
         ("label-value", img | {"mode": "point", "point_coords": [[1, 2]], "point_labels": [2]}, 422, "`point_labels`"),
-        ("label-count", img | {"mode": "point", "point_coords": [[1, 2]], "point_labels": [1, 0]}, 422,
-         "`point_labels`"),
+        (
+            "label-count",
+            img | {"mode": "point", "point_coords": [[1, 2]], "point_labels": [1, 0]},
+            422,
+            "`point_labels`",
+        ),
         ("box-length", img | {"mode": "box", "box_coords": [1, 2, 3]}, 422, "`box_coords`"),
         ("box-inverted", img | {"mode": "box", "box_coords": [40, 40, 10, 10]}, 422, "`box_coords[0]`"),
         ("mask-format", img | {"text": "x", "mask_format": "jpeg"}, 422, "`mask_format`"),
@@ -279,8 +334,12 @@ def bad_cases(b64: str, tiny: str) -> list:
         ("side-fraction", img | {"mode": "auto", "points_per_side": 2.5}, 422, "`points_per_side`"),
         ("image-id-empty", img | {"text": "x", "image_id": ""}, 422, "`image_id`"),
         ("labels-without-boxes", img | {"text": "x", "exemplar_labels": [1]}, 422, "`exemplar_labels`"),
-        ("over-gateway-list-limit", img | {"mode": "box", "box_coords": [[0, 0, 1, 1]] * 1025}, 422,
-         "`box_coords` has 1025 entries"),
+        (
+            "over-gateway-list-limit",
+            img | {"mode": "box", "box_coords": [[0, 0, 1, 1]] * 1025},
+            422,
+            "`box_coords` has 1025 entries",
+        ),
         ("too-many-points", img | {"mode": "point", "point_coords": [[1, 1]] * 14}, 400, "point_coords"),
         ("too-many-concepts", img | {"text": [f"c{i}" for i in range(17)]}, 400, "text"),
     ]
@@ -313,6 +372,7 @@ def test_concurrent_requests_get_their_own_answers(api, image_b64):
 
     def post(point):
         return api.post("/", json={"image": image_b64, "mode": "point", "point_coords": point}).content
+
     sequential = [post(p) for p in points]
     with ThreadPoolExecutor(6) as pool:
         assert list(pool.map(post, points)) == sequential
@@ -324,7 +384,7 @@ def test_body_over_the_limit_gets_413(secured):
     big = json.dumps({"image": "A" * (SMALL_LIMIT + 10)}).encode()
     response = secured.post("/", content=big, headers=auth)  # Content-Length says it is too large
     assert response.status_code == 413 and "limit" in response.json()["error"]
-    chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))  # chunked: no Content-Length
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))  # chunked: no Content-Length
     response = secured.post("/", content=chunks, headers=auth)
     assert response.status_code == 413 and "limit" in response.json()["error"]
     ok = secured.post("/", json={"image": small_png_b64(), "mode": "point", "point_coords": [[5, 5]]}, headers=auth)
@@ -358,6 +418,7 @@ def test_triton_unavailable_gives_503():
 
 # ---------------------------------------------------------------- other routes
 
+
 def test_health_ready(api):
     assert ok_json(api.get("/health")) == {"status": "ready"}
 
@@ -368,11 +429,24 @@ def test_openapi_lists_what_the_validator_accepts(api, image_b64):
     assert set(request["properties"]) == set(FIELD_NAMES) and request["required"] == ["image"]
     assert request["properties"]["mode"]["enum"] == list(MODES)
     assert request["properties"]["mask_format"]["enum"] == list(MASK_FORMATS)
-    every_field = {"image": image_b64, "mode": "text", "text": ["person"], "threshold": 0.3, "mask_threshold": 0.5,
-                   "point_coords": [[1, 2]], "point_labels": [1], "box_coords": [1, 2, 3, 4],
-                   "exemplar_boxes": [[10, 10, 100, 100]], "exemplar_labels": [1], "points_per_batch": 16,
-                   "points_per_side": 4, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.5, "mask_format": "rle",
-                   "image_id": "every-field"}
+    every_field = {
+        "image": image_b64,
+        "mode": "text",
+        "text": ["person"],
+        "threshold": 0.3,
+        "mask_threshold": 0.5,
+        "point_coords": [[1, 2]],
+        "point_labels": [1],
+        "box_coords": [1, 2, 3, 4],
+        "exemplar_boxes": [[10, 10, 100, 100]],
+        "exemplar_labels": [1],
+        "points_per_batch": 16,
+        "points_per_side": 4,
+        "pred_iou_thresh": 0.5,
+        "stability_score_thresh": 0.5,
+        "mask_format": "rle",
+        "image_id": "every-field",
+    }
     assert set(every_field) == set(FIELD_NAMES)
     assert ok_json(api.post("/", json=every_field))["concepts"] == ["person"]
 
@@ -396,6 +470,7 @@ def test_unknown_route_and_method_get_json_errors(api):
 
 # ---------------------------------------------------------------- pure helpers
 
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (37, 53)])
 def test_bool_mask_json_equals_json_dumps(shape):
     rng = np.random.default_rng(shape[0] * 100 + shape[1])
@@ -405,4 +480,5 @@ def test_bool_mask_json_equals_json_dumps(shape):
 
 def test_non_finite_numbers_never_reach_the_json():
     from server.rest import _num
+
     assert _num(np.float32("nan")) is None and _num(np.float32(0.25)) == 0.25 and not math.isnan(_num(1.0))

@@ -25,7 +25,8 @@ from export.spec import COMPONENTS, ComponentSpec, Dims, Profile, TensorSpec, co
 from server.gpu_check import plan, preflight, report
 from server.gpu_check.cli import options_from
 from server.gpu_check.e2e import synthetic_image
-from server.gpu_check.run import CannotRunError, Options, preflight as run_preflight
+from server.gpu_check.run import CannotRunError, Options
+from server.gpu_check.run import preflight as run_preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = Dims(image_size=1008, patch=14, hidden=256, queries=200, text_hidden=1024)
@@ -45,15 +46,21 @@ NO_GPU = pytest.mark.skipif(_gpu_present(), reason="checks the refusal on machin
 
 # ---------------------------------------------------------------- the command where there is no GPU
 
+
 def _run(args, tmp_path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAM3_TRITON_CACHE": str(tmp_path / "cache")}
     return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
 
 
 @NO_GPU
-@pytest.mark.parametrize("args", [["-m", "server.cli", "gpu-check"],
-                                  ["-m", "server.cli", "gpu-check", "--model", "full", "--json", "r.json"],
-                                  ["-m", "server.gpu_check", "--model", "bench"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "server.cli", "gpu-check"],
+        ["-m", "server.cli", "gpu-check", "--model", "full", "--json", "r.json"],
+        ["-m", "server.gpu_check", "--model", "bench"],
+    ],
+)
 def test_gpu_check_stops_with_what_is_missing(tmp_path, args):
     result = _run(args, tmp_path)
     assert result.returncode == 2
@@ -80,6 +87,7 @@ def test_bad_arguments_are_usage_errors(tmp_path):
 
 # ---------------------------------------------------------------- plan of stages and batches (from the spec)
 
+
 def test_timing_plan_follows_the_spec():
     runs = plan.timing_plan(component_specs(REAL))
     assert [(r.component, r.batch) for r in runs] == [(c, b) for c in COMPONENTS for b in plan.BATCHES]
@@ -88,18 +96,27 @@ def test_timing_plan_follows_the_spec():
     assert by["vision", 8].sizes == {"batch": 8}
     assert plan.timing_plan(component_specs(REAL), (16,))[0].note == "batch=16 outside the profile 1..8"
     assert by["text", 8].sizes == {"batch": 8}
-    assert by["concept", 8].sizes == {"prompts": 8, "boxes": 1}      # lead axis = prompts, boxes at opt
-    assert by["prompt", 4].sizes == {"objects": 4, "points": 2}      # lead axis = objects, points at opt
+    assert by["concept", 8].sizes == {"prompts": 8, "boxes": 1}  # lead axis = prompts, boxes at opt
+    assert by["prompt", 4].sizes == {"objects": 4, "points": 2}  # lead axis = objects, points at opt
 
 
 def test_plan_of_a_component_without_a_batch_axis():
-    spec = ComponentSpec(name="fixed", inputs=(TensorSpec("x", "FP32", (1, 3)),),
-                         outputs=(TensorSpec("y", "FP32", (1, 3)),), profiles={}, parity_sizes=({},))
+    spec = ComponentSpec(
+        name="fixed",
+        inputs=(TensorSpec("x", "FP32", (1, 3)),),
+        outputs=(TensorSpec("y", "FP32", (1, 3)),),
+        profiles={},
+        parity_sizes=({},),
+    )
     runs = plan.timing_plan({"fixed": spec}, (1, 4))
     assert [(r.sizes, r.note) for r in runs] == [({}, ""), (None, "no batch axis")]
-    growing = ComponentSpec(name="g", inputs=(TensorSpec("x", "FP32", ("n", 3)),),
-                            outputs=(TensorSpec("y", "FP32", ("n", 3)),), profiles={"n": Profile(2, 2, 6)},
-                            parity_sizes=({"n": 2},))
+    growing = ComponentSpec(
+        name="g",
+        inputs=(TensorSpec("x", "FP32", ("n", 3)),),
+        outputs=(TensorSpec("y", "FP32", ("n", 3)),),
+        profiles={"n": Profile(2, 2, 6)},
+        parity_sizes=({"n": 2},),
+    )
     assert plan.stage_sizes(growing, 1).note == "n=1 outside the profile 2..6"
 
 
@@ -128,7 +145,11 @@ def test_gpu_check_gate_is_cosine_per_output():
     assert not any(r["ok"] for r in bad) and 0.99 < bad[0]["cosine"] < 0.999  # fine for fp16's atol, not for gpu-check
     assert bad[0]["max_abs"] > 0.1
     summary = report.parity_summary(bad)
-    assert not summary["ok"] and summary["worst"].endswith("@ batch=1") and summary["max_abs"] == max(r["max_abs"] for r in bad)
+    assert (
+        not summary["ok"]
+        and summary["worst"].endswith("@ batch=1")
+        and summary["max_abs"] == max(r["max_abs"] for r in bad)
+    )
     assert report.parity_summary([])["ok"] is False
 
 
@@ -143,7 +164,8 @@ def test_stage_rows_and_throughput():
 def test_targets():
     assert report.target_status({"ran": False}) == {
         "text_p50_ms": {"target": 15.0, "measured": None, "met": None},
-        "images_per_s": {"target": 120.0, "measured": None, "met": None}}
+        "images_per_s": {"target": 120.0, "measured": None, "met": None},
+    }
     status = report.target_status({"ran": True, "text": {"p50_ms": 12.0}, "throughput": {"images_per_s": 100.0}})
     assert status["text_p50_ms"]["met"] is True and status["images_per_s"]["met"] is False
 
@@ -152,16 +174,24 @@ def _report(engines: dict, e2e: dict | None = None) -> dict:
     e2e = e2e or {"ran": False, "reason": "no tritonserver at /opt/tritonserver/bin/tritonserver"}
     runs = plan.timing_plan(component_specs(REAL), (1, 16))
     stages = [report.stage_row(r, trt.latency_summary([0.004, 0.005]) if r.sizes else None) for r in runs]
-    out = {"tool": "sam3-triton gpu-check", "model": "bench", "environment": {"gpu": "NVIDIA H200", "driver": "570.1",
-           "tensorrt": trt.TENSORRT_VERSION}, "engines": engines, "stages": stages, "e2e": e2e,
-           "targets": report.target_status(e2e)}
+    out = {
+        "tool": "sam3-triton gpu-check",
+        "model": "bench",
+        "environment": {"gpu": "NVIDIA H200", "driver": "570.1", "tensorrt": trt.TENSORRT_VERSION},
+        "engines": engines,
+        "stages": stages,
+        "e2e": e2e,
+        "targets": report.target_status(e2e),
+    }
     out["ok"], out["problems"] = report.verdict(out)
     return out
 
 
 def test_verdict_and_table():
-    engines = {"vision": {"built_precision": "fp16", "rules": "explicit", "build_seconds": 41.0, "parity": _rows(0.01)},
-               "text": {"built_precision": "fp16", "rules": "fused", "build_seconds": 9.0, "parity": _rows(0.01)}}
+    engines = {
+        "vision": {"built_precision": "fp16", "rules": "explicit", "build_seconds": 41.0, "parity": _rows(0.01)},
+        "text": {"built_precision": "fp16", "rules": "fused", "build_seconds": 9.0, "parity": _rows(0.01)},
+    }
     ok = _report(engines)
     assert ok["ok"] and ok["problems"] == []
     table = report.format_table(ok)
@@ -178,8 +208,12 @@ def test_verdict_and_table():
 
 
 def test_table_with_e2e_figures():
-    e2e = {"ran": True, "text": trt.latency_summary([0.010, 0.012]), "point": trt.latency_summary([0.005]),
-           "throughput": {"images_per_s": 150.0, "concurrency": 8, "requests": 64, "seconds": 0.43}}
+    e2e = {
+        "ran": True,
+        "text": trt.latency_summary([0.010, 0.012]),
+        "point": trt.latency_summary([0.005]),
+        "throughput": {"images_per_s": 150.0, "concurrency": 8, "requests": 64, "seconds": 0.43},
+    }
     table = report.format_table(_report({}, e2e))
     assert "text   p50 11.00 ms" in table and "150.0 images/s at concurrency 8" in table
     assert "images_per_s: 120.0 → measured 150.00 (met)" in table
@@ -194,10 +228,21 @@ def test_json_report_roundtrip(tmp_path):
 
 # ---------------------------------------------------------------- the machine probe and its decisions
 
-GPU_MACHINE = {"system": "Linux", "gpus": 1, "gpu": "NVIDIA H200", "driver": "570.124.06", "driver_cuda": [12, 8],
-               "driver_error": None, "tensorrt": trt.TENSORRT_VERSION, "onnxruntime": "1.20.1", "onnxruntime_gpu": True,
-               "torch_cuda": "12.8", "export_missing": [], "triton_binary": trt.TRITON_BINARY,
-               "triton_backends": ["onnxruntime", "python", "tensorrt"]}
+GPU_MACHINE = {
+    "system": "Linux",
+    "gpus": 1,
+    "gpu": "NVIDIA H200",
+    "driver": "570.124.06",
+    "driver_cuda": [12, 8],
+    "driver_error": None,
+    "tensorrt": trt.TENSORRT_VERSION,
+    "onnxruntime": "1.20.1",
+    "onnxruntime_gpu": True,
+    "torch_cuda": "12.8",
+    "export_missing": [],
+    "triton_binary": trt.TRITON_BINARY,
+    "triton_backends": ["onnxruntime", "python", "tensorrt"],
+}
 
 
 def test_probe_of_this_machine():
@@ -212,8 +257,10 @@ def test_probe_of_this_machine():
 def test_blocking_problems():
     assert preflight.blocking_problems(GPU_MACHINE) == []
     mac = {**GPU_MACHINE, "system": "Darwin", "driver_error": "no NVIDIA driver here (...)", "gpus": 0}
-    assert preflight.blocking_problems(mac) == ["gpu-check needs Linux with an NVIDIA driver; this is Darwin",
-                                                "no NVIDIA driver here (...)"]
+    assert preflight.blocking_problems(mac) == [
+        "gpu-check needs Linux with an NVIDIA driver; this is Darwin",
+        "no NVIDIA driver here (...)",
+    ]
     assert preflight.blocking_problems({**GPU_MACHINE, "gpus": 0}) == ["the NVIDIA driver reports no CUDA device"]
     no_export = {**GPU_MACHINE, "export_missing": ["torch", "transformers"]}
     assert "pip install -e '.[export]'" in preflight.blocking_problems(no_export)[0]
@@ -249,8 +296,19 @@ def test_cannot_run_message_and_options():
     with pytest.raises(ValueError, match="--model must be one of"):
         run_preflight(Options(model="tiny"), GPU_MACHINE)
     assert run_preflight(Options(), GPU_MACHINE) is GPU_MACHINE
-    args = Namespace(model="full", work=None, artifacts=None, precision=None, batches="1,2", iterations=5, warmup=1,
-                     no_install=True, no_e2e=False, requests=16, concurrency=4)
+    args = Namespace(
+        model="full",
+        work=None,
+        artifacts=None,
+        precision=None,
+        batches="1,2",
+        iterations=5,
+        warmup=1,
+        no_install=True,
+        no_e2e=False,
+        requests=16,
+        concurrency=4,
+    )
     opts = options_from(args)
     assert (opts.model, opts.batches, opts.install, opts.e2e) == ("full", (1, 2), False, True)
     assert plan.MODELS[opts.model] == "full-random"
@@ -258,6 +316,7 @@ def test_cannot_run_message_and_options():
 
 def test_synthetic_images_are_distinct_pngs():
     from PIL import Image
+
     a, b = synthetic_image(0), synthetic_image(1)
     assert a != b and a.startswith(b"\x89PNG")
     assert Image.open(io.BytesIO(a)).size == (640, 480)
@@ -265,11 +324,13 @@ def test_synthetic_images_are_distinct_pngs():
 
 # ---------------------------------------------------------------- the e2e timing code against a real (CPU) Triton
 
+
 @pytest.mark.timeout(600)
 def test_e2e_timing_against_the_local_server(client):
     """The request/timing half of the Triton stage, run against the tiny model on the bundled CPU
     tritonserver (the GPU repository itself needs the NGC image)."""
     from server.gpu_check.e2e import throughput, time_requests
+
     timings = time_requests(client, iterations=2, warmup=1)
     assert set(timings) == {"text", "point"} and all(t["iterations"] == 2 for t in timings.values())
     load = throughput(client, requests=4, concurrency=2)
@@ -281,6 +342,7 @@ def test_e2e_timing_against_the_local_server(client):
 
 def test_install_refusals():
     from server.gpu_check.run import install
+
     env = dict(GPU_MACHINE)
     install([], allowed=False, env=env, log=print)  # nothing to install: nothing happens
     assert env == GPU_MACHINE

@@ -21,19 +21,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import modal
+import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 
 import modal_triton as mt
 from export import trt
 from export.manifest import sha256
 from export.spec import Dims
 from server.triton import cuda_pool_args, cuda_pool_bytes, server_command
-from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = (ROOT / "modal_triton.py").read_text()
@@ -51,6 +51,7 @@ def _spec(obj):
 
 def _raw(obj):
     from modal._utils.async_utils import synchronizer
+
     return synchronizer._translate_in(obj)
 
 
@@ -75,6 +76,7 @@ def _decorator_keywords(owner: str, decorator: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- the app as Modal sees it
+
 
 def test_import_has_no_side_effects(tmp_path):
     code = "import modal_triton, sys; assert 'torch' not in sys.modules and 'tensorrt' not in sys.modules"
@@ -105,8 +107,10 @@ def test_build_app_needs_neither_the_api_key_nor_the_serving_image():
     """`modal run` creates every function/class of the runnable's App and loads each one's secrets
     (Secret.from_name → SecretGetOrCreate, which fails for a missing secret) and images
     (modal/runner.py _create_all_objects). So ::build/::verify live in their own App."""
+
     def created_by_modal_run(app) -> dict:  # what runner._create_all_objects indexes
         return {**app._local_state.functions, **app._local_state.classes}
+
     build_objects = created_by_modal_run(mt.build_app)
     assert set(build_objects) == {"build", "gpu_check"}
     for function in build_objects.values():
@@ -119,14 +123,32 @@ def test_build_app_needs_neither_the_api_key_nor_the_serving_image():
 
 def test_serving_class_decorators_use_the_constants():
     cls_kwargs = _decorator_keywords("Sam3Triton", "app.cls")
-    assert {k: cls_kwargs[k] for k in ("gpu", "timeout", "startup_timeout", "min_containers", "max_containers",
-                                       "buffer_containers", "scaledown_window", "secrets")} == {
-        "gpu": "GPU", "timeout": "REQUEST_TIMEOUT_S", "startup_timeout": "STARTUP_TIMEOUT_S",
-        "min_containers": "MIN_CONTAINERS", "max_containers": "MAX_CONTAINERS",
-        "buffer_containers": "BUFFER_CONTAINERS", "scaledown_window": "SCALEDOWN_WINDOW_S",
-        "secrets": "[api_secret]"}
-    assert _decorator_keywords("Sam3Triton", "modal.concurrent") == {"max_inputs": "MAX_INPUTS",
-                                                                    "target_inputs": "TARGET_INPUTS"}
+    assert {
+        k: cls_kwargs[k]
+        for k in (
+            "gpu",
+            "timeout",
+            "startup_timeout",
+            "min_containers",
+            "max_containers",
+            "buffer_containers",
+            "scaledown_window",
+            "secrets",
+        )
+    } == {
+        "gpu": "GPU",
+        "timeout": "REQUEST_TIMEOUT_S",
+        "startup_timeout": "STARTUP_TIMEOUT_S",
+        "min_containers": "MIN_CONTAINERS",
+        "max_containers": "MAX_CONTAINERS",
+        "buffer_containers": "BUFFER_CONTAINERS",
+        "scaledown_window": "SCALEDOWN_WINDOW_S",
+        "secrets": "[api_secret]",
+    }
+    assert _decorator_keywords("Sam3Triton", "modal.concurrent") == {
+        "max_inputs": "MAX_INPUTS",
+        "target_inputs": "TARGET_INPUTS",
+    }
     assert _decorator_keywords("build", "build_app.function")["timeout"] == "BUILD_TIMEOUT_S"
     assert _decorator_keywords("gpu_check", "build_app.function")["timeout"] == "VERIFY_TIMEOUT_S"
 
@@ -150,14 +172,18 @@ def test_web_endpoints():
 
 def test_local_entrypoints():
     import modal.app
+
     for name in ("smoke", "bench", "verify", "segment_dataset", "tunnel"):
         assert isinstance(getattr(mt, name), modal.app.LocalEntrypoint), name
 
 
 def test_image_tag_and_tensorrt_version_are_one_pin():
     assert mt.TRITON_IMAGE is trt.TRITON_IMAGE and mt.TENSORRT_VERSION is trt.TENSORRT_VERSION
-    registry = [n for n in ast.walk(ast.parse(SOURCE))
-                if isinstance(n, ast.Call) and ast.unparse(n.func) == "modal.Image.from_registry"]
+    registry = [
+        n
+        for n in ast.walk(ast.parse(SOURCE))
+        if isinstance(n, ast.Call) and ast.unparse(n.func) == "modal.Image.from_registry"
+    ]
     assert [ast.unparse(n.args[0]) for n in registry] == ["TRITON_IMAGE"]
     assert trt.TENSORRT_PIP in mt.EXPORT_PACKAGES  # engines are built by the TensorRT the image runs
     assert trt.TENSORRT_PIP in mt.GPU_CHECK_PACKAGES and trt.ONNXRUNTIME_GPU_PIP in mt.GPU_CHECK_PACKAGES
@@ -172,11 +198,21 @@ REAL = Dims(image_size=1008, patch=14, hidden=256, queries=200, text_hidden=1024
 def test_triton_command_is_the_shared_builder(tmp_path):
     repo = tmp_path / "repository"
     command = mt.container_triton(repo, REAL).build_command()
-    assert command == server_command(repo, binary="/opt/tritonserver/bin/tritonserver", http_port=8000,
-                                     grpc_port=8001, metrics_port=8002, model_control="explicit", log_verbose=0,
-                                     exit_timeout_s=10, extra_args=cuda_pool_args(cuda_pool_bytes(REAL)))
+    assert command == server_command(
+        repo,
+        binary="/opt/tritonserver/bin/tritonserver",
+        http_port=8000,
+        grpc_port=8001,
+        metrics_port=8002,
+        model_control="explicit",
+        log_verbose=0,
+        exit_timeout_s=10,
+        extra_args=cuda_pool_args(cuda_pool_bytes(REAL)),
+    )
     assert command[0] == trt.TRITON_BINARY and f"--model-repository={repo}" in command
-    assert not any(a.startswith(("--http-address", "--backend-directory")) for a in command)  # all interfaces, image backends
+    assert not any(
+        a.startswith(("--http-address", "--backend-directory")) for a in command
+    )  # all interfaces, image backends
     pool = [a for a in command if a.startswith("--cuda-memory-pool-byte-size=")]
     assert len(pool) == 1 and int(pool[0].split(":")[1]) > 85 * 2**20  # one fp32 fpn_0 at 1008 px is 85 MB
     small = mt.container_triton(repo, TINY).build_command()
@@ -198,7 +234,12 @@ def test_image_recipe_installs_setuptools_beside_the_distro_one_first():
 
 def test_verify_runs_gpu_check(tmp_path):
     bench = mt.gpu_check_options("bench")
-    assert (bench.model, bench.work, bench.artifacts, bench.install) == ("bench", Path("/vol/gpu-check/bench"), None, False)
+    assert (bench.model, bench.work, bench.artifacts, bench.install) == (
+        "bench",
+        Path("/vol/gpu-check/bench"),
+        None,
+        False,
+    )
     assert type(bench.work) is type(Path())  # a concrete path: the export mkdirs under it
     served = mt.gpu_check_options("served", tmp_path)
     assert served.artifacts == tmp_path / "artifacts" and served.engines == tmp_path / "engines"
@@ -231,10 +272,13 @@ KEY = mt.BuildKey(model="facebook/sam3", revision="0123abcd", tensorrt=trt.TENSO
 
 def test_build_key_paths(tmp_path):
     paths = mt.BuildPaths.of(tmp_path, KEY)
-    assert paths.root == tmp_path / "builds" / "facebook-sam3" / "0123abcd" / f"trt-{trt.TENSORRT_VERSION}" / "NVIDIA-H200"
+    assert (
+        paths.root == tmp_path / "builds" / "facebook-sam3" / "0123abcd" / f"trt-{trt.TENSORRT_VERSION}" / "NVIDIA-H200"
+    )
     assert paths.engines == paths.root / "engines" / f"trt-{trt.TENSORRT_VERSION}" / "NVIDIA-H200"
     assert mt.pointer_path(tmp_path, KEY.model, KEY.tensorrt, KEY.gpu) == (
-        tmp_path / "current" / "facebook-sam3" / f"trt-{trt.TENSORRT_VERSION}" / "NVIDIA-H200.json")
+        tmp_path / "current" / "facebook-sam3" / f"trt-{trt.TENSORRT_VERSION}" / "NVIDIA-H200.json"
+    )
 
 
 def _complete_build(volume_root: Path, key=KEY) -> mt.BuildPaths:
@@ -255,9 +299,9 @@ def test_build_is_complete_detects_every_stale_part(tmp_path):
     paths = _complete_build(tmp_path)
     assert mt.build_is_complete(paths)
     other = mt.BuildPaths(paths.root, mt.BuildKey(KEY.model, KEY.revision, "10.9.0.34", KEY.gpu))
-    assert not mt.build_is_complete(other)                       # marker of another TensorRT version
+    assert not mt.build_is_complete(other)  # marker of another TensorRT version
     (paths.engines / "text.plan").write_bytes(b"rebuilt elsewhere")
-    assert not mt.build_is_complete(paths)                       # engine differs from the marker
+    assert not mt.build_is_complete(paths)  # engine differs from the marker
 
 
 def test_build_is_complete_checks_artifact_hashes(tmp_path):
@@ -282,10 +326,24 @@ def test_locate_build_serves_only_the_matching_build(tmp_path):
 
 
 def test_build_report_and_format():
-    rows = [trt.parity_row({"batch": 1}, "fpn_0", trt.parity_metrics(np.ones(4), np.ones(4)), trt.PARITY_TOLERANCE["fp16"])]
-    records = {"vision": {"built_precision": "fp16", "precision": "fp16", "build_seconds": 1.0, "fp32_layers": 3,
-                          "latency": trt.latency_summary([0.01, 0.02]), "parity": rows}}
-    onnx = {"model": "m", "all_ok": True, "checks": [{"check": "vision batch=1", "output": "fpn_0", "max_abs": 2e-6, "ok": True}]}
+    rows = [
+        trt.parity_row({"batch": 1}, "fpn_0", trt.parity_metrics(np.ones(4), np.ones(4)), trt.PARITY_TOLERANCE["fp16"])
+    ]
+    records = {
+        "vision": {
+            "built_precision": "fp16",
+            "precision": "fp16",
+            "build_seconds": 1.0,
+            "fp32_layers": 3,
+            "latency": trt.latency_summary([0.01, 0.02]),
+            "parity": rows,
+        }
+    }
+    onnx = {
+        "model": "m",
+        "all_ok": True,
+        "checks": [{"check": "vision batch=1", "output": "fpn_0", "max_abs": 2e-6, "ok": True}],
+    }
     report = mt.build_report(mt.BuildPaths(Path("/vol/x"), KEY), records, onnx)
     text = mt.format_report(json.loads(json.dumps(report)))
     assert "vision   fp16  ok" in text and "p50 15.00 ms" in text and "1 checks, 0 failing" in text
@@ -295,6 +353,7 @@ def test_build_report_and_format():
 
 
 # ---------------------------------------------------------------- labeling and COCO
+
 
 def _masks(height=40, width=60) -> list[np.ndarray]:
     a = np.zeros((height, width), np.uint8)
@@ -307,14 +366,23 @@ def _masks(height=40, width=60) -> list[np.ndarray]:
 def _segmentation(masks, labels, scores, concepts):
     """A client Segmentation (client.results) built from `sam3`-shaped outputs for these masks."""
     from client.results import segmentation_from_outputs
+
     rles = [mask_utils.encode(np.asfortranarray(m))["counts"] for m in masks]
-    boxes = [[float(x), float(y), float(x + w), float(y + h)]
-             for x, y, w, h in (mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m))) for m in masks)]
+    boxes = [
+        [float(x), float(y), float(x + w), float(y + h)]
+        for x, y, w, h in (mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m))) for m in masks)
+    ]
     hw = masks[0].shape if masks else (40, 60)
-    outputs = {"masks_rle": np.array(rles, dtype=object), "boxes": np.array(boxes, np.float32).reshape(-1, 4),
-               "scores": np.array(scores, np.float32), "labels": np.array(labels, np.int32),
-               "image_shape": np.array(hw, np.int32), "masks": np.zeros((0,) + hw, bool),
-               "iou_scores": np.zeros((len(masks), 0), np.float32), "stability_scores": np.zeros(len(masks), np.float32)}
+    outputs = {
+        "masks_rle": np.array(rles, dtype=object),
+        "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+        "scores": np.array(scores, np.float32),
+        "labels": np.array(labels, np.int32),
+        "image_shape": np.array(hw, np.int32),
+        "masks": np.zeros((0,) + hw, bool),
+        "iou_scores": np.zeros((len(masks), 0), np.float32),
+        "stability_scores": np.zeros(len(masks), np.float32),
+    }
     return segmentation_from_outputs(outputs, concepts, "text")
 
 
@@ -328,9 +396,11 @@ def test_concepts_are_cleaned_for_the_client():
 def test_coco_dataset_loads_and_scores_perfectly(tmp_path):
     masks = _masks()
     concepts = ["person", "car"]
-    records = [mt.record_from_segmentation("b/img2.jpg", _segmentation(masks, [0, 1], [0.9, 0.8], concepts)),
-               mt.record_from_segmentation("a/img1.jpg", _segmentation(masks[:1], [1], [0.7], concepts)),
-               mt.record_from_segmentation("c/empty.jpg", _segmentation([], [], [], concepts))]
+    records = [
+        mt.record_from_segmentation("b/img2.jpg", _segmentation(masks, [0, 1], [0.9, 0.8], concepts)),
+        mt.record_from_segmentation("a/img1.jpg", _segmentation(masks[:1], [1], [0.7], concepts)),
+        mt.record_from_segmentation("c/empty.jpg", _segmentation([], [], [], concepts)),
+    ]
     path = tmp_path / "coco.json"
     mt.write_json(path, mt.coco_dataset(records, concepts))
     coco = COCO(str(path))
@@ -386,6 +456,7 @@ def test_parse_concepts():
 
 
 # ---------------------------------------------------------------- smoke and bench helpers
+
 
 def test_smoke_requests_follow_the_seed_contract():
     image = base64.b64encode(b"jpeg").decode()

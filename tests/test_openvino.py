@@ -56,23 +56,30 @@ def fake(tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------- precision choice
 
-@pytest.mark.parametrize("requested, runtime, capabilities, expected", [
-    ("auto", "openvino", ["BF16", "FP32", "INT8"], "bf16"),
-    ("auto", "openvino", ["FP32", "INT8", "BIN"], "fp32"),
-    ("fp32", "openvino", ["BF16", "FP32"], "fp32"),
-    ("bf16", "openvino", ["BF16", "FP32"], "bf16"),
-    ("auto", "onnxruntime", ["BF16", "FP32"], "fp32"),
-])
+
+@pytest.mark.parametrize(
+    "requested, runtime, capabilities, expected",
+    [
+        ("auto", "openvino", ["BF16", "FP32", "INT8"], "bf16"),
+        ("auto", "openvino", ["FP32", "INT8", "BIN"], "fp32"),
+        ("fp32", "openvino", ["BF16", "FP32"], "fp32"),
+        ("bf16", "openvino", ["BF16", "FP32"], "bf16"),
+        ("auto", "onnxruntime", ["BF16", "FP32"], "fp32"),
+    ],
+)
 def test_resolve_precision(requested, runtime, capabilities, expected):
     assert resolve_precision(requested, runtime, capabilities) == expected
 
 
-@pytest.mark.parametrize("requested, runtime, capabilities, message", [
-    ("bf16", "openvino", ["FP32"], "no bf16 support"),
-    ("bf16", "onnxruntime", ["BF16"], "fp32 only"),
-    ("fp16", "openvino", ["BF16"], "precision must be one of"),
-    ("auto", "tensorrt", ["BF16"], "runtime one of"),
-])
+@pytest.mark.parametrize(
+    "requested, runtime, capabilities, message",
+    [
+        ("bf16", "openvino", ["FP32"], "no bf16 support"),
+        ("bf16", "onnxruntime", ["BF16"], "fp32 only"),
+        ("fp16", "openvino", ["BF16"], "precision must be one of"),
+        ("auto", "tensorrt", ["BF16"], "runtime one of"),
+    ],
+)
 def test_resolve_precision_refuses_what_cannot_run(requested, runtime, capabilities, message):
     with pytest.raises(PrecisionError, match=message):
         resolve_precision(requested, runtime, capabilities)
@@ -91,6 +98,7 @@ def test_cosine():
 
 
 # ---------------------------------------------------------------- runners
+
 
 @pytest.mark.parametrize("component", ["vision", "text", "concept", "prompt"])
 def test_openvino_fp32_runner_equals_onnxruntime_on_fake_graphs(fake, component):
@@ -121,6 +129,7 @@ def test_openvino_fp32_equals_onnxruntime_on_the_tiny_model(tiny_artifacts):
 def test_openvino_static_copy_equals_the_dynamic_one_on_the_tiny_model(tiny_artifacts):
     """Requests at the spec's opt sizes run in the static-shape copy; its fp32 results equal the dynamic copy's."""
     from export.repository import static_shapes
+
     manifest = load_manifest(tiny_artifacts)
     for spec in manifest.specs().values():
         path, names, opt = tiny_artifacts / spec.onnx_file, [t.name for t in spec.outputs], spec.sizes("opt")
@@ -143,20 +152,33 @@ def test_runner_refuses_missing_file_and_bf16_on_onnxruntime(fake, tmp_path):
 
 # ---------------------------------------------------------------- the bf16 gate
 
+
 def cancelling_graph(path: Path) -> ComponentSpec:
     """y = x·W1 − x·W2 with W2 = W1 + 1e-3·R: exact in fp32, mostly rounding noise in bf16."""
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((16, 16)).astype(np.float32)
     w2 = (w1 + 1e-3 * rng.standard_normal((16, 16))).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("MatMul", ["x", "w2"], ["b"]),
-             helper.make_node("Sub", ["a", "b"], ["y"])]
-    graph = helper.make_graph(nodes, "cancel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
-                              initializer=[onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2")])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("MatMul", ["x", "w2"], ["b"]),
+        helper.make_node("Sub", ["a", "b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cancel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+        initializer=[onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2")],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path / "cancel.onnx")
-    return ComponentSpec("cancel", inputs=(TensorSpec("x", "FP32", ("batch", 16)),),
-                         outputs=(TensorSpec("y", "FP32", ("batch", 16)),), profiles={"batch": Profile(1, 1, 4)},
-                         parity_sizes=({"batch": 1}, {"batch": 3}), batch_axis="batch")
+    return ComponentSpec(
+        "cancel",
+        inputs=(TensorSpec("x", "FP32", ("batch", 16)),),
+        outputs=(TensorSpec("y", "FP32", ("batch", 16)),),
+        profiles={"batch": Profile(1, 1, 4)},
+        parity_sizes=({"batch": 1}, {"batch": 3}),
+        batch_axis="batch",
+    )
 
 
 def test_gate_catches_a_graph_that_bf16_breaks(tmp_path):
@@ -176,7 +198,13 @@ def test_tiny_model_gate_and_the_report_is_reused(tiny_artifacts, tmp_path):
     shutil.copytree(tiny_artifacts, artifacts, ignore=shutil.ignore_patterns("tiny-checkpoint", REPORT_NAME))
     manifest, lines = load_manifest(artifacts), []
     results = gate(artifacts, manifest.specs(), manifest.dims.image_size, lines.append)
-    assert {n: r.ok for n, r in results.items()} == {"vision": True, "text": True, "concept": True, "mask": True, "prompt": False}
+    assert {n: r.ok for n, r in results.items()} == {
+        "vision": True,
+        "text": True,
+        "concept": True,
+        "mask": True,
+        "prompt": False,
+    }
     assert results["prompt"].worst()[0] == "pred_masks" and len(lines) == len(results)
     report = json.loads((artifacts / REPORT_NAME).read_text())
     assert set(report) == set(manifest.specs()) and [n for n, e in report.items() if not e["ok"]] == ["prompt"]
@@ -199,9 +227,16 @@ def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path):
     (artifacts / REPORT_NAME).write_text(json.dumps(report))
     lines = []
     repo = build_repository(artifacts, tmp_path / "repo", "cpu", precision="auto", models=list(specs), log=lines.append)
-    assert read_precisions(repo)["components"] == {"vision": "bf16", "text": "fp32", "concept": "bf16", "mask": "bf16", "prompt": "bf16"}
-    expected = ("text: bf16 failed its parity gate (cosine 0.900000 < 0.9995 on 'text_features' "
-                "vs OpenVINO fp32): serving fp32")
+    assert read_precisions(repo)["components"] == {
+        "vision": "bf16",
+        "text": "fp32",
+        "concept": "bf16",
+        "mask": "bf16",
+        "prompt": "bf16",
+    }
+    expected = (
+        "text: bf16 failed its parity gate (cosine 0.900000 < 0.9995 on 'text_features' vs OpenVINO fp32): serving fp32"
+    )
     assert lines == [expected]
     params = config_parameters(parse_config_text((repo / "sam3_text" / "config.pbtxt").read_text()))
     assert params["precision"] == "fp32" and params["runtime"] == "openvino"
@@ -214,16 +249,22 @@ def test_gate_result_worst():
 
 # ---------------------------------------------------------------- repository
 
+
 def test_repository_records_runtime_precision_cache_and_copies_the_runtime_module(fake, tmp_path):
     repo = build_repository(fake, tmp_path / "repo", "cpu", precision="fp32", models=["text", "concept"])
     record = read_precisions(repo)
-    assert record == {"runtime": "openvino", "threads": 0, "cache_dir": str((tmp_path / "openvino-cache").resolve()),
-                      "components": {"text": "fp32", "concept": "fp32"}}
+    assert record == {
+        "runtime": "openvino",
+        "threads": 0,
+        "cache_dir": str((tmp_path / "openvino-cache").resolve()),
+        "components": {"text": "fp32", "concept": "fp32"},
+    }
     params = config_parameters(parse_config_text((repo / "sam3_concept" / "config.pbtxt").read_text()))
     assert params["precision"] == "fp32" and params["cache_dir"] == record["cache_dir"]
-    assert json.loads(params["shared_axes"]) == {"prompts": [["text_features", 0], ["text_mask", 0], ["boxes", 0],
-                                                             ["box_labels", 0], ["box_valid", 0]],
-                                                 "boxes": [["boxes", 1], ["box_labels", 1], ["box_valid", 1]]}
+    assert json.loads(params["shared_axes"]) == {
+        "prompts": [["text_features", 0], ["text_mask", 0], ["boxes", 0], ["box_labels", 0], ["box_valid", 0]],
+        "boxes": [["boxes", 1], ["box_labels", 1], ["box_valid", 1]],
+    }
     static = json.loads(params["static_shapes"])
     assert static["text_features"] == [1, 32, 16] and static["boxes"] == [1, 1, 4] and static["fpn_2"] == [1, 16, 4, 4]
     assert (repo / "sam3_concept" / "1" / "component_runtime.py").is_file()
@@ -231,8 +272,12 @@ def test_repository_records_runtime_precision_cache_and_copies_the_runtime_modul
 
 def test_repository_with_onnxruntime(fake, tmp_path):
     repo = build_repository(fake, tmp_path / "repo", "cpu", runtime="ort", models=["text"])
-    assert read_precisions(repo) == {"runtime": "onnxruntime", "threads": 0, "cache_dir": "",
-                                     "components": {"text": "fp32"}}
+    assert read_precisions(repo) == {
+        "runtime": "onnxruntime",
+        "threads": 0,
+        "cache_dir": "",
+        "components": {"text": "fp32"},
+    }
     with pytest.raises(RepositoryError, match="fp32 only"):
         build_repository(fake, tmp_path / "other", "cpu", runtime="ort", precision="bf16")
     with pytest.raises(RepositoryError, match="runtime must be one of"):
@@ -247,11 +292,13 @@ def test_gpu_repository_has_no_precision_record(fake, tmp_path):
 
 # ---------------------------------------------------------------- served, both runtimes
 
+
 @pytest.mark.parametrize("runtime, precision", [("ort", "fp32"), ("openvino", "auto")])
 def test_served_text_model_on_each_runtime(fake, tmp_path, runtime, precision):
     """The same config.pbtxt contract on either runtime; OpenVINO fills its model cache at load."""
-    repo = build_repository(fake, tmp_path / "repo", "cpu", runtime=runtime, precision=precision, models=["text"],
-                            intra_op_threads=1)
+    repo = build_repository(
+        fake, tmp_path / "repo", "cpu", runtime=runtime, precision=precision, models=["text"], intra_op_threads=1
+    )
     config = (repo / "sam3_text" / "config.pbtxt").read_text()
     spec = component_specs(TINY)["text"]
     feeds = example_inputs(spec, {"batch": 2}, TINY.image_size)
@@ -271,8 +318,10 @@ def test_served_text_model_on_each_runtime(fake, tmp_path, runtime, precision):
 
 # ---------------------------------------------------------------- CLI
 
+
 def test_serve_cli_options_and_precision_line(tiny_artifacts, tmp_path, capsys):
     from server.cli import _print_precisions, parse_args
+
     args = parse_args(["serve"])
     assert args.runtime == "openvino" and args.precision == "auto"
     args = parse_args(["serve", "--runtime", "ort", "--precision", "fp32"])
@@ -281,12 +330,16 @@ def test_serve_cli_options_and_precision_line(tiny_artifacts, tmp_path, capsys):
         parse_args(["serve", "--precision", "fp16"])
     repo = build_repository(tiny_artifacts, tmp_path / "repo", "cpu", precision="fp32")
     _print_precisions(repo)
-    assert capsys.readouterr().out == "cpu runtime openvino: vision fp32, text fp32, concept fp32, mask fp32, prompt fp32\n"
+    assert (
+        capsys.readouterr().out
+        == "cpu runtime openvino: vision fp32, text fp32, concept fp32, mask fp32, prompt fp32\n"
+    )
 
 
 def test_export_verify_runs_the_bf16_gate_or_says_why_not(fake, tmp_path, capsys):
     """`python -m export verify` ends with the bf16 gate (its step after the ORT parity check)."""
     from export.__main__ import bf16_gate
+
     artifacts = tmp_path / "artifacts"
     shutil.copytree(fake, artifacts)
     bf16_gate(artifacts, ("text", "prompt"))

@@ -21,8 +21,16 @@ def modules(orchestrator_modules):
     import request
     import stages
     import text_tokens
-    return dict(cache=cache, pipeline=pipeline, post=postprocess, post_torch=postprocess_torch,
-                request=request, stages=stages, text_tokens=text_tokens)
+
+    return dict(
+        cache=cache,
+        pipeline=pipeline,
+        post=postprocess,
+        post_torch=postprocess_torch,
+        request=request,
+        stages=stages,
+        text_tokens=text_tokens,
+    )
 
 
 class TorchOutputs:
@@ -41,27 +49,33 @@ class TorchOutputs:
 
 def make_pipeline(modules, artifacts, post, torch_outputs=False):
     from export.manifest import load_manifest
+
     manifest = load_manifest(artifacts)
     stages = modules["stages"].OrtStages({n: artifacts / s.onnx_file for n, s in manifest.specs().items()})
     tokenizer = modules["text_tokens"].TextTokenizer.from_file(artifacts / "tokenizer.json")
     lru = modules["cache"].ByteLRU
-    return modules["pipeline"].Sam3Pipeline(TorchOutputs(stages) if torch_outputs else stages, tokenizer,
-                                            manifest.dims, lru(2**28), lru(2**24), post=post)
+    return modules["pipeline"].Sam3Pipeline(
+        TorchOutputs(stages) if torch_outputs else stages, tokenizer, manifest.dims, lru(2**28), lru(2**24), post=post
+    )
 
 
 def request(modules, image, **fields):
     tensors = {"image": np.array([image], dtype=object)}
     for name, value in fields.items():
-        tensors[name] = np.array([v.encode() for v in value] if name == "text" else value,
-                                 dtype=object if name in ("text", "mode") else None)
+        tensors[name] = np.array(
+            [v.encode() for v in value] if name == "text" else value, dtype=object if name in ("text", "mode") else None
+        )
     return modules["request"].parse_request(tensors)
 
 
-@pytest.mark.parametrize("fields", [
-    {"mode": [b"text"], "text": ["person", "cup"], "threshold": [0.2]},
-    {"mode": [b"point"], "points": [[120.0, 200.0], [300.0, 100.0]], "point_labels": [1, 0]},
-    {"mode": [b"box"], "boxes": [[50.0, 40.0, 300.0, 350.0], [10.0, 10.0, 100.0, 200.0]]},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"mode": [b"text"], "text": ["person", "cup"], "threshold": [0.2]},
+        {"mode": [b"point"], "points": [[120.0, 200.0], [300.0, 100.0]], "point_labels": [1, 0]},
+        {"mode": [b"box"], "boxes": [[50.0, 40.0, 300.0, 350.0], [10.0, 10.0, 100.0, 200.0]]},
+    ],
+)
 def test_gpu_postprocessing_equals_the_numpy_path(modules, tiny_artifacts, coffee_jpeg, fields):
     cpu = make_pipeline(modules, tiny_artifacts, modules["post"])
     gpu = make_pipeline(modules, tiny_artifacts, modules["post_torch"], torch_outputs=True)
@@ -87,23 +101,26 @@ def test_byte_lru_evicts_least_recent_and_counts(modules):
     lru = modules["cache"].ByteLRU(3000)
     for key in "abc":
         lru.put(key, np.zeros(1000, np.uint8))
-    assert lru.get("a") is not None          # a becomes most recent
-    lru.put("d", np.zeros(1000, np.uint8))   # evicts b
+    assert lru.get("a") is not None  # a becomes most recent
+    lru.put("d", np.zeros(1000, np.uint8))  # evicts b
     assert lru.get("b") is None and lru.get("c") is not None and len(lru) == 3 and lru.used == 3000
     lru.put("huge", np.zeros(5000, np.uint8))
     assert lru.get("huge") is None and (lru.hits, lru.misses) == (2, 2)
 
 
-@pytest.mark.parametrize("tensors, message", [
-    ({}, "image is required"),
-    ({"mode": [b"paint"]}, "unknown mode"),
-    ({"mode": [b"point"]}, "point mode needs"),
-    ({"mode": [b"box"]}, "box mode needs"),
-    ({"mode": [b"text"], "threshold": [1.5]}, "threshold"),
-    ({"mode": [b"text"], "text": [b"a"] * 17}, "too many text concepts"),
-    ({"mask_format": [b"svg"], "text": [b"a"]}, "mask_format"),
-    ({"mode": [b"\xff"]}, "UTF-8"),
-])
+@pytest.mark.parametrize(
+    "tensors, message",
+    [
+        ({}, "image is required"),
+        ({"mode": [b"paint"]}, "unknown mode"),
+        ({"mode": [b"point"]}, "point mode needs"),
+        ({"mode": [b"box"]}, "box mode needs"),
+        ({"mode": [b"text"], "threshold": [1.5]}, "threshold"),
+        ({"mode": [b"text"], "text": [b"a"] * 17}, "too many text concepts"),
+        ({"mask_format": [b"svg"], "text": [b"a"]}, "mask_format"),
+        ({"mode": [b"\xff"]}, "UTF-8"),
+    ],
+)
 def test_request_validation_messages(modules, tensors, message):
     arrays = {k: np.array(v, dtype=object) if isinstance(v[0], bytes) else np.array(v) for k, v in tensors.items()}
     if tensors:
@@ -130,14 +147,17 @@ def test_point_and_box_requests_on_one_image_share_prompt_calls(modules, tiny_ar
     """Same image + same points per object → one sam3_prompt call (objects stacked, chunks of 2 here);
     every request still gets exactly its own serial result."""
     import asyncio
+
     pipe = make_pipeline(modules, tiny_artifacts, modules["post"])
     counting = CountingStages(pipe.stages)
     pipe.stages, pipe.chunk_objects = counting, 2
-    reqs = [request(modules, coffee_jpeg, mode=[b"point"], points=[[100.0, 120.0]], point_labels=[1]),
-            request(modules, coffee_jpeg, mode=[b"point"], points=[[300.0, 200.0]], point_labels=[1]),
-            request(modules, coffee_jpeg, mode=[b"point"], points=[[50.0, 60.0], [400.0, 300.0]], point_labels=[1, 0]),
-            request(modules, coffee_jpeg, mode=[b"box"], boxes=[[10.0, 20.0, 300.0, 350.0], [200.0, 50.0, 580.0, 390.0]]),
-            request(modules, coffee_jpeg, mode=[b"point"], points=[[9000.0, 1.0]], point_labels=[1])]  # outside
+    reqs = [
+        request(modules, coffee_jpeg, mode=[b"point"], points=[[100.0, 120.0]], point_labels=[1]),
+        request(modules, coffee_jpeg, mode=[b"point"], points=[[300.0, 200.0]], point_labels=[1]),
+        request(modules, coffee_jpeg, mode=[b"point"], points=[[50.0, 60.0], [400.0, 300.0]], point_labels=[1, 0]),
+        request(modules, coffee_jpeg, mode=[b"box"], boxes=[[10.0, 20.0, 300.0, 350.0], [200.0, 50.0, 580.0, 390.0]]),
+        request(modules, coffee_jpeg, mode=[b"point"], points=[[9000.0, 1.0]], point_labels=[1]),
+    ]  # outside
     together = [r for r, _ in asyncio.run(pipe.run_batch(reqs))]
     assert counting.calls["prompt"] == 1 + 2  # K=1: one call (2 objects); K=2: 3 objects in chunks of 2
     assert isinstance(together[4], modules["request"].InputError) and "outside the image" in str(together[4])

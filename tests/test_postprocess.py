@@ -17,8 +17,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "triton_repo" / "sam3" / "1"))
 
 from postprocess import (  # noqa: E402
-    MaskSet, best_mask_index, best_prompt_masks, concept_masks, decode_rle, encode_rle, gather_queries,
-    masks_to_boxes_xyxy, prob_to_logit, resize_bilinear, scale_boxes, select_queries, sigmoid, upsample_binarize,
+    MaskSet,
+    best_mask_index,
+    best_prompt_masks,
+    concept_masks,
+    decode_rle,
+    encode_rle,
+    gather_queries,
+    masks_to_boxes_xyxy,
+    prob_to_logit,
+    resize_bilinear,
+    scale_boxes,
+    select_queries,
+    sigmoid,
+    upsample_binarize,
 )
 
 torch = pytest.importorskip("torch")
@@ -46,8 +58,17 @@ def _assert_binarized_like_torch(ours: np.ndarray, x: np.ndarray, hw, threshold:
     assert ties or (ours != (ref > threshold)).mean() < 1e-4
 
 
-@pytest.mark.parametrize("in_hw, out_hw", [((288, 288), (600, 400)), ((288, 288), (100, 130)), ((7, 5), (13, 3)),
-                                           ((32, 32), (32, 77)), ((16, 16), (16, 16)), ((288, 288), (1000, 1500))])
+@pytest.mark.parametrize(
+    "in_hw, out_hw",
+    [
+        ((288, 288), (600, 400)),
+        ((288, 288), (100, 130)),
+        ((7, 5), (13, 3)),
+        ((32, 32), (32, 77)),
+        ((16, 16), (16, 16)),
+        ((288, 288), (1000, 1500)),
+    ],
+)
 def test_resize_bilinear_matches_torch(in_hw, out_hw):
     x = (np.random.default_rng(0).standard_normal((3,) + in_hw) * 10).astype(np.float32)
     out = resize_bilinear(x, out_hw)
@@ -59,8 +80,11 @@ def test_resize_bilinear_matches_torch(in_hw, out_hw):
 def test_upsample_binarize_equals_torch_thresholding(in_hw, out_hw):
     rng = np.random.default_rng(1)
     smooth = np.kron(rng.standard_normal((4, in_hw[0] // 7 + 1, in_hw[1] // 7 + 1)), np.ones((7, 7)))
-    maps = {"noise": rng.standard_normal((4,) + in_hw) * 5, "blocks": smooth[:, : in_hw[0], : in_hw[1]] * 3,
-            "integers": np.round(rng.standard_normal((4,) + in_hw) * 1.5)}  # exact ties at the thresholds
+    maps = {
+        "noise": rng.standard_normal((4,) + in_hw) * 5,
+        "blocks": smooth[:, : in_hw[0], : in_hw[1]] * 3,
+        "integers": np.round(rng.standard_normal((4,) + in_hw) * 1.5),
+    }  # exact ties at the thresholds
     for name, x in maps.items():
         x = x.astype(np.float32)
         for t in (-1.0, 0.0, 0.5):
@@ -89,10 +113,15 @@ def _concept_outputs(m: int, n: int = 3, q: int = 20):
 @pytest.mark.parametrize("m, hw", [(32, (50, 70)), (288, (300, 200))])
 def test_concept_post_processing_matches_post_process_instance_segmentation(m, hw, image_processor):
     logits, presence, boxes, masks = _concept_outputs(m)
-    outputs = SimpleNamespace(pred_logits=torch.from_numpy(logits), presence_logits=torch.from_numpy(presence),
-                              pred_boxes=torch.from_numpy(boxes), pred_masks=torch.from_numpy(masks))
-    ref = image_processor.post_process_instance_segmentation(outputs, threshold=0.4, mask_threshold=0.5,
-                                                             target_sizes=[hw] * len(logits))
+    outputs = SimpleNamespace(
+        pred_logits=torch.from_numpy(logits),
+        presence_logits=torch.from_numpy(presence),
+        pred_boxes=torch.from_numpy(boxes),
+        pred_masks=torch.from_numpy(masks),
+    )
+    ref = image_processor.post_process_instance_segmentation(
+        outputs, threshold=0.4, mask_threshold=0.5, target_sizes=[hw] * len(logits)
+    )
     kept = select_queries(logits, presence, threshold=0.4)
     sets = [upsample_binarize(sigmoid(masks[n, k]), hw, 0.5) for n, (k, _) in enumerate(kept)]
     assert len(kept) == 3 and sum(len(k) for k, _ in kept) > 0 and len(kept[2][0]) == 0  # presence -6 kills all

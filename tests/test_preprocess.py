@@ -15,7 +15,12 @@ sys.path.insert(0, str(ORCH))
 
 from errors import InputError  # noqa: E402
 from preprocess import (  # noqa: E402
-    boxes_xyxy_to_cxcywh_norm, decode_image, resize_for_model, scale_points, validate_box_labels, validate_boxes,
+    boxes_xyxy_to_cxcywh_norm,
+    decode_image,
+    resize_for_model,
+    scale_points,
+    validate_box_labels,
+    validate_boxes,
     validate_points,
 )
 
@@ -46,6 +51,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 # ---------------------------------------------------------------- decode
+
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_decode_formats(fmt):
@@ -79,7 +85,7 @@ def test_decode_palette_with_transparency_composites_on_white():
 
 
 def test_decode_16bit_gray_keeps_high_byte():
-    gray = (np.arange(12 * 7, dtype=np.uint16).reshape(12, 7) * 700)
+    gray = np.arange(12 * 7, dtype=np.uint16).reshape(12, 7) * 700
     data = _encode(Image.fromarray(gray), "PNG")  # mode I;16
     out = decode_image(data, MAX_PIXELS)
     assert out.shape == (12, 7, 3)
@@ -97,11 +103,14 @@ def test_decode_applies_exif_orientation():
     assert out[:10].mean() > 200 and out[-10:].mean() < 50  # left edge became the top
 
 
-@pytest.mark.parametrize("data, words", [
-    (b"", "empty"),
-    (b"definitely not an image", "not a decodable image"),
-    (_encode(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")[:60], "could not be decoded"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"", "empty"),
+        (b"definitely not an image", "not a decodable image"),
+        (_encode(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")[:60], "could not be decoded"),
+    ],
+)
 def test_decode_rejects_bad_bytes(data, words):
     with pytest.raises(InputError, match=words):
         decode_image(data, MAX_PIXELS)
@@ -126,6 +135,7 @@ def test_decode_limit_is_inclusive():
 
 
 # ---------------------------------------------------------------- resize
+
 
 @pytest.fixture(scope="module")
 def sam3_image_processor():
@@ -160,6 +170,7 @@ def test_resize_identity_and_small_sizes():
 
 # ---------------------------------------------------------------- coordinates
 
+
 def test_scale_points_matches_sam3_tracker_processor(sam3_image_processor):
     from transformers.models.sam3_tracker.processing_sam3_tracker import Sam3TrackerProcessor
 
@@ -167,18 +178,24 @@ def test_scale_points_matches_sam3_tracker_processor(sam3_image_processor):
     hw, size = (333, 517), sam3_image_processor.size["height"]
     points = np.array([[10.3, 20.7], [516.9, 332.2], [0.0, 333.0]], np.float32)
     boxes = np.array([[1.5, 2.5, 400.1, 300.3], [0, 0, 517, 333]], np.float32)
-    ref = proc(original_sizes=[list(hw)], input_points=[[points.tolist()]], input_labels=[[[1, 0, 1]]],
-               input_boxes=[boxes.tolist()])
+    ref = proc(
+        original_sizes=[list(hw)],
+        input_points=[[points.tolist()]],
+        input_labels=[[[1, 0, 1]]],
+        input_boxes=[boxes.tolist()],
+    )
     np.testing.assert_array_equal(scale_points(points, hw, size), ref["input_points"][0, 0].numpy())
-    np.testing.assert_array_equal(scale_points(boxes.reshape(-1, 2, 2), hw, size).reshape(-1, 4),
-                                  ref["input_boxes"][0].numpy())
+    np.testing.assert_array_equal(
+        scale_points(boxes.reshape(-1, 2, 2), hw, size).reshape(-1, 4), ref["input_boxes"][0].numpy()
+    )
 
 
 def test_exemplar_boxes_match_sam3_processor(sam3_image_processor):
     sys.path.insert(0, str(ORCH.parents[2]))
-    from export.tokenizer import load_vocab_merges
     from transformers import CLIPTokenizer
     from transformers.models.sam3.processing_sam3 import Sam3Processor
+
+    from export.tokenizer import load_vocab_merges
 
     vocab, merges = load_vocab_merges()
     proc = Sam3Processor(image_processor=sam3_image_processor, tokenizer=CLIPTokenizer(vocab=vocab, merges=merges))
@@ -194,30 +211,36 @@ def test_validate_points_accepts_and_converts():
     np.testing.assert_array_equal(labels, [1, 0, 1])
 
 
-@pytest.mark.parametrize("points, labels, words", [
-    ([[1, 2, 3]], [1], r"shape \[N, 2\]"),
-    ([], [], r"shape \[N, 2\]"),
-    ([[np.nan, 2]], [1], "NaN or infinity"),
-    ([[np.inf, 2]], [1], "NaN or infinity"),
-    ([[641, 2]], [1], "x = 641 outside the image"),
-    ([[5, -0.5]], [1], "y = -0.5 outside the image"),
-    ([[5, 5]], [2], "must be 1 \\(foreground\\) or 0"),
-    ([[5, 5], [6, 6]], [1], "one label per entry"),
-    ([["a", 5]], [1], "must be numbers"),
-])
+@pytest.mark.parametrize(
+    "points, labels, words",
+    [
+        ([[1, 2, 3]], [1], r"shape \[N, 2\]"),
+        ([], [], r"shape \[N, 2\]"),
+        ([[np.nan, 2]], [1], "NaN or infinity"),
+        ([[np.inf, 2]], [1], "NaN or infinity"),
+        ([[641, 2]], [1], "x = 641 outside the image"),
+        ([[5, -0.5]], [1], "y = -0.5 outside the image"),
+        ([[5, 5]], [2], "must be 1 \\(foreground\\) or 0"),
+        ([[5, 5], [6, 6]], [1], "one label per entry"),
+        ([["a", 5]], [1], "must be numbers"),
+    ],
+)
 def test_validate_points_rejects(points, labels, words):
     with pytest.raises(InputError, match=words):
         validate_points(points, labels, (480, 640))
 
 
-@pytest.mark.parametrize("boxes, words", [
-    ([[10, 10, 5, 20]], "x1 < x0"),
-    ([[10, 30, 50, 20]], "x1 < x0 or y1 < y0"),
-    ([[0, 0, 700, 20]], "x = 700 outside"),
-    ([[0, 0, 10, 481]], "y = 481 outside"),
-    ([[0, 0, np.nan, 1]], "NaN"),
-    ([0, 0, 10, 10], r"shape \[N, 4\]"),
-])
+@pytest.mark.parametrize(
+    "boxes, words",
+    [
+        ([[10, 10, 5, 20]], "x1 < x0"),
+        ([[10, 30, 50, 20]], "x1 < x0 or y1 < y0"),
+        ([[0, 0, 700, 20]], "x = 700 outside"),
+        ([[0, 0, 10, 481]], "y = 481 outside"),
+        ([[0, 0, np.nan, 1]], "NaN"),
+        ([0, 0, 10, 10], r"shape \[N, 4\]"),
+    ],
+)
 def test_validate_boxes_rejects(boxes, words):
     with pytest.raises(InputError, match=words):
         validate_boxes(boxes, (480, 640))
@@ -234,7 +257,9 @@ def test_validate_boxes_and_labels_accept():
 def test_orchestrator_modules_import_without_torch():
     import subprocess
 
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import errors, preprocess, postprocess, amg, text_tokens; "
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'transformers')); "
-            "assert not heavy, heavy")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import errors, preprocess, postprocess, amg, text_tokens; "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'transformers')); "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code, str(ORCH)], check=True, timeout=120)

@@ -58,9 +58,13 @@ class Healing:
 
 @pytest.fixture(scope="module")
 def healing(tiny_artifacts, tmp_path_factory):
-    repo = build_repository(tiny_artifacts, tmp_path_factory.mktemp("healing") / "cpu", "cpu",
-                            orchestrator_params={"image_cache_mb": 64},
-                            batching=Batching(max_queue_size=QUEUE_SIZE))  # the optional queue policy, small
+    repo = build_repository(
+        tiny_artifacts,
+        tmp_path_factory.mktemp("healing") / "cpu",
+        "cpu",
+        orchestrator_params={"image_cache_mb": 64},
+        batching=Batching(max_queue_size=QUEUE_SIZE),
+    )  # the optional queue policy, small
     with TritonServer(repo, ready_timeout_s=180) as server:
         watchdog = Watchdog(server, interval_s=0.5, canary_interval_s=2.0).start()
         try:
@@ -77,6 +81,7 @@ def http(healing):
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def png_b64(seed: int, size=(96, 128)) -> str:
     rng = np.random.default_rng(seed)
@@ -171,6 +176,7 @@ def assert_503_with_retry_after(response: httpx.Response) -> None:
 
 # ---------------------------------------------------------------- a killed stage of every model
 
+
 def test_every_model_of_the_repository_is_covered(healing):
     generated = {p.parent.name for p in healing.repo.glob("*/config.pbtxt")}
     assert set(healing.models) == generated == set(MODELS)
@@ -208,6 +214,7 @@ def test_a_killed_stage_is_reloaded_and_health_tells_the_truth(http, healing, mo
 
 
 # ---------------------------------------------------------------- overload, timeouts, departed clients
+
 
 def test_a_full_queue_gets_503_with_retry_after(healing):
     settle(healing)
@@ -284,6 +291,7 @@ def test_stop_drains_requests_in_flight_then_refuses(healing):
 def test_serve_drains_a_request_in_flight_on_sigterm(tiny_artifacts, tmp_path):
     """`sam3-triton serve` as deployed: SIGTERM while a request runs → it completes, then exit 0."""
     from test_serve_cli import READY, start_serve, wait_for  # tests/ is on sys.path (pytest prepend import mode)
+
     process, log, port = start_serve(tiny_artifacts, tmp_path, "--skip-verify", "--drain-timeout", "60")
     url, answers = f"http://127.0.0.1:{port}", []
     try:
@@ -307,11 +315,13 @@ def test_serve_drains_a_request_in_flight_on_sigterm(tiny_artifacts, tmp_path):
 
 # ---------------------------------------------------------------- messages
 
+
 def test_public_messages_carry_no_traceback_or_path():
     try:
         json.loads("{not json")
     except ValueError as err:
         import traceback
+
         text = "".join(traceback.format_exception(err)) + f"\nin {Path(json.__file__)}"
     clean = failures.public_message(text)
     assert not LEAK.search(clean) and "Traceback" in text and clean
@@ -319,9 +329,15 @@ def test_public_messages_carry_no_traceback_or_path():
     assert failure.status == 502 and not LEAK.search(failure.message)
 
 
-@pytest.mark.parametrize("message, status", [
-    ("Exceeds maximum queue size", 503), ("Request timeout expired", 503),
-    ("Stub process 'sam3_vision_0_0' is not healthy.", 503), ("failed to connect to all addresses", 503)])
+@pytest.mark.parametrize(
+    "message, status",
+    [
+        ("Exceeds maximum queue size", 503),
+        ("Request timeout expired", 503),
+        ("Stub process 'sam3_vision_0_0' is not healthy.", 503),
+        ("failed to connect to all addresses", 503),
+    ],
+)
 def test_triton_s_unavailable_words_map_to_503(message, status):
     failure = failures.classify(500, message, recovering=False)
     assert failure.status == status and failure.retry_after_s >= 1
@@ -329,12 +345,36 @@ def test_triton_s_unavailable_words_map_to_503(message, status):
 
 # ---------------------------------------------------------------- the soak command
 
+
 def test_soak_reports_a_kill_and_its_recovery(healing, tmp_path):
     from client.cli import main
+
     report_path = tmp_path / "soak.json"
-    code = main(["soak", "--url", healing.gateway_url, "--requests", "60", "--concurrency", "4", "--images", "3",
-                 "--kill", "sam3_text", "--kill-at", "0.3", "--triton-pid", str(healing.server.pid),
-                 "--retries", "5", "--rss-interval", "0.2", "--json", str(report_path)])
+    code = main(
+        [
+            "soak",
+            "--url",
+            healing.gateway_url,
+            "--requests",
+            "60",
+            "--concurrency",
+            "4",
+            "--images",
+            "3",
+            "--kill",
+            "sam3_text",
+            "--kill-at",
+            "0.3",
+            "--triton-pid",
+            str(healing.server.pid),
+            "--retries",
+            "5",
+            "--rss-interval",
+            "0.2",
+            "--json",
+            str(report_path),
+        ]
+    )
     report = json.loads(report_path.read_text())
     assert code == 0 and report["requests"] == 60
     assert report["errors"]["outside_recovery_window"] == 0 and report["errors"]["503_without_retry_after"] == 0
@@ -347,6 +387,7 @@ def test_soak_reports_a_kill_and_its_recovery(healing, tmp_path):
 
 
 # ---------------------------------------------------------------- last: tritonserver itself dies
+
 
 def test_a_dead_tritonserver_is_restarted(http, healing):
     old_pid = healing.server.pid
@@ -361,6 +402,7 @@ def test_a_dead_tritonserver_is_restarted(http, healing):
 
 def test_instance_names_map_to_the_longest_model_name():
     from server.watchdog import model_of_instance
+
     names = ["sam3", "sam3_vision", "sam3_concept"]
     assert model_of_instance("sam3_0_0", names) == "sam3"
     assert model_of_instance("sam3_vision_0_0", names) == "sam3_vision"

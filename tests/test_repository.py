@@ -18,20 +18,35 @@ from onnx import TensorProto, helper
 from export.manifest import Manifest, file_entry
 from export.pbtxt import to_pbtxt
 from export.repository import ORCHESTRATOR, RepositoryError, build_repository, queue_config, triton_dtype
-from tests.pbtxt import config_parameters, parse_config_text
 from export.spec import (
-    COMPONENTS, NP_DTYPES, SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, Batching, ComponentSpec, Dims, component_specs,
+    COMPONENTS,
+    NP_DTYPES,
+    SAM3_BATCHING,
+    SAM3_INPUTS,
+    SAM3_OUTPUTS,
+    Batching,
+    ComponentSpec,
+    Dims,
+    component_specs,
 )
+from tests.pbtxt import config_parameters, parse_config_text
 
 TINY = Dims(image_size=56, patch=14, hidden=16, queries=4, text_hidden=16)
-ONNX_TYPES = {"FP32": TensorProto.FLOAT, "FP16": TensorProto.FLOAT16, "UINT8": TensorProto.UINT8,
-              "INT32": TensorProto.INT32, "INT64": TensorProto.INT64, "BOOL": TensorProto.BOOL}
+ONNX_TYPES = {
+    "FP32": TensorProto.FLOAT,
+    "FP16": TensorProto.FLOAT16,
+    "UINT8": TensorProto.UINT8,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "BOOL": TensorProto.BOOL,
+}
 OPSET = 17
 
 pytestmark = pytest.mark.timeout(120)
 
 
 # ---------------------------------------------------------------- fake artifacts
+
 
 def _value_info(t):
     return helper.make_tensor_value_info(t.name, ONNX_TYPES[t.dtype], list(t.shape))
@@ -78,8 +93,13 @@ def fake_graph(spec: ComponentSpec) -> onnx.ModelProto:
         shape = _shape_of(spec, out, nodes, inits)
         nodes.append(helper.make_node("Expand", [f"{out.name}__r", shape], [f"{out.name}__e"]))
         nodes.append(helper.make_node("Cast", [f"{out.name}__e"], [out.name], to=ONNX_TYPES[out.dtype]))
-    graph = helper.make_graph(nodes, f"fake_{spec.name}", [_value_info(t) for t in spec.inputs],
-                              [_value_info(t) for t in spec.outputs], initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        f"fake_{spec.name}",
+        [_value_info(t) for t in spec.inputs],
+        [_value_info(t) for t in spec.outputs],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -110,6 +130,7 @@ def fake_orchestrator_source(directory: Path) -> Path:
 
 
 # ---------------------------------------------------------------- fixtures and helpers
+
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory) -> Path:
@@ -146,9 +167,11 @@ def check_component(config: dict, spec: ComponentSpec, kind: str, count: int = 1
 
 # ---------------------------------------------------------------- tests
 
+
 def test_fake_graphs_run_at_spec_shapes(artifacts):
     """The fake graphs produce the spec's output shapes at every parity size (sanity of the fixture)."""
     import onnxruntime as ort
+
     for spec in component_specs(TINY).values():
         session = ort.InferenceSession(str(artifacts / spec.onnx_file), providers=["CPUExecutionProvider"])
         for sizes in spec.parity_sizes:
@@ -200,8 +223,9 @@ def test_gpu_repository_uses_plans_and_onnx_fallback(artifacts, tmp_path):
 @pytest.mark.parametrize("target", ["cpu", "gpu"])
 def test_orchestrator_config_from_sam3_spec(artifacts, tmp_path, source, target):
     extra = {"cache_size": 8, "default_mode": "text"}
-    repo = build_repository(artifacts, tmp_path / "repo", target, instances={ORCHESTRATOR: 3},
-                            orchestrator_params=extra, source=source)
+    repo = build_repository(
+        artifacts, tmp_path / "repo", target, instances={ORCHESTRATOR: 3}, orchestrator_params=extra, source=source
+    )
     config = read_config(repo, ORCHESTRATOR)
     assert config["backend"] == "python" and config["max_batch_size"] == SAM3_BATCHING.max_batch_size > 1
     check_tensors(config["input"], SAM3_INPUTS, batched=False)
@@ -225,15 +249,21 @@ def test_orchestrator_config_from_sam3_spec(artifacts, tmp_path, source, target)
 
 def test_queue_policy_is_written_when_asked_for():
     bounded = queue_config(Batching(max_queue_size=16, queue_timeout_us=2_000_000))
-    assert bounded["default_queue_policy"] == {"timeout_action": "REJECT", "default_timeout_microseconds": 2_000_000,
-                                               "allow_timeout_override": True, "max_queue_size": 16}
+    assert bounded["default_queue_policy"] == {
+        "timeout_action": "REJECT",
+        "default_timeout_microseconds": 2_000_000,
+        "allow_timeout_override": True,
+        "max_queue_size": 16,
+    }
     assert queue_config(Batching(max_queue_size=4))["default_queue_policy"] == {"max_queue_size": 4}
     assert "default_queue_policy" not in queue_config(Batching())
+
 
 def test_configs_are_valid_triton_model_configs(artifacts, tmp_path, source):
     """Every generated config parses into Triton's own ModelConfig proto (field names, enums)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
+
     for target in ("cpu", "gpu"):
         repo = build_repository(artifacts, tmp_path / target, target, source=source)
         for config_file in sorted(repo.glob("*/config.pbtxt")):
@@ -293,5 +323,6 @@ def test_bad_options_raise_clear_errors(artifacts, tmp_path, source):
 
 def test_missing_artifacts_raise_manifest_error(tmp_path):
     from export.manifest import ManifestError
+
     with pytest.raises(ManifestError, match="manifest.json"):
         build_repository(tmp_path, tmp_path / "repo")

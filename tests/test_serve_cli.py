@@ -11,8 +11,6 @@ import sys
 import time
 import urllib.request
 
-import pytest
-
 from server.triton import free_port
 
 READY = "sam3-triton is ready"
@@ -20,9 +18,27 @@ READY = "sam3-triton is ready"
 
 def start_serve(artifacts, tmp_path, *extra):
     ports = [str(free_port()) for _ in range(4)]
-    command = [sys.executable, "-m", "server.cli", "serve", "--model", "tiny", "--artifacts", str(artifacts),
-               "--repo", str(tmp_path / "repo"), "--http-port", ports[0], "--grpc-port", ports[1],
-               "--metrics-port", ports[2], "--gateway-port", ports[3], *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        "--model",
+        "tiny",
+        "--artifacts",
+        str(artifacts),
+        "--repo",
+        str(tmp_path / "repo"),
+        "--http-port",
+        ports[0],
+        "--grpc-port",
+        ports[1],
+        "--metrics-port",
+        ports[2],
+        "--gateway-port",
+        ports[3],
+        *extra,
+    ]
     log = open(tmp_path / "serve.log", "w+")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True), log, int(ports[3])
 
@@ -44,9 +60,12 @@ def test_serve_prints_endpoints_answers_and_stops_on_sigterm(tiny_artifacts, tmp
     try:
         output = wait_for(process, log, READY)
         assert READY in output and "Triton gRPC" in output and f"127.0.0.1:{gateway_port}" in output, output
-        body = json.dumps({"image": base64.b64encode(astronaut_png).decode(), "mode": "box",
-                           "box_coords": [100, 30, 380, 500]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{gateway_port}/", body, {"Content-Type": "application/json"})
+        body = json.dumps(
+            {"image": base64.b64encode(astronaut_png).decode(), "mode": "box", "box_coords": [100, 30, 380, 500]}
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{gateway_port}/", body, {"Content-Type": "application/json"}
+        )
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
         assert answer["image_shape"] == [512, 512] and len(answer["mask"]) == 512
     finally:

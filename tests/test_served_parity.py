@@ -17,13 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-
 BOX_ATOL, SCORE_ATOL, MIN_IOU = 1e-2, 1e-4, 0.99
 
 
 @pytest.fixture(scope="module")
 def processors(tiny_checkpoint):
     from transformers import Sam3Processor, Sam3TrackerProcessor
+
     return Sam3Processor.from_pretrained(tiny_checkpoint), Sam3TrackerProcessor.from_pretrained(tiny_checkpoint)
 
 
@@ -38,7 +38,8 @@ def reference_text(models, processors, image_bytes, text, threshold, boxes=None,
     with torch.no_grad():
         out = models[0](**inputs)
     result = processors[0].post_process_instance_segmentation(
-        out, threshold=threshold, mask_threshold=0.5, target_sizes=inputs["original_sizes"].tolist())[0]
+        out, threshold=threshold, mask_threshold=0.5, target_sizes=inputs["original_sizes"].tolist()
+    )[0]
     h, w = inputs["original_sizes"][0].tolist()
     boxes = np.clip(result["boxes"].numpy(), 0, np.array([w, h, w, h], np.float32))  # we serve boxes clipped
     return result["scores"].numpy(), boxes, result["masks"].numpy().astype(bool)
@@ -69,7 +70,7 @@ def gap_threshold(scores: np.ndarray, keep: int) -> float:
     s = np.sort(scores)[::-1]
     gaps = [(s[i] - s[i + 1], i) for i in range(max(1, keep - 2), min(len(s) - 1, keep + 3))]
     width, i = max(gaps)
-    assert width > 1e-3, f"no score gap near {keep} detections: {s[:keep + 3]}"
+    assert width > 1e-3, f"no score gap near {keep} detections: {s[: keep + 3]}"
     return float((s[i] + s[i + 1]) / 2)
 
 

@@ -44,7 +44,10 @@ def metric(metrics_url: str, name: str, **labels) -> float:
 
 def test_second_click_on_same_image_skips_the_vision_encoder(client, triton, sam3_server, coffee_jpeg):
     client.points(coffee_jpeg, [[100, 100]], [1])
-    before, hits = executions(triton, "sam3_vision"), metric(sam3_server.metrics_url, "sam3_cache_hits_total", cache="image")
+    before, hits = (
+        executions(triton, "sam3_vision"),
+        metric(sam3_server.metrics_url, "sam3_cache_hits_total", cache="image"),
+    )
     second = client.points(coffee_jpeg, [[300, 200]], [1])
     assert executions(triton, "sam3_vision") == before, "the cached embedding should be reused"
     assert executions(triton, "sam3_prompt") > 0 and len(second) == 1
@@ -78,16 +81,23 @@ def test_text_features_are_cached_per_concept(client, triton, coffee_jpeg):
 
 def _same(a, b) -> bool:
     """Two Segmentations hold the same detections (scores, boxes, labels, masks)."""
-    return (len(a) == len(b) and np.allclose(a.scores, b.scores, atol=1e-5) and np.allclose(a.boxes, b.boxes, atol=1e-3)
-            and np.array_equal(a.labels, b.labels) and np.array_equal(a.masks, b.masks))
+    return (
+        len(a) == len(b)
+        and np.allclose(a.scores, b.scores, atol=1e-5)
+        and np.allclose(a.boxes, b.boxes, atol=1e-3)
+        and np.array_equal(a.labels, b.labels)
+        and np.array_equal(a.masks, b.masks)
+    )
 
 
 def statistics(triton, model: str) -> tuple[int, int]:
     """(inference_count, execution_count) of ``model``, once settled: Triton records a request's
     statistics just after answering it, so read until two reads 0.1 s apart agree (≤ 5 s)."""
+
     def read():
         stats = triton.get_inference_statistics(model_name=model, as_json=True)["model_stats"][0]
         return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
     last = read()
     for _ in range(50):
         time.sleep(0.1)
@@ -101,14 +111,16 @@ def statistics(triton, model: str) -> tuple[int, int]:
 def test_concurrent_mixed_requests_batch_and_equal_their_serial_results(client, triton, astronaut_png, coffee_jpeg):
     """Mixed modes at once, one of them bad: only that one fails, the others equal their serial answers,
     and the orchestrator served them in fewer executions than requests (dynamic batching)."""
-    calls = [lambda: client.text(astronaut_png, "person", threshold=0.2),
-             lambda: client.points(coffee_jpeg, [[50, 60]], [1]),
-             lambda: client.points(coffee_jpeg, [[5000, 60]], [1]),        # outside the 600 px wide image
-             lambda: client.boxes(astronaut_png, [[10, 20, 300, 400]]),
-             lambda: client.text(coffee_jpeg, ["cup", "saucer"], threshold=0.2),
-             lambda: client.auto(coffee_jpeg, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0),
-             lambda: client.points(astronaut_png, [[200, 200], [300, 100]], [1, 0], image_id="mixed-astro"),
-             lambda: client.text(coffee_jpeg, "cup", threshold=0.2, mask_format="bool")]
+    calls = [
+        lambda: client.text(astronaut_png, "person", threshold=0.2),
+        lambda: client.points(coffee_jpeg, [[50, 60]], [1]),
+        lambda: client.points(coffee_jpeg, [[5000, 60]], [1]),  # outside the 600 px wide image
+        lambda: client.boxes(astronaut_png, [[10, 20, 300, 400]]),
+        lambda: client.text(coffee_jpeg, ["cup", "saucer"], threshold=0.2),
+        lambda: client.auto(coffee_jpeg, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0),
+        lambda: client.points(astronaut_png, [[200, 200], [300, 100]], [1, 0], image_id="mixed-astro"),
+        lambda: client.text(coffee_jpeg, "cup", threshold=0.2, mask_format="bool"),
+    ]
     serial = [_result(call) for call in calls]
     before = statistics(triton, "sam3")
     with ThreadPoolExecutor(len(calls)) as pool:
@@ -135,7 +147,11 @@ def _result(call):
 @pytest.mark.parametrize("mode", ["point", "box"])
 def test_mask_threshold_at_its_bounds_is_served(client, coffee_jpeg, mode):
     """0 and 1 are valid mask thresholds in every mode: all pixels / none, never a server error."""
-    prompt = {"points": [[300.0, 200.0]], "point_labels": [1]} if mode == "point" else {"boxes": [[100.0, 80.0, 400.0, 300.0]]}
+    prompt = (
+        {"points": [[300.0, 200.0]], "point_labels": [1]}
+        if mode == "point"
+        else {"boxes": [[100.0, 80.0, 400.0, 300.0]]}
+    )
     everything = client.segment(coffee_jpeg, mode, mask_threshold=0.0, **prompt)
     nothing = client.segment(coffee_jpeg, mode, mask_threshold=1.0, **prompt)
     assert everything.masks.all() and not nothing.masks.any()
@@ -149,22 +165,26 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_header(width: int, height: int) -> bytes:
     """A tiny PNG file whose header declares width×height (a decompression-bomb probe)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("image, fields, expected", [
-    (b"definitely not an image", {"text": ["cat"]}, "image"),
-    (png_header(60000, 60000), {"text": ["cat"]}, "limit"),
-    (None, {"mode": "lasso"}, "unknown mode"),
-    (None, {"mode": "text"}, "needs `text`"),
-    (None, {"mode": "point", "points": [[float("nan"), 3.0]], "point_labels": [1]}, "NaN"),
-    (None, {"mode": "point", "points": [[3.0, 3.0]], "point_labels": [7]}, "point_labels"),
-    (None, {"mode": "box", "boxes": [[50.0, 50.0, 10.0, 10.0]]}, "x1 < x0"),
-    (None, {"mode": "text", "text": ["cat"], "threshold": 3.0}, "threshold"),
-    (None, {"mode": "text", "text": [""]}, "empty"),
-    (None, {"mode": "point", "points": [[1.0, 1.0]] * 40, "point_labels": [1] * 40}, "too many points"),
-])
+@pytest.mark.parametrize(
+    "image, fields, expected",
+    [
+        (b"definitely not an image", {"text": ["cat"]}, "image"),
+        (png_header(60000, 60000), {"text": ["cat"]}, "limit"),
+        (None, {"mode": "lasso"}, "unknown mode"),
+        (None, {"mode": "text"}, "needs `text`"),
+        (None, {"mode": "point", "points": [[float("nan"), 3.0]], "point_labels": [1]}, "NaN"),
+        (None, {"mode": "point", "points": [[3.0, 3.0]], "point_labels": [7]}, "point_labels"),
+        (None, {"mode": "box", "boxes": [[50.0, 50.0, 10.0, 10.0]]}, "x1 < x0"),
+        (None, {"mode": "text", "text": ["cat"], "threshold": 3.0}, "threshold"),
+        (None, {"mode": "text", "text": [""]}, "empty"),
+        (None, {"mode": "point", "points": [[1.0, 1.0]] * 40, "point_labels": [1] * 40}, "too many points"),
+    ],
+)
 def test_bad_requests_get_a_clear_400(client, triton, coffee_jpeg, image, fields, expected):
     fields = dict(fields)
     mode = fields.pop("mode", "text")

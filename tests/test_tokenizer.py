@@ -12,17 +12,41 @@ sys.path.insert(0, str(ROOT / "triton_repo" / "sam3" / "1"))
 sys.path.insert(0, str(ROOT))
 
 from errors import InputError  # noqa: E402
-from export.spec import TEXT_LENGTH  # noqa: E402
-from export.tokenizer import (  # noqa: E402
-    BOS_ID, EOS_ID, VOCAB_SIZE, build_clip_tokenizer, build_tokenizer_json, load_vocab_merges, save_sam3_processor,
-)
 from text_tokens import TextTokenizer, TokenizerFileError  # noqa: E402
 
+from export.spec import TEXT_LENGTH  # noqa: E402
+from export.tokenizer import (  # noqa: E402
+    BOS_ID,
+    EOS_ID,
+    VOCAB_SIZE,
+    build_clip_tokenizer,
+    build_tokenizer_json,
+    load_vocab_merges,
+    save_sam3_processor,
+)
+
 TEXTS = [
-    "cat", "a red car", "Person", "TRAFFIC LIGHT", "dog's tail", "it's what they'll do", "hello, world!",
-    "naïve café", "Crème Brûlée", "emoji 😀 party 🎉", "日本語のテキスト", "123 apples and 4.5 oranges",
-    "   leading and trailing   ", "tab\tand\nnew  line", "hyphen-ated words", "C++ & Python", "#hashtag @mention",
-    "ÄÖÜ ß straße", "100% [brackets] {braces}", "supercalifragilisticexpialidocious", "visual",
+    "cat",
+    "a red car",
+    "Person",
+    "TRAFFIC LIGHT",
+    "dog's tail",
+    "it's what they'll do",
+    "hello, world!",
+    "naïve café",
+    "Crème Brûlée",
+    "emoji 😀 party 🎉",
+    "日本語のテキスト",
+    "123 apples and 4.5 oranges",
+    "   leading and trailing   ",
+    "tab\tand\nnew  line",
+    "hyphen-ated words",
+    "C++ & Python",
+    "#hashtag @mention",
+    "ÄÖÜ ß straße",
+    "100% [brackets] {braces}",
+    "supercalifragilisticexpialidocious",
+    "visual",
     "a photo of " * 20 + "a very long prompt that must be truncated",
 ]
 
@@ -80,12 +104,15 @@ def test_case_and_whitespace_are_cleaned(text_tokenizer):
     assert (ids == ids[0]).all()
 
 
-@pytest.mark.parametrize("texts, words", [
-    ([""], "text\\[0\\] is empty"),
-    (["cat", "   \n"], "text\\[1\\] is empty"),
-    (["x" * 1001], "1001 characters, over the 1000 limit"),
-    ([b"cat"], "must be a string"),
-])
+@pytest.mark.parametrize(
+    "texts, words",
+    [
+        ([""], "text\\[0\\] is empty"),
+        (["cat", "   \n"], "text\\[1\\] is empty"),
+        (["x" * 1001], "1001 characters, over the 1000 limit"),
+        ([b"cat"], "must be a string"),
+    ],
+)
 def test_bad_texts_raise_input_error(text_tokenizer, texts, words):
     with pytest.raises(InputError, match=words):
         text_tokenizer.encode(texts)

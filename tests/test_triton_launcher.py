@@ -19,15 +19,25 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 from tritonclient.utils import InferenceServerException
 
 from export.pbtxt import to_pbtxt
 from export.repository import build_repository
-from tests.pbtxt import parse_config_text
 from export.spec import NP_DTYPES, Dims, component_specs
-from server.triton import (TritonNotFoundError, TritonServer, TritonStartError, cuda_pool_args, cuda_pool_bytes,
-                           find_tritonserver, free_port, python3_dir, server_command, server_env)
-from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
+from server.triton import (
+    TritonNotFoundError,
+    TritonServer,
+    TritonStartError,
+    cuda_pool_args,
+    cuda_pool_bytes,
+    find_tritonserver,
+    free_port,
+    python3_dir,
+    server_command,
+    server_env,
+)
+from tests.pbtxt import parse_config_text
 
 COMPONENTS = ["vision", "text", "concept", "prompt"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +49,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 # ---------------------------------------------------------------- fixtures and helpers
+
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory) -> Path:
@@ -55,8 +66,14 @@ def _slow_text_batching(repo: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(artifacts, tmp_path_factory):
-    repo = build_repository(artifacts, tmp_path_factory.mktemp("served") / "repo", "cpu",
-                            models=COMPONENTS, intra_op_threads=1, precision="fp32")
+    repo = build_repository(
+        artifacts,
+        tmp_path_factory.mktemp("served") / "repo",
+        "cpu",
+        models=COMPONENTS,
+        intra_op_threads=1,
+        precision="fp32",
+    )
     _slow_text_batching(repo)
     with TritonServer(repo, ready_timeout_s=180) as running:
         yield running
@@ -75,9 +92,13 @@ def random_feeds(component: str, sizes: dict, seed: int = 0) -> dict:
     feeds = {}
     for t in SPECS[component].inputs:
         shape, dtype = t.resolve(sizes), np.dtype(NP_DTYPES[t.dtype])
-        feeds[t.name] = (rng.random(shape) > 0.5 if dtype == bool else
-                         rng.integers(0, 255, shape).astype(dtype) if dtype.kind in "iu" else
-                         rng.standard_normal(shape).astype(dtype))
+        feeds[t.name] = (
+            rng.random(shape) > 0.5
+            if dtype.kind == "b"
+            else rng.integers(0, 255, shape).astype(dtype)
+            if dtype.kind in "iu"
+            else rng.standard_normal(shape).astype(dtype)
+        )
     return feeds
 
 
@@ -95,8 +116,9 @@ def inputs_for(module, component: str, feeds: dict) -> list:
 @pytest.fixture
 def client(server):
     """HTTP client of the module server (closed after the test so shutdown is not held up)."""
-    http = httpclient.InferenceServerClient(server.http_address, connection_timeout=TIMEOUT_S,
-                                            network_timeout=TIMEOUT_S, concurrency=8)
+    http = httpclient.InferenceServerClient(
+        server.http_address, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S, concurrency=8
+    )
     yield http
     http.close()
 
@@ -110,6 +132,7 @@ def assert_outputs(result, component: str, expected: list) -> None:
 
 # ---------------------------------------------------------------- launcher pieces (no server)
 
+
 def test_find_tritonserver_assembles_backend_dir():
     first, second = find_tritonserver(), find_tritonserver()
     assert first == second and os.access(first.binary, os.X_OK)
@@ -121,12 +144,29 @@ def test_find_tritonserver_assembles_backend_dir():
 
 
 def test_server_command_flags():
-    local = server_command(Path("/r"), binary="/b/tritonserver", backend_dir="/be", http_port=1, grpc_port=2,
-                           metrics_port=3, address="127.0.0.1", extra_args=["--log-info=false"])
+    local = server_command(
+        Path("/r"),
+        binary="/b/tritonserver",
+        backend_dir="/be",
+        http_port=1,
+        grpc_port=2,
+        metrics_port=3,
+        address="127.0.0.1",
+        extra_args=["--log-info=false"],
+    )
     assert local[0] == "/b/tritonserver" and local[-1] == "--log-info=false"
-    for flag in ("--model-repository=/r", "--http-port=1", "--grpc-port=2", "--metrics-port=3",
-                 "--backend-directory=/be", "--allow-metrics=true", "--strict-readiness=true",
-                 "--exit-on-error=true", "--model-control-mode=none", "--http-address=127.0.0.1"):
+    for flag in (
+        "--model-repository=/r",
+        "--http-port=1",
+        "--grpc-port=2",
+        "--metrics-port=3",
+        "--backend-directory=/be",
+        "--allow-metrics=true",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--model-control-mode=none",
+        "--http-address=127.0.0.1",
+    ):
         assert flag in local
     ngc = server_command(Path("/models"))
     assert ngc[0] == "tritonserver" and not any(a.startswith(("--backend-directory", "--http-address")) for a in ngc)
@@ -156,10 +196,12 @@ def test_python3_shim_where_only_python_exists(tmp_path):
     python = fake_python_only_env(tmp_path / "env")
     assert [p.name for p in python.parent.iterdir()] == ["python"]
     env = {"PATH": "/usr/bin:/bin", "SAM3_TRITON_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    code = ("import subprocess; from server.triton import find_tritonserver, server_env; "
-            "env = server_env(find_tritonserver()); "
-            "print(subprocess.run(['python3', '-c', 'import os, numpy; print(os.path.realpath(numpy.__file__))'], "
-            "env=env, capture_output=True, text=True, check=True).stdout.strip())")
+    code = (
+        "import subprocess; from server.triton import find_tritonserver, server_env; "
+        "env = server_env(find_tritonserver()); "
+        "print(subprocess.run(['python3', '-c', 'import os, numpy; print(os.path.realpath(numpy.__file__))'], "
+        "env=env, capture_output=True, text=True, check=True).stdout.strip())"
+    )
     result = subprocess.run([str(python), "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == os.path.realpath(np.__file__)  # python3 on PATH sees this venv's packages
@@ -183,11 +225,17 @@ def test_tritonserver_runs_python_models_where_only_python_exists(artifacts, tmp
     its Python backend stub finds this environment through the shim and loads a model."""
     python = fake_python_only_env(tmp_path / "env")
     repo = build_repository(artifacts, tmp_path / "repo", "cpu", models=["text"], intra_op_threads=1)
-    code = ("import sys; from pathlib import Path; from server.triton import TritonServer; "
-            "s = TritonServer(Path(sys.argv[1]), ready_timeout_s=150); s.__enter__(); "
-            "print('READY', s.is_ready(), flush=True); s.stop()")
-    env = {"PATH": "/usr/bin:/bin", "SAM3_TRITON_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
-           "HOME": str(tmp_path)}
+    code = (
+        "import sys; from pathlib import Path; from server.triton import TritonServer; "
+        "s = TritonServer(Path(sys.argv[1]), ready_timeout_s=150); s.__enter__(); "
+        "print('READY', s.is_ready(), flush=True); s.stop()"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SAM3_TRITON_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": str(ROOT),
+        "HOME": str(tmp_path),
+    }
     result = subprocess.run([str(python), "-c", code, str(repo)], env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0 and "READY True" in result.stdout, result.stderr[-3000:]
 
@@ -197,8 +245,11 @@ REAL = Dims(image_size=1008, patch=14, hidden=256, queries=200, text_hidden=1024
 
 def test_cuda_pool_flag_sized_from_the_spec():
     specs = component_specs(REAL)
-    largest_tensor = max(int(np.prod(t.resolve(spec.sizes("max")))) * np.dtype(NP_DTYPES[t.dtype]).itemsize
-                         for spec in specs.values() for t in spec.inputs + spec.outputs)
+    largest_tensor = max(
+        int(np.prod(t.resolve(spec.sizes("max")))) * np.dtype(NP_DTYPES[t.dtype]).itemsize
+        for spec in specs.values()
+        for t in spec.inputs + spec.outputs
+    )
     pool = cuda_pool_bytes(REAL)
     assert pool % (1 << 20) == 0 and pool >= 2 * largest_tensor > 2 * 85 * 2**20  # fpn_0 alone is 85 MB
     assert cuda_pool_bytes(TINY) < pool / 100  # follows the model's dims
@@ -219,6 +270,7 @@ def test_missing_repository_is_a_start_error(tmp_path):
 
 
 # ---------------------------------------------------------------- the running server
+
 
 def test_server_ready_with_all_components(server, client):
     assert client.is_server_ready()
@@ -260,9 +312,14 @@ def test_wrong_shape_is_rejected_and_server_stays_ready(server, client):
 
 def test_graph_error_is_a_per_request_error(client, artifacts):
     """prompts=2 in text inputs but 3 in box inputs passes Triton's checks and fails in the graph."""
-    feeds = {**random_feeds("concept", {"prompts": 2, "boxes": 1}),
-             **{k: v for k, v in random_feeds("concept", {"prompts": 3, "boxes": 1}).items()
-                if k in ("boxes", "box_labels", "box_valid")}}
+    feeds = {
+        **random_feeds("concept", {"prompts": 2, "boxes": 1}),
+        **{
+            k: v
+            for k, v in random_feeds("concept", {"prompts": 3, "boxes": 1}).items()
+            if k in ("boxes", "box_labels", "box_valid")
+        },
+    }
     with pytest.raises(InferenceServerException, match="sam3_concept"):
         client.infer("sam3_concept", inputs_for(httpclient, "concept", feeds))
     good = random_feeds("concept", {"prompts": 1, "boxes": 1})

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 
 from export import trt
 from export.inputs import example_inputs
 from export.manifest import load_manifest, sha256
 from export.spec import COMPONENTS, ComponentSpec, Dims, Profile, TensorSpec, component_specs
-from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 
 REAL = Dims(image_size=1008, patch=14, hidden=256, queries=200, text_hidden=1024)
 pytestmark = pytest.mark.timeout(120)
@@ -40,9 +40,12 @@ NO_GPU = pytest.mark.skipif(_gpu_present(), reason="checks the refusal on machin
 
 # ---------------------------------------------------------------- import and pins
 
+
 def test_module_imports_without_tensorrt_or_torch():
-    code = ("import sys, export.trt; bad = [m for m in ('tensorrt', 'torch', 'onnxruntime', 'onnx') "
-            "if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, export.trt; bad = [m for m in ('tensorrt', 'torch', 'onnxruntime', 'onnx') "
+        "if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
 
 
@@ -65,17 +68,20 @@ def test_every_gpu_version_pin_is_in_pins_py():
 def test_torch_wheel_cuda_pin_is_the_installed_wheel():
     """The stated CUDA of torch's default wheel is what torch/version.py of the installed one says."""
     assert trt.torch_cuda_version() == trt.TORCH_WHEEL_CUDA
-    assert trt.TORCH_PIP.split("==")[1] in (Path(trt.env.importlib.util.find_spec("torch").origin).parent
-                                            / "version.py").read_text()
+    assert (
+        trt.TORCH_PIP.split("==")[1]
+        in (Path(trt.env.importlib.util.find_spec("torch").origin).parent / "version.py").read_text()
+    )
 
 
 # ---------------------------------------------------------------- CUDA runtime vs driver (item 7)
+
 
 def test_cuda_driver_problem_names_the_driver_branch():
     problem = trt.cuda_driver_problem("13.0", (12, 8))
     assert "CUDA 13.0" in problem and "R580" in problem and "supports CUDA 12.8" in problem
     assert trt.cuda_driver_problem("13.0", (13, 0)) is None
-    assert trt.cuda_driver_problem("12.8", (12, 2)) is None   # minor-version compatibility
+    assert trt.cuda_driver_problem("12.8", (12, 2)) is None  # minor-version compatibility
     assert trt.cuda_driver_problem("12.8", (13, 1)) is None
 
 
@@ -87,6 +93,7 @@ def test_check_torch_cuda_refuses_an_old_driver():
 
 
 # ---------------------------------------------------------------- optimization profiles
+
 
 @pytest.mark.parametrize("dims", [REAL, TINY], ids=["real", "tiny"])
 @pytest.mark.parametrize("name", COMPONENTS)
@@ -113,8 +120,13 @@ def test_profile_shares_axis_sizes_between_inputs():
 
 
 def test_profile_without_axis_profile_is_a_clear_error():
-    spec = ComponentSpec(name="broken", inputs=(TensorSpec("x", "FP32", ("n", "k")),), outputs=(),
-                         profiles={"n": Profile(1, 2, 4)}, parity_sizes=({"n": 1, "k": 1},))
+    spec = ComponentSpec(
+        name="broken",
+        inputs=(TensorSpec("x", "FP32", ("n", "k")),),
+        outputs=(),
+        profiles={"n": Profile(1, 2, 4)},
+        parity_sizes=({"n": 1, "k": 1},),
+    )
     with pytest.raises(ValueError, match=r"broken: dynamic axes \['k'\] have no Profile"):
         trt.optimization_profile(spec)
 
@@ -124,12 +136,15 @@ def test_profile_without_axis_profile_is_a_clear_error():
 FUSED, EXPLICIT = trt.RULE_SETS["fused"], trt.RULE_SETS["explicit"]
 
 
-@pytest.mark.parametrize("kind,name", [
-    ("NORMALIZATION", "/blocks.3/norm1/LayerNormalization"),
-    ("REDUCE.AVG", "node_ReduceMean_17"),
-    ("ELEMENTWISE.POW", "/neck/ln/Pow"),
-    ("UNARY.SQRT", "/neck/ln/Sqrt"),
-])
+@pytest.mark.parametrize(
+    "kind,name",
+    [
+        ("NORMALIZATION", "/blocks.3/norm1/LayerNormalization"),
+        ("REDUCE.AVG", "node_ReduceMean_17"),
+        ("ELEMENTWISE.POW", "/neck/ln/Pow"),
+        ("UNARY.SQRT", "/neck/ln/Sqrt"),
+    ],
+)
 def test_norm_layers_stay_fp32_in_every_rule_set(kind, name):
     for rules in trt.RULE_SETS.values():
         for precision in ("fp16", "bf16"):
@@ -142,13 +157,16 @@ def test_softmax_is_free_for_fused_attention_and_fp32_in_explicit(kind, name):
     assert trt.layer_precision(kind, name, EXPLICIT, "fp16") == "fp32"
 
 
-@pytest.mark.parametrize("kind,name", [
-    ("CONVOLUTION", "/patch_embed/Conv"),
-    ("MATRIX_MULTIPLY", "/blocks.0/attn/MatMul"),
-    ("ELEMENTWISE.SUM", "/blocks.0/Add"),
-    ("REDUCE.MAX", "/ReduceMax"),
-    ("UNARY.EXP", "/Exp_2"),
-])
+@pytest.mark.parametrize(
+    "kind,name",
+    [
+        ("CONVOLUTION", "/patch_embed/Conv"),
+        ("MATRIX_MULTIPLY", "/blocks.0/attn/MatMul"),
+        ("ELEMENTWISE.SUM", "/blocks.0/Add"),
+        ("REDUCE.MAX", "/ReduceMax"),
+        ("UNARY.EXP", "/Exp_2"),
+    ],
+)
 def test_other_layers_take_the_build_precision(kind, name):
     for rules in trt.RULE_SETS.values():
         assert trt.layer_precision(kind, name, rules, "fp16") == "fp16"
@@ -197,16 +215,32 @@ def _hand_written_norm_graph(path: Path) -> Path:
         n = helper.make_node(op, inputs, [output], name=f"node_{op}_{output}", **attrs)
         n.metadata_props.add(key="pkg.torch.onnx.class_hierarchy", value=str(hierarchy))
         return n
+
     norm = ["export.wrappers.ConceptHead", "transformers.models.sam3.modeling_sam3.Sam3LayerNorm2d", "aten.op"]
     top = ["export.wrappers.ConceptHead", "aten.add.Tensor"]
-    nodes = [node("ReduceMean", ["x", "axes"], "u", norm), node("Sub", ["x", "u"], "d", norm),
-             node("Pow", ["d", "two"], "d2", norm), node("ReduceMean", ["d2", "axes"], "var", norm),
-             node("Add", ["var", "eps"], "ve", norm), node("Sqrt", ["ve"], "sd", norm),
-             node("Div", ["d", "sd"], "n", norm), node("Add", ["n", "one"], "y", top)]
-    consts = [helper.make_tensor("axes", TensorProto.INT64, [1], [1]), helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
-              helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-6]), helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])]
-    graph = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])], consts)
+    nodes = [
+        node("ReduceMean", ["x", "axes"], "u", norm),
+        node("Sub", ["x", "u"], "d", norm),
+        node("Pow", ["d", "two"], "d2", norm),
+        node("ReduceMean", ["d2", "axes"], "var", norm),
+        node("Add", ["var", "eps"], "ve", norm),
+        node("Sqrt", ["ve"], "sd", norm),
+        node("Div", ["d", "sd"], "n", norm),
+        node("Add", ["n", "one"], "y", top),
+    ]
+    consts = [
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+        helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-6]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "norm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])],
+        consts,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model)
     onnx.save(model, path)
@@ -215,11 +249,19 @@ def _hand_written_norm_graph(path: Path) -> Path:
 
 def test_hand_written_norm_keeps_its_add_and_div_in_fp32(tmp_path):
     import onnxruntime as ort
+
     path = _hand_written_norm_graph(tmp_path / "norm.onnx")
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # a real, runnable graph
     nodes = trt.fp32_nodes(path, FUSED)
-    assert nodes == {"node_ReduceMean_u", "node_Sub_d", "node_Pow_d2", "node_ReduceMean_var", "node_Add_ve",
-                     "node_Sqrt_sd", "node_Div_n"}  # all of the norm, not the Add after it
+    assert nodes == {
+        "node_ReduceMean_u",
+        "node_Sub_d",
+        "node_Pow_d2",
+        "node_ReduceMean_var",
+        "node_Add_ve",
+        "node_Sqrt_sd",
+        "node_Div_n",
+    }  # all of the norm, not the Add after it
     assert trt.layer_precision("ELEMENTWISE.SUM", "node_Add_ve", FUSED, "fp16", nodes) == "fp32"
     assert trt.layer_precision("ELEMENTWISE.DIV", "node_Div_n", FUSED, "fp16", nodes) == "fp32"
     assert trt.layer_precision("ELEMENTWISE.SUM", "node_Add_y", FUSED, "fp16", nodes) == "fp16"
@@ -231,6 +273,7 @@ def test_node_scan_of_the_exported_graphs(tiny_artifacts, name):
     """On the real exports: `fused` pins norm ops and norm-module nodes but no Softmax, MatMul or Conv;
     `explicit` pins the same plus every Softmax."""
     import onnx
+
     graph = onnx.load(str(tiny_artifacts / f"{name}.onnx"), load_external_data=False).graph
     fused = trt.fp32_nodes(tiny_artifacts / f"{name}.onnx", FUSED)
     explicit = trt.fp32_nodes(tiny_artifacts / f"{name}.onnx", EXPLICIT)
@@ -251,8 +294,14 @@ def test_layers_map_to_nodes_through_parser_metadata():
     assert trt.onnx_nodes_of("[ONNX Layer: node_Add_7]") == ["node_Add_7"]
     assert trt.onnx_nodes_of("") == []
     # a layer the parser added for node_Add_7 (a broadcast shuffle) has an unrelated name
-    assert trt.layer_precision("SHUFFLE", "ONNXTRT_Broadcast_12", FUSED, "fp16", nodes, "[ONNX Layer: node_Add_7]") == "fp32"
-    assert trt.layer_precision("SHUFFLE", "ONNXTRT_Broadcast_12", FUSED, "fp16", nodes, "[ONNX Layer: node_Mul_2]") == "fp16"
+    assert (
+        trt.layer_precision("SHUFFLE", "ONNXTRT_Broadcast_12", FUSED, "fp16", nodes, "[ONNX Layer: node_Add_7]")
+        == "fp32"
+    )
+    assert (
+        trt.layer_precision("SHUFFLE", "ONNXTRT_Broadcast_12", FUSED, "fp16", nodes, "[ONNX Layer: node_Mul_2]")
+        == "fp16"
+    )
 
 
 def test_attempts_ladder():
@@ -280,6 +329,7 @@ def _gate(failures: dict):
         if attempt.label in failures:
             raise failures[attempt.label]
         return {"built_precision": attempt.precision, "rules": attempt.rules.name}
+
     return try_one, tried
 
 
@@ -291,8 +341,14 @@ def test_parity_gate_falls_back_on_a_build_error():
 
 
 def test_parity_gate_falls_back_to_fp32_on_parity_failures():
-    bad = trt.EngineParityError("vision", [trt.parity_row({"batch": 1}, "fpn_0", trt.parity_metrics(
-        np.arange(4.0), -np.arange(4.0)), trt.PARITY_TOLERANCE["fp16"])])
+    bad = trt.EngineParityError(
+        "vision",
+        [
+            trt.parity_row(
+                {"batch": 1}, "fpn_0", trt.parity_metrics(np.arange(4.0), -np.arange(4.0)), trt.PARITY_TOLERANCE["fp16"]
+            )
+        ],
+    )
     try_one, tried = _gate({"fp16/fused": bad, "fp16/explicit": trt.EngineBuildError("out of memory")})
     facts = trt.first_passing(trt.attempts("vision", "fp16"), try_one, log=lambda m: None)
     assert tried == ["fp16/fused", "fp16/explicit", "fp32"] and facts["built_precision"] == "fp32"
@@ -337,6 +393,7 @@ def test_check_components():
 
 # ---------------------------------------------------------------- files
 
+
 def test_engine_naming(tmp_path):
     directory = trt.engine_dir(tmp_path, "10.8.0.43", "NVIDIA H200")
     assert directory == tmp_path / "trt-10.8.0.43" / "NVIDIA-H200"
@@ -352,8 +409,12 @@ def _write_engine(directory: Path, payload: bytes, precision="fp16") -> None:
     """An engine file (opaque bytes: only its hash matters here) and its record."""
     directory.mkdir(parents=True, exist_ok=True)
     trt.engine_path(directory, "text").write_bytes(payload)
-    record = {"onnx_sha256": "abc", "precision": precision, "tensorrt_version": trt.TENSORRT_VERSION,
-              "engine_sha256": sha256(trt.engine_path(directory, "text"))}
+    record = {
+        "onnx_sha256": "abc",
+        "precision": precision,
+        "tensorrt_version": trt.TENSORRT_VERSION,
+        "engine_sha256": sha256(trt.engine_path(directory, "text")),
+    }
     trt.record_path(directory, "text").write_text(json.dumps(record))
 
 
@@ -374,7 +435,9 @@ def test_engine_is_rebuilt_when_its_rules_change(tmp_path, monkeypatch):
     record = json.loads(trt.record_path(tmp_path, "text").read_text())
     trt.record_path(tmp_path, "text").write_text(json.dumps({**record, "rules_key": key}))
     assert trt.engine_is_current(tmp_path, "text", "abc", "fp16", trt.TENSORRT_VERSION, key)
-    edited = trt.PrecisionRules("fused", trt.RULE_SETS["fused"].fp32_ops + ("Exp",), trt.RULE_SETS["fused"].fp32_modules)
+    edited = trt.PrecisionRules(
+        "fused", trt.RULE_SETS["fused"].fp32_ops + ("Exp",), trt.RULE_SETS["fused"].fp32_modules
+    )
     monkeypatch.setitem(trt.RULE_SETS, "fused", edited)
     new_key = trt.attempts_key(trt.attempts("text", "fp16"))
     assert new_key != key and not trt.engine_is_current(tmp_path, "text", "abc", "fp16", trt.TENSORRT_VERSION, new_key)
@@ -412,6 +475,7 @@ def test_version_mismatch_is_refused():
 
 # ---------------------------------------------------------------- parity metrics
 
+
 def test_parity_metrics():
     a = np.linspace(-1, 1, 50, dtype=np.float32).reshape(5, 10)
     same = trt.parity_metrics(a, a.copy())
@@ -429,7 +493,9 @@ def test_parity_row_verdicts():
     good = trt.parity_row({"batch": 3}, "fpn_0", trt.parity_metrics(np.arange(9.0), np.arange(9.0) + 1e-3), tol)
     assert good["ok"] and good["sizes"] == "batch=3"
     # one tiny logit: cosine only sees the sign; the abs tolerance decides
-    tiny = trt.parity_row({"prompts": 1}, "presence_logits", trt.parity_metrics(np.array([0.002]), np.array([-0.003])), tol)
+    tiny = trt.parity_row(
+        {"prompts": 1}, "presence_logits", trt.parity_metrics(np.array([0.002]), np.array([-0.003])), tol
+    )
     assert tiny["cosine"] == pytest.approx(-1.0) and tiny["ok"]
     bad = trt.parity_row({"prompts": 1}, "pred_boxes", trt.parity_metrics(np.arange(9.0), np.arange(9.0)[::-1]), tol)
     assert not bad["ok"]
@@ -439,8 +505,11 @@ def test_parity_row_verdicts():
 
 def test_engine_parity_error_lists_every_failure():
     tol = trt.PARITY_TOLERANCE["fp16"]
-    rows = [trt.parity_row({"batch": b}, out, trt.parity_metrics(np.arange(1.0, 9.0), np.arange(8.0, 0, -1)), tol)
-            for b in (1, 3) for out in ("fpn_0", "track_2")]
+    rows = [
+        trt.parity_row({"batch": b}, out, trt.parity_metrics(np.arange(1.0, 9.0), np.arange(8.0, 0, -1)), tol)
+        for b in (1, 3)
+        for out in ("fpn_0", "track_2")
+    ]
     err = trt.EngineParityError("vision", rows)
     text = str(err)
     assert text.startswith("vision engine: 4 output(s) outside tolerance")
@@ -458,6 +527,7 @@ def test_latency_summary():
 
 # ---------------------------------------------------------------- the ONNX Runtime half of the parity check
 
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory) -> Path:
     return make_fake_artifacts(tmp_path_factory.mktemp("artifacts"))
@@ -470,12 +540,14 @@ def test_reference_outputs_have_spec_shapes(artifacts, name):
     for sizes in spec.parity_sizes:
         outputs = trt.run_onnx(session, example_inputs(spec, sizes, TINY.image_size))
         assert {k: v.shape for k, v in outputs.items()} == {t.name: t.resolve(sizes) for t in spec.outputs}
-        rows = [trt.parity_row(sizes, k, trt.parity_metrics(v, v), trt.PARITY_TOLERANCE["fp16"])
-                for k, v in outputs.items()]
+        rows = [
+            trt.parity_row(sizes, k, trt.parity_metrics(v, v), trt.PARITY_TOLERANCE["fp16"]) for k, v in outputs.items()
+        ]
         assert all(r["ok"] for r in rows)
 
 
 # ---------------------------------------------------------------- refusals without a GPU
+
 
 @NO_GPU
 def test_require_gpu_raises_with_instructions():

@@ -16,16 +16,26 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed at /usr/bin/chromium "
-                                "(Debian: apt-get install -y chromium)")
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (uses /usr/bin/chromium; "
-                               "no `playwright install` needed)")
-STATUS_DONE = ("() => { const s = document.getElementById('status'), e = document.getElementById('error');"
-               " return !e.hidden || s.textContent.includes(' masks drawn'); }")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Chromium is not installed at /usr/bin/chromium (Debian: apt-get install -y chromium)"
+)
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="pip install playwright (uses /usr/bin/chromium; no `playwright install` needed)"
+)
+STATUS_DONE = (
+    "() => { const s = document.getElementById('status'), e = document.getElementById('error');"
+    " return !e.hidden || s.textContent.includes(' masks drawn'); }"
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +105,14 @@ def test_page_segments_text_concepts_and_draws_masks(page, gateway_url, astronau
 def test_page_decodes_coco_rle_like_pycocotools(page):
     rng = np.random.default_rng(3)
     for shape in [(1, 1), (7, 5), (64, 96)]:
-        mask = (rng.random(shape) > 0.7) | np.pad(np.ones((shape[0] // 2, shape[1] // 2), bool),
-                                                  ((0, shape[0] - shape[0] // 2), (0, shape[1] - shape[1] // 2)))
+        mask = (rng.random(shape) > 0.7) | np.pad(
+            np.ones((shape[0] // 2, shape[1] // 2), bool),
+            ((0, shape[0] - shape[0] // 2), (0, shape[1] - shape[1] // 2)),
+        )
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        decoded = page.evaluate("rle => Array.from(window.sam3.decodeRle(rle))",
-                                {"size": list(shape), "counts": rle["counts"].decode()})
+        decoded = page.evaluate(
+            "rle => Array.from(window.sam3.decodeRle(rle))", {"size": list(shape), "counts": rle["counts"].decode()}
+        )
         np.testing.assert_array_equal(np.array(decoded, bool).reshape(shape), mask)
 
 

@@ -18,25 +18,98 @@ without TensorRT or a GPU, and those raise :class:`GpuUnavailableError` at once,
 is missing and where to build. This module re-exports the public names of the submodules.
 """
 
-from export.trt.build import (DEFAULT_WORKSPACE_GIB, EngineBuild, apply_precision, build_engine, build_engines,
-                              first_passing, layer_kind, optimization_profile)
+from export.trt.build import (
+    DEFAULT_WORKSPACE_GIB,
+    EngineBuild,
+    apply_precision,
+    build_engine,
+    build_engines,
+    first_passing,
+    layer_kind,
+    optimization_profile,
+)
 from export.trt.cli import main_trt
 from export.trt.cuda import CudaDriver, nvidia_driver_version
-from export.trt.env import (BUILD_HINT, check_tensorrt_version, check_torch_cuda, cuda_driver_problem, gpu_problems,
-                            import_tensorrt, installed_tensorrt_version, libnvinfer_version, require_gpu,
-                            same_tensorrt_release, torch_cuda_version)
-from export.trt.errors import (CudaDriverError, EngineBuildError, EngineParityError, GpuUnavailableError,
-                               TensorRTVersionError)
-from export.trt.files import (ENGINE_SUFFIX, ENGINES_SUMMARY, RECORD_SUFFIX, TIMING_CACHE, engine_dir,
-                              engine_is_current, engine_path, load_timing_cache, record_path, sanitize,
-                              save_timing_cache, write_atomic)
+from export.trt.env import (
+    BUILD_HINT,
+    check_tensorrt_version,
+    check_torch_cuda,
+    cuda_driver_problem,
+    gpu_problems,
+    import_tensorrt,
+    installed_tensorrt_version,
+    libnvinfer_version,
+    require_gpu,
+    same_tensorrt_release,
+    torch_cuda_version,
+)
+from export.trt.errors import (
+    CudaDriverError,
+    EngineBuildError,
+    EngineParityError,
+    GpuUnavailableError,
+    TensorRTVersionError,
+)
+from export.trt.files import (
+    ENGINE_SUFFIX,
+    ENGINES_SUMMARY,
+    RECORD_SUFFIX,
+    TIMING_CACHE,
+    engine_dir,
+    engine_is_current,
+    engine_path,
+    load_timing_cache,
+    record_path,
+    sanitize,
+    save_timing_cache,
+    write_atomic,
+)
 from export.trt.metrics import latency_summary, parity_metrics, parity_row
-from export.trt.pins import (EXPORT_PACKAGES, GPU_CHECK_PACKAGES, ONNXRUNTIME_GPU_PIP, PIN_SOURCE, SERVING_PACKAGES,
-                             SETUPTOOLS_PIP, TENSORRT_PIP, TENSORRT_VERSION, TORCH_PIP, TORCH_WHEEL_CUDA, TRITON_BINARY,
-                             TRITON_CUDA, TRITON_IMAGE, TRITON_RELEASE)
-from export.trt.rules import (DEFAULT_LADDER, DEFAULT_PRECISION, FP32_RULES, ONNX_OP_KINDS, PARITY_TOLERANCE,
-                              PRECISIONS, RULE_SETS, Attempt, PrecisionRules, Tolerance, attempts, attempts_key, check_components,
-                              check_precision, fp32_kinds, fp32_nodes, layer_precision, ladder, node_of_layer,
-                              onnx_nodes_of, parse_precision)
-from export.trt.runtime import (EngineRunner, compare_engine, engine_latency, onnx_session, reference_providers,
-                                run_engine, run_onnx)
+from export.trt.pins import (
+    EXPORT_PACKAGES,
+    GPU_CHECK_PACKAGES,
+    ONNXRUNTIME_GPU_PIP,
+    PIN_SOURCE,
+    SERVING_PACKAGES,
+    SETUPTOOLS_PIP,
+    TENSORRT_PIP,
+    TENSORRT_VERSION,
+    TORCH_PIP,
+    TORCH_WHEEL_CUDA,
+    TRITON_BINARY,
+    TRITON_CUDA,
+    TRITON_IMAGE,
+    TRITON_RELEASE,
+)
+from export.trt.rules import (
+    DEFAULT_LADDER,
+    DEFAULT_PRECISION,
+    FP32_RULES,
+    ONNX_OP_KINDS,
+    PARITY_TOLERANCE,
+    PRECISIONS,
+    RULE_SETS,
+    Attempt,
+    PrecisionRules,
+    Tolerance,
+    attempts,
+    attempts_key,
+    check_components,
+    check_precision,
+    fp32_kinds,
+    fp32_nodes,
+    ladder,
+    layer_precision,
+    node_of_layer,
+    onnx_nodes_of,
+    parse_precision,
+)
+from export.trt.runtime import (
+    EngineRunner,
+    compare_engine,
+    engine_latency,
+    onnx_session,
+    reference_providers,
+    run_engine,
+    run_onnx,
+)

@@ -19,10 +19,28 @@ from export.manifest import sha256
 from export.spec import ComponentSpec
 from export.trt.env import check_tensorrt_version, import_tensorrt, installed_tensorrt_version, require_gpu
 from export.trt.errors import EngineBuildError, EngineParityError
-from export.trt.files import (ENGINES_SUMMARY, TIMING_CACHE, engine_dir, engine_is_current, engine_path,
-                              load_timing_cache, record_path, save_timing_cache, write_atomic)
-from export.trt.rules import (Attempt, PrecisionRules, attempts, attempts_key, check_components, check_precision,
-                              fp32_nodes, layer_precision, parse_precision)
+from export.trt.files import (
+    ENGINES_SUMMARY,
+    TIMING_CACHE,
+    engine_dir,
+    engine_is_current,
+    engine_path,
+    load_timing_cache,
+    record_path,
+    save_timing_cache,
+    write_atomic,
+)
+from export.trt.rules import (
+    Attempt,
+    PrecisionRules,
+    attempts,
+    attempts_key,
+    check_components,
+    check_precision,
+    fp32_nodes,
+    layer_precision,
+    parse_precision,
+)
 from export.trt.runtime import compare_engine, engine_latency
 
 DEFAULT_WORKSPACE_GIB = 8.0
@@ -30,6 +48,7 @@ Log = Callable[[str], None]
 
 
 # ---------------------------------------------------------------- profiles (pure)
+
 
 def optimization_profile(spec: ComponentSpec) -> dict[str, tuple[tuple, tuple, tuple]]:
     """{input name: (min shape, opt shape, max shape)} for every input with a dynamic axis.
@@ -45,6 +64,7 @@ def optimization_profile(spec: ComponentSpec) -> dict[str, tuple[tuple, tuple, t
 
 
 # ---------------------------------------------------------------- the parity gate (pure control flow)
+
 
 def first_passing(plan: Sequence[Attempt], try_one: Callable[[Attempt], dict], log: Log = print) -> dict:
     """Run ``try_one`` on each attempt until one returns; a build or parity error moves to the next.
@@ -69,10 +89,14 @@ def first_passing(plan: Sequence[Attempt], try_one: Callable[[Attempt], dict], l
 
 # ---------------------------------------------------------------- TensorRT glue (GPU)
 
+
 def layer_kind(layer, trt) -> str:
-    """"SOFTMAX", "REDUCE.AVG", "ELEMENTWISE.POW", "UNARY.SQRT", ... for a TensorRT ILayer."""
-    subclass = {trt.LayerType.ELEMENTWISE: trt.IElementWiseLayer, trt.LayerType.UNARY: trt.IUnaryLayer,
-                trt.LayerType.REDUCE: trt.IReduceLayer}.get(layer.type)
+    """ "SOFTMAX", "REDUCE.AVG", "ELEMENTWISE.POW", "UNARY.SQRT", ... for a TensorRT ILayer."""
+    subclass = {
+        trt.LayerType.ELEMENTWISE: trt.IElementWiseLayer,
+        trt.LayerType.UNARY: trt.IUnaryLayer,
+        trt.LayerType.REDUCE: trt.IReduceLayer,
+    }.get(layer.type)
     if subclass is None:
         return layer.type.name
     layer.__class__ = subclass  # TensorRT's documented downcast idiom for reading .op
@@ -114,8 +138,10 @@ def _check_network_io(network, spec: ComponentSpec) -> None:
     got_out = [network.get_output(i).name for i in range(network.num_outputs)]
     want_in, want_out = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
     if sorted(got_in) != sorted(want_in) or sorted(got_out) != sorted(want_out):
-        raise EngineBuildError(f"{spec.name}: ONNX graph has inputs {got_in} / outputs {got_out}, the spec says "
-                               f"{want_in} / {want_out}; re-export with `python -m export onnx`")
+        raise EngineBuildError(
+            f"{spec.name}: ONNX graph has inputs {got_in} / outputs {got_out}, the spec says "
+            f"{want_in} / {want_out}; re-export with `python -m export onnx`"
+        )
 
 
 def _parse_onnx(trt, builder, logger, onnx_path: Path, spec: ComponentSpec):
@@ -161,9 +187,17 @@ def _progress_monitor(trt, log: Log, label: str):
     return Monitor()
 
 
-def build_engine(onnx_path: Path, engine_file: Path, spec: ComponentSpec, attempt: Attempt, *,
-                 timing_cache: Path | None = None, workspace_gib: float = DEFAULT_WORKSPACE_GIB,
-                 opt_level: int = 3, log: Log = print) -> dict:
+def build_engine(
+    onnx_path: Path,
+    engine_file: Path,
+    spec: ComponentSpec,
+    attempt: Attempt,
+    *,
+    timing_cache: Path | None = None,
+    workspace_gib: float = DEFAULT_WORKSPACE_GIB,
+    opt_level: int = 3,
+    log: Log = print,
+) -> dict:
     """Build one engine from ``onnx_path`` into ``engine_file``; return facts for its record.
 
     The timing cache (if given) is loaded before and saved after the build, so later builds
@@ -188,11 +222,15 @@ def build_engine(onnx_path: Path, engine_file: Path, spec: ComponentSpec, attemp
     write_atomic(engine_file, bytes(serialized))
     if timing_cache:
         save_timing_cache(timing_cache, config.get_timing_cache().serialize())
-    return {"build_seconds": round(time.monotonic() - start, 1), "fp32_layers": len(pinned),
-            "profile": {k: [list(s) for s in v] for k, v in optimization_profile(spec).items()}}
+    return {
+        "build_seconds": round(time.monotonic() - start, 1),
+        "fp32_layers": len(pinned),
+        "profile": {k: [list(s) for s in v] for k, v in optimization_profile(spec).items()},
+    }
 
 
 # ---------------------------------------------------------------- all components
+
 
 @dataclass
 class EngineBuild:
@@ -207,21 +245,39 @@ class EngineBuild:
 def _build_checked(name, spec, onnx, target, attempt: Attempt, image_size, opts, log) -> dict:
     """Build one engine for ``attempt`` and check it against ONNX Runtime (if opts['parity'])."""
     log(f"building {name} engine ({attempt.label}) from {onnx.name} ...")
-    facts = build_engine(onnx, engine_path(target, name), spec, attempt, timing_cache=target / TIMING_CACHE,
-                         workspace_gib=opts["workspace_gib"], opt_level=opts["opt_level"], log=log)
+    facts = build_engine(
+        onnx,
+        engine_path(target, name),
+        spec,
+        attempt,
+        timing_cache=target / TIMING_CACHE,
+        workspace_gib=opts["workspace_gib"],
+        opt_level=opts["opt_level"],
+        log=log,
+    )
     log(f"built {name} in {facts['build_seconds']} s ({facts['fp32_layers']} layers pinned to fp32)")
     plan = engine_path(target, name)
-    parity = (compare_engine(plan, onnx, spec, image_size=image_size, precision=attempt.precision, log=log)
-              if opts["parity"] else None)
+    parity = (
+        compare_engine(plan, onnx, spec, image_size=image_size, precision=attempt.precision, log=log)
+        if opts["parity"]
+        else None
+    )
     latency = engine_latency(plan, spec, image_size=image_size)
     log(f"{name}: p50 {latency['p50_ms']:.2f} ms at {latency['sizes']} (engine only)")
-    return {**facts, "built_precision": attempt.precision, "rules": attempt.rules.name, "parity": parity,
-            "latency": latency}
+    return {
+        **facts,
+        "built_precision": attempt.precision,
+        "rules": attempt.rules.name,
+        "parity": parity,
+        "latency": latency,
+    }
 
 
 def _build_component(name, spec, artifacts, entry, target, precision, image_size, trt_version, gpu, opts, log) -> dict:
     onnx, plan = artifacts / entry["file"], attempts(name, precision, opts["fallback_fp32"])
-    if not opts["force"] and engine_is_current(target, name, entry["sha256"], precision, trt_version, attempts_key(plan)):
+    if not opts["force"] and engine_is_current(
+        target, name, entry["sha256"], precision, trt_version, attempts_key(plan)
+    ):
         log(f"{name}: engine up to date ({engine_path(target, name)}), skipped")
         return json.loads(record_path(target, name).read_text())
     try:
@@ -229,17 +285,35 @@ def _build_component(name, spec, artifacts, entry, target, precision, image_size
     except (EngineBuildError, EngineParityError):
         engine_path(target, name).unlink(missing_ok=True)  # never leave a failed engine for a repository to pick up
         raise
-    record = {"component": name, "onnx": entry["file"], "onnx_sha256": entry["sha256"], "tensorrt_version": trt_version,
-              "gpu": gpu, "engine_sha256": sha256(engine_path(target, name)), "rules_key": attempts_key(plan), **facts,
-              "precision": precision}  # the key engine_is_current compares: what was asked for
+    record = {
+        "component": name,
+        "onnx": entry["file"],
+        "onnx_sha256": entry["sha256"],
+        "tensorrt_version": trt_version,
+        "gpu": gpu,
+        "engine_sha256": sha256(engine_path(target, name)),
+        "rules_key": attempts_key(plan),
+        **facts,
+        "precision": precision,
+    }  # the key engine_is_current compares: what was asked for
     write_atomic(record_path(target, name), (json.dumps(record, indent=2) + "\n").encode())
     return record
 
 
-def build_engines(artifacts_dir: Path, out_root: Path | None = None, components: Sequence[str] | str | None = None,
-                  precision: str | Mapping[str, str] | None = None, *, workspace_gib: float = DEFAULT_WORKSPACE_GIB,
-                  opt_level: int = 3, parity: bool = True, fallback_fp32: bool = True, force: bool = False,
-                  require_pinned_version: bool = True, log: Log = print) -> EngineBuild:
+def build_engines(
+    artifacts_dir: Path,
+    out_root: Path | None = None,
+    components: Sequence[str] | str | None = None,
+    precision: str | Mapping[str, str] | None = None,
+    *,
+    workspace_gib: float = DEFAULT_WORKSPACE_GIB,
+    opt_level: int = 3,
+    parity: bool = True,
+    fallback_fp32: bool = True,
+    force: bool = False,
+    require_pinned_version: bool = True,
+    log: Log = print,
+) -> EngineBuild:
     """Build (or reuse) one TensorRT engine per component from ``artifacts_dir`` (python -m export onnx).
 
     Engines go to engine_dir(out_root, <tensorrt version>, <gpu name>) (out_root defaults to
@@ -249,6 +323,7 @@ def build_engines(artifacts_dir: Path, out_root: Path | None = None, components:
     Arguments are checked before the GPU; without a GPU this raises GpuUnavailableError at once.
     """
     from export.manifest import load_manifest
+
     names = check_components(components)
     precisions = parse_precision(precision, names)
     gpu = require_gpu()
@@ -264,10 +339,23 @@ def build_engines(artifacts_dir: Path, out_root: Path | None = None, components:
     target = engine_dir(out_root or artifacts / "engines", trt_version, gpu)
     target.mkdir(parents=True, exist_ok=True)
     log(f"TensorRT {trt_version} on {gpu}: engines → {target}")
-    opts = dict(workspace_gib=workspace_gib, opt_level=opt_level, parity=parity, fallback_fp32=fallback_fp32, force=force)
+    opts = dict(
+        workspace_gib=workspace_gib, opt_level=opt_level, parity=parity, fallback_fp32=fallback_fp32, force=force
+    )
     result = EngineBuild(target, gpu, trt_version)
     for name in names:
-        result.records[name] = _build_component(name, specs[name], artifacts, manifest.components[name], target,
-                                                precisions[name], manifest.dims.image_size, trt_version, gpu, opts, log)
+        result.records[name] = _build_component(
+            name,
+            specs[name],
+            artifacts,
+            manifest.components[name],
+            target,
+            precisions[name],
+            manifest.dims.image_size,
+            trt_version,
+            gpu,
+            opts,
+            log,
+        )
     write_atomic(target / ENGINES_SUMMARY, (json.dumps(result.records, indent=2) + "\n").encode())
     return result

@@ -69,12 +69,20 @@ class CudaDriver:
         self._call("cuMemFree_v2", ctypes.c_uint64(ptr))
 
     def to_device(self, ptr: int, array: np.ndarray) -> None:
-        self._call("cuMemcpyHtoD_v2", ctypes.c_uint64(ptr), array.ctypes.data_as(ctypes.c_void_p),
-                   ctypes.c_size_t(array.nbytes))
+        self._call(
+            "cuMemcpyHtoD_v2",
+            ctypes.c_uint64(ptr),
+            array.ctypes.data_as(ctypes.c_void_p),
+            ctypes.c_size_t(array.nbytes),
+        )
 
     def to_host(self, array: np.ndarray, ptr: int) -> None:
-        self._call("cuMemcpyDtoH_v2", array.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(ptr),
-                   ctypes.c_size_t(array.nbytes))
+        self._call(
+            "cuMemcpyDtoH_v2",
+            array.ctypes.data_as(ctypes.c_void_p),
+            ctypes.c_uint64(ptr),
+            ctypes.c_size_t(array.nbytes),
+        )
 
     def stream(self) -> int:
         handle = ctypes.c_void_p()

@@ -14,9 +14,11 @@ from export.trt.cuda import CudaDriver
 from export.trt.errors import CudaDriverError, GpuUnavailableError, TensorRTVersionError
 from export.trt.pins import DRIVER_BRANCH_FOR_CUDA, TENSORRT_PIP, TENSORRT_VERSION, TRITON_IMAGE
 
-BUILD_HINT = ("TensorRT engines are built on a machine with an NVIDIA GPU: run "
-              "`modal run modal_triton.py::build` (docs/DEPLOY.md), or on a local GPU install "
-              f"'{TENSORRT_PIP}' and run `python -m export trt`")
+BUILD_HINT = (
+    "TensorRT engines are built on a machine with an NVIDIA GPU: run "
+    "`modal run modal_triton.py::build` (docs/DEPLOY.md), or on a local GPU install "
+    f"'{TENSORRT_PIP}' and run `python -m export trt`"
+)
 
 
 def gpu_problems(need_tensorrt: bool = True) -> tuple[str, list[str]]:
@@ -43,8 +45,9 @@ def require_gpu(need_tensorrt: bool = True) -> str:
     """
     name, problems = gpu_problems(need_tensorrt)
     if problems:
-        raise GpuUnavailableError("cannot build or run TensorRT engines here: " + "; ".join(problems)
-                                  + f". {BUILD_HINT}.")
+        raise GpuUnavailableError(
+            "cannot build or run TensorRT engines here: " + "; ".join(problems) + f". {BUILD_HINT}."
+        )
     return name
 
 
@@ -67,10 +70,13 @@ def check_tensorrt_version(installed: str, pinned: str = TENSORRT_VERSION) -> No
     if installed != pinned:
         raise TensorRTVersionError(
             f"tensorrt {installed} is installed but the serving image {TRITON_IMAGE} runs TensorRT {pinned}; "
-            f"an engine only loads in the TensorRT that built it: pip install '{TENSORRT_PIP}'")
+            f"an engine only loads in the TensorRT that built it: pip install '{TENSORRT_PIP}'"
+        )
 
 
-def libnvinfer_version(search=("/usr/lib/x86_64-linux-gnu", "/usr/local/tensorrt/lib", "/opt/tensorrt/lib")) -> str | None:
+def libnvinfer_version(
+    search=("/usr/lib/x86_64-linux-gnu", "/usr/local/tensorrt/lib", "/opt/tensorrt/lib"),
+) -> str | None:
     """Version in the name of the system libnvinfer.so.X.Y.Z (e.g. "10.8.0" in the Triton image), None if absent."""
     for directory in (Path(d) for d in search if Path(d).is_dir()):
         found = [lib.name.removeprefix("libnvinfer.so.") for lib in directory.glob("libnvinfer.so.*.*.*")]
@@ -87,6 +93,7 @@ def same_tensorrt_release(library_version: str, pinned: str = TENSORRT_VERSION) 
 
 # ---------------------------------------------------------------- torch's CUDA vs the driver
 
+
 def torch_cuda_version() -> str | None:
     """CUDA version torch was built for ("13.0"), read from torch/version.py WITHOUT importing torch;
     None when torch is absent or a CPU build."""
@@ -94,7 +101,11 @@ def torch_cuda_version() -> str | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     version_file = Path(list(spec.submodule_search_locations)[0]) / "version.py"
-    found = re.search(r"^cuda\b[^=]*=\s*'([\d.]+)'", version_file.read_text(), re.MULTILINE) if version_file.is_file() else None
+    found = (
+        re.search(r"^cuda\b[^=]*=\s*'([\d.]+)'", version_file.read_text(), re.MULTILINE)
+        if version_file.is_file()
+        else None
+    )
     return found.group(1) if found else None
 
 
@@ -107,9 +118,11 @@ def cuda_driver_problem(runtime: str, driver_cuda: tuple[int, int], what: str = 
     if driver_cuda[0] >= major:
         return None
     need = DRIVER_BRANCH_FOR_CUDA.get(major, f"one supporting CUDA {major}")
-    return (f"{what} is built for CUDA {runtime}, which needs NVIDIA driver {need} or newer; this driver supports "
-            f"CUDA {driver_cuda[0]}.{driver_cuda[1]}: update the driver, or install a {what} build for "
-            f"CUDA {driver_cuda[0]}.x")
+    return (
+        f"{what} is built for CUDA {runtime}, which needs NVIDIA driver {need} or newer; this driver supports "
+        f"CUDA {driver_cuda[0]}.{driver_cuda[1]}: update the driver, or install a {what} build for "
+        f"CUDA {driver_cuda[0]}.x"
+    )
 
 
 def check_torch_cuda(driver_cuda: tuple[int, int] | None = None) -> str | None:

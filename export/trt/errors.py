@@ -24,7 +24,9 @@ class EngineParityError(AssertionError):
 
     def __init__(self, component: str, failures: list[dict], rows: list[dict] | None = None):
         self.component, self.failures, self.rows = component, failures, rows or failures
-        lines = "\n".join(f"  {r['sizes']:<22} {r['output']:<20} cosine={r['cosine']:.6f} "
-                          f"max_abs={r['max_abs']:.3e} (need cosine ≥ {r['min_cosine']} or max_abs ≤ {r['atol']})"
-                          for r in failures)
+        lines = "\n".join(
+            f"  {r['sizes']:<22} {r['output']:<20} cosine={r['cosine']:.6f} "
+            f"max_abs={r['max_abs']:.3e} (need cosine ≥ {r['min_cosine']} or max_abs ≤ {r['atol']})"
+            for r in failures
+        )
         super().__init__(f"{component} engine: {len(failures)} output(s) outside tolerance:\n{lines}")

@@ -51,8 +51,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def engine_is_current(directory: Path, component: str, onnx_sha256: str, precision: str, trt_version: str,
-                      rules_key: str | None = None) -> bool:
+def engine_is_current(
+    directory: Path, component: str, onnx_sha256: str, precision: str, trt_version: str, rules_key: str | None = None
+) -> bool:
     """True if the engine and its record exist, match these inputs, and the engine hash matches.
 
     rules_key (rules.attempts_key): when given, the record must have been built by the same

@@ -28,8 +28,11 @@ def parity_metrics(expected: np.ndarray, actual: np.ndarray) -> dict:
 
 def parity_row(sizes: dict, output: str, metrics: dict, tol: Tolerance) -> dict:
     """One JSON-ready comparison row with its verdict (see Tolerance)."""
-    ok = bool(metrics["shape_ok"] and np.isfinite(metrics["max_abs"])
-              and (metrics["cosine"] >= tol.min_cosine or metrics["max_abs"] <= tol.atol))
+    ok = bool(
+        metrics["shape_ok"]
+        and np.isfinite(metrics["max_abs"])
+        and (metrics["cosine"] >= tol.min_cosine or metrics["max_abs"] <= tol.atol)
+    )
     label = ",".join(f"{k}={v}" for k, v in sizes.items())
     return {"sizes": label, "output": output, **metrics, "min_cosine": tol.min_cosine, "atol": tol.atol, "ok": ok}
 
@@ -40,5 +43,11 @@ def latency_summary(seconds: Sequence[float]) -> dict:
     if ms.size == 0:
         raise ValueError("latency_summary needs at least one timing")
     p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
-    return {"iterations": int(ms.size), "mean_ms": float(ms.mean()), "p50_ms": p50, "p90_ms": p90,
-            "p99_ms": p99, "min_ms": float(ms.min())}
+    return {
+        "iterations": int(ms.size),
+        "mean_ms": float(ms.mean()),
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "min_ms": float(ms.min()),
+    }

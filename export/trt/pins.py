@@ -19,7 +19,7 @@ from __future__ import annotations
 TRITON_RELEASE = "25.01"
 TRITON_IMAGE = f"nvcr.io/nvidia/tritonserver:{TRITON_RELEASE}-py3"
 TRITON_BINARY = "/opt/tritonserver/bin/tritonserver"
-TRITON_CUDA = "12.8"               # CUDA of the Triton image (and of TensorRT 10.8's cu12 wheel)
+TRITON_CUDA = "12.8"  # CUDA of the Triton image (and of TensorRT 10.8's cu12 wheel)
 TENSORRT_VERSION = "10.8.0.43"
 TENSORRT_PIP = f"tensorrt-cu12=={TENSORRT_VERSION}"
 PIN_SOURCE = "triton-inference-server/server docs/introduction/compatibility.md (release 25.01 row)"
@@ -29,7 +29,7 @@ PIN_SOURCE = "triton-inference-server/server docs/introduction/compatibility.md 
 ONNXRUNTIME_GPU_PIP = "onnxruntime-gpu==1.20.1"
 
 TORCH_PIP, TORCHVISION_PIP = "torch==2.14.1", "torchvision==0.29.1"
-TORCH_WHEEL_CUDA = "13.0"          # CUDA of TORCH_PIP's default wheel (stated; checked at run time)
+TORCH_WHEEL_CUDA = "13.0"  # CUDA of TORCH_PIP's default wheel (stated; checked at run time)
 # torch 2.14.1 requires setuptools ≥ 77.0.3. The Triton image's Debian/Ubuntu setuptools (68)
 # has no RECORD file, so pip cannot uninstall it to upgrade: install beside it first
 # (``pip install --ignore-installed``, see IMAGE_PIP_STEPS in modal_triton.py).
@@ -41,12 +41,49 @@ DRIVER_BRANCH_FOR_CUDA = {12: "R525 (R570 for every CUDA 12.8 feature)", 13: "R5
 
 # Python packages of the Modal images (modal_triton.py). Serving needs no transformers.
 OPENCV_PIP = "opencv-python-headless>=4.8,<4.11"  # the orchestrator's mask resize; <4.11 keeps numpy<2 wheels
-SERVING_PACKAGES = ("numpy<2", "pillow", "tokenizers", "pycocotools", OPENCV_PIP, "starlette", "uvicorn", "httpx",
-                    "onnxruntime", "tritonclient[grpc,http]==2.54.0", TORCH_PIP)
-EXPORT_PACKAGES = (TORCH_PIP, TORCHVISION_PIP, "transformers==5.23.0", "onnx==1.22.0",
-                   "onnxscript==0.7.2", "onnxruntime==1.32.0", "safetensors", "huggingface_hub", "tokenizers",
-                   "open_clip_torch", "numpy<2", "pillow", TENSORRT_PIP)
+SERVING_PACKAGES = (
+    "numpy<2",
+    "pillow",
+    "tokenizers",
+    "pycocotools",
+    OPENCV_PIP,
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "onnxruntime",
+    "tritonclient[grpc,http]==2.54.0",
+    TORCH_PIP,
+)
+EXPORT_PACKAGES = (
+    TORCH_PIP,
+    TORCHVISION_PIP,
+    "transformers==5.23.0",
+    "onnx==1.22.0",
+    "onnxscript==0.7.2",
+    "onnxruntime==1.32.0",
+    "safetensors",
+    "huggingface_hub",
+    "tokenizers",
+    "open_clip_torch",
+    "numpy<2",
+    "pillow",
+    TENSORRT_PIP,
+)
 # gpu-check inside the Triton image: export + engines + the ONNX Runtime GPU reference + clients.
-GPU_CHECK_PACKAGES = (TORCH_PIP, TORCHVISION_PIP, "transformers==5.23.0", "onnx==1.22.0", "onnxscript==0.7.2",
-                      ONNXRUNTIME_GPU_PIP, "safetensors", "tokenizers", "open_clip_torch", "numpy<2", "pillow",
-                      "pycocotools", OPENCV_PIP, "tritonclient[grpc,http]==2.54.0", TENSORRT_PIP)
+GPU_CHECK_PACKAGES = (
+    TORCH_PIP,
+    TORCHVISION_PIP,
+    "transformers==5.23.0",
+    "onnx==1.22.0",
+    "onnxscript==0.7.2",
+    ONNXRUNTIME_GPU_PIP,
+    "safetensors",
+    "tokenizers",
+    "open_clip_torch",
+    "numpy<2",
+    "pillow",
+    "pycocotools",
+    OPENCV_PIP,
+    "tritonclient[grpc,http]==2.54.0",
+    TENSORRT_PIP,
+)

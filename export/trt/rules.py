@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 from export.spec import COMPONENTS
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-DEFAULT_BUILD_PRECISION = "fp16"   # FP16 (10-bit mantissa) beats BF16 (7-bit) once overflow is handled
+DEFAULT_BUILD_PRECISION = "fp16"  # FP16 (10-bit mantissa) beats BF16 (7-bit) once overflow is handled
 DEFAULT_PRECISION = {name: DEFAULT_BUILD_PRECISION for name in COMPONENTS}
 
 
@@ -72,13 +72,18 @@ NORM_OPS = ("LayerNormalization", "GroupNormalization", "InstanceNormalization",
 NORM_MODULES = (r"Norm(2d)?$",)  # torch LayerNorm/GroupNorm, Sam3TrackerLayerNorm, hand-written LayerNorm2d ...
 
 RULE_SETS = {
-    "fused": PrecisionRules("fused", NORM_OPS, NORM_MODULES,
-                            "norms in FP32; attention free for TensorRT's fused FP16 kernels"),
-    "explicit": PrecisionRules("explicit", NORM_OPS + ("Softmax",), NORM_MODULES,
-                               "norms and every Softmax in FP32 (explicit attention, no fusion)"),
+    "fused": PrecisionRules(
+        "fused", NORM_OPS, NORM_MODULES, "norms in FP32; attention free for TensorRT's fused FP16 kernels"
+    ),
+    "explicit": PrecisionRules(
+        "explicit",
+        NORM_OPS + ("Softmax",),
+        NORM_MODULES,
+        "norms and every Softmax in FP32 (explicit attention, no fusion)",
+    ),
 }
-DEFAULT_LADDER = ("fused", "explicit")   # tried in this order; plain FP32 is the last resort
-COMPONENT_LADDER: dict[str, tuple[str, ...]] = {}   # per-component override, e.g. {"vision": ("explicit",)}
+DEFAULT_LADDER = ("fused", "explicit")  # tried in this order; plain FP32 is the last resort
+COMPONENT_LADDER: dict[str, tuple[str, ...]] = {}  # per-component override, e.g. {"vision": ("explicit",)}
 FP32_RULES = PrecisionRules("none", (), (), "plain FP32 engine: nothing to pin")
 
 # ONNX op → TensorRT layer kinds it becomes. A kind is "<LayerType>" or "<LayerType>.<operation>".
@@ -145,6 +150,7 @@ def attempts_key(plan: Sequence[Attempt]) -> str:
 
 # ---------------------------------------------------------------- per-layer decision
 
+
 def fp32_kinds(fp32_ops: Sequence[str]) -> set[str]:
     """TensorRT layer kinds (see ONNX_OP_KINDS) of the given ONNX op types."""
     return {kind for op in fp32_ops for kind in ONNX_OP_KINDS.get(op, ())}
@@ -172,8 +178,14 @@ def onnx_nodes_of(metadata: str) -> list[str]:
     return re.findall(r"\[ONNX Layer: ([^\]]+)\]", metadata or "")
 
 
-def layer_precision(kind: str, layer_name: str, rules: PrecisionRules, precision: str,
-                    fp32_nodes: frozenset[str] = frozenset(), metadata: str = "") -> str:
+def layer_precision(
+    kind: str,
+    layer_name: str,
+    rules: PrecisionRules,
+    precision: str,
+    fp32_nodes: frozenset[str] = frozenset(),
+    metadata: str = "",
+) -> str:
     """Precision of one layer: "fp32" if ``rules`` pin it, else ``precision``.
 
     A layer is pinned when its kind or its name's op token is one of ``rules.fp32_ops``, or when
@@ -193,6 +205,7 @@ def layer_precision(kind: str, layer_name: str, rules: PrecisionRules, precision
 
 # ---------------------------------------------------------------- ONNX module scan
 
+
 def node_module_classes(node) -> list[str]:
     """Class names (last dotted part) of the module hierarchy recorded on an ONNX node."""
     meta = {p.key: p.value for p in node.metadata_props}
@@ -206,13 +219,18 @@ def fp32_nodes(onnx_path: Path, rules: PrecisionRules) -> frozenset[str]:
     if not (rules.fp32_ops or rules.fp32_modules):
         return frozenset()
     import onnx
+
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     patterns = [re.compile(p) for p in rules.fp32_modules]
-    return frozenset(n.name for n in graph.node if n.op_type in rules.fp32_ops
-                     or any(p.search(cls) for cls in node_module_classes(n)[:-1] for p in patterns))
+    return frozenset(
+        n.name
+        for n in graph.node
+        if n.op_type in rules.fp32_ops or any(p.search(cls) for cls in node_module_classes(n)[:-1] for p in patterns)
+    )
 
 
 # ---------------------------------------------------------------- arguments
+
 
 def parse_precision(arg: str | Mapping[str, str] | None, components: Sequence[str]) -> dict[str, str]:
     """{component: precision}: DEFAULT_PRECISION overridden by ``arg``.

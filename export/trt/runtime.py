@@ -100,10 +100,19 @@ def run_engine(engine_file: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.
         return runner.fetch()
 
 
-def engine_latency(engine_file: Path, spec: ComponentSpec, *, image_size: int, which: str = "opt",
-                   sizes: dict | None = None, iterations: int = 20, warmup: int = 3) -> dict:
+def engine_latency(
+    engine_file: Path,
+    spec: ComponentSpec,
+    *,
+    image_size: int,
+    which: str = "opt",
+    sizes: dict | None = None,
+    iterations: int = 20,
+    warmup: int = 3,
+) -> dict:
     """Engine-only latency (GPU execute + sync, no copies) at ``sizes`` (default: the spec's ``which`` sizes)."""
     from export.inputs import example_inputs
+
     sizes = dict(sizes) if sizes is not None else spec.sizes(which)
     with EngineRunner(engine_file) as runner:
         runner.bind(example_inputs(spec, sizes, image_size))
@@ -125,6 +134,7 @@ def onnx_session(onnx_path: Path, gpu: bool = False):
     """An fp32 ONNX Runtime session for ``onnx_path`` (the reference engines are checked against);
     on the CPU unless ``gpu`` and the installed onnxruntime has the CUDA provider."""
     import onnxruntime as ort
+
     providers = reference_providers(ort.get_available_providers()) if gpu else ["CPUExecutionProvider"]
     return ort.InferenceSession(str(onnx_path), providers=providers)
 
@@ -137,9 +147,18 @@ def run_onnx(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(names, feeds)))
 
 
-def compare_engine(engine_file: Path, onnx_path: Path, spec: ComponentSpec, sizes: Sequence[dict] | None = None, *,
-                   image_size: int, precision: str = "fp16", tolerance: Tolerance | None = None,
-                   reference_on_gpu: bool = False, log: Log = print) -> list[dict]:
+def compare_engine(
+    engine_file: Path,
+    onnx_path: Path,
+    spec: ComponentSpec,
+    sizes: Sequence[dict] | None = None,
+    *,
+    image_size: int,
+    precision: str = "fp16",
+    tolerance: Tolerance | None = None,
+    reference_on_gpu: bool = False,
+    log: Log = print,
+) -> list[dict]:
     """Engine vs ONNX Runtime on the same example inputs at each entry of ``sizes``.
 
     sizes: axis-size dicts (default ``spec.parity_sizes``); image_size: px of the model input
@@ -147,6 +166,7 @@ def compare_engine(engine_file: Path, onnx_path: Path, spec: ComponentSpec, size
     and max/mean abs diff; raises EngineParityError listing every row outside tolerance.
     """
     from export.inputs import example_inputs
+
     tol = tolerance or PARITY_TOLERANCE[check_precision(precision)]
     rows = []
     with EngineRunner(engine_file) as runner:  # first: refuses at once without GPU / TensorRT
@@ -156,11 +176,15 @@ def compare_engine(engine_file: Path, onnx_path: Path, spec: ComponentSpec, size
             runner.bind(feeds)
             runner.execute()
             expected, actual = run_onnx(session, feeds), runner.fetch()
-            rows += [parity_row(s, t.name, parity_metrics(expected[t.name], actual.get(t.name, np.empty(0))), tol)
-                     for t in spec.outputs]
+            rows += [
+                parity_row(s, t.name, parity_metrics(expected[t.name], actual.get(t.name, np.empty(0))), tol)
+                for t in spec.outputs
+            ]
     for r in rows:
-        log(f"  parity {spec.name:<8} {r['sizes']:<22} {r['output']:<20} cosine={r['cosine']:.6f} "
-            f"max_abs={r['max_abs']:.2e} {'ok' if r['ok'] else 'FAIL'}")
+        log(
+            f"  parity {spec.name:<8} {r['sizes']:<22} {r['output']:<20} cosine={r['cosine']:.6f} "
+            f"max_abs={r['max_abs']:.2e} {'ok' if r['ok'] else 'FAIL'}"
+        )
     failures = [r for r in rows if not r["ok"]]
     if failures:
         raise EngineParityError(spec.name, failures, rows)

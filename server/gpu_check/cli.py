@@ -17,8 +17,12 @@ DEFAULT_JSON = Path("gpu-check.json")
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """gpu-check's flags (shared by ``sam3-triton gpu-check`` and ``python -m server.gpu_check``)."""
-    p.add_argument("--model", choices=sorted(MODELS), default="bench",
-                   help="bench (small, random weights; ~minutes) or full (real SAM3 size, random weights)")
+    p.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="bench",
+        help="bench (small, random weights; ~minutes) or full (real SAM3 size, random weights)",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"report file (default {DEFAULT_JSON})")
     p.add_argument("--work", type=Path, help="dir for the export, engines and repository (default: cache dir)")
     p.add_argument("--artifacts", type=Path, help="check this existing export instead of exporting --model")
@@ -35,10 +39,20 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def options_from(args: argparse.Namespace):
     from server.gpu_check.run import Options
-    return Options(model=args.model, work=args.work, artifacts=args.artifacts, precision=args.precision,
-                   batches=parse_batches(args.batches), iterations=args.iterations, warmup=args.warmup,
-                   install=not args.no_install, e2e=not args.no_e2e, requests=args.requests,
-                   concurrency=args.concurrency)
+
+    return Options(
+        model=args.model,
+        work=args.work,
+        artifacts=args.artifacts,
+        precision=args.precision,
+        batches=parse_batches(args.batches),
+        iterations=args.iterations,
+        warmup=args.warmup,
+        install=not args.no_install,
+        e2e=not args.no_e2e,
+        requests=args.requests,
+        concurrency=args.concurrency,
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -47,6 +61,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from export.trt import GpuUnavailableError, TensorRTVersionError
     from server.gpu_check.report import format_table, write_report
     from server.gpu_check.run import CannotRunError, run_gpu_check
+
     try:
         report = run_gpu_check(options_from(args), log=lambda m: print(m, file=sys.stderr, flush=True))
     except (CannotRunError, GpuUnavailableError, TensorRTVersionError, ManifestError, ValueError) as err:
@@ -58,6 +73,9 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m server.gpu_check", description=__doc__,
-                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser = add_arguments(
+        argparse.ArgumentParser(
+            prog="python -m server.gpu_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+    )
     return run_cli(parser.parse_args(argv))

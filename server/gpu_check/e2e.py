@@ -11,12 +11,13 @@ from typing import Callable
 import numpy as np
 
 Log = Callable[[str], None]
-IMAGE_SHAPE = (480, 640)   # height, width of the synthetic request images
+IMAGE_SHAPE = (480, 640)  # height, width of the synthetic request images
 
 
 def synthetic_image(seed: int, shape=IMAGE_SHAPE) -> bytes:
     """A PNG of smooth shapes + noise (distinct per seed, so no request hits an embedding cache)."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w]
@@ -36,6 +37,7 @@ def _timed(fn) -> float:
 def time_requests(client, iterations: int, warmup: int) -> dict:
     """{"text": latency summary, "point": latency summary}: sequential requests, a new image each."""
     from export.trt import latency_summary
+
     images = [synthetic_image(i) for i in range(warmup + iterations)]
     center = [[IMAGE_SHAPE[1] / 2, IMAGE_SHAPE[0] / 2]]
     calls = {"text": lambda img: client.text(img, "object"), "point": lambda img: client.points(img, center, [1])}
@@ -57,19 +59,39 @@ def throughput(client, requests: int, concurrency: int) -> dict:
     return {"images_per_s": requests / seconds, "requests": requests, "concurrency": concurrency, "seconds": seconds}
 
 
-def run_e2e(artifacts: Path, engine_dir: Path, work: Path, *, iterations: int, warmup: int, requests: int,
-            concurrency: int, log: Log) -> dict:
+def run_e2e(
+    artifacts: Path,
+    engine_dir: Path,
+    work: Path,
+    *,
+    iterations: int,
+    warmup: int,
+    requests: int,
+    concurrency: int,
+    log: Log,
+) -> dict:
     """Build the GPU repository, start tritonserver on it (CUDA pool sized from the spec), time requests."""
     from client.api import Sam3Client
     from export.manifest import load_manifest
     from export.repository import build_repository
     from export.trt.pins import TRITON_BINARY
     from server.triton import TritonInstall, TritonServer, cuda_pool_args, cuda_pool_bytes
-    repo = build_repository(artifacts, work / "repository-gpu", target="gpu", engines_dir=engine_dir,
-                            orchestrator_params={"image_cache_mb": 1024})
+
+    repo = build_repository(
+        artifacts,
+        work / "repository-gpu",
+        target="gpu",
+        engines_dir=engine_dir,
+        orchestrator_params={"image_cache_mb": 1024},
+    )
     pool = cuda_pool_bytes(load_manifest(artifacts).dims)
-    server = TritonServer(repo, install=TritonInstall(Path(TRITON_BINARY), None), extra_args=cuda_pool_args(pool),
-                          ready_timeout_s=900, log_path=work / "tritonserver.log")
+    server = TritonServer(
+        repo,
+        install=TritonInstall(Path(TRITON_BINARY), None),
+        extra_args=cuda_pool_args(pool),
+        ready_timeout_s=900,
+        log_path=work / "tritonserver.log",
+    )
     log(f"starting tritonserver on {repo} (CUDA pool {pool >> 20} MiB) ...")
     with server, Sam3Client(server.grpc_url, protocol="grpc", timeout_s=300) as client:
         timings = time_requests(client, iterations, warmup)

@@ -11,12 +11,15 @@ from server.gpu_check.report import stage_row
 Log = Callable[[str], None]
 
 
-def build_engines_each(artifacts: Path, engines_root: Path, names: list[str], precision, log: Log) -> tuple[Path | None, dict]:
+def build_engines_each(
+    artifacts: Path, engines_root: Path, names: list[str], precision, log: Log
+) -> tuple[Path | None, dict]:
     """Build (or reuse) every component's engine with export.trt's rules; one failure does not stop the rest.
 
     Returns (engine directory, {component: record or {"error": message}}).
     """
     from export.trt import EngineBuildError, EngineParityError, build_engines, parse_precision
+
     directory, engines, precisions = None, {}, parse_precision(precision, names)
     for name in names:
         try:
@@ -32,26 +35,44 @@ def build_engines_each(artifacts: Path, engines_root: Path, names: list[str], pr
 def check_engine(engine_dir: Path, artifacts: Path, spec, image_size: int, log: Log) -> list[dict]:
     """Fresh engine vs ONNX Runtime fp32 rows at the spec's parity sizes (cosine ≥ MIN_COSINE per output)."""
     from export.trt import EngineParityError, Tolerance, compare_engine, engine_path
+
     gate = Tolerance(min_cosine=MIN_COSINE, atol=0.0)
     try:
-        return compare_engine(engine_path(engine_dir, spec.name), artifacts / spec.onnx_file, spec,
-                              image_size=image_size, tolerance=gate, reference_on_gpu=True, log=log)
+        return compare_engine(
+            engine_path(engine_dir, spec.name),
+            artifacts / spec.onnx_file,
+            spec,
+            image_size=image_size,
+            tolerance=gate,
+            reference_on_gpu=True,
+            log=log,
+        )
     except EngineParityError as err:
         return err.rows
 
 
-def time_stages(engine_dir: Path, specs: dict, plan: list[StageRun], image_size: int, iterations: int,
-                warmup: int, log: Log) -> list[dict]:
+def time_stages(
+    engine_dir: Path, specs: dict, plan: list[StageRun], image_size: int, iterations: int, warmup: int, log: Log
+) -> list[dict]:
     """One row per planned (stage, batch): engine-only latency, or the reason it was skipped."""
     from export.trt import engine_latency, engine_path
+
     rows = []
     for run in plan:
         plan_file = engine_path(engine_dir, run.component)
         if run.sizes is None or not plan_file.is_file():
-            rows.append(stage_row(run if run.sizes is None else StageRun(run.component, run.batch, None, "no engine"), None))
+            rows.append(
+                stage_row(run if run.sizes is None else StageRun(run.component, run.batch, None, "no engine"), None)
+            )
             continue
-        latency = engine_latency(plan_file, specs[run.component], image_size=image_size, sizes=run.sizes,
-                                 iterations=iterations, warmup=warmup)
+        latency = engine_latency(
+            plan_file,
+            specs[run.component],
+            image_size=image_size,
+            sizes=run.sizes,
+            iterations=iterations,
+            warmup=warmup,
+        )
         rows.append(stage_row(run, latency))
         log(f"{run.component} batch {run.batch}: p50 {latency['p50_ms']:.2f} ms")
     return rows

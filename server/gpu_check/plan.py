@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from export.spec import ComponentSpec
 
 BATCHES = (1, 4, 8)
-MODELS = {"bench": "bench", "full": "full-random"}   # --model → export/checkpoint.py built-in checkpoint
-MIN_COSINE = 0.999                                    # per output, engine vs ONNX Runtime fp32
+MODELS = {"bench": "bench", "full": "full-random"}  # --model → export/checkpoint.py built-in checkpoint
+MIN_COSINE = 0.999  # per output, engine vs ONNX Runtime fp32
 # Goals (docs/BENCHMARK.md): text request p50 on an H200, and batched throughput.
 TARGETS = {"text_p50_ms": 15.0, "images_per_s": 120.0}
 REFERENCE = "H100 24.9 ms end-to-end for a single-engine FP16 port"
@@ -54,7 +54,7 @@ def timing_plan(specs: dict[str, ComponentSpec], batches=BATCHES) -> list[StageR
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
-    """"1,4,8" → (1, 4, 8); ValueError for anything but positive integers."""
+    """ "1,4,8" → (1, 4, 8); ValueError for anything but positive integers."""
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:

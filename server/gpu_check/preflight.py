@@ -17,20 +17,28 @@ from export.trt.pins import ONNXRUNTIME_GPU_PIP, TENSORRT_PIP, TENSORRT_VERSION,
 
 TRITON_BACKENDS = Path("/opt/tritonserver/backends")
 TENSORRT_DISTS = ("tensorrt-cu12", "tensorrt", "tensorrt_cu12")
-WHERE_TO_RUN = ("run it on a Linux machine with an NVIDIA GPU and driver, or on Modal: "
-                "`modal run modal_triton.py::verify` (docs/DEPLOY.md)")
+WHERE_TO_RUN = (
+    "run it on a Linux machine with an NVIDIA GPU and driver, or on Modal: "
+    "`modal run modal_triton.py::verify` (docs/DEPLOY.md)"
+)
 
 
 def _driver_facts() -> dict:
     """{"gpu", "gpus", "driver", "driver_cuda", "driver_error"} from the CUDA driver API and NVML."""
     from export.trt.cuda import CudaDriver, nvidia_driver_version
     from export.trt.errors import GpuUnavailableError
+
     try:
         driver = CudaDriver()
         count = driver.device_count()
         cuda = driver.driver_cuda_version()
-        return {"gpus": count, "gpu": driver.device_name(0) if count else "", "driver_cuda": list(cuda),
-                "driver": nvidia_driver_version(), "driver_error": None}
+        return {
+            "gpus": count,
+            "gpu": driver.device_name(0) if count else "",
+            "driver_cuda": list(cuda),
+            "driver": nvidia_driver_version(),
+            "driver_error": None,
+        }
     except GpuUnavailableError as err:
         return {"gpus": 0, "gpu": "", "driver_cuda": None, "driver": None, "driver_error": str(err)}
 
@@ -52,6 +60,7 @@ def _missing_modules(names) -> list[str]:
 def probe() -> dict:
     """Facts of this machine (JSON-ready); fast and side-effect free."""
     from export.trt.env import torch_cuda_version
+
     facts = {"system": platform.system(), "machine": platform.machine(), **_driver_facts()}
     facts["tensorrt"] = installed_version() if importlib.util.find_spec("tensorrt") else None
     facts["onnxruntime"] = installed_version(("onnxruntime-gpu", "onnxruntime"))
@@ -64,6 +73,7 @@ def probe() -> dict:
 
 
 # ---------------------------------------------------------------- decisions (pure)
+
 
 def blocking_problems(env: dict, need_export: bool = True) -> list[str]:
     """Every reason gpu-check cannot run at all here (empty: it can)."""
@@ -91,6 +101,7 @@ def install_plan(env: dict) -> list[str]:
 def e2e_decision(env: dict) -> tuple[bool, str]:
     """(run the end-to-end stage through Triton?, why / why not)."""
     from export.trt.env import cuda_driver_problem
+
     if not env.get("triton_binary"):
         return False, f"no tritonserver at {TRITON_BINARY} (the NGC Triton image has it); engines timed directly"
     missing = [b for b in ("tensorrt", "python") if b not in env.get("triton_backends", [])]
@@ -105,7 +116,11 @@ def e2e_decision(env: dict) -> tuple[bool, str]:
 
 def cannot_run_message(problems: list[str], env: dict) -> str:
     """The one message gpu-check prints when it stops before doing anything."""
-    also = [] if env.get("tensorrt") == TENSORRT_VERSION else [f"tensorrt ({TENSORRT_PIP}; gpu-check installs it on a GPU machine)"]
+    also = (
+        []
+        if env.get("tensorrt") == TENSORRT_VERSION
+        else [f"tensorrt ({TENSORRT_PIP}; gpu-check installs it on a GPU machine)"]
+    )
     lines = ["gpu-check cannot run here:"] + [f"  - {p}" for p in problems]
     if also:
         lines.append("  also missing: " + ", ".join(also))

@@ -24,8 +24,12 @@ def parity_summary(rows: list[dict]) -> dict:
     if not rows:
         return {"ok": False, "min_cosine": None, "worst": None, "max_abs": None}
     worst = min(rows, key=lambda r: r["cosine"])
-    return {"ok": all(r["ok"] for r in rows), "min_cosine": worst["cosine"],
-            "worst": f"{worst['output']} @ {worst['sizes']}", "max_abs": max(r["max_abs"] for r in rows)}
+    return {
+        "ok": all(r["ok"] for r in rows),
+        "min_cosine": worst["cosine"],
+        "worst": f"{worst['output']} @ {worst['sizes']}",
+        "max_abs": max(r["max_abs"] for r in rows),
+    }
 
 
 def stage_row(run: StageRun, latency: dict | None) -> dict:
@@ -34,14 +38,21 @@ def stage_row(run: StageRun, latency: dict | None) -> dict:
     if latency is None:
         return {**row, "p50_ms": None, "p90_ms": None, "mean_ms": None, "items_per_s": None}
     p50 = latency["p50_ms"]
-    return {**row, "p50_ms": p50, "p90_ms": latency["p90_ms"], "mean_ms": latency["mean_ms"],
-            "items_per_s": run.batch * 1000.0 / p50 if p50 > 0 else None}
+    return {
+        **row,
+        "p50_ms": p50,
+        "p90_ms": latency["p90_ms"],
+        "mean_ms": latency["mean_ms"],
+        "items_per_s": run.batch * 1000.0 / p50 if p50 > 0 else None,
+    }
 
 
 def target_status(e2e: dict) -> dict:
     """{target: {"target", "measured", "met"}}; measured/met are None where e2e did not run."""
-    measured = {"text_p50_ms": (e2e.get("text") or {}).get("p50_ms"),
-                "images_per_s": (e2e.get("throughput") or {}).get("images_per_s")}
+    measured = {
+        "text_p50_ms": (e2e.get("text") or {}).get("p50_ms"),
+        "images_per_s": (e2e.get("throughput") or {}).get("images_per_s"),
+    }
     status = {}
     for name, goal in TARGETS.items():
         value = measured.get(name)
@@ -56,8 +67,10 @@ def verdict(report: dict) -> tuple[bool, list[str]]:
     for name, eng in report["engines"].items():
         summary = parity_summary(eng.get("parity") or [])
         if not eng.get("error") and not summary["ok"]:
-            problems.append(f"{name}: engine vs ONNX Runtime out of tolerance (worst cosine "
-                            f"{summary['min_cosine']}, at {summary['worst']})")
+            problems.append(
+                f"{name}: engine vs ONNX Runtime out of tolerance (worst cosine "
+                f"{summary['min_cosine']}, at {summary['worst']})"
+            )
     if report.get("e2e", {}).get("error"):
         problems.append(f"end-to-end through Triton failed: {report['e2e']['error']}")
     return not problems, problems
@@ -68,8 +81,10 @@ def _ms(value) -> str:
 
 
 def _engine_lines(report: dict) -> list[str]:
-    lines = ["engines (vs ONNX Runtime fp32):",
-             f"  {'component':<10} {'precision':<14} {'min cosine':>11} {'max abs':>10} {'build s':>8}  verdict"]
+    lines = [
+        "engines (vs ONNX Runtime fp32):",
+        f"  {'component':<10} {'precision':<14} {'min cosine':>11} {'max abs':>10} {'build s':>8}  verdict",
+    ]
     for name, eng in report["engines"].items():
         s = parity_summary(eng.get("parity") or [])
         label = eng.get("built_precision", "-") + ("/" + eng["rules"] if eng.get("rules") not in (None, "none") else "")
@@ -81,12 +96,16 @@ def _engine_lines(report: dict) -> list[str]:
 
 
 def _stage_lines(report: dict) -> list[str]:
-    lines = ["stages (engine only, GPU execute + sync):",
-             f"  {'component':<10} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'items/s':>10}  note"]
+    lines = [
+        "stages (engine only, GPU execute + sync):",
+        f"  {'component':<10} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'items/s':>10}  note",
+    ]
     for row in report["stages"]:
         rate = "-" if row["items_per_s"] is None else f"{row['items_per_s']:.1f}"
-        lines.append(f"  {row['component']:<10} {row['batch']:>5} {_ms(row['p50_ms']):>9} {_ms(row['p90_ms']):>9} "
-                     f"{rate:>10}  {row['note']}")
+        lines.append(
+            f"  {row['component']:<10} {row['batch']:>5} {_ms(row['p50_ms']):>9} {_ms(row['p90_ms']):>9} "
+            f"{rate:>10}  {row['note']}"
+        )
     return lines
 
 
@@ -107,11 +126,19 @@ def _e2e_lines(report: dict) -> list[str]:
 def format_table(report: dict) -> str:
     """The human-readable report printed by gpu-check."""
     env = report.get("environment", {})
-    head = [f"gpu-check: model {report.get('model')} on {env.get('gpu') or '?'} (driver {env.get('driver') or '?'}, "
-            f"TensorRT {env.get('tensorrt') or '?'})"]
-    targets = ["targets:"] + [f"  {name}: {t['target']} → measured {_ms(t['measured'])} "
-                              f"({'met' if t['met'] else 'not met' if t['met'] is False else 'not measured'})"
-                              for name, t in report.get("targets", {}).items()] + [f"  reference: {REFERENCE}"]
+    head = [
+        f"gpu-check: model {report.get('model')} on {env.get('gpu') or '?'} (driver {env.get('driver') or '?'}, "
+        f"TensorRT {env.get('tensorrt') or '?'})"
+    ]
+    targets = (
+        ["targets:"]
+        + [
+            f"  {name}: {t['target']} → measured {_ms(t['measured'])} "
+            f"({'met' if t['met'] else 'not met' if t['met'] is False else 'not measured'})"
+            for name, t in report.get("targets", {}).items()
+        ]
+        + [f"  reference: {REFERENCE}"]
+    )
     ok, problems = verdict(report)
     tail = ["result: ok" if ok else "result: FAILED"] + [f"  - {p}" for p in problems]
     return "\n".join(head + _engine_lines(report) + _stage_lines(report) + _e2e_lines(report) + targets + tail)

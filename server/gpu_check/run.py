@@ -13,8 +13,14 @@ from pathlib import Path
 from typing import Callable
 
 from server.gpu_check.plan import BATCHES, MODELS, timing_plan
-from server.gpu_check.preflight import (blocking_problems, cannot_run_message, e2e_decision, install_plan,
-                                       installed_version, probe)
+from server.gpu_check.preflight import (
+    blocking_problems,
+    cannot_run_message,
+    e2e_decision,
+    install_plan,
+    installed_version,
+    probe,
+)
 from server.gpu_check.report import target_status, verdict
 
 Log = Callable[[str], None]
@@ -30,8 +36,8 @@ class Options:
 
     model: str = "bench"
     work: Path | None = None
-    artifacts: Path | None = None       # an existing export to check instead of exporting ``model``
-    engines: Path | None = None         # engine root (default <work>/engines)
+    artifacts: Path | None = None  # an existing export to check instead of exporting ``model``
+    engines: Path | None = None  # engine root (default <work>/engines)
     precision: str | None = None
     batches: tuple[int, ...] = BATCHES
     iterations: int = 20
@@ -44,6 +50,7 @@ class Options:
 
 def work_dir(opts: Options) -> Path:
     from server.triton import cache_root
+
     return Path(opts.work) if opts.work else cache_root() / "gpu-check" / opts.model
 
 
@@ -69,6 +76,7 @@ def install(requirements: list[str], allowed: bool, env: dict, log: Log) -> None
     if subprocess.run([sys.executable, "-m", "pip", "install", *requirements]).returncode != 0:
         raise CannotRunError(f"pip could not install {requirements} (see its output above)")
     import importlib
+
     importlib.invalidate_caches()
     env["tensorrt"] = installed_version()
     env["onnxruntime"] = installed_version(("onnxruntime-gpu", "onnxruntime"))
@@ -79,6 +87,7 @@ def export_model(opts: Options, work: Path, log: Log) -> Path:
     if opts.artifacts:
         return Path(opts.artifacts)
     from server.artifacts import ensure_artifacts
+
     log(f"exporting {MODELS[opts.model]} (random weights) to {work / 'onnx'} ...")
     return ensure_artifacts(MODELS[opts.model], work / "onnx", verify=False)
 
@@ -93,6 +102,7 @@ def run_gpu_check(opts: Options, log: Log = print, env: dict | None = None) -> d
     """Run every stage; return the report (see server.gpu_check.report)."""
     from export.manifest import load_manifest
     from server.gpu_check.measure import build_engines_each, check_engine, time_stages
+
     env, seconds, t = preflight(opts, env), {}, time.monotonic()
     install(install_plan(env), opts.install, env, log)
     work = work_dir(opts)
@@ -100,21 +110,34 @@ def run_gpu_check(opts: Options, log: Log = print, env: dict | None = None) -> d
     t = _phase(seconds, "export", t)
     manifest = load_manifest(artifacts, check_hashes=True)
     specs, size = manifest.specs(), manifest.dims.image_size
-    engine_dir, engines = build_engines_each(artifacts, opts.engines or work / "engines", list(specs), opts.precision, log)
+    engine_dir, engines = build_engines_each(
+        artifacts, opts.engines or work / "engines", list(specs), opts.precision, log
+    )
     t = _phase(seconds, "engines", t)
     for name, eng in engines.items():
         if not eng.get("error"):
             eng["parity"] = check_engine(engine_dir, artifacts, specs[name], size, log)
     t = _phase(seconds, "parity", t)
-    stages = time_stages(engine_dir, specs, timing_plan(specs, opts.batches), size, opts.iterations, opts.warmup, log) \
-        if engine_dir else []
+    stages = (
+        time_stages(engine_dir, specs, timing_plan(specs, opts.batches), size, opts.iterations, opts.warmup, log)
+        if engine_dir
+        else []
+    )
     t = _phase(seconds, "stages", t)
     e2e = run_e2e_stage(opts, env, artifacts, engine_dir, engines, work, log)
     _phase(seconds, "e2e", t)
-    report = {"tool": "sam3-triton gpu-check", "model": opts.model, "checkpoint": manifest.model,
-              "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
-              "environment": env, "seconds": seconds, "engines": engines, "stages": stages, "e2e": e2e,
-              "targets": target_status(e2e)}
+    report = {
+        "tool": "sam3-triton gpu-check",
+        "model": opts.model,
+        "checkpoint": manifest.model,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+        "environment": env,
+        "seconds": seconds,
+        "engines": engines,
+        "stages": stages,
+        "e2e": e2e,
+        "targets": target_status(e2e),
+    }
     report["ok"], report["problems"] = verdict(report)
     return report
 
@@ -130,9 +153,18 @@ def run_e2e_stage(opts: Options, env: dict, artifacts: Path, engine_dir, engines
     from client.api import Sam3Error
     from server.gpu_check.e2e import run_e2e
     from server.triton import TritonStartError
+
     try:
-        return run_e2e(artifacts, engine_dir, work, iterations=opts.iterations, warmup=opts.warmup,
-                       requests=opts.requests, concurrency=opts.concurrency, log=log)
+        return run_e2e(
+            artifacts,
+            engine_dir,
+            work,
+            iterations=opts.iterations,
+            warmup=opts.warmup,
+            requests=opts.requests,
+            concurrency=opts.concurrency,
+            log=log,
+        )
     except TritonStartError as err:  # recorded: the verdict fails on it and the table shows it
         return {"ran": False, "reason": "tritonserver did not start", "error": str(err)}
     except Sam3Error as err:

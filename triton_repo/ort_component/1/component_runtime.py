@@ -26,10 +26,22 @@ from pathlib import Path
 
 PRECISIONS = ("fp32", "bf16")
 RUNTIMES = ("openvino", "onnxruntime")
-ORT_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(int64)": "TYPE_INT64",
-             "tensor(int32)": "TYPE_INT32", "tensor(uint8)": "TYPE_UINT8", "tensor(bool)": "TYPE_BOOL"}
-OV_TYPES = {"f32": "TYPE_FP32", "f16": "TYPE_FP16", "i64": "TYPE_INT64", "i32": "TYPE_INT32", "u8": "TYPE_UINT8",
-            "boolean": "TYPE_BOOL"}
+ORT_TYPES = {
+    "tensor(float)": "TYPE_FP32",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(bool)": "TYPE_BOOL",
+}
+OV_TYPES = {
+    "f32": "TYPE_FP32",
+    "f16": "TYPE_FP16",
+    "i64": "TYPE_INT64",
+    "i32": "TYPE_INT32",
+    "u8": "TYPE_UINT8",
+    "boolean": "TYPE_BOOL",
+}
 OV_HINTS = {"fp32": "f32", "bf16": "bf16"}
 
 
@@ -40,6 +52,7 @@ class RuntimeLoadError(RuntimeError):
 def bf16_capable() -> tuple[bool, list[str]]:
     """(whether OpenVINO's CPU plugin lists BF16 among its capabilities, the capability list)."""
     import openvino as ov
+
     capabilities = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     return "BF16" in capabilities, capabilities
 
@@ -47,8 +60,11 @@ def bf16_capable() -> tuple[bool, list[str]]:
 class OpenVinoRunner:
     """One ONNX graph compiled by OpenVINO for the CPU at ``precision`` ("fp32" | "bf16")."""
 
-    def __init__(self, path: Path, precision: str, threads: int, cache_dir: str = "", static_shapes: dict | None = None):
+    def __init__(
+        self, path: Path, precision: str, threads: int, cache_dir: str = "", static_shapes: dict | None = None
+    ):
         import openvino as ov
+
         if precision not in PRECISIONS:
             raise RuntimeLoadError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         core, props = ov.Core(), compile_properties(precision, threads)
@@ -81,7 +97,8 @@ class OpenVinoRunner:
         """Outputs in ``output_names`` order. Inputs are shared (no copy: infer is synchronous); outputs
         are fresh arrays, never views of the request's buffers, which the next run overwrites."""
         static = self.static_request is not None and all(
-            feeds[name].shape == shape for name, shape in self.static_shapes.items())
+            feeds[name].shape == shape for name, shape in self.static_shapes.items()
+        )
         request = self.static_request if static else self.request
         results = request.infer(feeds, share_inputs=True, share_outputs=False)
         by_name = {name: array for port, array in results.items() for name in port.get_names()}
@@ -90,8 +107,12 @@ class OpenVinoRunner:
 
 def compile_properties(precision: str, threads: int) -> dict:
     """OpenVINO CPU compile properties: precision hint, 1 stream, ``threads`` (0 = OpenVINO's default), no pinning."""
-    props = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
-             "ENABLE_CPU_PINNING": False}
+    props = {
+        "INFERENCE_PRECISION_HINT": OV_HINTS[precision],
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+        "ENABLE_CPU_PINNING": False,
+    }
     if threads > 0:
         props["INFERENCE_NUM_THREADS"] = threads
     return props
@@ -110,6 +131,7 @@ class OrtRunner:
 
     def __init__(self, path: Path, threads: int):
         import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -125,8 +147,9 @@ class OrtRunner:
         return self.session.run(output_names, feeds)
 
 
-def open_runner(runtime: str, path: Path, precision: str, threads: int, cache_dir: str = "",
-                static_shapes: dict | None = None):
+def open_runner(
+    runtime: str, path: Path, precision: str, threads: int, cache_dir: str = "", static_shapes: dict | None = None
+):
     """The runner of ``path``; raises RuntimeLoadError for a missing file or an impossible combination.
     ``static_shapes`` is used by OpenVINO only."""
     if not path.is_file():

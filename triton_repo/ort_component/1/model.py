@@ -45,8 +45,10 @@ class ModelLoadError(RuntimeError):
 def _parameter(config: dict, key: str, default: str | None = None) -> str:
     value = config.get("parameters", {}).get(key, {}).get("string_value", default)
     if value is None:
-        raise ModelLoadError(f"{config['name']}: config.pbtxt lacks parameter {key!r}; regenerate the "
-                             "repository with export.repository.build_repository")
+        raise ModelLoadError(
+            f"{config['name']}: config.pbtxt lacks parameter {key!r}; regenerate the "
+            "repository with export.repository.build_repository"
+        )
     return value
 
 
@@ -71,8 +73,11 @@ def _axis_conflicts(arrays: dict, shared: dict) -> list[str]:
     """Descriptions of the shared axes on which the request's inputs disagree."""
     problems = []
     for axis, uses in shared.items():
-        sizes = {f"{name}[{index}]": arrays[name].shape[index] for name, index in uses
-                 if name in arrays and arrays[name].ndim > index}
+        sizes = {
+            f"{name}[{index}]": arrays[name].shape[index]
+            for name, index in uses
+            if name in arrays and arrays[name].ndim > index
+        }
         if len(set(sizes.values())) > 1:
             problems.append(f"inputs disagree on axis {axis!r}: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
     return problems
@@ -85,8 +90,10 @@ def _effective_precision(name: str, runtime: str, precision: str) -> str:
     capable, capabilities = bf16_capable()
     if capable:
         return precision
-    pb_utils.Logger.log_warn(f"{name}: precision bf16 requested but this CPU's OpenVINO capabilities are "
-                             f"{capabilities} (no BF16): running fp32")
+    pb_utils.Logger.log_warn(
+        f"{name}: precision bf16 requested but this CPU's OpenVINO capabilities are "
+        f"{capabilities} (no BF16): running fp32"
+    )
     return "fp32"
 
 
@@ -103,11 +110,15 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         path = version_dir / _parameter(config, "onnx_file")
         self.runner = self._open(config, path)
-        problems = (_mismatches("input", config["input"], self.runner.inputs(), self.batched)
-                    + _mismatches("output", config["output"], self.runner.outputs(), self.batched))
+        problems = _mismatches("input", config["input"], self.runner.inputs(), self.batched) + _mismatches(
+            "output", config["output"], self.runner.outputs(), self.batched
+        )
         if problems:
-            raise ModelLoadError(f"{self.name}: {path.name} does not match config.pbtxt: " + "; ".join(problems)
-                                 + ". Re-export the graph or regenerate the repository from the same spec.")
+            raise ModelLoadError(
+                f"{self.name}: {path.name} does not match config.pbtxt: "
+                + "; ".join(problems)
+                + ". Re-export the graph or regenerate the repository from the same spec."
+            )
 
     def _open(self, config: dict, path: Path):
         """The runner named by the config's runtime / precision / threads / cache_dir parameters."""
@@ -115,12 +126,19 @@ class TritonPythonModel:
         precision = _effective_precision(self.name, runtime, _parameter(config, "precision", "fp32"))
         threads = int(_parameter(config, "threads", _parameter(config, "intra_op_threads", "0")))
         try:
-            runner = open_runner(runtime, path, precision, threads, _parameter(config, "cache_dir", ""),
-                                 json.loads(_parameter(config, "static_shapes", "{}")))
+            runner = open_runner(
+                runtime,
+                path,
+                precision,
+                threads,
+                _parameter(config, "cache_dir", ""),
+                json.loads(_parameter(config, "static_shapes", "{}")),
+            )
         except RuntimeLoadError as err:
             raise ModelLoadError(f"{self.name}: {err}") from None
-        pb_utils.Logger.log_info(f"{self.name}: {path.name} on {runtime}, precision {runner.precision}, "
-                                 f"threads {threads or 'default'}")
+        pb_utils.Logger.log_info(
+            f"{self.name}: {path.name} on {runtime}, precision {runner.precision}, threads {threads or 'default'}"
+        )
         return runner
 
     def _read(self, request) -> dict:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-
 from postprocess import MaskSet, decode_rle, encode_rle, masks_to_boxes_xyxy, upsample
 from preprocess import scale_points
 
@@ -49,11 +48,13 @@ class AmgConfig:
 
     def __post_init__(self):
         if self.points_per_side < 1 or self.points_per_batch < 1:
-            raise ValueError(f"points_per_side ({self.points_per_side}) and points_per_batch "
-                             f"({self.points_per_batch}) must be >= 1")
+            raise ValueError(
+                f"points_per_side ({self.points_per_side}) and points_per_batch ({self.points_per_batch}) must be >= 1"
+            )
 
 
 # ---------------------------------------------------------------- building blocks
+
 
 def point_grid(points_per_side: int) -> np.ndarray:
     """Regular grid [n*n, 2] float32 of (x, y) in [0, 1], cell centers, x fastest (SAM's build_point_grid)."""
@@ -126,6 +127,7 @@ def _iou_one(box: np.ndarray, area: np.float32, boxes: np.ndarray, areas: np.nda
 
 
 # ---------------------------------------------------------------- small regions (SAM's cv2 step, in numpy)
+
 
 def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
     """Fill small holes (mode "holes") or drop small islands (mode "islands") of bool [H, W].
@@ -212,6 +214,7 @@ def _flip_runs(mask: np.ndarray, runs: np.ndarray, flip: np.ndarray) -> np.ndarr
 
 # ---------------------------------------------------------------- the generator
 
+
 @dataclass
 class _Candidates:
     """Kept candidates so far: RLE counts, boxes xyxy, predicted IoU, stability, prompt point."""
@@ -256,8 +259,10 @@ class AutomaticMaskGenerator:
         h, w = orig_hw
         points = point_grid(self.config.points_per_side) * np.array([w, h], dtype=np.float32)
         model_points = scale_points(points, orig_hw, size)
-        return [(points[sl], model_points[sl][:, None, :], np.ones((sl.stop - sl.start, 1), dtype=np.int64))
-                for sl in batch_slices(len(points), self.config.points_per_batch)]
+        return [
+            (points[sl], model_points[sl][:, None, :], np.ones((sl.stop - sl.start, 1), dtype=np.int64))
+            for sl in batch_slices(len(points), self.config.points_per_batch)
+        ]
 
     def collect(self, batches: list, outputs: list, orig_hw) -> "_Candidates":
         """The candidates of every batch's prompt-head outputs (pred_masks, iou) that pass the filters."""
@@ -268,23 +273,33 @@ class AutomaticMaskGenerator:
 
     def ranking(self, found: "_Candidates") -> np.ndarray:
         """Indices of the candidates that survive box NMS, best predicted IoU first."""
-        return box_nms(np.array(found.boxes, np.float32).reshape(-1, 4), np.array(found.ious, np.float32),
-                       self.config.box_nms_thresh)
+        return box_nms(
+            np.array(found.boxes, np.float32).reshape(-1, 4),
+            np.array(found.ious, np.float32),
+            self.config.box_nms_thresh,
+        )
 
     def generate_rle(self, batches: list, outputs: list, orig_hw) -> dict:
         """Like ``generate`` from precomputed prompt-head outputs, masks kept as RLE: {"masks": MaskSet,
         "boxes" float32 [D,4] xyxy, "iou" float32 [D], "stability" float32 [D]}, best IoU first."""
         if self.config.min_mask_region_area > 0:  # the cleanup needs dense masks: go through the records
-            rows = [(r["rle"], r["box_xyxy"], r["predicted_iou"], r["stability_score"])
-                    for r in self.records(batches, outputs, orig_hw)]
+            rows = [
+                (r["rle"], r["box_xyxy"], r["predicted_iou"], r["stability_score"])
+                for r in self.records(batches, outputs, orig_hw)
+            ]
         else:
             found = self.collect(batches, outputs, orig_hw)
-            rows = [(found.rles[i], found.boxes[i], found.ious[i], found.stabilities[i])
-                    for i in self.ranking(found).tolist()]
+            rows = [
+                (found.rles[i], found.boxes[i], found.ious[i], found.stabilities[i])
+                for i in self.ranking(found).tolist()
+            ]
         rles, boxes, ious, stabilities = zip(*rows) if rows else ((), (), (), ())
-        return {"masks": MaskSet.from_rle(list(rles), orig_hw),
-                "boxes": np.array(boxes, np.float32).reshape(-1, 4), "iou": np.array(ious, np.float32),
-                "stability": np.array(stabilities, np.float32)}
+        return {
+            "masks": MaskSet.from_rle(list(rles), orig_hw),
+            "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+            "iou": np.array(ious, np.float32),
+            "stability": np.array(stabilities, np.float32),
+        }
 
     def _add_batch(self, found: _Candidates, pred_masks, iou, points, orig_hw) -> None:
         """Filter one batch's candidates [P, C, m, m] / [P, C] and store the survivors.
@@ -301,7 +316,9 @@ class AutomaticMaskGenerator:
         if cfg.pred_iou_thresh > 0:
             keep = np.flatnonzero(flat_iou > np.float32(cfg.pred_iou_thresh))
         columns, stable = self._binarize(logits, keep, orig_hw)
-        passing = [j for j, stab in enumerate(stable) if cfg.stability_score_thresh <= 0 or stab > cfg.stability_score_thresh]
+        passing = [
+            j for j, stab in enumerate(stable) if cfg.stability_score_thresh <= 0 or stab > cfg.stability_score_thresh
+        ]
         kept = MaskSet(columns[passing], orig_hw)
         for j, rle, box in zip(passing, kept.rle(), kept.boxes_xyxy()):
             k = int(keep[j])
@@ -325,8 +342,9 @@ class AutomaticMaskGenerator:
     def _record(found: _Candidates, i: int, orig_hw) -> dict:
         """One output record from candidate ``i``."""
         mask = decode_rle(found.rles[i], orig_hw)
-        return _make_record(mask, found.rles[i], found.boxes[i], float(found.ious[i]), found.stabilities[i],
-                            found.points[i])
+        return _make_record(
+            mask, found.rles[i], found.boxes[i], float(found.ious[i]), found.stabilities[i], found.points[i]
+        )
 
     def _clean_small_regions(self, records: list[dict]) -> list[dict]:
         """SAM's postprocess_small_regions: fill holes, drop islands, re-run NMS (unchanged first)."""
@@ -354,12 +372,26 @@ def _store(found: _Candidates, rle: bytes, box: np.ndarray, iou, stab: float, po
 def _make_record(mask: np.ndarray, rle: bytes, box: np.ndarray, iou: float, stab: float, point: list) -> dict:
     """Output record of one mask (see AutomaticMaskGenerator.generate); box: its inclusive xyxy box."""
     x0, y0, x1, y1 = (float(v) for v in box)
-    return {"segmentation": mask, "rle": rle, "area": int(np.count_nonzero(mask)),
-            "bbox": [x0, y0, x1 - x0, y1 - y0], "box_xyxy": [x0, y0, x1, y1],
-            "predicted_iou": iou, "score": iou, "stability_score": stab, "point_coords": [point]}
+    return {
+        "segmentation": mask,
+        "rle": rle,
+        "area": int(np.count_nonzero(mask)),
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "box_xyxy": [x0, y0, x1, y1],
+        "predicted_iou": iou,
+        "score": iou,
+        "stability_score": stab,
+        "point_coords": [point],
+    }
 
 
 def _remade(record: dict, mask: np.ndarray) -> dict:
     """Record with a cleaned mask (new RLE, area and boxes; scores kept)."""
-    return _make_record(mask, encode_rle(mask[None])[0], masks_to_boxes_xyxy(mask), record["predicted_iou"],
-                        record["stability_score"], record["point_coords"][0])
+    return _make_record(
+        mask,
+        encode_rle(mask[None])[0],
+        masks_to_boxes_xyxy(mask),
+        record["predicted_iou"],
+        record["stability_score"],
+        record["point_coords"][0],
+    )

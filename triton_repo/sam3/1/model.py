@@ -58,16 +58,24 @@ class TritonPythonModel:
         self.text_cache = ByteLRU(int(float(params.get("text_cache_mb", 64)) * 2**20))
         self.pool = ThreadPoolExecutor(max_workers=int(params.get("worker_threads", 2)), thread_name_prefix="sam3")
         stages = BlsStages(pb_utils, {name: [t.name for t in spec.outputs] for name, spec in specs.items()})
-        self.pipeline = Sam3Pipeline(stages, TextTokenizer.from_file(tokenizer_path), dims, self.image_cache,
-                                     self.text_cache, post=_post_module(params.get("target", "cpu")), pool=self.pool,
-                                     max_pixels=int(float(params.get("max_pixels", 40e6))),
-                                     vision_batch=specs["vision"].profiles["batch"].max,
-                                     text_batch=specs["text"].profiles["batch"].max)
+        self.pipeline = Sam3Pipeline(
+            stages,
+            TextTokenizer.from_file(tokenizer_path),
+            dims,
+            self.image_cache,
+            self.text_cache,
+            post=_post_module(params.get("target", "cpu")),
+            pool=self.pool,
+            max_pixels=int(float(params.get("max_pixels", 40e6))),
+            vision_batch=specs["vision"].profiles["batch"].max,
+            text_batch=specs["text"].profiles["batch"].max,
+        )
         self.metrics = _Metrics(pb_utils)
 
     def execute(self, requests):
         """One response per request, in order; the valid ones run together as one batch."""
         from request import parse_request
+
         parsed = [self._parse(parse_request, request) for request in requests]
         valid = [p for p in parsed if not isinstance(p, BaseException)]
         results = iter(asyncio.run(self.pipeline.run_batch(valid)) if valid else [])
@@ -94,6 +102,7 @@ class TritonPythonModel:
         component, INTERNAL with an error id (traceback to the log) for anything else."""
         from errors import InputError
         from stages import StageError
+
         if isinstance(err, InputError):
             message, code = f"bad request: {err}", self.pb.TritonError.INVALID_ARG
         elif isinstance(err, StageError):
@@ -118,8 +127,10 @@ def _post_module(target: str):
     """Post-processing for the target: numpy/OpenCV on CPU; torch on the GPU (tensors stay on the device)."""
     if target == "gpu":
         import postprocess_torch
+
         return postprocess_torch
     import postprocess
+
     return postprocess
 
 
@@ -138,10 +149,16 @@ def _outputs(pb_utils, result, mask_format: str) -> list:
     n, (h, w) = len(result.scores), result.image_hw
     rle = result.masks.rle() if mask_format == "rle" else []
     masks = result.masks.dense() if mask_format == "bool" else np.zeros((0, h, w), bool)
-    values = {"masks_rle": np.array(rle, dtype=object).reshape(len(rle)), "masks": masks,
-              "boxes": result.boxes.reshape(n, 4).astype(np.float32), "scores": result.scores.astype(np.float32),
-              "labels": result.labels.astype(np.int32), "iou_scores": result.iou_scores.astype(np.float32),
-              "stability_scores": result.stability.astype(np.float32), "image_shape": np.array([h, w], np.int32)}
+    values = {
+        "masks_rle": np.array(rle, dtype=object).reshape(len(rle)),
+        "masks": masks,
+        "boxes": result.boxes.reshape(n, 4).astype(np.float32),
+        "scores": result.scores.astype(np.float32),
+        "labels": result.labels.astype(np.int32),
+        "iou_scores": result.iou_scores.astype(np.float32),
+        "stability_scores": result.stability.astype(np.float32),
+        "image_shape": np.array([h, w], np.int32),
+    }
     return [pb_utils.Tensor(name, value[None]) for name, value in values.items()]
 
 

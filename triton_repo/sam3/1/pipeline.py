@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-
 import postprocess as post
 import preprocess as pre
 import prompts
@@ -42,12 +41,12 @@ PHASES = ("decode", "compute", "post", "encode")
 class Sam3Result:
     """Detections in original-image pixels: D detections of one image."""
 
-    masks: MaskSet             # D masks of image_hw
-    boxes: np.ndarray          # float32 [D, 4] x1, y1, x2, y2 px, clipped to the image
-    scores: np.ndarray         # float32 [D] in [0, 1]
-    labels: np.ndarray         # int32 [D] concept index / prompt object index
-    iou_scores: np.ndarray     # float32 [D, C] candidate IoU predictions (C = 0 for text)
-    stability: np.ndarray      # float32 [D] (auto mode)
+    masks: MaskSet  # D masks of image_hw
+    boxes: np.ndarray  # float32 [D, 4] x1, y1, x2, y2 px, clipped to the image
+    scores: np.ndarray  # float32 [D] in [0, 1]
+    labels: np.ndarray  # int32 [D] concept index / prompt object index
+    iou_scores: np.ndarray  # float32 [D, C] candidate IoU predictions (C = 0 for text)
+    stability: np.ndarray  # float32 [D] (auto mode)
     image_hw: tuple[int, int]
 
 
@@ -86,9 +85,22 @@ class Sam3Pipeline:
     """Runs every mode. ``stages``: BlsStages or OrtStages; ``dims``: export.spec.Dims; ``post``:
     postprocess (numpy, CPU) or postprocess_torch (GPU); ``pool``: threads for decode and post."""
 
-    def __init__(self, stages, tokenizer, dims, image_cache: ByteLRU, text_cache: ByteLRU, *, post=post,
-                 pool: ThreadPoolExecutor | None = None, max_pixels: int = 40_000_000, vision_batch: int = 8,
-                 text_batch: int = 16, max_concepts_per_call: int = 8, max_objects_per_call: int = 64):
+    def __init__(
+        self,
+        stages,
+        tokenizer,
+        dims,
+        image_cache: ByteLRU,
+        text_cache: ByteLRU,
+        *,
+        post=post,
+        pool: ThreadPoolExecutor | None = None,
+        max_pixels: int = 40_000_000,
+        vision_batch: int = 8,
+        text_batch: int = 16,
+        max_concepts_per_call: int = 8,
+        max_objects_per_call: int = 64,
+    ):
         self.stages, self.tokenizer, self.dims, self.post = stages, tokenizer, dims, post
         self.image_cache, self.text_cache = image_cache, text_cache
         self.pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam3")
@@ -107,8 +119,10 @@ class Sam3Pipeline:
         start, timings = time.perf_counter(), [Timings() for _ in reqs]
         shared = await self._shared(reqs, timings)
         heads = await self._prompt_heads(reqs, shared, timings)
-        jobs = [self._timed(self._mode(req, shared, t, heads.get(i)), t, start)
-                for i, (req, t) in enumerate(zip(reqs, timings))]
+        jobs = [
+            self._timed(self._mode(req, shared, t, heads.get(i)), t, start)
+            for i, (req, t) in enumerate(zip(reqs, timings))
+        ]
         return list(zip(await asyncio.gather(*jobs, return_exceptions=True), timings))
 
     @staticmethod
@@ -125,8 +139,9 @@ class Sam3Pipeline:
     # ---- step 1: images and texts of the whole batch ---------------------------------------------
 
     async def _shared(self, reqs, timings) -> _Shared:
-        images, texts = await asyncio.gather(self._embed_images(reqs, timings), self._encode_texts(reqs, timings),
-                                             return_exceptions=True)
+        images, texts = await asyncio.gather(
+            self._embed_images(reqs, timings), self._encode_texts(reqs, timings), return_exceptions=True
+        )
         if isinstance(texts, BaseException):  # a failed text call fails the text-mode requests only
             texts = {t: texts for r in reqs if r.mode == "text" for t in (r.texts or [BOX_ONLY_TEXT])}
         if isinstance(images, BaseException):
@@ -136,8 +151,10 @@ class Sam3Pipeline:
     async def _embed_images(self, reqs, timings) -> dict:
         """{cache key: Features | exception} of every request's image; one vision call for the misses."""
         found, sources = self._lookup(reqs)
-        decoded = await asyncio.gather(*(timings[i].measure("decode", self.in_pool(self._decode, reqs[i]))
-                                         for i in sources.values()), return_exceptions=True)
+        decoded = await asyncio.gather(
+            *(timings[i].measure("decode", self.in_pool(self._decode, reqs[i])) for i in sources.values()),
+            return_exceptions=True,
+        )
         ready = {}
         for key, value in zip(sources, decoded):
             (found if isinstance(value, BaseException) else ready)[key] = value
@@ -160,8 +177,10 @@ class Sam3Pipeline:
                 found.pop(key, None)
                 sources[key] = i
             else:
-                found[key] = InputError(f"image_id {req.image_id!r} is not in the embedding cache (never sent, or "
-                                        "evicted): send the image with it")
+                found[key] = InputError(
+                    f"image_id {req.image_id!r} is not in the embedding cache (never sent, or "
+                    "evicted): send the image with it"
+                )
         return found, sources
 
     def _decode(self, req: Sam3Request):
@@ -183,7 +202,7 @@ class Sam3Pipeline:
                     t.seconds["compute"] += time.perf_counter() - start
         found = {}
         for i, key in enumerate(keys):
-            found[key] = Features({name: value[i:i + 1] for name, value in out.items()}, ready[key][1])
+            found[key] = Features({name: value[i : i + 1] for name, value in out.items()}, ready[key][1])
             self.image_cache.put(key, found[key])
         return found
 
@@ -192,7 +211,9 @@ class Sam3Pipeline:
         wanted = [t for r in reqs if r.mode == "text" for t in (r.texts or [BOX_ONLY_TEXT])]
         known = {t: self.text_cache.get(t) for t in dict.fromkeys(wanted)}
         missing = [t for t, v in known.items() if v is None]
-        users = [tm for r, tm in zip(reqs, timings) if r.mode == "text" and set(r.texts or [BOX_ONLY_TEXT]) & set(missing)]
+        users = [
+            tm for r, tm in zip(reqs, timings) if r.mode == "text" and set(r.texts or [BOX_ONLY_TEXT]) & set(missing)
+        ]
         for part in _chunks_of(missing, self.text_batch):
             ids, mask = self.tokenizer.encode(part)
             start = time.perf_counter()
@@ -221,6 +242,7 @@ class Sam3Pipeline:
 
         def run(key, coords, labels):
             return self.stages.arun("prompt", self.prompt_feeds(shared.features[key], coords, labels))
+
         start = time.perf_counter()
         outputs = await prompts.grouped_calls(run, plans, self.chunk_objects)
         for i in plans:
@@ -252,8 +274,13 @@ class Sam3Pipeline:
         boxes, labels, valid = self._exemplars(req, features.image_hw, len(texts))
         parts = []
         for sl in _chunks(len(texts), self.chunk_concepts):
-            feeds = {"text_features": text_features[sl], "text_mask": text_mask[sl], "boxes": boxes[sl],
-                     "box_labels": labels[sl], "box_valid": valid[sl]}
+            feeds = {
+                "text_features": text_features[sl],
+                "text_mask": text_mask[sl],
+                "boxes": boxes[sl],
+                "box_labels": labels[sl],
+                "box_valid": valid[sl],
+            }
             parts += await self._concepts(feeds, features, req, t)
         return _concept_result(parts, features.image_hw)
 
@@ -266,15 +293,22 @@ class Sam3Pipeline:
         masks = [MaskSet.empty(hw) for _ in kept]
         rows, memory, queries = self.post.gather_queries(det["queries"], det["memory"], [k for k, _ in kept])
         if len(rows):
-            out = await t.measure("compute", self.stages.arun("mask", {"fpn_0": fpn["fpn_0"], "fpn_1": fpn["fpn_1"],
-                                                                       "memory": memory, "queries": queries}))
+            out = await t.measure(
+                "compute",
+                self.stages.arun(
+                    "mask", {"fpn_0": fpn["fpn_0"], "fpn_1": fpn["fpn_1"], "memory": memory, "queries": queries}
+                ),
+            )
             counts = [len(kept[int(r)][0]) for r in rows]
-            sets = await t.measure("post", self.in_pool(self.post.concept_masks, out["pred_masks"], counts, hw,
-                                                        req.mask_threshold))
+            sets = await t.measure(
+                "post", self.in_pool(self.post.concept_masks, out["pred_masks"], counts, hw, req.mask_threshold)
+            )
             for r, mask_set in zip(rows, sets):
                 masks[int(r)] = mask_set
-        return [(_host(scores), self.post.scale_boxes(det["pred_boxes"][n], k, hw), masks[n])
-                for n, (k, scores) in enumerate(kept)]
+        return [
+            (_host(scores), self.post.scale_boxes(det["pred_boxes"][n], k, hw), masks[n])
+            for n, (k, scores) in enumerate(kept)
+        ]
 
     def _exemplars(self, req: Sam3Request, image_hw, n: int):
         """(boxes cxcywh [n,K,4], labels int64 [n,K], valid bool [n,K]); one padding slot if none."""
@@ -284,8 +318,7 @@ class Sam3Pipeline:
         boxes = pre.validate_boxes(req.boxes, image_hw, "boxes")
         labels = pre.validate_box_labels(req.box_labels, len(boxes))
         cxcywh = pre.boxes_xyxy_to_cxcywh_norm(boxes, image_hw).astype(np.float32)
-        return (np.repeat(cxcywh[None], n, 0), np.repeat(labels[None], n, 0),
-                np.ones((n, len(boxes)), bool))
+        return (np.repeat(cxcywh[None], n, 0), np.repeat(labels[None], n, 0), np.ones((n, len(boxes)), bool))
 
     # points / boxes (tracker head)
 
@@ -293,31 +326,58 @@ class Sam3Pipeline:
         """sam3_prompt inputs for P objects: coords float32 [P,K,2] in the model frame, labels int64 [P,K]."""
         m = self.dims.mask_size
         feeds = {k: features.outputs[k] for k in ("track_0", "track_1", "track_2")}
-        return feeds | {"point_coords": coords.astype(np.float32), "point_labels": labels.astype(np.int64),
-                        "mask_input": np.zeros((1, 1, m, m), np.float32), "has_mask_input": np.zeros(1, np.float32)}
+        return feeds | {
+            "point_coords": coords.astype(np.float32),
+            "point_labels": labels.astype(np.int64),
+            "mask_input": np.zeros((1, 1, m, m), np.float32),
+            "has_mask_input": np.zeros(1, np.float32),
+        }
 
     async def _prompt_result(self, features: Features, outs: list[dict], req: Sam3Request, t: Timings) -> Sam3Result:
         """Best of the 3 candidate masks per object (prompt-head outputs ``outs``), upsampled and binarized."""
-        masks, iou = await t.measure("post", self.in_pool(self.post.best_prompt_masks, outs, features.image_hw,
-                                                          post.prob_to_logit(req.mask_threshold)))
+        masks, iou = await t.measure(
+            "post",
+            self.in_pool(self.post.best_prompt_masks, outs, features.image_hw, post.prob_to_logit(req.mask_threshold)),
+        )
         iou = post.clip_scores(iou)  # the IoU head's predictions, as scores in [0, 1]
-        return Sam3Result(masks, masks.boxes_xyxy(), iou.max(-1), np.arange(len(iou), dtype=np.int32),
-                          iou, np.zeros(len(iou), np.float32), features.image_hw)
+        return Sam3Result(
+            masks,
+            masks.boxes_xyxy(),
+            iou.max(-1),
+            np.arange(len(iou), dtype=np.int32),
+            iou,
+            np.zeros(len(iou), np.float32),
+            features.image_hw,
+        )
 
     # automatic ("segment everything")
 
     async def _auto(self, req: Sam3Request, features: Features, shared, t: Timings) -> Sam3Result:
-        generator = AutomaticMaskGenerator(AmgConfig(
-            points_per_side=req.points_per_side, points_per_batch=req.points_per_batch,
-            pred_iou_thresh=req.pred_iou_thresh, stability_score_thresh=req.stability_score_thresh))
+        generator = AutomaticMaskGenerator(
+            AmgConfig(
+                points_per_side=req.points_per_side,
+                points_per_batch=req.points_per_batch,
+                pred_iou_thresh=req.pred_iou_thresh,
+                stability_score_thresh=req.stability_score_thresh,
+            )
+        )
         batches = generator.prompt_batches(features.image_hw, self.dims.image_size)
-        calls = [self.stages.arun("prompt", self.prompt_feeds(features, points, labels)) for _, points, labels in batches]
+        calls = [
+            self.stages.arun("prompt", self.prompt_feeds(features, points, labels)) for _, points, labels in batches
+        ]
         outs = await t.measure("compute", asyncio.gather(*calls))
         outputs = [(_host(o["pred_masks"]), _host(o["iou_scores"])) for o in outs]
         found = await t.measure("post", self.in_pool(generator.generate_rle, batches, outputs, features.image_hw))
         n, iou = len(found["iou"]), post.clip_scores(found["iou"])
-        return Sam3Result(found["masks"], post.clip_boxes(found["boxes"], features.image_hw), iou,
-                          np.arange(n, dtype=np.int32), iou[:, None], found["stability"], features.image_hw)
+        return Sam3Result(
+            found["masks"],
+            post.clip_boxes(found["boxes"], features.image_hw),
+            iou,
+            np.arange(n, dtype=np.int32),
+            iou[:, None],
+            found["stability"],
+            features.image_hw,
+        )
 
 
 def _cache_key(req: Sam3Request) -> str:
@@ -351,5 +411,12 @@ def _concept_result(parts: list[tuple], image_hw) -> Sam3Result:
     scores = np.concatenate([s for s, _, _ in parts]).astype(np.float32)
     boxes = np.concatenate([b for _, b, _ in parts]).reshape(-1, 4).astype(np.float32)
     masks = MaskSet.concat([m for _, _, m in parts], image_hw)
-    return Sam3Result(masks, boxes, scores, labels, np.zeros((len(scores), 0), np.float32),
-                      np.zeros(len(scores), np.float32), image_hw)
+    return Sam3Result(
+        masks,
+        boxes,
+        scores,
+        labels,
+        np.zeros((len(scores), 0), np.float32),
+        np.zeros(len(scores), np.float32),
+        image_hw,
+    )

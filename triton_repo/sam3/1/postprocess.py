@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Elementwise 1 / (1 + exp(-x)) in float32 (saturates to 0 / 1 without warnings)."""
     x = np.asarray(x, dtype=np.float32)
@@ -46,6 +47,7 @@ def prob_to_logit(p: float) -> float:
 
 
 # ---------------------------------------------------------------- masks of one image
+
 
 class MaskSet:
     """K binary masks of one (H, W) image, held column-major: ``columns`` bool [K, W, H].
@@ -122,8 +124,9 @@ def upsample(x: np.ndarray, image_hw, out: np.ndarray | None = None) -> np.ndarr
     """
     h, w = (int(v) for v in image_hw)
     out = np.empty((w, h), np.float32) if out is None else out
-    return cv2.resize(np.ascontiguousarray(np.asarray(x, np.float32).T), (h, w), dst=out,
-                      interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(
+        np.ascontiguousarray(np.asarray(x, np.float32).T), (h, w), dst=out, interpolation=cv2.INTER_LINEAR
+    )
 
 
 def upsample_binarize(x: np.ndarray, image_hw, threshold: float, probabilities: bool = False) -> MaskSet:
@@ -154,11 +157,15 @@ def _transposed(x: np.ndarray, probabilities: bool) -> np.ndarray:
 
 def resize_bilinear(x: np.ndarray, out_hw) -> np.ndarray:
     """Bilinear resize of [K, h, w] float32 to [K, H, W] float32 (align_corners=False)."""
-    return np.stack([upsample(m, out_hw).T for m in np.asarray(x, np.float32)]) if len(x) else \
-        np.zeros((0,) + tuple(out_hw), np.float32)
+    return (
+        np.stack([upsample(m, out_hw).T for m in np.asarray(x, np.float32)])
+        if len(x)
+        else np.zeros((0,) + tuple(out_hw), np.float32)
+    )
 
 
 # ---------------------------------------------------------------- concept (text / exemplar) head
+
 
 def select_queries(logits, presence, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Kept queries of each prompt: [(indices int64 [D], scores float32 [D])] in query order.
@@ -187,8 +194,9 @@ def gather_queries(queries, memory, kept: list[np.ndarray]):
 
 def concept_masks(pred_masks, counts: list[int], image_hw, mask_threshold: float) -> list[MaskSet]:
     """Masks of the mask head's rows: pred_masks [R, K, m, m] logits, ``counts`` valid rows each."""
-    return [upsample_binarize(pred_masks[r, :n], image_hw, mask_threshold, probabilities=True)
-            for r, n in enumerate(counts)]
+    return [
+        upsample_binarize(pred_masks[r, :n], image_hw, mask_threshold, probabilities=True) for r, n in enumerate(counts)
+    ]
 
 
 def scale_boxes(boxes_xyxy_norm, indices: np.ndarray, image_hw) -> np.ndarray:
@@ -211,6 +219,7 @@ def clip_scores(scores) -> np.ndarray:
 
 # ---------------------------------------------------------------- prompt (point / box) head
 
+
 def best_mask_index(iou_scores) -> np.ndarray:
     """Index of the candidate with the highest predicted IoU: [P, C] → int64 [P]."""
     return np.argmax(np.asarray(iou_scores), axis=-1).astype(np.int64)
@@ -230,6 +239,7 @@ def best_prompt_masks(outputs: list[dict], image_hw, logit_threshold: float):
 
 
 # ---------------------------------------------------------------- RLE helpers
+
 
 def encode_rle(masks: np.ndarray) -> list[bytes]:
     """bool [D, H, W] → D COCO compressed RLE ``counts`` (column-major, as pycocotools)."""

@@ -19,14 +19,14 @@ import math
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
-
 from errors import InputError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 _MP = 1e6
 
 
 # ---------------------------------------------------------------- decoding
+
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, WebP, anything Pillow opens) to RGB.
@@ -58,11 +58,14 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise InputError(f"image is too large to decode safely ({exc}); downscale it") from exc
     except UnidentifiedImageError as exc:
-        raise InputError(f"image bytes are not a decodable image ({len(data)} bytes of an unknown format); "
-                         "send a JPEG, PNG or WebP file") from exc
+        raise InputError(
+            f"image bytes are not a decodable image ({len(data)} bytes of an unknown format); "
+            "send a JPEG, PNG or WebP file"
+        ) from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"image bytes are not a decodable image ({len(data)} bytes; {exc}); "
-                         "send a JPEG, PNG or WebP file") from exc
+        raise InputError(
+            f"image bytes are not a decodable image ({len(data)} bytes; {exc}); send a JPEG, PNG or WebP file"
+        ) from exc
     check_image_size(image.size, max_pixels)
     return image
 
@@ -73,8 +76,9 @@ def check_image_size(size_wh: tuple[int, int], max_pixels: int) -> None:
     if w <= 0 or h <= 0:
         raise InputError(f"image is {w}x{h}: it has no pixels")
     if w * h > max_pixels:
-        raise InputError(f"image is {w}x{h} = {w * h / _MP:.1f} MP, over the {max_pixels / _MP:.1f} MP "
-                         "limit; downscale it")
+        raise InputError(
+            f"image is {w}x{h} = {w * h / _MP:.1f} MP, over the {max_pixels / _MP:.1f} MP limit; downscale it"
+        )
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -93,6 +97,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- resizing
+
 
 def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
     """Resize HxWx3 uint8 RGB to the model input: uint8 [1, 3, size, size] NCHW.
@@ -123,12 +128,12 @@ def _resample_axis0(x: np.ndarray, out_size: int, chunk: int = 128) -> np.ndarra
     taps = [weights[:, k].reshape((out_size,) + (1,) * (x.ndim - 1)) for k in range(idx.shape[1])]
     out = np.empty((out_size,) + x.shape[1:], dtype=np.uint8)
     for start in range(0, x.shape[1], chunk):
-        part = x[:, start:start + chunk]
+        part = x[:, start : start + chunk]
         acc = np.full((out_size,) + part.shape[1:], 1 << (precision - 1), dtype=np.int32)
         for k, wk in enumerate(taps):
             acc += part[idx[:, k]] * wk  # uint8 * int32 -> int32
         np.right_shift(acc, precision, out=acc)
-        out[:, start:start + chunk] = np.clip(acc, 0, 255)
+        out[:, start : start + chunk] = np.clip(acc, 0, 255)
     return out
 
 
@@ -175,6 +180,7 @@ def _weights_precision(w_max: float) -> int:
 
 # ---------------------------------------------------------------- coordinates
 
+
 def scale_points(points_xy: np.ndarray, orig_hw: tuple[int, int], size: int) -> np.ndarray:
     """Pixels in the original image → pixels in the size x size model frame.
 
@@ -204,6 +210,7 @@ def boxes_xyxy_to_cxcywh_norm(boxes: np.ndarray, orig_hw: tuple[int, int]) -> np
 
 # ---------------------------------------------------------------- validation
 
+
 def validate_points(points, labels, orig_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Check point prompts: points [N, 2] x,y px inside the image, labels [N] in {0, 1}.
 
@@ -224,8 +231,9 @@ def validate_boxes(boxes, orig_hw: tuple[int, int], name: str = "boxes") -> np.n
     b = _finite_array(boxes, name, (-1, 4), "[[x0, y0, x1, y1], ...] in pixels")
     for i, (x0, y0, x1, y1) in enumerate(b.tolist()):
         if x1 < x0 or y1 < y0:
-            raise InputError(f"{name}[{i}] = {[x0, y0, x1, y1]} has x1 < x0 or y1 < y0; "
-                             "send [x_min, y_min, x_max, y_max]")
+            raise InputError(
+                f"{name}[{i}] = {[x0, y0, x1, y1]} has x1 < x0 or y1 < y0; send [x_min, y_min, x_max, y_max]"
+            )
     _inside(b[:, 0::2].ravel(), orig_hw[1], name, "x", "width")
     _inside(b[:, 1::2].ravel(), orig_hw[0], name, "y", "height")
     return b
@@ -266,5 +274,7 @@ def _inside(coords: np.ndarray, limit: int, name: str, axis: str, side: str) -> 
     bad = (coords < 0) | (coords > limit)
     if bad.any():
         value = float(coords[np.argmax(bad)])
-        raise InputError(f"{name} has {axis} = {value:g} outside the image (0..{limit} px, the image {side}); "
-                         "coordinates are pixels of the original image")
+        raise InputError(
+            f"{name} has {axis} = {value:g} outside the image (0..{limit} px, the image {side}); "
+            "coordinates are pixels of the original image"
+        )

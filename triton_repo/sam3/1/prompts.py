@@ -14,7 +14,6 @@ import asyncio
 from dataclasses import dataclass
 
 import numpy as np
-
 import preprocess as pre
 
 POINT_LABEL, BOX_LABELS = 1, (2, 3)  # SAM's labels: 1 foreground click, 2/3 the corners of a box
@@ -76,6 +75,5 @@ def _rows(outs: list[dict], slices: list[slice], first: int, stop: int) -> list[
     for out, sl in zip(outs, slices):
         lo, hi = max(first, sl.start), min(stop, sl.stop)
         if lo < hi:
-            rows.append({name: value[lo - sl.start:hi - sl.start] for name, value in out.items()})
+            rows.append({name: value[lo - sl.start : hi - sl.start] for name, value in out.items()})
     return rows
-

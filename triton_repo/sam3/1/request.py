@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from errors import InputError
 from sam3_spec import SAM3_INPUTS
 
@@ -35,10 +34,10 @@ class Sam3Request:
     image: bytes
     mode: str = SPECS["mode"].default
     texts: list[str] = field(default_factory=list)
-    points: np.ndarray | None = None        # float32 [N, 2] x, y
+    points: np.ndarray | None = None  # float32 [N, 2] x, y
     point_labels: np.ndarray | None = None  # int64 [N]
-    boxes: np.ndarray | None = None         # float32 [K, 4] x0, y0, x1, y1
-    box_labels: np.ndarray | None = None    # int64 [K]
+    boxes: np.ndarray | None = None  # float32 [K, 4] x0, y0, x1, y1
+    box_labels: np.ndarray | None = None  # int64 [K]
     image_id: str | None = None
     threshold: float = SPECS["threshold"].default
     mask_threshold: float = SPECS["mask_threshold"].default
@@ -91,14 +90,18 @@ def parse_request(tensors: dict[str, np.ndarray], limits: Limits = Limits()) -> 
     """Validate the tensors of one request (name → numpy array; absent optional inputs omitted)."""
     image_id = _string(tensors.get("image_id"), "image_id") or None
     req = Sam3Request(
-        image=_image(tensors.get("image"), image_id), mode=_choice(tensors, "mode"),
-        texts=_strings(tensors.get("text"), "text"), image_id=image_id,
-        threshold=_scalar(tensors, "threshold", float), mask_threshold=_scalar(tensors, "mask_threshold", float),
+        image=_image(tensors.get("image"), image_id),
+        mode=_choice(tensors, "mode"),
+        texts=_strings(tensors.get("text"), "text"),
+        image_id=image_id,
+        threshold=_scalar(tensors, "threshold", float),
+        mask_threshold=_scalar(tensors, "mask_threshold", float),
         points_per_side=_scalar(tensors, "points_per_side", int),
         points_per_batch=_scalar(tensors, "points_per_batch", int),
         pred_iou_thresh=_scalar(tensors, "pred_iou_thresh", float),
         stability_score_thresh=_scalar(tensors, "stability_score_thresh", float),
-        mask_format=_choice(tensors, "mask_format"))
+        mask_format=_choice(tensors, "mask_format"),
+    )
     _attach_prompts(req, tensors, limits)
     return req
 
@@ -110,8 +113,10 @@ def _image(values: np.ndarray | None, image_id: str | None) -> bytes:
         return data
     if image_id:
         return b""
-    raise InputError("image is required: send the encoded image file bytes (JPEG, PNG or WebP), "
-                     "or an image_id of an image sent before")
+    raise InputError(
+        "image is required: send the encoded image file bytes (JPEG, PNG or WebP), "
+        "or an image_id of an image sent before"
+    )
 
 
 def _attach_prompts(req: Sam3Request, tensors: dict, limits: Limits) -> None:

@@ -27,8 +27,9 @@ class BlsStages:
 
     def _request(self, component: str, feeds: dict):
         tensors = [self._tensor(name, value) for name, value in feeds.items()]
-        return self.pb.InferenceRequest(model_name=self.prefix + component, inputs=tensors,
-                                        requested_output_names=self.outputs[component])
+        return self.pb.InferenceRequest(
+            model_name=self.prefix + component, inputs=tensors, requested_output_names=self.outputs[component]
+        )
 
     def _tensor(self, name: str, value):
         if _is_torch(value):
@@ -56,6 +57,7 @@ def _array(tensor):
     if tensor.is_cpu():
         return tensor.as_numpy()
     import torch
+
     return torch.from_dlpack(tensor.to_dlpack())
 
 
@@ -64,10 +66,12 @@ class OrtStages:
 
     def __init__(self, files: dict, threads: int = 0):
         import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        self.sessions = {c: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                         for c, p in files.items()}
+        self.sessions = {
+            c: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for c, p in files.items()
+        }
 
     def run(self, component: str, feeds: dict) -> dict:
         session = self.sessions[component]

@@ -10,9 +10,8 @@ bos, its first 30 tokens and eos.
 from __future__ import annotations
 
 import numpy as np
-from tokenizers import Tokenizer
-
 from errors import InputError
+from tokenizers import Tokenizer
 
 MAX_TEXT_CHARS = 1000  # longer prompts are refused (only ~30 tokens are used anyway)
 
@@ -51,16 +50,20 @@ class TextTokenizer:
         if not isinstance(text, str):
             raise InputError(f"text[{index}] must be a string, got {type(text).__name__}")
         if not text.strip():
-            raise InputError(f"text[{index}] is empty; send a short noun phrase such as \"red car\"")
+            raise InputError(f'text[{index}] is empty; send a short noun phrase such as "red car"')
         if len(text) > self.max_chars:
-            raise InputError(f"text[{index}] has {len(text)} characters, over the {self.max_chars} limit; "
-                             "send a short noun phrase (only the first ~30 tokens are used)")
+            raise InputError(
+                f"text[{index}] has {len(text)} characters, over the {self.max_chars} limit; "
+                "send a short noun phrase (only the first ~30 tokens are used)"
+            )
 
 
 def _fixed_length(tokenizer: Tokenizer) -> int:
     """The fixed sequence length the tokenizer pads and truncates to; TokenizerFileError otherwise."""
     trunc, pad = tokenizer.truncation, tokenizer.padding
     if not trunc or not pad or pad.get("length") is None or pad["length"] != trunc["max_length"]:
-        raise TokenizerFileError(f"tokenizer.json must truncate and pad to one fixed length (got truncation "
-                                 f"{trunc}, padding {pad}); rebuild it with export/tokenizer.py")
+        raise TokenizerFileError(
+            f"tokenizer.json must truncate and pad to one fixed length (got truncation "
+            f"{trunc}, padding {pad}); rebuild it with export/tokenizer.py"
+        )
     return int(pad["length"])
