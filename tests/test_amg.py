@@ -189,3 +189,24 @@ def test_generate_with_min_region_area_cleans_masks():
         regions = label(r["segmentation"], connectivity=2)
         assert np.bincount(regions.ravel())[1:].min() >= 30
         assert r["area"] == int(r["segmentation"].sum())
+
+
+def test_candidates_collected_in_parts_and_merged_equal_one_collection():
+    """The pipeline post-processes auto mode in parallel parts of a few prompts; merged in order they
+    must equal collecting the whole batch at once (same masks, boxes, scores, hence the same NMS)."""
+    from amg import merge_candidates
+
+    generator = AutomaticMaskGenerator(AmgConfig(points_per_side=6, points_per_batch=36, stability_score_thresh=0.5))
+    hw = (150, 210)
+    batches = generator.prompt_batches(hw, SIZE)
+    outputs = [disk_prompt_head(points, labels) for _, points, labels in batches]
+    whole = generator.collect(batches, outputs, hw)
+    parts = [
+        generator.collect([(batches[0][0][sl], None, None)], [(outputs[0][0][sl], outputs[0][1][sl])], hw)
+        for sl in batch_slices(36, 5)
+    ]
+    merged = merge_candidates(parts)
+    assert len(whole.rles) >= 3 and merged.rles == whole.rles and merged.ious == whole.ious
+    np.testing.assert_array_equal(np.array(merged.boxes), np.array(whole.boxes))
+    a, b = generator.generate_rle(batches, outputs, hw), generator.generate_rle(batches, outputs, hw, merged)
+    assert a["masks"].rle() == b["masks"].rle() and np.array_equal(a["iou"], b["iou"])

@@ -225,6 +225,20 @@ class _Candidates:
     stabilities: list = field(default_factory=list)
     points: list = field(default_factory=list)
 
+    @classmethod
+    def merge(cls, parts: list["_Candidates"]) -> "_Candidates":
+        """The candidates of several parts, in the parts' order (the order NMS ties depend on)."""
+        merged = cls()
+        for part in parts:
+            for name in ("rles", "boxes", "ious", "stabilities", "points"):
+                getattr(merged, name).extend(getattr(part, name))
+        return merged
+
+
+def merge_candidates(parts: list[_Candidates]) -> _Candidates:
+    """Candidates collected in parts (``AutomaticMaskGenerator.collect``), merged in the parts' order."""
+    return _Candidates.merge(parts)
+
 
 class AutomaticMaskGenerator:
     """Segment everything in one image with grid point prompts (see the module docstring)."""
@@ -279,16 +293,17 @@ class AutomaticMaskGenerator:
             self.config.box_nms_thresh,
         )
 
-    def generate_rle(self, batches: list, outputs: list, orig_hw) -> dict:
+    def generate_rle(self, batches: list, outputs: list, orig_hw, found: _Candidates | None = None) -> dict:
         """Like ``generate`` from precomputed prompt-head outputs, masks kept as RLE: {"masks": MaskSet,
-        "boxes" float32 [D,4] xyxy, "iou" float32 [D], "stability" float32 [D]}, best IoU first."""
+        "boxes" float32 [D,4] xyxy, "iou" float32 [D], "stability" float32 [D]}, best IoU first.
+        ``found``: the candidates already collected from them (e.g. in parallel parts, then merged)."""
         if self.config.min_mask_region_area > 0:  # the cleanup needs dense masks: go through the records
             rows = [
                 (r["rle"], r["box_xyxy"], r["predicted_iou"], r["stability_score"])
                 for r in self.records(batches, outputs, orig_hw)
             ]
         else:
-            found = self.collect(batches, outputs, orig_hw)
+            found = found if found is not None else self.collect(batches, outputs, orig_hw)
             rows = [
                 (found.rles[i], found.boxes[i], found.ious[i], found.stabilities[i])
                 for i in self.ranking(found).tolist()

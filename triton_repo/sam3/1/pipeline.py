@@ -27,7 +27,7 @@ import numpy as np
 import postprocess as post
 import preprocess as pre
 import prompts
-from amg import AmgConfig, AutomaticMaskGenerator
+from amg import AmgConfig, AutomaticMaskGenerator, merge_candidates
 from cache import ByteLRU, content_key
 from errors import InputError
 from postprocess import MaskSet
@@ -352,6 +352,20 @@ class Sam3Pipeline:
 
     # automatic ("segment everything")
 
+    async def _amg_candidates(self, generator, batches: list, outputs: list, image_hw):
+        """The candidates of every prompt batch, collected in parts of AMG_PART prompts in the thread
+        pool at once (upsampling dominates and releases the GIL), merged in order; None when the
+        generator's small-region cleanup needs its own sequential path."""
+        if generator.config.min_mask_region_area > 0:
+            return None
+        parts = [
+            ([(points[sl], None, None)], [(masks[sl], iou[sl])])
+            for (points, _, _), (masks, iou) in zip(batches, outputs)
+            for sl in _chunks(len(points), AMG_PART)
+        ]
+        found = await asyncio.gather(*(self.in_pool(generator.collect, b, o, image_hw) for b, o in parts))
+        return merge_candidates(found) if found else None
+
     async def _auto(self, req: Sam3Request, features: Features, shared, t: Timings) -> Sam3Result:
         generator = AutomaticMaskGenerator(
             AmgConfig(
@@ -367,7 +381,10 @@ class Sam3Pipeline:
         ]
         outs = await t.measure("compute", asyncio.gather(*calls))
         outputs = [(_host(o["pred_masks"]), _host(o["iou_scores"])) for o in outs]
-        found = await t.measure("post", self.in_pool(generator.generate_rle, batches, outputs, features.image_hw))
+        candidates = await t.measure("post", self._amg_candidates(generator, batches, outputs, features.image_hw))
+        found = await t.measure(
+            "post", self.in_pool(generator.generate_rle, batches, outputs, features.image_hw, candidates)
+        )
         n, iou = len(found["iou"]), post.clip_scores(found["iou"])
         return Sam3Result(
             found["masks"],
@@ -378,6 +395,9 @@ class Sam3Pipeline:
             found["stability"],
             features.image_hw,
         )
+
+
+AMG_PART = 16  # prompts per post-processing job of auto mode: parts run in parallel in the pool
 
 
 def _cache_key(req: Sam3Request) -> str:
