@@ -334,7 +334,7 @@ class AutomaticMaskGenerator:
         passing = [
             j for j, stab in enumerate(stable) if cfg.stability_score_thresh <= 0 or stab > cfg.stability_score_thresh
         ]
-        kept = MaskSet(columns[passing], orig_hw)
+        kept = MaskSet(columns if len(passing) == len(columns) else columns[passing], orig_hw)  # no copy if all pass
         for j, rle, box in zip(passing, kept.rle(), kept.boxes_xyxy()):
             k = int(keep[j])
             _store(found, rle, box, flat_iou[k], stable[j], points[k // c])
