@@ -8,7 +8,6 @@ table and JSON report; the decisions taken from the machine probe.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import json
 import os
@@ -21,27 +20,16 @@ import numpy as np
 import pytest
 
 from export import trt
-from export.spec import COMPONENTS, ComponentSpec, Dims, Profile, TensorSpec, component_specs
+from export.spec import COMPONENTS, ComponentSpec, Profile, TensorSpec, component_specs
 from server.gpu_check import plan, preflight, report
 from server.gpu_check.cli import options_from
 from server.gpu_check.e2e import synthetic_image
 from server.gpu_check.run import CannotRunError, Options
 from server.gpu_check.run import preflight as run_preflight
+from tests.gpu import NO_GPU, REAL, gpu_present
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL = Dims(image_size=1008, patch=14, hidden=256, queries=200, text_hidden=1024)
 pytestmark = pytest.mark.timeout(120)
-
-
-def _gpu_present() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
-NO_GPU = pytest.mark.skipif(_gpu_present(), reason="checks the refusal on machines without an NVIDIA driver")
 
 
 # ---------------------------------------------------------------- the command where there is no GPU
@@ -249,7 +237,7 @@ def test_probe_of_this_machine():
     env = preflight.probe()
     json.dumps(env)  # JSON-ready
     assert env["system"] == "Linux" and env["torch_cuda"] == trt.torch_cuda_version()
-    if not _gpu_present():
+    if not gpu_present():
         assert env["gpus"] == 0 and "no NVIDIA driver" in env["driver_error"]
         assert preflight.blocking_problems(env) == [env["driver_error"]]
 

@@ -8,7 +8,6 @@ the parity check) is plain Python and tested here for real.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import subprocess
 import sys
@@ -21,21 +20,10 @@ from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (
 from export import trt
 from export.inputs import example_inputs
 from export.manifest import load_manifest, sha256
-from export.spec import COMPONENTS, ComponentSpec, Dims, Profile, TensorSpec, component_specs
+from export.spec import COMPONENTS, ComponentSpec, Profile, TensorSpec, component_specs
+from tests.gpu import NO_GPU, REAL, gpu_present
 
-REAL = Dims(image_size=1008, patch=14, hidden=256, queries=200, text_hidden=1024)
 pytestmark = pytest.mark.timeout(120)
-
-
-def _gpu_present() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
-NO_GPU = pytest.mark.skipif(_gpu_present(), reason="checks the refusal on machines without an NVIDIA driver")
 
 
 # ---------------------------------------------------------------- import and pins
@@ -591,7 +579,7 @@ def test_cli_exits_2_with_the_reason(artifacts, tmp_path, capsys):
     assert "precision must be one of" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not _gpu_present(), reason="needs an NVIDIA driver")
+@pytest.mark.skipif(not gpu_present(), reason="needs an NVIDIA driver")
 def test_require_gpu_names_the_device():
     pytest.importorskip("tensorrt")
     assert trt.require_gpu().strip()
