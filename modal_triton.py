@@ -94,7 +94,7 @@ GPU_CHECK_DIR = VOLUME_ROOT / "gpu-check"  # gpu-check's exports and engines, ke
 # Packages (pins: export/trt/pins.py). Serving: the orchestrator (numpy, pillow, tokenizers,
 # pycocotools, OpenCV; torch only for the GPU post-processing of DLPack tensors), the gateway and the
 # client it uses. Export/build: torch + transformers + the pinned TensorRT. gpu-check: both.
-PROJECT_PACKAGES = ("export", "server", "client")
+PROJECT_PACKAGES = ("export", "server", "client", "bench")
 REPO_ROOT = Path(__file__).resolve().parent
 
 BUILD_DONE = "BUILD_DONE.json"
@@ -678,8 +678,8 @@ def summarize_response(mode: str, body: dict, height: int, width: int) -> str:
 
 
 def bench_command(url: str, args: str = "") -> list[str]:
-    """``python -m client.bench --url URL <args>`` (the project's benchmark CLI)."""
-    return [sys.executable, "-m", "client.bench", "--url", url, *shlex.split(args)]
+    """``python -m bench --url URL <args>`` (the project's benchmark CLI)."""
+    return [sys.executable, "-m", "bench", "--url", url, *shlex.split(args)]
 
 
 def format_report(report: dict) -> str:
@@ -802,7 +802,7 @@ def smoke(image: str, text: str = "person", url: str = "") -> None:
 
 @app.local_entrypoint()
 def bench(url: str = "", args: str = "") -> None:
-    """Run ``python -m client.bench`` against the deployed gateway (extra CLI flags in --args)."""
+    """Run ``python -m bench`` against the deployed gateway (extra CLI flags in --args)."""
     url = url or _deployed().gateway.get_web_url()
     command = bench_command(url, args)
     print("running:", shlex.join(command))

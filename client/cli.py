@@ -1,13 +1,10 @@
-"""`sam3-client`: segment one image with a running SAM3 server, or benchmark it.
+"""`sam3-client`: segment one image with a running SAM3 server (benchmark and soak: `sam3-bench`).
 
     sam3-client segment photo.jpg --text person --text car --out overlay.png --json result.json
     sam3-client segment photo.jpg --point 320,240 --point 100,80,0 --out overlay.png
     sam3-client segment photo.jpg --box 10,20,200,300 --out overlay.png
     sam3-client segment photo.jpg --text cup --box 10,20,200,300,1 --out overlay.png   # exemplar box
     sam3-client segment photo.jpg --auto --out overlay.png
-    sam3-client bench ...        (see client/bench.py)
-    sam3-client soak --url http://127.0.0.1:8080 --requests 2000 --concurrency 8 --kill sam3_vision
-                                 (see client/soak.py)
 
 The mode comes from the flags: --text → text (concepts; any --box are exemplar boxes with an
 optional 5th value LABEL 1 positive / 0 negative), else --box → box (one object per box; any
@@ -24,7 +21,6 @@ Exit status: 0 done, 1 the request failed (message on stderr), 2 bad command lin
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -40,30 +36,17 @@ DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `sam3-client`; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        return _bench(argv[1:])
-    if argv and argv[0] == "soak":
-        return importlib.import_module("client.soak").main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return run_segment(args, segment_request(args, args.parser))
-
-
-def _bench(argv: list[str]) -> int:
-    """Dispatch to client.bench:main(argv) (imported only when asked for)."""
-    return importlib.import_module("client.bench").main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sam3-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{segment,bench,soak}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{segment}")
     seg = sub.add_parser("segment", help="segment one image and draw the result")
-    sub.add_parser("bench", help="benchmark the server (client.bench; its own options)", add_help=False)
-    sub.add_parser(
-        "soak", help="soak the REST gateway, optionally killing a stage (client.soak; its own options)", add_help=False
-    )
     _add_segment_args(seg)
     seg.set_defaults(parser=seg)  # flag conflicts are reported with the segment usage
     return parser

@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from client import bench
+from bench import run as bench
 
 SECTIONS = ("P1", "P2", "P3", "P4", "P5")
 
 
 @pytest.fixture(scope="module")
 def report(sam3_server, tiny_checkpoint, tmp_path_factory):
-    """JSON report of `python -m client.bench --quick` against the session server, with the reference."""
+    """JSON report of `python -m bench --quick` against the session server, with the reference."""
     out = tmp_path_factory.mktemp("bench") / "report.json"
     code = bench.main(
         [
@@ -37,7 +37,7 @@ def report(sam3_server, tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint):
-    from client.reference import ReferencePipeline
+    from bench.reference import ReferencePipeline
 
     return ReferencePipeline(tiny_checkpoint)
 
@@ -189,7 +189,7 @@ def test_p1_p2_against_the_bf16_autocast_reference(report):
 
 
 def test_bf16_autocast_reference_returns_float32_results(tiny_checkpoint, astronaut_png):
-    from client.reference import ReferencePipeline
+    from bench.reference import ReferencePipeline
 
     reference = ReferencePipeline(tiny_checkpoint, bf16=True)
     boxes, scores, masks = reference.text(astronaut_png, ["person"], threshold=0.0)

@@ -139,7 +139,10 @@ def test_subprocess_box_mode(sam3_server, coffee_path, tmp_path):
     assert set(data) == JSON_KEYS and data["count"] == 1 and data["mode"] == "box"
 
 
-def test_bench_subcommand_dispatches_to_client_bench(capsys):
-    with pytest.raises(SystemExit) as caught:  # client.bench:main(argv) parses its own flags
-        main(["bench", "--help"])
-    assert caught.value.code == 0 and "usage:" in capsys.readouterr().out
+def test_sam3_bench_dispatches_to_the_benchmark_and_the_soak(capsys):
+    from bench.cli import main as bench_main
+
+    for argv, prog in ((["--help"], "sam3-bench"), (["soak", "--help"], "sam3-bench soak")):
+        with pytest.raises(SystemExit) as caught:  # each parses its own flags
+            bench_main(argv)
+        assert caught.value.code == 0 and f"usage: {prog}" in capsys.readouterr().out

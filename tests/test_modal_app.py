@@ -482,4 +482,4 @@ def test_summarize_response_checks_the_contract():
 
 def test_bench_command():
     command = mt.bench_command("https://x.modal.run", "--concurrency 8 --mode 'text'")
-    assert command[1:] == ["-m", "client.bench", "--url", "https://x.modal.run", "--concurrency", "8", "--mode", "text"]
+    assert command[1:] == ["-m", "bench", "--url", "https://x.modal.run", "--concurrency", "8", "--mode", "text"]

@@ -347,7 +347,7 @@ def test_triton_s_unavailable_words_map_to_503(message, status):
 
 
 def test_soak_reports_a_kill_and_its_recovery(healing, tmp_path):
-    from client.cli import main
+    from bench.cli import main
 
     report_path = tmp_path / "soak.json"
     code = main(

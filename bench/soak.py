@@ -1,6 +1,6 @@
 """Soak test of a running service through its REST gateway, optionally killing a stage mid-way.
 
-    sam3-client soak --url http://127.0.0.1:8080 --requests 2000 --concurrency 8 \\
+    sam3-bench soak --url http://127.0.0.1:8080 --requests 2000 --concurrency 8 \\
                      --kill sam3_vision --kill-at 0.5 --json soak.json
 
 Sends ``--requests`` mixed requests (text, point, box, auto on a pool of ``--images`` synthetic
@@ -66,7 +66,7 @@ class Sample:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="sam3-client soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="sam3-bench soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--url", default="http://127.0.0.1:8080", help="REST gateway base URL")
     p.add_argument("--requests", type=int, default=2000)
@@ -296,7 +296,7 @@ class Soak:
         if self.args.kill:
             ports = {pid: _flag(pid, "--grpc-port=") for pid in pids}
             raise SystemExit(
-                f"sam3-client soak: {len(pids)} tritonserver processes here (pid: gRPC port {ports}): pass --triton-pid"
+                f"sam3-bench soak: {len(pids)} tritonserver processes here (pid: gRPC port {ports}): pass --triton-pid"
             )
         return None
 
@@ -471,7 +471,7 @@ def summary(report: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if health_status(args.url) == 0:
-        print(f"sam3-client soak: cannot reach the gateway at {args.url}/health", file=sys.stderr)
+        print(f"sam3-bench soak: cannot reach the gateway at {args.url}/health", file=sys.stderr)
         return 1
     report = Soak(args).run()
     print(summary(report))

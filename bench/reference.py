@@ -5,7 +5,7 @@ The seed deployments run ``Sam3Model`` + ``Sam3Processor`` for text prompts and
 the encoded image (no embedding cache). :class:`ReferencePipeline` does the same on the CPU in
 fp32 (eager), or with ``bf16=True`` under ``torch.autocast("cpu", dtype=torch.bfloat16)`` — the
 fastest CPU mode a transformers user has without exporting anything. The benchmark
-(client/bench.py) measures our server against both and the parity tests compare the server's
+(bench/run.py) measures our server against both and the parity tests compare the server's
 outputs with the fp32 one.
 
 Needs the export extra (torch, transformers). Coordinates are pixels of the original image;

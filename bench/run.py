@@ -1,9 +1,9 @@
 """Benchmark CLI: latency percentiles and throughput of the SAM3 Triton service, and the
 performance goals P1–P5 measured against transformers' eager pipeline (the reference).
 
-    python -m client.bench --model bench                      # start a server, benchmark it
-    python -m client.bench --grpc-url 127.0.0.1:8001 --http-url 127.0.0.1:8000 --checkpoint DIR
-    sam3-client bench --model tiny --quick                    # smoke run
+    python -m bench --model bench                      # start a server, benchmark it
+    python -m bench --grpc-url 127.0.0.1:8001 --http-url 127.0.0.1:8000 --checkpoint DIR
+    sam3-bench --model tiny --quick                    # smoke run
 
 Sweep: per protocol (gRPC, HTTP) × mode (text, point, box, auto) × concurrency (threads, each
 with its own connection, each sending ``--repeats`` requests) after ``--warmup`` requests:
@@ -66,7 +66,7 @@ def log(message: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m client.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="sam3-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     target = p.add_argument_group("target: a running server (--grpc-url/--http-url) or one started here (--model)")
     target.add_argument("--grpc-url", help="host:port of a running server's gRPC endpoint")
@@ -1117,7 +1117,7 @@ def add_bf16_reference(comparisons: dict, work: Workloads, args, target: Target)
     reference's keys. The server's times are the ones already measured. Returns its config echo."""
     if args.no_reference or target.checkpoint is None:
         return None
-    from client.reference import ReferencePipeline
+    from bench.reference import ReferencePipeline
 
     log(f"loading the second reference (transformers, CPU bf16 autocast) from {target.checkpoint}")
     reference, repeats = ReferencePipeline(target.checkpoint, bf16=True), args.compare_repeats
@@ -1172,7 +1172,7 @@ def _reference(args, target: Target):
     if args.no_reference or target.checkpoint is None:
         log("reference skipped: " + ("--no-reference" if args.no_reference else "no --checkpoint given"))
         return None
-    from client.reference import ReferencePipeline
+    from bench.reference import ReferencePipeline
 
     log(f"loading the reference (transformers, CPU fp32) from {target.checkpoint}")
     return ReferencePipeline(target.checkpoint)
