@@ -32,7 +32,8 @@ from export.spec import NP_DTYPES, SAM3_INPUTS
 MODEL_NAME = "sam3"
 PROTOCOLS = ("grpc", "http")
 INPUT_SPECS = {t.name: t for t in SAM3_INPUTS}
-# Every request carries every input (the spec's default where the caller gave none): Triton batches
+# Every request carries every input (the spec's default where the caller gave None, which is every
+# keyword's default in the methods below): Triton batches
 # only requests with the same set of inputs, so this lets any two requests share one execute().
 CANONICAL_INPUTS = {t.name: t.default for t in SAM3_INPUTS if t.default is not None}
 URL_SCHEMES = {"http": {"http": False, "https": True}, "grpc": {"grpc": False, "grpcs": True}}
@@ -165,10 +166,10 @@ class Sam3Client:
         *,
         exemplar_boxes=None,
         exemplar_labels=None,
-        threshold: float = 0.5,
-        mask_threshold: float = 0.5,
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
         image_id: str | None = None,
-        mask_format: str = "rle",
+        mask_format: str | None = None,
     ) -> Segmentation:
         """Every instance of each concept. exemplar_boxes: [K, 4] x0, y0, x1, y1 px with
         exemplar_labels [K] 1 (positive) / 0 (negative); boxes alone segment what they show.
@@ -187,7 +188,7 @@ class Sam3Client:
         )
 
     def points(
-        self, image, points, labels=None, *, mask_threshold=0.5, image_id=None, mask_format="rle"
+        self, image, points, labels=None, *, mask_threshold=None, image_id=None, mask_format=None
     ) -> Segmentation:
         """ONE object from clicks: points [N, 2] x, y px, labels [N] 1 fg / 0 bg (default all 1).
         One detection: the best of 3 candidate masks; ``iou_scores`` [1, 3] holds all three."""
@@ -202,7 +203,7 @@ class Sam3Client:
         )
 
     def boxes(
-        self, image, boxes, *, points=None, point_labels=None, mask_threshold=0.5, image_id=None, mask_format="rle"
+        self, image, boxes, *, points=None, point_labels=None, mask_threshold=None, image_id=None, mask_format=None
     ) -> Segmentation:
         """One object per box: boxes [K, 4] x0, y0, x1, y1 px; optional points [N, 2] + labels join every box."""
         return self.segment(
@@ -220,13 +221,13 @@ class Sam3Client:
         self,
         image,
         *,
-        points_per_side=16,
-        points_per_batch=64,
-        pred_iou_thresh=0.88,
-        stability_score_thresh=0.95,
-        mask_threshold=0.5,
+        points_per_side=None,
+        points_per_batch=None,
+        pred_iou_thresh=None,
+        stability_score_thresh=None,
+        mask_threshold=None,
         image_id=None,
-        mask_format="rle",
+        mask_format=None,
     ) -> Segmentation:
         """Everything: a points_per_side² grid of clicks, filtered by predicted IoU and stability, then NMS."""
         return self.segment(

@@ -25,12 +25,20 @@ import json
 import sys
 from pathlib import Path
 
-from client.api import PROTOCOLS, Sam3Client, Sam3Error
+from client.api import INPUT_SPECS, PROTOCOLS, Sam3Client, Sam3Error
 from client.images import load_image_rgb
 from client.overlay import draw_overlay
 from client.results import Segmentation
 
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+# Flags that set a `sam3` input: (input name, type, meaning); defaults come from the spec (export/spec.py).
+SPEC_FLAGS = (
+    ("threshold", float, "text mode detection score threshold"),
+    ("mask_threshold", float, "mask binarization threshold"),
+    ("points_per_side", int, "auto mode grid side"),
+    ("pred_iou_thresh", float, "auto mode predicted-IoU filter"),
+    ("stability_score_thresh", float, "auto mode stability filter"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,11 +80,9 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
         help="box in px (repeat); LABEL only for exemplars with --text",
     )
     p.add_argument("--auto", action="store_true", help="segment everything (a grid of clicks)")
-    p.add_argument("--threshold", type=float, default=0.5, help="text mode detection score threshold (0.5)")
-    p.add_argument("--mask-threshold", type=float, default=0.5, help="mask binarization threshold (0.5)")
-    p.add_argument("--points-per-side", type=int, default=16, help="auto mode grid side (16)")
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="auto mode predicted-IoU filter (0.88)")
-    p.add_argument("--stability-score-thresh", type=float, default=0.95, help="auto mode stability filter (0.95)")
+    for name, kind, what in SPEC_FLAGS:
+        default = INPUT_SPECS[name].default
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=f"{what} ({default})")
     p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="grpc (default) or http")
     p.add_argument("--url", help="server host:port (default 127.0.0.1:8001 for grpc, 127.0.0.1:8000 for http)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (120)")

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from export.spec import MODES
+from export.spec import MODES, SAM3_INPUTS
+
+SPECS = {t.name: t for t in SAM3_INPUTS}
 
 MASK_FORMATS = ("bool", "rle", "png")
 MAX_IMAGE_ID = 256
@@ -67,9 +69,15 @@ class Field:
     triton: str | None = None
 
 
+def spec_number(name: str, kind: str, doc: str, modes: tuple = MODES) -> Field:
+    """A number field that feeds the `sam3` input of the same name: its default and range from the spec."""
+    spec = SPECS[name]
+    return Field(name, kind, doc, spec.default, *spec.bounds, modes=modes, triton=name)
+
+
 FIELDS = (
     Field("image", "image", "the image file (JPEG, PNG, WebP, ...) as base64; a data: URL prefix is accepted"),
-    Field("mode", "choice", "what to segment with", "text", choices=MODES),
+    Field("mode", "choice", "what to segment with", SPECS["mode"].default, choices=MODES),
     Field(
         "text",
         "text",
@@ -77,8 +85,8 @@ FIELDS = (
         modes=("text",),
         triton="text",
     ),
-    Field("threshold", "number", "detection score threshold", 0.5, 0.0, 1.0, modes=("text",), triton="threshold"),
-    Field("mask_threshold", "number", "mask probability threshold", 0.5, 0.0, 1.0, triton="mask_threshold"),
+    spec_number("threshold", "number", "detection score threshold", modes=("text",)),
+    spec_number("mask_threshold", "number", "mask probability threshold"),
     Field(
         "point_coords",
         "points",
@@ -114,45 +122,11 @@ FIELDS = (
         modes=("text",),
         triton="box_labels",
     ),
-    Field(
-        "points_per_batch",
-        "integer",
-        "points per prompt-decoder call",
-        64,
-        1,
-        1024,
-        modes=("auto",),
-        triton="points_per_batch",
-    ),
-    Field(
-        "points_per_side",
-        "integer",
-        "grid of points_per_side^2 prompts",
-        16,
-        1,
-        64,
-        modes=("auto",),
-        triton="points_per_side",
-    ),
-    Field(
-        "pred_iou_thresh",
-        "number",
-        "keep masks whose predicted IoU is at least this",
-        0.88,
-        0.0,
-        1.0,
-        modes=("auto",),
-        triton="pred_iou_thresh",
-    ),
-    Field(
-        "stability_score_thresh",
-        "number",
-        "keep masks whose stability score is at least this",
-        0.95,
-        0.0,
-        1.0,
-        modes=("auto",),
-        triton="stability_score_thresh",
+    spec_number("points_per_batch", "integer", "points per prompt-decoder call", modes=("auto",)),
+    spec_number("points_per_side", "integer", "grid of points_per_side^2 prompts", modes=("auto",)),
+    spec_number("pred_iou_thresh", "number", "keep masks whose predicted IoU is at least this", modes=("auto",)),
+    spec_number(
+        "stability_score_thresh", "number", "keep masks whose stability score is at least this", modes=("auto",)
     ),
     Field(
         "mask_format",

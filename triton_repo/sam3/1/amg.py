@@ -9,9 +9,9 @@ steps and arithmetic as transformers' mask-generation pipeline (``filter_masks``
   logits kept, before the stability score and binarization;
 - boxes are SAM's inclusive mask boxes; NMS (torchvision's rule) ranks by predicted IoU.
 
-Defaults (``AmgConfig``): 16 points per side (256 prompts; SAM uses 32 = 1024 on a GPU: 16
-keeps CPU serving in seconds), 64 points per batch, pred_iou_thresh 0.88,
-stability_score_thresh 0.95, stability offset 1.0, mask threshold 0.0 (logits),
+Defaults (``AmgConfig``): the request defaults of export/spec.py for points per side (16 = 256
+prompts; SAM uses 32 = 1024 on a GPU: 16 keeps CPU serving in seconds), points per batch,
+pred_iou_thresh and stability_score_thresh; stability offset 1.0, mask threshold 0.0 (logits),
 box_nms_thresh 0.7, min_mask_region_area 0 (small-region cleanup off, as SAM).
 
 Each candidate passing the IoU filter is upsampled to H x W (OpenCV, see postprocess.py),
@@ -27,6 +27,9 @@ from typing import Callable
 import numpy as np
 from postprocess import MaskSet, decode_rle, encode_rle, masks_to_boxes_xyxy, upsample
 from preprocess import scale_points
+from sam3_spec import SAM3_INPUTS
+
+SPECS = {t.name: t for t in SAM3_INPUTS}  # the request defaults (export/spec.py)
 
 # run_prompt_batch(points [P,1,2] float32 px in the model frame, labels [P,1] int64)
 #   -> (pred_masks [P,C,m,m] float32 logits, iou_scores [P,C] float32)
@@ -37,10 +40,10 @@ PromptFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 class AmgConfig:
     """Settings of automatic mask generation (see the module docstring for the defaults)."""
 
-    points_per_side: int = 16
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
+    points_per_side: int = SPECS["points_per_side"].default
+    points_per_batch: int = SPECS["points_per_batch"].default
+    pred_iou_thresh: float = SPECS["pred_iou_thresh"].default
+    stability_score_thresh: float = SPECS["stability_score_thresh"].default
     stability_score_offset: float = 1.0
     mask_threshold: float = 0.0
     box_nms_thresh: float = 0.7
