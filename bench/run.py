@@ -42,12 +42,10 @@ from pathlib import Path
 import numpy as np
 
 from client.api import Sam3Client, Sam3Error
-from export.spec import COMPONENTS
+from export.spec import COMPONENTS, MODES, ORCHESTRATOR
 
-MODES = ("text", "point", "box", "auto")
 PROTOCOLS = ("grpc", "http")
 COMPONENT_MODELS = tuple(f"sam3_{c}" for c in COMPONENTS)
-ORCHESTRATOR = "sam3"
 TEXT_WORKLOADS = (("astronaut", ("person",)), ("coffee", ("cup",)))
 P3_WORKLOAD = ("astronaut", ("person", "helmet", "flag", "spacesuit"))
 BOX = (120.0, 20.0, 460.0, 500.0)  # around the astronaut, x0 y0 x1 y1 px

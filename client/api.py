@@ -27,9 +27,9 @@ from tritonclient.utils import InferenceServerException
 
 from client.images import encode_image_input
 from client.results import OUTPUT_SPECS, Segmentation, segmentation_from_outputs
-from export.spec import NP_DTYPES, SAM3_INPUTS
+from export.spec import NP_DTYPES, ORCHESTRATOR, SAM3_INPUTS
 
-MODEL_NAME = "sam3"
+MODEL_NAME = ORCHESTRATOR
 PROTOCOLS = ("grpc", "http")
 INPUT_SPECS = {t.name: t for t in SAM3_INPUTS}
 # Every request carries every input (the spec's default where the caller gave None, which is every

@@ -30,14 +30,13 @@ from pathlib import Path
 
 from export.manifest import Manifest, load_manifest
 from export.pbtxt import Enum, to_pbtxt
-from export.spec import SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, Batching, ComponentSpec, TensorSpec
+from export.spec import ORCHESTRATOR, SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, Batching, ComponentSpec, TensorSpec
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "triton_repo"
 COMPONENT_DIR = Path("ort_component") / "1"
 ORT_COMPONENT = COMPONENT_DIR / "model.py"
 PRECISION_FILE = "precision.json"
 CPU_RUNTIMES = ("openvino", "onnxruntime", "ort")  # "ort" is short for onnxruntime
-ORCHESTRATOR = "sam3"
 TARGETS = ("cpu", "gpu")
 MARKER = ".sam3-repository"
 VERSION = "1"

@@ -120,7 +120,7 @@ class ComponentSpec:
 
     @property
     def triton_name(self) -> str:
-        return f"sam3_{self.name}"
+        return f"{ORCHESTRATOR}_{self.name}"
 
     @property
     def onnx_file(self) -> str:
@@ -309,6 +309,7 @@ class Batching:
 
 
 SAM3_BATCHING = Batching()
+ORCHESTRATOR = "sam3"  # the Triton model users call; components are "sam3_<component>"
 MODES = ("text", "point", "box", "auto")
 MASK_FORMATS = ("rle", "bool")
 

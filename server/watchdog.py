@@ -38,9 +38,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.spec import ORCHESTRATOR
+
 log = logging.getLogger("sam3.watchdog")
 
-ORCHESTRATOR = "sam3"
 STUB_BINARY = "triton_python_backend_stub"
 CANARY_MODE = "__watchdog_canary__"
 SERVER = "tritonserver"  # key of a broken server (not a model) in ``broken``
