@@ -40,7 +40,7 @@ class TritonPythonModel:
         from cache import ByteLRU
         from pipeline import Sam3Pipeline
         from request import Limits
-        from sam3_spec import SAM3_INPUTS, Dims, component_specs  # export/spec.py, copied here at build
+        from sam3_spec import NP_DTYPES, SAM3_INPUTS, SAM3_OUTPUTS, Dims, component_specs  # export/spec.py
         from stages import BlsStages
         from text_tokens import TextTokenizer
 
@@ -50,6 +50,7 @@ class TritonPythonModel:
         dims = Dims(**json.loads(params["dims"]))
         specs = component_specs(dims, tuple(json.loads(params["components"])))
         self.input_names = [t.name for t in SAM3_INPUTS]
+        self.output_dtypes = {t.name: NP_DTYPES[t.dtype] for t in SAM3_OUTPUTS}  # names and dtypes: the spec
         tokenizer_path = os.path.join(here, params.get("tokenizer", "tokenizer.json"))
         if not os.path.isfile(tokenizer_path):
             raise pb_utils.TritonModelException(f"sam3: tokenizer file {tokenizer_path} not found")
@@ -91,7 +92,9 @@ class TritonPythonModel:
         if isinstance(result, BaseException):
             return self._error(result)
         try:
-            response = self.pb.InferenceResponse(output_tensors=_outputs(self.pb, result, req.mask_format))
+            response = self.pb.InferenceResponse(
+                output_tensors=_outputs(self.pb, result, req.mask_format, self.output_dtypes)
+            )
         except Exception as err:  # noqa: BLE001 - becomes this request's error response
             return self._error(err)
         self.metrics.observe(req.mode, timings, self.image_cache, self.text_cache)
@@ -144,22 +147,23 @@ def _inputs(pb_utils, request, names) -> dict:
     return found
 
 
-def _outputs(pb_utils, result, mask_format: str) -> list:
-    """SAM3_OUTPUTS tensors of a Sam3Result, each with Triton's batch axis of 1 (masks as RLE or bool, never both)."""
+def _outputs(pb_utils, result, mask_format: str, dtypes: dict) -> list:
+    """SAM3_OUTPUTS tensors of a Sam3Result, each with Triton's batch axis of 1 (masks as RLE or bool, never
+    both); ``dtypes``: {output name: numpy dtype} from the spec, in its order (a missing output is a KeyError)."""
     n, (h, w) = len(result.scores), result.image_hw
     rle = result.masks.rle() if mask_format == "rle" else []
     masks = result.masks.dense() if mask_format == "bool" else np.zeros((0, h, w), bool)
     values = {
         "masks_rle": np.array(rle, dtype=object).reshape(len(rle)),
         "masks": masks,
-        "boxes": result.boxes.reshape(n, 4).astype(np.float32),
-        "scores": result.scores.astype(np.float32),
-        "labels": result.labels.astype(np.int32),
-        "iou_scores": result.iou_scores.astype(np.float32),
-        "stability_scores": result.stability.astype(np.float32),
-        "image_shape": np.array([h, w], np.int32),
+        "boxes": result.boxes.reshape(n, 4),
+        "scores": result.scores,
+        "labels": result.labels,
+        "iou_scores": result.iou_scores,
+        "stability_scores": result.stability,
+        "image_shape": np.array([h, w]),
     }
-    return [pb_utils.Tensor(name, value[None]) for name, value in values.items()]
+    return [pb_utils.Tensor(name, np.asarray(values[name], dtype)[None]) for name, dtype in dtypes.items()]
 
 
 class _Metrics:

@@ -19,7 +19,7 @@ SPECS = {t.name: t for t in SAM3_INPUTS}
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits (from the model config parameters)."""
+    """Per-request limits on prompt counts (these defaults; the model config does not set them)."""
 
     max_concepts: int = 16
     max_points: int = 13
