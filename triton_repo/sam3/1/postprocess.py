@@ -155,15 +155,6 @@ def _transposed(x: np.ndarray, probabilities: bool) -> np.ndarray:
     return np.reciprocal(out, out=out)
 
 
-def resize_bilinear(x: np.ndarray, out_hw) -> np.ndarray:
-    """Bilinear resize of [K, h, w] float32 to [K, H, W] float32 (align_corners=False)."""
-    return (
-        np.stack([upsample(m, out_hw).T for m in np.asarray(x, np.float32)])
-        if len(x)
-        else np.zeros((0,) + tuple(out_hw), np.float32)
-    )
-
-
 # ---------------------------------------------------------------- concept (text / exemplar) head
 
 
