@@ -27,7 +27,7 @@ import numpy as np
 import postprocess as post
 import preprocess as pre
 import prompts
-from amg import AmgConfig, AutomaticMaskGenerator, merge_candidates
+from amg import AmgConfig, AutomaticMaskGenerator, batch_slices, merge_candidates
 from cache import ByteLRU, content_key
 from errors import InputError
 from postprocess import MaskSet
@@ -66,11 +66,17 @@ class Timings:
     wall: float = 0.0  # from the start of the batch to this request's result
 
     async def measure(self, phase: str, awaitable):
+        return await Timings.shared([self], phase, awaitable)
+
+    @staticmethod
+    async def shared(timings: list, phase: str, awaitable):
+        """Await ``awaitable`` and add its wall time to ``phase`` of every request in ``timings``."""
         start = time.perf_counter()
         try:
             return await awaitable
         finally:
-            self.seconds[phase] += time.perf_counter() - start
+            for t in timings:
+                t.seconds[phase] += time.perf_counter() - start
 
 
 @dataclass
@@ -191,15 +197,11 @@ class Sam3Pipeline:
     async def _vision_call(self, keys: list, ready: dict, users: dict) -> dict:
         """One sam3_vision call for ``keys`` (batch = len(keys)); caches and returns their Features."""
         pixels = np.concatenate([ready[k][0] for k in keys])
-        start = time.perf_counter()
+        waiting = [t for key in keys for t in users[key]]
         try:
-            out = await self.stages.arun("vision", {"pixel_values": pixels})
+            out = await Timings.shared(waiting, "compute", self.stages.arun("vision", {"pixel_values": pixels}))
         except Exception as err:  # noqa: BLE001 - becomes the result of every request needing these images
             return dict.fromkeys(keys, err)
-        finally:
-            for key in keys:
-                for t in users[key]:
-                    t.seconds["compute"] += time.perf_counter() - start
         found = {}
         for i, key in enumerate(keys):
             found[key] = Features({name: value[i : i + 1] for name, value in out.items()}, ready[key][1])
@@ -216,10 +218,9 @@ class Sam3Pipeline:
         ]
         for part in _chunks_of(missing, self.text_batch):
             ids, mask = self.tokenizer.encode(part)
-            start = time.perf_counter()
-            out = await self.stages.arun("text", {"input_ids": ids, "attention_mask": mask})
-            for t in users:
-                t.seconds["compute"] += time.perf_counter() - start
+            out = await Timings.shared(
+                users, "compute", self.stages.arun("text", {"input_ids": ids, "attention_mask": mask})
+            )
             for i, text in enumerate(part):
                 known[text] = (_host(out["text_features"][i]), mask[i].astype(bool))
                 self.text_cache.put(text, known[text])
@@ -243,11 +244,8 @@ class Sam3Pipeline:
         def run(key, coords, labels):
             return self.stages.arun("prompt", self.prompt_feeds(shared.features[key], coords, labels))
 
-        start = time.perf_counter()
-        outputs = await prompts.grouped_calls(run, plans, self.chunk_objects)
-        for i in plans:
-            timings[i].seconds["compute"] += time.perf_counter() - start
-        return failed | outputs
+        calls = prompts.grouped_calls(run, plans, self.chunk_objects)
+        return failed | await Timings.shared([timings[i] for i in plans], "compute", calls)
 
     # ---- step 3: one request's mode -------------------------------------------------------------
 
@@ -273,7 +271,7 @@ class Sam3Pipeline:
         text_features, text_mask = _stack_texts([shared.texts[x] for x in texts])
         boxes, labels, valid = self._exemplars(req, features.image_hw, len(texts))
         parts = []
-        for sl in _chunks(len(texts), self.chunk_concepts):
+        for sl in batch_slices(len(texts), self.chunk_concepts):
             feeds = {
                 "text_features": text_features[sl],
                 "text_mask": text_mask[sl],
@@ -361,7 +359,7 @@ class Sam3Pipeline:
         parts = [
             ([(points[sl], None, None)], [(masks[sl], iou[sl])])
             for (points, _, _), (masks, iou) in zip(batches, outputs)
-            for sl in _chunks(len(points), AMG_PART)
+            for sl in batch_slices(len(points), AMG_PART)
         ]
         found = await asyncio.gather(*(self.in_pool(generator.collect, b, o, image_hw) for b, o in parts))
         return merge_candidates(found) if found else None
@@ -409,12 +407,8 @@ def _host(x) -> np.ndarray:
     return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
 
 
-def _chunks(total: int, size: int) -> list[slice]:
-    return [slice(start, start + size) for start in range(0, total, size)]
-
-
 def _chunks_of(items: list, size: int) -> list[list]:
-    return [items[sl] for sl in _chunks(len(items), size)]
+    return [items[sl] for sl in batch_slices(len(items), size)]
 
 
 def _stack_texts(items: list) -> tuple[np.ndarray, np.ndarray]:

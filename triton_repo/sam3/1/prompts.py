@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import preprocess as pre
+from amg import batch_slices
 
 POINT_LABEL, BOX_LABELS = 1, (2, 3)  # SAM's labels: 1 foreground click, 2/3 the corners of a box
 
@@ -60,7 +61,7 @@ async def grouped_calls(run, plans: dict, chunk: int) -> dict:
 async def _group(run, key, members: list[int], plans: dict, chunk: int) -> dict:
     coords = np.concatenate([plans[i][1].coords for i in members])
     labels = np.concatenate([plans[i][1].labels for i in members])
-    slices = [slice(start, start + chunk) for start in range(0, len(coords), chunk)]
+    slices = batch_slices(len(coords), chunk)
     try:
         outs = await asyncio.gather(*(run(key, coords[sl], labels[sl]) for sl in slices))
     except Exception as err:  # noqa: BLE001 - becomes the result of every request of the group
