@@ -94,7 +94,7 @@ GPU_CHECK_DIR = VOLUME_ROOT / "gpu-check"  # gpu-check's exports and engines, ke
 # Packages (pins: export/trt/pins.py). Serving: the orchestrator (numpy, pillow, tokenizers,
 # pycocotools, OpenCV; torch only for the GPU post-processing of DLPack tensors), the gateway and the
 # client it uses. Export/build: torch + transformers + the pinned TensorRT. gpu-check: both.
-PROJECT_PACKAGES = ("export", "server", "client", "bench")
+PROJECT_PACKAGES = ("sam3_spec", "export", "server", "client", "bench")  # sam3_spec: the contract module
 REPO_ROOT = Path(__file__).resolve().parent
 
 BUILD_DONE = "BUILD_DONE.json"
@@ -425,7 +425,7 @@ def build(model: str = MODEL_ID, revision: str = MODEL_REVISION, precision: str 
 def container_triton(repository: Path, dims) -> TritonServer:
     """server.triton.TritonServer for the NGC image: its binary and default backends, bound to all
     interfaces (Modal's web proxy connects from outside the loopback), with the CUDA memory pool
-    sized from the spec at the model's ``dims`` (export.spec.Dims). Readiness wait, log tail and
+    sized from the spec at the model's ``dims`` (sam3_spec.Dims). Readiness wait, log tail and
     shutdown are TritonServer's; the command is the same server_command as the local server."""
     return TritonServer(
         repository,

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from client.api import Sam3Client, Sam3Error
-from export.spec import COMPONENTS, MODES, ORCHESTRATOR
+from sam3_spec import COMPONENTS, MODES, ORCHESTRATOR
 
 PROTOCOLS = ("grpc", "http")
 COMPONENT_MODELS = tuple(f"sam3_{c}" for c in COMPONENTS)

@@ -8,7 +8,7 @@
         seg = sam.boxes(pil_image, [[10, 20, 200, 300]])           # one object per box
         seg = sam.auto(image_bytes, points_per_side=16)            # everything
 
-Input names and dtypes come from ``export.spec.SAM3_INPUTS`` (spec dtypes are Triton datatype
+Input names and dtypes come from ``sam3_spec.SAM3_INPUTS`` (spec dtypes are Triton datatype
 names; numpy dtypes from ``NP_DTYPES``). Every failure raises :class:`Sam3Error` with the server's
 message and an HTTP-like ``status`` (400 bad request, 404 unknown model, 503 server unreachable,
 504 timeout, 500 otherwise). One client may be shared by threads: each thread gets its own
@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from client.images import encode_image_input
 from client.results import OUTPUT_SPECS, Segmentation, segmentation_from_outputs
-from export.spec import NP_DTYPES, ORCHESTRATOR, SAM3_INPUTS
+from sam3_spec import NP_DTYPES, ORCHESTRATOR, SAM3_INPUTS
 
 MODEL_NAME = ORCHESTRATOR
 PROTOCOLS = ("grpc", "http")

@@ -31,7 +31,7 @@ from client.overlay import draw_overlay
 from client.results import Segmentation
 
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
-# Flags that set a `sam3` input: (input name, type, meaning); defaults come from the spec (export/spec.py).
+# Flags that set a `sam3` input: (input name, type, meaning); defaults come from the spec (sam3_spec.py).
 SPEC_FLAGS = (
     ("threshold", float, "text mode detection score threshold"),
     ("mask_threshold", float, "mask binarization threshold"),

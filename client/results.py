@@ -1,6 +1,6 @@
 """The result of one `sam3` request: :class:`Segmentation` (numpy arrays + COCO RLE masks).
 
-Output names and dtypes come from ``export.spec.SAM3_OUTPUTS``. Coordinates are pixels of the
+Output names and dtypes come from ``sam3_spec.SAM3_OUTPUTS``. Coordinates are pixels of the
 original image (x to the right, y down); boxes are ``x0, y0, x1, y1``. Masks travel as COCO
 compressed RLE (pycocotools) and are decoded lazily; with ``mask_format="bool"`` the server
 sends boolean masks instead and ``masks_rle`` is empty (``rle(i)`` still works: it encodes).
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from export.spec import NP_DTYPES, SAM3_OUTPUTS
+from sam3_spec import NP_DTYPES, SAM3_OUTPUTS
 
 OUTPUT_SPECS = {t.name: t for t in SAM3_OUTPUTS}
 

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from export.spec import COMPONENTS
+from sam3_spec import COMPONENTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from export.spec import Dims
+from sam3_spec import Dims
 
 DEFAULT_MODEL = "facebook/sam3"
 # Built-in random-weight checkpoints: name → (module, builder). Built on first use, then cached.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.spec import NP_DTYPES, ComponentSpec, TensorSpec
+from sam3_spec import NP_DTYPES, ComponentSpec, TensorSpec
 
 BOS, EOS = 49406, 49407
 

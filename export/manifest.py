@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from export.spec import COMPONENTS, ComponentSpec, Dims, component_specs
+from sam3_spec import COMPONENTS, ComponentSpec, Dims, component_specs
 
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"

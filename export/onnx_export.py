@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from export.inputs import example_inputs
-from export.spec import ComponentSpec
+from sam3_spec import ComponentSpec
 
 DEFAULT_OPSET = 18
 

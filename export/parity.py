@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from export.inputs import example_inputs
-from export.spec import ComponentSpec, Dims
+from sam3_spec import ComponentSpec, Dims
 
 
 @dataclass

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from export.manifest import PARITY_NAME, TOKENIZER_NAME, Manifest, file_entry, load_manifest
-from export.spec import COMPONENTS, component_specs
+from sam3_spec import COMPONENTS, component_specs
 
 
 def log(message: str) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from export.inputs import example_inputs
-from export.spec import ComponentSpec
+from sam3_spec import ComponentSpec
 
 REQUESTS = ("auto", "fp32", "bf16")
 RUNTIMES = ("openvino", "onnxruntime")

@@ -1,4 +1,4 @@
-"""Generate a Triton model repository from the spec (export/spec.py) and an artifacts dir.
+"""Generate a Triton model repository from the spec (sam3_spec.py) and an artifacts dir.
 
 The artifacts dir holds ``manifest.json``, one ``<component>.onnx`` per component and
 ``tokenizer.json`` (written by ``python -m export onnx``). The repository holds:
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from export.manifest import Manifest, load_manifest
 from export.pbtxt import Enum, to_pbtxt
-from export.spec import ORCHESTRATOR, SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, Batching, ComponentSpec, TensorSpec
+from sam3_spec import ORCHESTRATOR, SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, Batching, ComponentSpec, TensorSpec
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "triton_repo"
 COMPONENT_DIR = Path("ort_component") / "1"
@@ -79,7 +79,7 @@ def max_batch_size(spec: ComponentSpec) -> int:
     unbatched = [t.name for t in spec.inputs + spec.outputs if t.shape[:1] != (spec.batch_axis,)]
     if unbatched:
         raise RepositoryError(
-            f"{spec.name}: batch axis {spec.batch_axis!r} is not the leading axis of {unbatched}; fix export/spec.py"
+            f"{spec.name}: batch axis {spec.batch_axis!r} is not the leading axis of {unbatched}; fix sam3_spec.py"
         )
     return spec.profiles[spec.batch_axis].max
 
@@ -261,7 +261,7 @@ def _write_gpu_component(spec, artifacts, out, count, engines_dir) -> str:
 
 
 def _write_orchestrator(manifest, artifacts, out, target, count, models, extra, source, batching) -> None:
-    # copies triton_repo/sam3/1/sam3_spec.py — a link to export/spec.py, the one contract — as a file
+    # copies triton_repo/sam3/1/sam3_spec.py (a link to the top-level sam3_spec.py, the one contract) as a file
     shutil.copytree(source / ORCHESTRATOR, out / ORCHESTRATOR, ignore=IGNORED)
     _place(artifacts / manifest.tokenizer, out / ORCHESTRATOR / VERSION / Path(manifest.tokenizer).name)
     _write_config(out / ORCHESTRATOR, orchestrator_config(manifest, target, count, models, extra, batching))

@@ -24,7 +24,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
-from export.spec import TEXT_LENGTH
+from sam3_spec import TEXT_LENGTH
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"

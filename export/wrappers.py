@@ -1,4 +1,4 @@
-"""Trace-friendly nn.Modules, one per exported component (see export/spec.py for tensors).
+"""Trace-friendly nn.Modules, one per exported component (see sam3_spec.py for tensors).
 
 They call transformers' own submodules in the same order as ``Sam3Model.forward`` /
 ``Sam3TrackerModel.forward`` and remove control flow: optional inputs are padding
@@ -174,7 +174,7 @@ class PromptHead(nn.Module):
 
 
 def build_wrappers(detector, tracker) -> dict[str, nn.Module]:
-    """{component name: eval-mode wrapper} for every component in export.spec.COMPONENTS."""
+    """{component name: eval-mode wrapper} for every component in sam3_spec.COMPONENTS."""
     wrappers = {
         "vision": VisionEncoder(detector, tracker),
         "text": TextEncoder(detector),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from export.spec import COMPONENTS
+from sam3_spec import COMPONENTS
 from server.triton import cache_root
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from export.spec import MODES, SAM3_INPUTS
+from sam3_spec import MODES, SAM3_INPUTS
 
 SPECS = {t.name: t for t in SAM3_INPUTS}
 

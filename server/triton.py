@@ -204,7 +204,7 @@ def bls_call_bytes(spec, sizes: dict[str, int]) -> int:
     """Bytes one call of a component moves one way at ``sizes``: max(all inputs, all outputs)."""
     import numpy as np
 
-    from export.spec import NP_DTYPES
+    from sam3_spec import NP_DTYPES
 
     def total(tensors) -> int:
         return sum(int(np.prod(t.resolve(sizes))) * np.dtype(NP_DTYPES[t.dtype]).itemsize for t in tensors)
@@ -213,14 +213,14 @@ def bls_call_bytes(spec, sizes: dict[str, int]) -> int:
 
 
 def cuda_pool_bytes(dims, headroom: float = POOL_HEADROOM) -> int:
-    """Triton's CUDA memory pool for the GPU repository of a model with ``dims`` (export.spec.Dims).
+    """Triton's CUDA memory pool for the GPU repository of a model with ``dims`` (sam3_spec.Dims).
 
     The Python backend moves BLS tensors between the orchestrator and Triton through this pool
     (64 MB by default) and falls back to slower CUDA IPC when a call does not fit; one fp32
     ``fpn_0`` alone is 85 MB at 1008 px. Sized from the spec: the largest call of any component
     at its profile's max sizes, times ``headroom``, rounded up to MiB.
     """
-    from export.spec import component_specs
+    from sam3_spec import component_specs
 
     largest = max(bls_call_bytes(spec, spec.sizes("max")) for spec in component_specs(dims).values())
     return -(-int(largest * headroom) // POOL_ALIGN) * POOL_ALIGN

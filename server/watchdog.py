@@ -38,7 +38,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.spec import ORCHESTRATOR
+from sam3_spec import ORCHESTRATOR
 
 log = logging.getLogger("sam3.watchdog")
 

@@ -6,7 +6,7 @@ import ctypes
 
 import pytest
 
-from export.spec import Dims
+from sam3_spec import Dims
 
 REAL = Dims(image_size=1008, patch=14, hidden=256, queries=200, text_hidden=1024)  # facebook/sam3
 

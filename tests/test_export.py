@@ -17,8 +17,8 @@ from export.checkpoint import CheckpointError, load_models
 from export.manifest import ManifestError, load_manifest
 from export.parity import ParityError, Tolerance, check_component, ort_session, raise_on_failures
 from export.patches import export_patches, rois_from_boxes
-from export.spec import COMPONENTS
 from export.wrappers import build_wrappers
+from sam3_spec import COMPONENTS
 
 
 def test_artifacts_hold_graphs_tokenizer_manifest_and_report(tiny_artifacts):

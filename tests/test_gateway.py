@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from export.spec import MODES
+from sam3_spec import MODES
 from server.gateway import BackgroundServer, create_app
 from server.rest import FIELD_NAMES, MASK_FORMATS, bool_mask_json
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from export import trt
-from export.spec import COMPONENTS, ComponentSpec, Profile, TensorSpec, component_specs
+from sam3_spec import COMPONENTS, ComponentSpec, Profile, TensorSpec, component_specs
 from server.gpu_check import plan, preflight, report
 from server.gpu_check.cli import options_from
 from server.gpu_check.e2e import synthetic_image

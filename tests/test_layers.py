@@ -1,7 +1,10 @@
-"""The packages' layers point one way only: contract/export ← client ← server ← bench (issue 12).
+"""The layers point one way only (issue 12):
 
-Reads every module's imports (function-local ones too) with ``ast``; a package may import only the
-packages below it.
+    sam3_spec (the contract) ← export ← server ← bench
+    sam3_spec                ← client ← server
+
+Reads every module's imports (function-local ones too) with ``ast``; a layer may import only the
+layers below it, and the contract imports nothing of the project.
 """
 
 from __future__ import annotations
@@ -13,17 +16,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
-    "export": set(),
-    "client": {"export"},
-    "server": {"export", "client"},
-    "bench": {"export", "client", "server"},
+    "sam3_spec": set(),
+    "export": {"sam3_spec"},
+    "client": {"sam3_spec"},
+    "server": {"sam3_spec", "export", "client"},
+    "bench": {"sam3_spec", "export", "client", "server"},
 }
 
 
-def imported_packages(package: str) -> dict[str, set[str]]:
-    """{module path: project packages it imports} for every module of ``package``."""
+def _sources(layer: str) -> list[Path]:
+    """The .py files of ``layer``: a package directory, or the single-file module ``layer``.py."""
+    folder = ROOT / layer
+    return sorted(folder.rglob("*.py")) if folder.is_dir() else [ROOT / f"{layer}.py"]
+
+
+def imported_layers(layer: str) -> dict[str, set[str]]:
+    """{module path: project layers it imports} for every module of ``layer``."""
     found = {}
-    for path in sorted((ROOT / package).rglob("*.py")):
+    for path in _sources(layer):
         names = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
@@ -34,11 +44,28 @@ def imported_packages(package: str) -> dict[str, set[str]]:
     return found
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_a_package_imports_only_the_layers_below_it(package):
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_a_layer_imports_only_the_layers_below_it(layer):
     wrong = {
-        module: sorted(names - ALLOWED[package] - {package})
-        for module, names in imported_packages(package).items()
-        if names - ALLOWED[package] - {package}
+        module: sorted(names - ALLOWED[layer] - {layer})
+        for module, names in imported_layers(layer).items()
+        if names - ALLOWED[layer] - {layer}
     }
-    assert not wrong, f"{package} may import only {sorted(ALLOWED[package])}: {wrong}"
+    assert not wrong, f"{layer} may import only {sorted(ALLOWED[layer])}: {wrong}"
+
+
+def test_the_orchestrator_imports_the_contract_under_its_own_name():
+    """triton_repo/sam3/1/sam3_spec.py is the top-level sam3_spec.py itself: same file, same name."""
+    served = ROOT / "triton_repo" / "sam3" / "1" / "sam3_spec.py"
+    assert served.resolve() == (ROOT / "sam3_spec.py").resolve()
+
+
+def test_the_contract_needs_only_the_standard_library():
+    tree = ast.parse((ROOT / "sam3_spec.py").read_text())
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert imported <= {"__future__", "dataclasses", "typing", "enum", "math"}, imported

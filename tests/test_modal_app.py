@@ -32,7 +32,7 @@ from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (
 import modal_triton as mt
 from export import trt
 from export.manifest import sha256
-from export.spec import Dims
+from sam3_spec import Dims
 from server.triton import cuda_pool_args, cuda_pool_bytes, server_command
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ from export.precision import (
     runtime_module,
 )
 from export.repository import RepositoryError, build_repository, read_precisions
-from export.spec import ComponentSpec, Profile, TensorSpec, component_specs
+from sam3_spec import ComponentSpec, Profile, TensorSpec, component_specs
 from server.triton import TritonServer
 from tests.pbtxt import config_parameters, parse_config_text
 

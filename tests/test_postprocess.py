@@ -165,7 +165,7 @@ def test_prompt_masks_match_post_process_masks(image_processor):
 
 
 def test_prob_to_logit_covers_the_whole_mask_threshold_range():
-    from export.spec import SAM3_INPUTS
+    from sam3_spec import SAM3_INPUTS
 
     assert prob_to_logit(0.5) == 0.0
     assert abs(prob_to_logit(0.88) - np.log(0.88 / 0.12)) < 1e-12

@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 from export.repository import build_repository
-from export.spec import COMPONENTS, Batching
+from sam3_spec import COMPONENTS, Batching
 from server import failures
 from server.gateway import BackgroundServer, create_app
 from server.triton import TritonServer

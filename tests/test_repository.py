@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from export.manifest import Manifest, file_entry
 from export.pbtxt import to_pbtxt
 from export.repository import ORCHESTRATOR, RepositoryError, build_repository, queue_config, triton_dtype
-from export.spec import (
+from sam3_spec import (
     COMPONENTS,
     NP_DTYPES,
     SAM3_BATCHING,

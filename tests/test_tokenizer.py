@@ -14,7 +14,6 @@ sys.path.insert(0, str(ROOT))
 from errors import InputError  # noqa: E402
 from text_tokens import TextTokenizer, TokenizerFileError  # noqa: E402
 
-from export.spec import TEXT_LENGTH  # noqa: E402
 from export.tokenizer import (  # noqa: E402
     BOS_ID,
     EOS_ID,
@@ -24,6 +23,7 @@ from export.tokenizer import (  # noqa: E402
     load_vocab_merges,
     save_sam3_processor,
 )
+from sam3_spec import TEXT_LENGTH  # noqa: E402
 
 TEXTS = [
     "cat",

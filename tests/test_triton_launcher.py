@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from export.pbtxt import to_pbtxt
 from export.repository import build_repository
-from export.spec import NP_DTYPES, Dims, component_specs
+from sam3_spec import NP_DTYPES, Dims, component_specs
 from server.triton import (
     TritonNotFoundError,
     TritonServer,

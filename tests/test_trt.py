@@ -20,7 +20,7 @@ from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (
 from export import trt
 from export.inputs import example_inputs
 from export.manifest import load_manifest, sha256
-from export.spec import COMPONENTS, ComponentSpec, Profile, TensorSpec, component_specs
+from sam3_spec import COMPONENTS, ComponentSpec, Profile, TensorSpec, component_specs
 from tests.gpu import NO_GPU, REAL, gpu_present
 
 pytestmark = pytest.mark.timeout(120)

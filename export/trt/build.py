@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from export.manifest import sha256
-from export.spec import ComponentSpec
 from export.trt.env import check_tensorrt_version, import_tensorrt, installed_tensorrt_version, require_gpu
 from export.trt.errors import EngineBuildError, EngineParityError
 from export.trt.files import (
@@ -42,6 +41,7 @@ from export.trt.rules import (
     parse_precision,
 )
 from export.trt.runtime import compare_engine, engine_latency
+from sam3_spec import ComponentSpec
 
 DEFAULT_WORKSPACE_GIB = 8.0
 Log = Callable[[str], None]
@@ -58,7 +58,7 @@ def optimization_profile(spec: ComponentSpec) -> dict[str, tuple[tuple, tuple, t
     """
     missing = sorted({a for t in spec.inputs for a in t.dynamic_axes().values()} - set(spec.profiles))
     if missing:
-        raise ValueError(f"{spec.name}: dynamic axes {missing} have no Profile in the spec (export/spec.py)")
+        raise ValueError(f"{spec.name}: dynamic axes {missing} have no Profile in the spec (sam3_spec.py)")
     sizes = [spec.sizes(which) for which in ("min", "opt", "max")]
     return {t.name: tuple(t.resolve(s) for s in sizes) for t in spec.inputs if t.dynamic_axes()}
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Sequence
 
 from export.manifest import ManifestError
-from export.spec import COMPONENTS
 from export.trt.build import DEFAULT_WORKSPACE_GIB, build_engines
 from export.trt.errors import EngineBuildError, EngineParityError, GpuUnavailableError, TensorRTVersionError
 from export.trt.pins import TENSORRT_VERSION, TRITON_IMAGE
 from export.trt.rules import DEFAULT_BUILD_PRECISION, DEFAULT_LADDER
+from sam3_spec import COMPONENTS
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from export.spec import COMPONENTS
+from sam3_spec import COMPONENTS
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_BUILD_PRECISION = "fp16"  # FP16 (10-bit mantissa) beats BF16 (7-bit) once overflow is handled

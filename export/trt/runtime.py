@@ -8,12 +8,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from export.spec import ComponentSpec
 from export.trt.cuda import CudaDriver
 from export.trt.env import import_tensorrt, require_gpu
 from export.trt.errors import EngineBuildError, EngineParityError
 from export.trt.metrics import latency_summary, parity_metrics, parity_row
 from export.trt.rules import PARITY_TOLERANCE, Tolerance, check_precision
+from sam3_spec import ComponentSpec
 
 Log = Callable[[str], None]
 

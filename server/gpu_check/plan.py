@@ -2,7 +2,7 @@
 
 A stage is one component model. Its "batch" is the leading dynamic axis of its outputs
 (vision/text: ``batch``, concept: ``prompts``, prompt: ``objects``), so the plan follows
-export/spec.py whatever the components are. Other dynamic axes sit at their profile's opt
+sam3_spec.py whatever the components are. Other dynamic axes sit at their profile's opt
 size. A batch beyond the profile's max cannot run on the engine and is planned as skipped.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from export.spec import ComponentSpec
+from sam3_spec import ComponentSpec
 
 BATCHES = (1, 4, 8)
 MODELS = {"bench": "bench", "full": "full-random"}  # --model → export/checkpoint.py built-in checkpoint

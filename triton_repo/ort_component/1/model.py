@@ -1,7 +1,7 @@
 """Generic Triton Python-backend model: runs one ONNX graph on the CPU in OpenVINO or ONNX Runtime.
 
 Used by the ``cpu`` target of the model repository for every SAM3 component (one model per
-ComponentSpec of export/spec.py). ``export/repository.py`` copies this directory (model.py and
+ComponentSpec of sam3_spec.py). ``export/repository.py`` copies this directory (model.py and
 component_runtime.py) into ``<model>/1/`` and places the graph beside it.
 
 Config parameters (string values):

@@ -9,7 +9,7 @@ steps and arithmetic as transformers' mask-generation pipeline (``filter_masks``
   logits kept, before the stability score and binarization;
 - boxes are SAM's inclusive mask boxes; NMS (torchvision's rule) ranks by predicted IoU.
 
-Defaults (``AmgConfig``): the request defaults of export/spec.py for points per side (16 = 256
+Defaults (``AmgConfig``): the request defaults of sam3_spec.py for points per side (16 = 256
 prompts; SAM uses 32 = 1024 on a GPU: 16 keeps CPU serving in seconds), points per batch,
 pred_iou_thresh and stability_score_thresh; stability offset 1.0, mask threshold 0.0 (logits),
 box_nms_thresh 0.7, min_mask_region_area 0 (small-region cleanup off, as SAM).
@@ -27,9 +27,10 @@ from typing import Callable
 import numpy as np
 from postprocess import MaskSet, decode_rle, encode_rle, masks_to_boxes_xyxy, upsample
 from preprocess import scale_points
+
 from sam3_spec import SAM3_INPUTS
 
-SPECS = {t.name: t for t in SAM3_INPUTS}  # the request defaults (export/spec.py)
+SPECS = {t.name: t for t in SAM3_INPUTS}  # the request defaults (sam3_spec.py)
 
 # run_prompt_batch(points [P,1,2] float32 px in the model frame, labels [P,1] int64)
 #   -> (pred_masks [P,C,m,m] float32 logits, iou_scores [P,C] float32)

@@ -40,9 +40,10 @@ class TritonPythonModel:
         from cache import ByteLRU
         from pipeline import Sam3Pipeline
         from request import Limits
-        from sam3_spec import NP_DTYPES, SAM3_INPUTS, SAM3_OUTPUTS, Dims, component_specs  # export/spec.py
         from stages import BlsStages
         from text_tokens import TextTokenizer
+
+        from sam3_spec import NP_DTYPES, SAM3_INPUTS, SAM3_OUTPUTS, Dims, component_specs
 
         cv2.setNumThreads(1)  # the pool parallelizes over masks and requests; OpenCV's own pool only contends
         self.pb = pb_utils

@@ -88,7 +88,7 @@ class _Shared:
 
 
 class Sam3Pipeline:
-    """Runs every mode. ``stages``: BlsStages or OrtStages; ``dims``: export.spec.Dims; ``post``:
+    """Runs every mode. ``stages``: BlsStages or OrtStages; ``dims``: sam3_spec.Dims; ``post``:
     postprocess (numpy, CPU) or postprocess_torch (GPU); ``pool``: threads for decode and post."""
 
     def __init__(

@@ -1,6 +1,6 @@
 """Typed request tensors of the `sam3` model → a validated :class:`Sam3Request`.
 
-Input names, dtypes, defaults, bounds and choices are declared once in export/spec.py
+Input names, dtypes, defaults, bounds and choices are declared once in sam3_spec.py
 (SAM3_INPUTS; ``sam3_spec`` here). Everything that can be checked without decoding the image is
 checked here; coordinates are checked against the image size in pipeline.py. Every problem
 raises InputError with a message for the user. An empty tensor counts as left out.
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from errors import InputError
+
 from sam3_spec import SAM3_INPUTS
 
 SPECS = {t.name: t for t in SAM3_INPUTS}

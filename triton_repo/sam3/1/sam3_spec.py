@@ -1,1 +1,1 @@
-../../../export/spec.py
+../../../sam3_spec.py

@@ -9,6 +9,10 @@ serving and client code can use it without torch.
 Shapes are tuples whose entries are either an ``int`` (static) or a ``str`` naming a
 dynamic axis. Each component declares a :class:`Profile` (min / opt / max) for every
 dynamic axis name it uses.
+
+It is a top-level module, not part of ``export``, so every layer (export, client, server, bench)
+depends on it and not on each other, and the served orchestrator imports it as ``sam3_spec``:
+``triton_repo/sam3/1/sam3_spec.py`` is a link to this file, copied as a file into model repositories.
 """
 
 from __future__ import annotations
