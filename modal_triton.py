@@ -17,40 +17,75 @@ Two apps: ``app`` (deployed: the serving class and the client entrypoints) and `
 keeping them apart means building never needs the ``sam3-api-key`` secret nor the serving
 image, and serving never needs the Hugging Face secret.
 
-The pure helpers below (paths, markers, request/response shaping, COCO assembly, report
-formatting, image recipes) run without Modal credentials and are unit-tested
-(tests/test_modal_app.py).
+This file is the app: settings, images, Volume, secrets, functions, entrypoints. Its pure helpers
+(build layout and markers, image steps, labelling and COCO assembly, smoke/report checks) live in
+the ``deploy`` package, run without Modal credentials and are unit-tested (tests/test_modal_app.py).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shlex
 import subprocess
-import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 import modal
 
-from export.manifest import sha256
+from client.api import Sam3Client, Sam3Error
+from deploy.builds import (
+    BUILD_DONE,
+    REPORT,
+    BuildKey,
+    BuildMissingError,
+    BuildPaths,
+    build_is_complete,
+    build_report,
+    done_marker,
+    export_command,
+    locate_build,
+    point_current,
+    write_json,
+)
+from deploy.checks import (
+    bench_command,
+    check_verify_model,
+    format_report,
+    gpu_check_options,
+    smoke_requests,
+    summarize_response,
+)
+from deploy.images import TRITON_SETUP, pip_steps
+from deploy.labels import (
+    Progress,
+    clean_concepts,
+    coco_dataset,
+    list_images,
+    parse_concepts,
+    pending_images,
+    record_from_segmentation,
+    shard_path,
+)
+from export import trt
+from export.manifest import PARITY_NAME, ManifestError, load_manifest
 from export.trt import (
     EXPORT_PACKAGES,
     GPU_CHECK_PACKAGES,
     SERVING_PACKAGES,
-    SETUPTOOLS_PIP,
     TENSORRT_VERSION,
     TRITON_BINARY,
     TRITON_IMAGE,
-    engine_dir,
-    sanitize,
+    libnvinfer_version,
+    same_tensorrt_release,
 )
+from server.gpu_check.run import run_gpu_check
 from server.triton import TritonInstall, TritonServer, cuda_pool_args, cuda_pool_bytes
 from server.watchdog import Watchdog
+
+# The helpers live in deploy/; these names are part of the app's surface (scripts and tests use them).
+__all__ = ["BUILD_DONE", "REPORT", "BuildKey", "BuildMissingError", "BuildPaths", "app", "build_app"]
 
 # ---------------------------------------------------------------- settings (documented in docs/DEPLOY.md)
 APP_NAME = "sam3-triton"
@@ -94,37 +129,10 @@ GPU_CHECK_DIR = VOLUME_ROOT / "gpu-check"  # gpu-check's exports and engines, ke
 # Packages (pins: export/trt/pins.py). Serving: the orchestrator (numpy, pillow, tokenizers,
 # pycocotools, OpenCV; torch only for the GPU post-processing of DLPack tensors), the gateway and the
 # client it uses. Export/build: torch + transformers + the pinned TensorRT. gpu-check: both.
-PROJECT_PACKAGES = ("sam3_spec", "export", "server", "client", "bench")  # sam3_spec: the contract module
+PROJECT_PACKAGES = ("sam3_spec", "export", "server", "client", "bench", "deploy")  # sam3_spec: the contract module
 REPO_ROOT = Path(__file__).resolve().parent
 
-BUILD_DONE = "BUILD_DONE.json"
-REPORT = "report.json"
-
-
-class BuildMissingError(RuntimeError):
-    """No complete build for this model / TensorRT / GPU on the Volume; says how to make one."""
-
-
 # ---------------------------------------------------------------- images, volume, secrets, app
-
-# The Triton image (Ubuntu 24.04, Python 3.12) links only /usr/bin/python3; Modal runs `python`.
-TRITON_SETUP = (
-    "RUN ln -sf /usr/bin/python3 /usr/local/bin/python",
-    "RUN python -m pip --version || (apt-get update && apt-get install -y --no-install-recommends python3-pip)",
-)
-
-
-def pip_steps(packages) -> list[str]:
-    """Shell commands installing ``packages`` into the Triton image's system Python, in order.
-
-    setuptools first, with --ignore-installed: torch needs setuptools ≥ 77, and pip cannot
-    uninstall the distro's setuptools 68 ("RECORD file not found"), so the new one goes beside it
-    (/usr/local/lib/python3.12/dist-packages comes first on sys.path).
-    """
-    return [
-        shlex.join(["python", "-m", "pip", "install", "--no-cache-dir", "--ignore-installed", SETUPTOOLS_PIP]),
-        shlex.join(["python", "-m", "pip", "install", "--no-cache-dir", *packages]),
-    ]
 
 
 def triton_image(packages) -> modal.Image:
@@ -161,132 +169,6 @@ app = modal.App(APP_NAME)  # `modal deploy modal_triton.py` deploys this one
 build_app = modal.App(f"{APP_NAME}-build")  # ::build and ::verify (never need the API key secret)
 
 
-# ---------------------------------------------------------------- build layout (pure)
-
-
-@dataclass(frozen=True)
-class BuildKey:
-    """What an engine depends on: model id, resolved revision, TensorRT version, GPU name."""
-
-    model: str
-    revision: str
-    tensorrt: str
-    gpu: str
-
-    def directory(self, root) -> Path:
-        """``root/builds/<model>/<revision>/trt-<version>/<gpu>`` (all parts sanitized)."""
-        return (
-            Path(str(root))
-            / "builds"
-            / sanitize(self.model)
-            / sanitize(self.revision)
-            / f"trt-{sanitize(self.tensorrt)}"
-            / sanitize(self.gpu)
-        )
-
-
-@dataclass(frozen=True)
-class BuildPaths:
-    """The parts of one build directory."""
-
-    root: Path
-    key: BuildKey
-
-    @property
-    def artifacts(self) -> Path:
-        return self.root / "artifacts"
-
-    @property
-    def engines(self) -> Path:
-        return engine_dir(self.root / "engines", self.key.tensorrt, self.key.gpu)
-
-    @property
-    def repository(self) -> Path:
-        return self.root / "repository"
-
-    @classmethod
-    def of(cls, volume_root, key: BuildKey) -> "BuildPaths":
-        return cls(key.directory(volume_root), key)
-
-
-def pointer_path(volume_root, model: str, tensorrt: str, gpu: str) -> Path:
-    """``root/current/<model>/trt-<version>/<gpu>.json``: the build a server with this TensorRT + GPU serves."""
-    return Path(str(volume_root)) / "current" / sanitize(model) / f"trt-{sanitize(tensorrt)}" / f"{sanitize(gpu)}.json"
-
-
-def done_marker(key: BuildKey, engine_hashes: dict[str, str]) -> dict:
-    """Contents of BUILD_DONE.json, written last, once every stage of a build has passed."""
-    return {
-        "key": asdict(key),
-        "engines": dict(engine_hashes),
-        "triton_image": TRITON_IMAGE,
-        "finished_unix": int(time.time()),
-    }
-
-
-def build_is_complete(paths: BuildPaths) -> bool:
-    """True if BUILD_DONE matches the key, the artifacts match their manifest hashes, every
-    engine matches its recorded sha256 and the repository exists."""
-    from export.manifest import ManifestError, load_manifest
-
-    marker = paths.root / BUILD_DONE
-    if not marker.is_file() or not paths.repository.is_dir():
-        return False
-    data = json.loads(marker.read_text())
-    if data.get("key") != asdict(paths.key) or not data.get("engines"):
-        return False
-    try:
-        load_manifest(paths.artifacts, check_hashes=True)
-    except ManifestError:
-        return False
-    plans = {name: paths.engines / f"{name}.plan" for name in data["engines"]}
-    return all(p.is_file() and sha256(p) == data["engines"][n] for n, p in plans.items())
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON through a temp file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def point_current(volume_root, paths: BuildPaths) -> Path:
-    """Make ``paths`` the build served on its TensorRT version + GPU; return the pointer file."""
-    pointer = pointer_path(volume_root, paths.key.model, paths.key.tensorrt, paths.key.gpu)
-    relative = paths.root.relative_to(Path(str(volume_root)))
-    write_json(pointer, {"key": asdict(paths.key), "directory": str(relative)})
-    return pointer
-
-
-def locate_build(volume_root, model: str, tensorrt: str, gpu: str) -> BuildPaths:
-    """The finished build to serve for (model, TensorRT, GPU); BuildMissingError otherwise."""
-    pointer = pointer_path(volume_root, model, tensorrt, gpu)
-    hint = (
-        f"run `modal run modal_triton.py::build` (it builds on {GPU} with TensorRT {TENSORRT_VERSION}); "
-        "see docs/DEPLOY.md"
-    )
-    if not pointer.is_file():
-        raise BuildMissingError(
-            f"no build of {model} for TensorRT {tensorrt} on {gpu} in Volume {VOLUME_NAME!r} "
-            f"({pointer} missing): {hint}"
-        )
-    data = json.loads(pointer.read_text())
-    key = BuildKey(**data["key"])
-    paths = BuildPaths(Path(str(volume_root)) / data["directory"], key)
-    if (key.model, key.tensorrt, key.gpu) != (model, tensorrt, gpu) or not (paths.root / BUILD_DONE).is_file():
-        raise BuildMissingError(f"{pointer} names an unfinished or different build ({key}): {hint}")
-    return paths
-
-
-def export_command(step: str, checkpoint: str, out: Path) -> list[str]:
-    """``python -m export onnx|verify --model <checkpoint> --out <artifacts>`` (checkpoint: HF
-    snapshot dir, local dir or "tiny"); verify writes the ONNX vs transformers parity report."""
-    if step not in ("onnx", "verify"):
-        raise ValueError(f"step must be 'onnx' or 'verify', got {step!r}")
-    return [sys.executable, "-m", "export", step, "--model", str(checkpoint), "--out", str(out)]
-
-
 def api_key() -> str:
     """The bearer token from the API secret; RuntimeError if the secret lacks it."""
     token = os.environ.get(API_KEY_ENV, "")
@@ -305,7 +187,7 @@ def _fetch_checkpoint(model: str, revision: str) -> tuple[str, str]:
     """(checkpoint to export, resolved revision): "tiny"/local dirs as is, Hub ids via snapshot_download."""
     if model == "tiny" or Path(model).exists():
         return model, "local"
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 (only in the export image)
 
     print(f"downloading {model}@{revision} into {HF_HOME} (cached on the Volume) ...", flush=True)
     path = snapshot_download(
@@ -315,8 +197,6 @@ def _fetch_checkpoint(model: str, revision: str) -> tuple[str, str]:
 
 
 def _artifacts_valid(artifacts: Path) -> bool:
-    from export.manifest import ManifestError, load_manifest
-
     try:
         load_manifest(artifacts, check_hashes=True)
     except ManifestError as err:
@@ -327,8 +207,6 @@ def _artifacts_valid(artifacts: Path) -> bool:
 
 def _export_onnx(checkpoint: str, artifacts: Path, force: bool) -> None:
     """``python -m export onnx`` then ``verify`` (ONNX Runtime vs transformers), each skipped when done."""
-    from export.manifest import PARITY_NAME
-
     if force or not _artifacts_valid(artifacts):
         subprocess.run(export_command("onnx", checkpoint, artifacts), check=True, cwd="/root")
         (artifacts / PARITY_NAME).unlink(missing_ok=True)
@@ -351,22 +229,7 @@ def _write_repository(paths: BuildPaths) -> Path:
     )
 
 
-def build_report(paths: BuildPaths, records: dict[str, dict], onnx_parity) -> dict:
-    """The parity/latency report stored as report.json beside a build."""
-    keys = ("built_precision", "rules", "attempts", "precision", "build_seconds", "fp32_layers", "latency", "parity")
-    engines = {name: {k: rec.get(k) for k in keys} for name, rec in records.items()}
-    return {
-        "key": asdict(paths.key),
-        "triton_image": TRITON_IMAGE,
-        "engines": engines,
-        "onnx_vs_transformers": onnx_parity,
-    }
-
-
 def _run_build(model: str, revision: str, precision: str, force: bool) -> dict:
-    from export import trt
-    from export.manifest import PARITY_NAME
-
     gpu = trt.require_gpu()
     trt.check_tensorrt_version(trt.installed_tensorrt_version())
     checkpoint, resolved = _fetch_checkpoint(model, revision)
@@ -441,8 +304,6 @@ def container_triton(repository: Path, dims) -> TritonServer:
 
 def check_image_tensorrt() -> None:
     """RuntimeError if the image's libnvinfer differs from TENSORRT_VERSION (engines would not load)."""
-    from export.trt import libnvinfer_version, same_tensorrt_release
-
     found = libnvinfer_version()
     if found is None:
         print(f"warning: no libnvinfer.so.X.Y.Z found to check against TensorRT {TENSORRT_VERSION}", flush=True)
@@ -473,12 +334,9 @@ class Sam3Triton:
 
     @modal.enter()
     def start_triton(self) -> None:
-        from export.manifest import load_manifest
-        from export.trt import check_torch_cuda, require_gpu
-
         check_image_tensorrt()
-        check_torch_cuda()  # CudaDriverError: torch's wheel needs a newer driver than this container has
-        self.paths = locate_build(VOLUME_ROOT, MODEL_ID, TENSORRT_VERSION, require_gpu(need_tensorrt=False))
+        trt.check_torch_cuda()  # CudaDriverError: torch's wheel needs a newer driver than this container has
+        self.paths = locate_build(VOLUME_ROOT, MODEL_ID, TENSORRT_VERSION, trt.require_gpu(need_tensorrt=False))
         print(f"serving {self.paths.root}", flush=True)
         self.server = container_triton(self.paths.repository, load_manifest(self.paths.artifacts).dims)
         self.server.start()
@@ -497,7 +355,7 @@ class Sam3Triton:
     @modal.asgi_app()
     def gateway(self):
         """The seeds' REST contract (POST / and /segment); requires ``Authorization: Bearer <SAM3_API_KEY>``."""
-        from server.gateway import create_app
+        from server.gateway import create_app  # noqa: PLC0415 (serve extra: only in the serving image)
 
         return create_app(f"localhost:{GRPC_PORT}", auth_token=api_key(), watchdog=self.watchdog)
 
@@ -508,16 +366,12 @@ class Sam3Triton:
     def _sam3(self):
         """The project's client (Sam3Client over gRPC) to this container's Triton, opened once."""
         if self._client is None:
-            from client.api import Sam3Client
-
             self._client = Sam3Client(f"localhost:{GRPC_PORT}", "grpc", timeout_s=REQUEST_TIMEOUT_S - 30)
         return self._client
 
     @modal.method()
     def label(self, file_name: str, image_bytes: bytes, concepts: list[str], threshold: float = 0.5) -> dict:
         """Text-prompt one image; a label record (see record_from_segmentation) or {"file_name", "error"}."""
-        from client.api import Sam3Error
-
         try:
             seg = self._sam3().text(image_bytes, clean_concepts(concepts), threshold=threshold)
         except Sam3Error as err:  # a bad image is reported per file, the run goes on
@@ -537,205 +391,7 @@ class Sam3Triton:
             time.sleep(max(1, min(int(seconds), REQUEST_TIMEOUT_S - 30)))
 
 
-# ---------------------------------------------------------------- labeling helpers (pure)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-
-
-def clean_concepts(concepts: list[str]) -> list[str]:
-    """Concepts stripped of surrounding spaces; ValueError when one is empty or not text."""
-    if not concepts or not all(isinstance(c, str) and c.strip() for c in concepts):
-        raise ValueError(f"concepts must be non-empty strings, got {concepts!r}")
-    return [c.strip() for c in concepts]
-
-
-def record_from_segmentation(file_name: str, seg) -> dict:
-    """One image's labels from a client Segmentation: {"file_name", "height", "width", "concepts",
-    "detections": [{"category": concept index, "score", "box": [x1,y1,x2,y2] px, "rle": COCO counts str}]}."""
-    height, width = seg.image_shape
-    dets = [
-        {"category": int(c), "score": float(s), "box": [float(x) for x in b], "rle": r.decode()}
-        for r, b, s, c in zip(seg.masks_rle, seg.boxes, seg.scores, seg.labels)
-    ]
-    return {
-        "file_name": file_name,
-        "height": int(height),
-        "width": int(width),
-        "concepts": list(seg.concepts),
-        "detections": dets,
-    }
-
-
-def parse_concepts(text: str) -> list[str]:
-    """ "person, red car" → ["person", "red car"]; ValueError when empty."""
-    concepts = [c.strip() for c in text.split(",") if c.strip()]
-    if not concepts:
-        raise ValueError("give at least one concept, e.g. --text 'person,car'")
-    return concepts
-
-
-def list_images(folder: Path) -> list[tuple[str, Path]]:
-    """(relative posix name, path) of every image under ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a directory of images")
-    files = (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return sorted(((p.relative_to(folder).as_posix(), p) for p in files), key=lambda item: item[0])
-
-
-def shard_path(shards: Path, file_name: str) -> Path:
-    """Per-image result file: sanitized name + a short hash (distinct for a/b.jpg and a-b.jpg)."""
-    digest = hashlib.sha1(file_name.encode()).hexdigest()[:10]
-    return Path(shards) / f"{sanitize(file_name)}-{digest}.json"
-
-
-def pending_images(images: list[tuple[str, Path]], shards: Path, concepts: list[str]) -> list[tuple[str, Path]]:
-    """The images without a finished shard for these concepts (resuming skips the rest)."""
-
-    def done(name: str) -> bool:
-        path = shard_path(shards, name)
-        return path.is_file() and json.loads(path.read_text()).get("concepts") == concepts
-
-    return [item for item in images if not done(item[0])]
-
-
-def coco_annotation(ann_id: int, image_id: int, record: dict, det: dict, n_categories: int) -> dict:
-    """One COCO annotation (results format + iscrowd) from a detection of ``record``."""
-    from pycocotools import mask as mask_utils
-
-    if not 0 <= det["category"] < n_categories:
-        raise ValueError(f"{record['file_name']}: concept index {det['category']} outside 0..{n_categories - 1}")
-    rle = {"size": [record["height"], record["width"]], "counts": det["rle"]}
-    x1, y1, x2, y2 = det["box"]
-    return {
-        "id": ann_id,
-        "image_id": image_id,
-        "category_id": det["category"] + 1,
-        "segmentation": rle,
-        "area": float(mask_utils.area({**rle, "counts": det["rle"].encode()})),
-        "bbox": [x1, y1, x2 - x1, y2 - y1],
-        "score": det["score"],
-        "iscrowd": 0,
-    }
-
-
-def coco_dataset(records: list[dict], concepts: list[str], description: str = "SAM 3 text-prompt labels") -> dict:
-    """COCO instances dict (images, annotations with RLE masks / xywh boxes / scores, categories).
-
-    records: label records (record_from_segmentation) made with these ``concepts``; image ids follow
-    file_name order, category id = concept index + 1.
-    """
-    mismatched = [r["file_name"] for r in records if r.get("concepts", concepts) != concepts]
-    if mismatched:
-        raise ValueError(f"records labeled with other concepts than {concepts}: {mismatched[:5]}")
-    images, annotations = [], []
-    for image_id, rec in enumerate(sorted(records, key=lambda r: r["file_name"]), 1):
-        images.append({"id": image_id, "file_name": rec["file_name"], "height": rec["height"], "width": rec["width"]})
-        for det in rec["detections"]:
-            annotations.append(coco_annotation(len(annotations) + 1, image_id, rec, det, len(concepts)))
-    categories = [{"id": i + 1, "name": c, "supercategory": "concept"} for i, c in enumerate(concepts)]
-    return {
-        "info": {"description": description, "model": MODEL_ID},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
-
-
-# ---------------------------------------------------------------- smoke / bench / verify helpers (pure)
-
-
-def smoke_requests(image_b64: str, width: int, height: int, text: str) -> dict[str, dict]:
-    """One gateway request per mode (the seeds' JSON contract), prompts placed inside the image."""
-    box = [width * 0.25, height * 0.25, width * 0.75, height * 0.75]
-    return {
-        "text": {"image": image_b64, "mode": "text", "text": text},
-        "point": {"image": image_b64, "mode": "point", "point_coords": [[width / 2, height / 2]], "point_labels": [1]},
-        "box": {"image": image_b64, "mode": "box", "box_coords": box},
-        "auto": {"image": image_b64, "mode": "auto", "points_per_batch": 64},
-    }
-
-
-RESPONSE_KEYS = {
-    "text": ("masks", "boxes", "scores", "count", "image_shape"),
-    "point": ("mask", "score", "all_scores", "image_shape"),
-    "box": ("mask", "score", "all_scores", "image_shape"),
-    "auto": ("masks", "count", "image_shape"),
-}
-
-
-def summarize_response(mode: str, body: dict, height: int, width: int) -> str:
-    """One line about a gateway response; ValueError if it breaks the seeds' contract."""
-    missing = [k for k in RESPONSE_KEYS[mode] if k not in body]
-    if missing:
-        raise ValueError(f"{mode} response lacks {missing}: {str(body)[:300]}")
-    if list(body["image_shape"]) != [height, width]:
-        raise ValueError(f"{mode} response image_shape {body['image_shape']} != [{height}, {width}]")
-    if mode in ("point", "box"):
-        return f"{mode}: score {body['score']:.3f}, {len(body['all_scores'])} candidates"
-    return f"{mode}: {body['count']} masks"
-
-
-def bench_command(url: str, args: str = "") -> list[str]:
-    """``python -m bench --url URL <args>`` (the project's benchmark CLI)."""
-    return [sys.executable, "-m", "bench", "--url", url, *shlex.split(args)]
-
-
-def format_report(report: dict) -> str:
-    """Human-readable parity/latency table of a build report (report.json)."""
-    lines = [f"build: {report['key']}", "engine vs ONNX Runtime:"]
-    for name, eng in report["engines"].items():
-        rows = eng.get("parity") or []
-        worst = min(rows, key=lambda r: r["cosine"]) if rows else None
-        lat = eng.get("latency") or {}
-        status = "ok" if all(r["ok"] for r in rows) else "FAIL"
-        label = eng.get("built_precision", "?") + (f"/{eng['rules']}" if eng.get("rules") not in (None, "none") else "")
-        lines.append(
-            f"  {name:<8} {label:<5} {status:<4} "
-            + (f"min cosine {worst['cosine']:.6f} ({worst['output']} @ {worst['sizes']}) " if worst else "")
-            + (f"p50 {lat['p50_ms']:.2f} ms p90 {lat['p90_ms']:.2f} ms" if lat else "")
-        )
-    onnx = report.get("onnx_vs_transformers")
-    lines.append("ONNX Runtime vs transformers: " + ("not recorded" if onnx is None else _onnx_summary(onnx)))
-    return "\n".join(lines)
-
-
-def _onnx_summary(report) -> str:
-    """Summary of export.pipeline's parity_report.json ({"checks": [{..., "max_abs", "ok"}]})."""
-    rows = report if isinstance(report, list) else report.get("checks", [])
-    bad = [r for r in rows if not r.get("ok", True)]
-    worst = max((r.get("max_abs", 0.0) for r in rows), default=0.0)
-    return f"{len(rows)} checks, {len(bad)} failing, worst max_abs {worst:.2e}"
-
-
-def report_ok(report: dict) -> bool:
-    """True if every engine parity row passed."""
-    return all(r["ok"] for eng in report["engines"].values() for r in (eng.get("parity") or []))
-
-
 # ---------------------------------------------------------------- verify = gpu-check (GPU, Triton image)
-
-VERIFY_MODELS = ("bench", "full", "served")
-
-
-def gpu_check_options(model: str, served_root: Path | None = None):
-    """server.gpu_check Options of ::verify: bench/full export into the Volume, or the served build's
-    artifacts and engines (``served_root``: its BuildPaths.root)."""
-    from server.gpu_check.run import Options
-
-    if model not in VERIFY_MODELS:
-        raise ValueError(f"--model must be one of {VERIFY_MODELS}, got {model!r}")
-    work = Path(str(GPU_CHECK_DIR)) / model
-    if model == "served":
-        return Options(
-            model="full",
-            work=work,
-            artifacts=Path(served_root) / "artifacts",
-            engines=Path(served_root) / "engines",
-            install=False,
-        )
-    return Options(model=model, work=work, install=False)
 
 
 @build_app.function(
@@ -748,13 +404,10 @@ def gpu_check_options(model: str, served_root: Path | None = None):
 )
 def gpu_check(model: str = "bench") -> dict:
     """``sam3-triton gpu-check`` on this H200 (same code: server.gpu_check.run); returns its report."""
-    from export import trt
-    from server.gpu_check.run import run_gpu_check
-
     served = (
         locate_build(VOLUME_ROOT, MODEL_ID, TENSORRT_VERSION, trt.require_gpu()).root if model == "served" else None
     )
-    report = run_gpu_check(gpu_check_options(model, served), log=lambda m: print(m, flush=True))
+    report = run_gpu_check(gpu_check_options(model, GPU_CHECK_DIR, served), log=lambda m: print(m, flush=True))
     volume.commit()
     return report
 
@@ -777,8 +430,8 @@ def _local_api_key() -> str:
 @app.local_entrypoint()
 def smoke(image: str, text: str = "person", url: str = "") -> None:
     """Every mode once against the deployed gateway, plus one unauthenticated request (must be 401/403)."""
-    import httpx
-    from PIL import Image
+    import httpx  # noqa: PLC0415 (serve extra; `modal run` needs only modal)
+    from PIL import Image  # noqa: PLC0415 (`modal run` needs only modal)
 
     url = url or _deployed().gateway.get_web_url()
     data = Path(image).read_bytes()
@@ -819,9 +472,9 @@ def verify(model: str = "bench", out: str = "gpu-check.json") -> None:
     model: bench | full (random weights, exported on the GPU container) | served (the build
     ``::build`` made for facebook/sam3). Prints the table, writes the JSON report locally.
     """
-    from server.gpu_check.report import format_table, write_report
+    from server.gpu_check.report import format_table, write_report  # noqa: PLC0415 (only ::verify)
 
-    gpu_check_options(model)  # refuse a bad --model before starting a container
+    check_verify_model(model)  # refuse a bad --model before starting a container
     report = gpu_check.remote(model)
     print(format_table(report))
     print(f"report written to {write_report(Path(out), report)}")
@@ -840,27 +493,10 @@ def tunnel(seconds: int = 540) -> None:
         )
 
 
-class _Progress:
-    """Prints done/total, rate and ETA at most every ``every_s`` seconds (and at the end)."""
-
-    def __init__(self, total: int, every_s: float = 5.0):
-        self.total, self.every_s, self.done = total, every_s, 0
-        self.start = self.last = time.monotonic()
-
-    def step(self, note: str = "") -> None:
-        self.done += 1
-        now = time.monotonic()
-        if now - self.last >= self.every_s or self.done == self.total:
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate else float("inf")
-            print(f"[{self.done}/{self.total}] {rate:.2f} img/s, ETA {eta:.0f} s {note}", flush=True)
-            self.last = now
-
-
 def _label_all(todo, shards: Path, concepts: list[str], threshold: float) -> list[str]:
     """Fan ``todo`` out over serving containers; write one shard per image; return error lines."""
     args = ((name, path.read_bytes(), concepts, threshold) for name, path in todo)
-    progress, errors = _Progress(len(todo)), []
+    progress, errors = Progress(len(todo)), []
     for result in _deployed().label.starmap(args, order_outputs=False, return_exceptions=True):
         if isinstance(result, BaseException):
             errors.append(f"container error: {result!r}")
@@ -893,7 +529,7 @@ def segment_dataset(images: str, text: str, out: str = "sam3_coco.json", thresho
         )
         if r.get("concepts") == concepts
     ]
-    write_json(Path(out), coco_dataset(records, concepts))
+    write_json(Path(out), coco_dataset(records, concepts, MODEL_ID))
     print(f"wrote {out}: {len(records)} images, {sum(len(r['detections']) for r in records)} annotations")
     if errors:
         raise SystemExit(f"{len(errors)} image(s) failed (rerun to retry them):\n" + "\n".join(errors[:20]))

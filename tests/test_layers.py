@@ -1,7 +1,7 @@
 """The layers point one way only (issue 12):
 
     sam3_spec (the contract) ← export ← server ← bench
-    sam3_spec                ← client ← server
+    sam3_spec                ← client ← server ← deploy (the Modal app's helpers)
 
 Reads every module's imports (function-local ones too) with ``ast``; a layer may import only the
 layers below it, and the contract imports nothing of the project.
@@ -21,6 +21,7 @@ ALLOWED = {
     "client": {"sam3_spec"},
     "server": {"sam3_spec", "export", "client"},
     "bench": {"sam3_spec", "export", "client", "server"},
+    "deploy": {"sam3_spec", "export", "client", "server"},
 }
 
 

@@ -30,6 +30,7 @@ from pycocotools.cocoeval import COCOeval
 from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 
 import modal_triton as mt
+from deploy import builds, checks, images, labels
 from export import trt
 from export.manifest import sha256
 from sam3_spec import Dims
@@ -229,11 +230,11 @@ def test_image_recipe_installs_setuptools_beside_the_distro_one_first():
         assert [c for c in commands if "torch==" in c] == pip[1:]  # torch only after it, in the one package step
         assert all(p in pip[1] for p in packages if "<" not in p and "[" not in p)
         assert "RUN ln -sf /usr/bin/python3 /usr/local/bin/python" in commands
-    assert mt.pip_steps(["a==1"])[1] == "python -m pip install --no-cache-dir a==1"
+    assert images.pip_steps(["a==1"])[1] == "python -m pip install --no-cache-dir a==1"
 
 
 def test_verify_runs_gpu_check(tmp_path):
-    bench = mt.gpu_check_options("bench")
+    bench = checks.gpu_check_options("bench", mt.GPU_CHECK_DIR)
     assert (bench.model, bench.work, bench.artifacts, bench.install) == (
         "bench",
         Path("/vol/gpu-check/bench"),
@@ -241,20 +242,31 @@ def test_verify_runs_gpu_check(tmp_path):
         False,
     )
     assert type(bench.work) is type(Path())  # a concrete path: the export mkdirs under it
-    served = mt.gpu_check_options("served", tmp_path)
+    served = checks.gpu_check_options("served", mt.GPU_CHECK_DIR, tmp_path)
     assert served.artifacts == tmp_path / "artifacts" and served.engines == tmp_path / "engines"
     with pytest.raises(ValueError, match="--model must be one of"):
-        mt.gpu_check_options("tiny")
+        checks.gpu_check_options("tiny", mt.GPU_CHECK_DIR)
+    assert checks.check_verify_model("served") == "served"  # ::verify checks the name before any container
+    with pytest.raises(ValueError, match="needs the served build"):
+        checks.gpu_check_options("served", mt.GPU_CHECK_DIR)
     verify_source = ast.unparse(next(n for n in ast.parse(SOURCE).body if getattr(n, "name", None) == "gpu_check"))
     assert "run_gpu_check(" in verify_source  # the same code path as `sam3-triton gpu-check`
 
 
 def test_export_commands():
     out = Path("/vol/builds/x/artifacts")
-    assert mt.export_command("onnx", "tiny", out)[1:] == ["-m", "export", "onnx", "--model", "tiny", "--out", str(out)]
-    assert mt.export_command("verify", "/snap/abc", out)[3] == "verify"
+    assert builds.export_command("onnx", "tiny", out)[1:] == [
+        "-m",
+        "export",
+        "onnx",
+        "--model",
+        "tiny",
+        "--out",
+        str(out),
+    ]
+    assert builds.export_command("verify", "/snap/abc", out)[3] == "verify"
     with pytest.raises(ValueError):
-        mt.export_command("trt", "tiny", out)
+        builds.export_command("trt", "tiny", out)
 
 
 def test_api_key_comes_from_the_secret(monkeypatch):
@@ -267,23 +279,23 @@ def test_api_key_comes_from_the_secret(monkeypatch):
 
 # ---------------------------------------------------------------- build layout, markers, pointer
 
-KEY = mt.BuildKey(model="facebook/sam3", revision="0123abcd", tensorrt=trt.TENSORRT_VERSION, gpu="NVIDIA H200")
+KEY = builds.BuildKey(model="facebook/sam3", revision="0123abcd", tensorrt=trt.TENSORRT_VERSION, gpu="NVIDIA H200")
 
 
 def test_build_key_paths(tmp_path):
-    paths = mt.BuildPaths.of(tmp_path, KEY)
+    paths = builds.BuildPaths.of(tmp_path, KEY)
     assert (
         paths.root == tmp_path / "builds" / "facebook-sam3" / "0123abcd" / f"trt-{trt.TENSORRT_VERSION}" / "NVIDIA-H200"
     )
     assert paths.engines == paths.root / "engines" / f"trt-{trt.TENSORRT_VERSION}" / "NVIDIA-H200"
-    assert mt.pointer_path(tmp_path, KEY.model, KEY.tensorrt, KEY.gpu) == (
+    assert builds.pointer_path(tmp_path, KEY.model, KEY.tensorrt, KEY.gpu) == (
         tmp_path / "current" / "facebook-sam3" / f"trt-{trt.TENSORRT_VERSION}" / "NVIDIA-H200.json"
     )
 
 
-def _complete_build(volume_root: Path, key=KEY) -> mt.BuildPaths:
+def _complete_build(volume_root: Path, key=KEY) -> builds.BuildPaths:
     """A build directory as _run_build leaves it (fake ONNX artifacts, opaque engine bytes)."""
-    paths = mt.BuildPaths.of(volume_root, key)
+    paths = builds.BuildPaths.of(volume_root, key)
     make_fake_artifacts(paths.artifacts)
     paths.engines.mkdir(parents=True)
     hashes = {}
@@ -291,38 +303,38 @@ def _complete_build(volume_root: Path, key=KEY) -> mt.BuildPaths:
         (paths.engines / f"{name}.plan").write_bytes(f"engine {name}".encode())
         hashes[name] = sha256(paths.engines / f"{name}.plan")
     paths.repository.mkdir()
-    mt.write_json(paths.root / mt.BUILD_DONE, mt.done_marker(key, hashes))
+    builds.write_json(paths.root / builds.BUILD_DONE, builds.done_marker(key, hashes))
     return paths
 
 
 def test_build_is_complete_detects_every_stale_part(tmp_path):
     paths = _complete_build(tmp_path)
-    assert mt.build_is_complete(paths)
-    other = mt.BuildPaths(paths.root, mt.BuildKey(KEY.model, KEY.revision, "10.9.0.34", KEY.gpu))
-    assert not mt.build_is_complete(other)  # marker of another TensorRT version
+    assert builds.build_is_complete(paths)
+    other = builds.BuildPaths(paths.root, builds.BuildKey(KEY.model, KEY.revision, "10.9.0.34", KEY.gpu))
+    assert not builds.build_is_complete(other)  # marker of another TensorRT version
     (paths.engines / "text.plan").write_bytes(b"rebuilt elsewhere")
-    assert not mt.build_is_complete(paths)  # engine differs from the marker
+    assert not builds.build_is_complete(paths)  # engine differs from the marker
 
 
 def test_build_is_complete_checks_artifact_hashes(tmp_path):
     paths = _complete_build(tmp_path)
     with open(paths.artifacts / "text.onnx", "ab") as f:
         f.write(b"\0")
-    assert not mt.build_is_complete(paths)
+    assert not builds.build_is_complete(paths)
 
 
 def test_locate_build_serves_only_the_matching_build(tmp_path):
-    with pytest.raises(mt.BuildMissingError, match="modal run modal_triton.py::build"):
-        mt.locate_build(tmp_path, KEY.model, KEY.tensorrt, KEY.gpu)
+    with pytest.raises(builds.BuildMissingError, match="modal run modal_triton.py::build"):
+        builds.locate_build(tmp_path, KEY.model, KEY.tensorrt, KEY.gpu)
     paths = _complete_build(tmp_path)
-    pointer = mt.point_current(tmp_path, paths)
+    pointer = builds.point_current(tmp_path, paths)
     assert json.loads(pointer.read_text())["directory"] == str(paths.root.relative_to(tmp_path))
-    assert mt.locate_build(tmp_path, KEY.model, KEY.tensorrt, KEY.gpu) == paths
-    with pytest.raises(mt.BuildMissingError, match="no build"):
-        mt.locate_build(tmp_path, KEY.model, KEY.tensorrt, "NVIDIA A100-SXM4-80GB")
-    (paths.root / mt.BUILD_DONE).unlink()
-    with pytest.raises(mt.BuildMissingError, match="unfinished"):
-        mt.locate_build(tmp_path, KEY.model, KEY.tensorrt, KEY.gpu)
+    assert builds.locate_build(tmp_path, KEY.model, KEY.tensorrt, KEY.gpu) == paths
+    with pytest.raises(builds.BuildMissingError, match="no build"):
+        builds.locate_build(tmp_path, KEY.model, KEY.tensorrt, "NVIDIA A100-SXM4-80GB")
+    (paths.root / builds.BUILD_DONE).unlink()
+    with pytest.raises(builds.BuildMissingError, match="unfinished"):
+        builds.locate_build(tmp_path, KEY.model, KEY.tensorrt, KEY.gpu)
 
 
 def test_build_report_and_format():
@@ -344,12 +356,12 @@ def test_build_report_and_format():
         "all_ok": True,
         "checks": [{"check": "vision batch=1", "output": "fpn_0", "max_abs": 2e-6, "ok": True}],
     }
-    report = mt.build_report(mt.BuildPaths(Path("/vol/x"), KEY), records, onnx)
-    text = mt.format_report(json.loads(json.dumps(report)))
+    report = builds.build_report(builds.BuildPaths(Path("/vol/x"), KEY), records, onnx)
+    text = checks.format_report(json.loads(json.dumps(report)))
     assert "vision   fp16  ok" in text and "p50 15.00 ms" in text and "1 checks, 0 failing" in text
-    assert mt.report_ok(report)
+    assert checks.report_ok(report)
     report["engines"]["vision"]["parity"][0]["ok"] = False
-    assert not mt.report_ok(report) and "FAIL" in mt.format_report(report)
+    assert not checks.report_ok(report) and "FAIL" in checks.format_report(report)
 
 
 # ---------------------------------------------------------------- labeling and COCO
@@ -387,22 +399,22 @@ def _segmentation(masks, labels, scores, concepts):
 
 
 def test_concepts_are_cleaned_for_the_client():
-    assert mt.clean_concepts(["person", " red car "]) == ["person", "red car"]
+    assert labels.clean_concepts(["person", " red car "]) == ["person", "red car"]
     for bad in ([], ["dog", " "], [3]):
         with pytest.raises(ValueError, match="concepts"):
-            mt.clean_concepts(bad)
+            labels.clean_concepts(bad)
 
 
 def test_coco_dataset_loads_and_scores_perfectly(tmp_path):
     masks = _masks()
     concepts = ["person", "car"]
     records = [
-        mt.record_from_segmentation("b/img2.jpg", _segmentation(masks, [0, 1], [0.9, 0.8], concepts)),
-        mt.record_from_segmentation("a/img1.jpg", _segmentation(masks[:1], [1], [0.7], concepts)),
-        mt.record_from_segmentation("c/empty.jpg", _segmentation([], [], [], concepts)),
+        labels.record_from_segmentation("b/img2.jpg", _segmentation(masks, [0, 1], [0.9, 0.8], concepts)),
+        labels.record_from_segmentation("a/img1.jpg", _segmentation(masks[:1], [1], [0.7], concepts)),
+        labels.record_from_segmentation("c/empty.jpg", _segmentation([], [], [], concepts)),
     ]
     path = tmp_path / "coco.json"
-    mt.write_json(path, mt.coco_dataset(records, concepts))
+    builds.write_json(path, labels.coco_dataset(records, concepts, mt.MODEL_ID))
     coco = COCO(str(path))
     assert [img["file_name"] for img in coco.loadImgs(coco.getImgIds())] == ["a/img1.jpg", "b/img2.jpg", "c/empty.jpg"]
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == concepts
@@ -422,12 +434,12 @@ def test_coco_dataset_loads_and_scores_perfectly(tmp_path):
 
 def test_coco_dataset_rejects_inconsistent_records():
     concepts = ["person"]
-    record = mt.record_from_segmentation("x.jpg", _segmentation(_masks()[:1], [3], [0.9], concepts))
+    record = labels.record_from_segmentation("x.jpg", _segmentation(_masks()[:1], [3], [0.9], concepts))
     with pytest.raises(ValueError, match="concept index 3"):
-        mt.coco_dataset([record], concepts)
-    other = mt.record_from_segmentation("y.jpg", _segmentation(_masks()[:1], [0], [0.9], ["dog"]))
+        labels.coco_dataset([record], concepts, mt.MODEL_ID)
+    other = labels.record_from_segmentation("y.jpg", _segmentation(_masks()[:1], [0], [0.9], ["dog"]))
     with pytest.raises(ValueError, match="other concepts"):
-        mt.coco_dataset([other], concepts)
+        labels.coco_dataset([other], concepts, mt.MODEL_ID)
 
 
 def test_resume_skips_finished_images(tmp_path):
@@ -436,23 +448,23 @@ def test_resume_skips_finished_images(tmp_path):
     for name in ("a/b.jpg", "a-b.jpg", "c.PNG"):
         (folder / name).write_bytes(b"img")
     (folder / "notes.txt").write_text("not an image")
-    files = mt.list_images(folder)
+    files = labels.list_images(folder)
     assert [n for n, _ in files] == ["a-b.jpg", "a/b.jpg", "c.PNG"]
     shards = tmp_path / "shards"
-    assert mt.shard_path(shards, "a/b.jpg") != mt.shard_path(shards, "a-b.jpg")
+    assert labels.shard_path(shards, "a/b.jpg") != labels.shard_path(shards, "a-b.jpg")
     concepts = ["person"]
-    assert mt.pending_images(files, shards, concepts) == files
-    mt.write_json(mt.shard_path(shards, "a/b.jpg"), {"file_name": "a/b.jpg", "concepts": concepts})
-    assert [n for n, _ in mt.pending_images(files, shards, concepts)] == ["a-b.jpg", "c.PNG"]
-    assert len(mt.pending_images(files, shards, ["dog"])) == 3  # other concepts: labeled again
+    assert labels.pending_images(files, shards, concepts) == files
+    builds.write_json(labels.shard_path(shards, "a/b.jpg"), {"file_name": "a/b.jpg", "concepts": concepts})
+    assert [n for n, _ in labels.pending_images(files, shards, concepts)] == ["a-b.jpg", "c.PNG"]
+    assert len(labels.pending_images(files, shards, ["dog"])) == 3  # other concepts: labeled again
     with pytest.raises(ValueError):
-        mt.list_images(tmp_path / "missing")
+        labels.list_images(tmp_path / "missing")
 
 
 def test_parse_concepts():
-    assert mt.parse_concepts(" person, red car ,,") == ["person", "red car"]
+    assert labels.parse_concepts(" person, red car ,,") == ["person", "red car"]
     with pytest.raises(ValueError):
-        mt.parse_concepts(" , ")
+        labels.parse_concepts(" , ")
 
 
 # ---------------------------------------------------------------- smoke and bench helpers
@@ -460,7 +472,7 @@ def test_parse_concepts():
 
 def test_smoke_requests_follow_the_seed_contract():
     image = base64.b64encode(b"jpeg").decode()
-    requests = mt.smoke_requests(image, 640, 480, "person")
+    requests = checks.smoke_requests(image, 640, 480, "person")
     assert set(requests) == {"text", "point", "box", "auto"}
     assert all(r["image"] == image and r["mode"] == mode for mode, r in requests.items())
     assert requests["text"]["text"] == "person"
@@ -471,15 +483,15 @@ def test_smoke_requests_follow_the_seed_contract():
 
 def test_summarize_response_checks_the_contract():
     text = {"masks": [], "boxes": [], "scores": [], "count": 0, "image_shape": [480, 640]}
-    assert mt.summarize_response("text", text, 480, 640) == "text: 0 masks"
+    assert checks.summarize_response("text", text, 480, 640) == "text: 0 masks"
     point = {"mask": [[True]], "score": 0.91, "all_scores": [0.91, 0.5, 0.2], "image_shape": [480, 640]}
-    assert mt.summarize_response("point", point, 480, 640).startswith("point: score 0.910, 3 candidates")
+    assert checks.summarize_response("point", point, 480, 640).startswith("point: score 0.910, 3 candidates")
     with pytest.raises(ValueError, match=r"lacks \['count'\]"):
-        mt.summarize_response("auto", {"masks": [], "image_shape": [480, 640]}, 480, 640)
+        checks.summarize_response("auto", {"masks": [], "image_shape": [480, 640]}, 480, 640)
     with pytest.raises(ValueError, match="image_shape"):
-        mt.summarize_response("text", {**text, "image_shape": [640, 480]}, 480, 640)
+        checks.summarize_response("text", {**text, "image_shape": [640, 480]}, 480, 640)
 
 
 def test_bench_command():
-    command = mt.bench_command("https://x.modal.run", "--concurrency 8 --mode 'text'")
+    command = checks.bench_command("https://x.modal.run", "--concurrency 8 --mode 'text'")
     assert command[1:] == ["-m", "bench", "--url", "https://x.modal.run", "--concurrency", "8", "--mode", "text"]

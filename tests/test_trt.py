@@ -47,7 +47,10 @@ def test_pins_are_one_consistent_pair():
 def test_every_gpu_version_pin_is_in_pins_py():
     """The pinned GPU-path requirements appear as literals only in export/trt/pins.py."""
     root = Path(__file__).resolve().parents[1]
-    sources = [root / "modal_triton.py", *root.glob("export/**/*.py"), *root.glob("server/**/*.py")]
+    sources = [
+        root / "modal_triton.py",
+        *(p for d in ("export", "server", "deploy", "bench") for p in root.glob(f"{d}/**/*.py")),
+    ]
     pins = {"tensorrt-cu12==", "onnxruntime-gpu==", "setuptools>=", 'TRITON_RELEASE = "', "torch==", "transformers=="}
     found = {pin: [str(p.relative_to(root)) for p in sources if pin in p.read_text()] for pin in pins}
     assert found == {pin: ["export/trt/pins.py"] for pin in pins}
