@@ -24,8 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import cv2
 import numpy as np
-from postprocess import MaskSet, decode_rle, encode_rle, masks_to_boxes_xyxy, upsample
+from postprocess import MaskSet, encode_rle, masks_to_boxes_xyxy, upsample
 from preprocess import scale_points
 
 from sam3_spec import SAM3_INPUTS
@@ -221,9 +222,15 @@ def _flip_runs(mask: np.ndarray, runs: np.ndarray, flip: np.ndarray) -> np.ndarr
 
 @dataclass
 class _Candidates:
-    """Kept candidates so far: RLE counts, boxes xyxy, predicted IoU, stability, prompt point."""
+    """Kept candidates so far: low-res logits, boxes xyxy (inclusive, px), predicted IoU, stability
+    score, prompt point (px).
 
-    rles: list = field(default_factory=list)
+    No full-size mask is kept: a candidate's mask is upsampled again only if it survives NMS
+    (``columns``), so memory stays at the prompt head's low-res outputs (``logits`` are views of them)
+    and the RLE encoding is paid for the survivors only.
+    """
+
+    logits: list = field(default_factory=list)
     boxes: list = field(default_factory=list)
     ious: list = field(default_factory=list)
     stabilities: list = field(default_factory=list)
@@ -234,9 +241,18 @@ class _Candidates:
         """The candidates of several parts, in the parts' order (the order NMS ties depend on)."""
         merged = cls()
         for part in parts:
-            for name in ("rles", "boxes", "ious", "stabilities", "points"):
+            for name in ("logits", "boxes", "ious", "stabilities", "points"):
                 getattr(merged, name).extend(getattr(part, name))
         return merged
+
+    def columns(self, indices, image_hw, threshold: float) -> np.ndarray:
+        """bool [len(indices), W, H]: the masks (upsampled logits > ``threshold``) of candidates
+        ``indices``, column-major (MaskSet layout)."""
+        h, w = image_hw
+        out, buffer = np.empty((len(indices), w, h), bool), np.empty((w, h), np.float32)
+        for j, i in enumerate(indices):
+            np.greater(upsample(self.logits[i], image_hw, out=buffer), np.float32(threshold), out=out[j])
+        return out
 
 
 def merge_candidates(parts: list[_Candidates]) -> _Candidates:
@@ -298,35 +314,29 @@ class AutomaticMaskGenerator:
         )
 
     def generate_rle(self, batches: list, outputs: list, orig_hw, found: _Candidates | None = None) -> dict:
-        """Like ``generate`` from precomputed prompt-head outputs, masks kept as RLE: {"masks": MaskSet,
-        "boxes" float32 [D,4] xyxy, "iou" float32 [D], "stability" float32 [D]}, best IoU first.
-        ``found``: the candidates already collected from them (e.g. in parallel parts, then merged)."""
+        """Like ``generate`` from precomputed prompt-head outputs, without dense records: {"masks": MaskSet
+        (column-major, RLE-encoded on demand), "boxes" float32 [D,4] xyxy, "iou" float32 [D], "stability"
+        float32 [D]}, best IoU first. ``found``: the candidates already collected from them (e.g. in
+        parallel parts, then merged). Only the D survivors of NMS are upsampled again and kept."""
         if self.config.min_mask_region_area > 0:  # the cleanup needs dense masks: go through the records
-            rows = [
-                (r["rle"], r["box_xyxy"], r["predicted_iou"], r["stability_score"])
-                for r in self.records(batches, outputs, orig_hw)
-            ]
+            records = self.records(batches, outputs, orig_hw)
+            masks = MaskSet.from_rle([r["rle"] for r in records], orig_hw)
+            rows = [(r["box_xyxy"], r["predicted_iou"], r["stability_score"]) for r in records]
         else:
             found = found if found is not None else self.collect(batches, outputs, orig_hw)
-            rows = [
-                (found.rles[i], found.boxes[i], found.ious[i], found.stabilities[i])
-                for i in self.ranking(found).tolist()
-            ]
-        rles, boxes, ious, stabilities = zip(*rows) if rows else ((), (), (), ())
+            order = self.ranking(found).tolist()
+            masks = MaskSet(found.columns(order, orig_hw, self.config.mask_threshold), orig_hw)
+            rows = [(found.boxes[i], found.ious[i], found.stabilities[i]) for i in order]
+        boxes, ious, stabilities = zip(*rows) if rows else ((), (), ())
         return {
-            "masks": MaskSet.from_rle(list(rles), orig_hw),
+            "masks": masks,
             "boxes": np.array(boxes, np.float32).reshape(-1, 4),
             "iou": np.array(ious, np.float32),
             "stability": np.array(stabilities, np.float32),
         }
 
     def _add_batch(self, found: _Candidates, pred_masks, iou, points, orig_hw) -> None:
-        """Filter one batch's candidates [P, C, m, m] / [P, C] and store the survivors.
-
-        Each candidate passing the IoU filter is upsampled once into a reused buffer; its
-        stability counts and its mask come from that buffer; the survivors are RLE-encoded and
-        boxed together (one pycocotools call each).
-        """
+        """Filter one batch's candidates [P, C, m, m] / [P, C] and store the survivors (their low-res logits)."""
         cfg = self.config
         p, c = iou.shape
         logits = pred_masks.reshape((p * c,) + pred_masks.shape[-2:])
@@ -334,36 +344,36 @@ class AutomaticMaskGenerator:
         keep = np.arange(p * c)
         if cfg.pred_iou_thresh > 0:
             keep = np.flatnonzero(flat_iou > np.float32(cfg.pred_iou_thresh))
-        columns, stable = self._binarize(logits, keep, orig_hw)
-        passing = [
-            j for j, stab in enumerate(stable) if cfg.stability_score_thresh <= 0 or stab > cfg.stability_score_thresh
-        ]
-        kept = MaskSet(columns if len(passing) == len(columns) else columns[passing], orig_hw)  # no copy if all pass
-        for j, rle, box in zip(passing, kept.rle(), kept.boxes_xyxy()):
-            k = int(keep[j])
-            _store(found, rle, box, flat_iou[k], stable[j], points[k // c])
+        buffers = _Buffers(orig_hw)
+        for k in keep.tolist():
+            stab = self._binarize(logits[k], buffers)
+            if cfg.stability_score_thresh <= 0 or stab > cfg.stability_score_thresh:
+                found.logits.append(logits[k])
+                found.boxes.append(_box_of_columns(buffers.mask))
+                found.ious.append(flat_iou[k])
+                found.stabilities.append(stab)
+                found.points.append(points[k // c].tolist())
 
-    def _binarize(self, logits: np.ndarray, keep: np.ndarray, orig_hw) -> tuple[np.ndarray, list[float]]:
-        """(masks bool [len(keep), W, H] column-major, stability score of each) of the kept candidates."""
-        t, off = np.float32(self.config.mask_threshold), np.float32(self.config.stability_score_offset)
-        h, w = orig_hw
-        columns, scratch = np.empty((len(keep), w, h), bool), np.empty((w, h), bool)
-        buffer, stable = np.empty((w, h), np.float32), []
-        for j, k in enumerate(keep.tolist()):
-            up = upsample(logits[k], orig_hw, out=buffer)  # [W, H]: column-major [H, W]
-            inter = np.count_nonzero(np.greater(up, t + off, out=scratch))
-            union = np.count_nonzero(np.greater(up, t - off, out=scratch))
-            stable.append(float(_ratio(inter, union)))
-            np.greater(up, t, out=columns[j])
-        return columns, stable
+    def _binarize(self, logit: np.ndarray, buffers: "_Buffers") -> float:
+        """Upsample one candidate [m, m] (logits) into ``buffers.logits`` [W, H], binarize it into
+        ``buffers.mask`` (uint8 0/255, column-major); return its stability score.
 
-    @staticmethod
-    def _record(found: _Candidates, i: int, orig_hw) -> dict:
+        cv2.compare + countNonZero: one SIMD pass each, without numpy's bool temporaries; the
+        thresholds t ± 1 and t are exact in float32, so the counts equal numpy's ``>`` counts.
+        """
+        t, off = self.config.mask_threshold, self.config.stability_score_offset
+        up = upsample(logit, buffers.hw, out=buffers.logits)
+        inter = cv2.countNonZero(cv2.compare(up, float(np.float32(t + off)), cv2.CMP_GT, dst=buffers.mask))
+        union = cv2.countNonZero(cv2.compare(up, float(np.float32(t - off)), cv2.CMP_GT, dst=buffers.mask))
+        cv2.compare(up, float(np.float32(t)), cv2.CMP_GT, dst=buffers.mask)
+        return float(_ratio(inter, union))
+
+    def _record(self, found: _Candidates, i: int, orig_hw) -> dict:
         """One output record from candidate ``i``."""
-        mask = decode_rle(found.rles[i], orig_hw)
-        return _make_record(
-            mask, found.rles[i], found.boxes[i], float(found.ious[i]), found.stabilities[i], found.points[i]
-        )
+        columns = found.columns([i], orig_hw, self.config.mask_threshold)
+        rle = MaskSet(columns, orig_hw).rle()[0]
+        mask = np.ascontiguousarray(columns[0].T)
+        return _make_record(mask, rle, found.boxes[i], float(found.ious[i]), found.stabilities[i], found.points[i])
 
     def _clean_small_regions(self, records: list[dict]) -> list[dict]:
         """SAM's postprocess_small_regions: fill holes, drop islands, re-run NMS (unchanged first)."""
@@ -379,13 +389,23 @@ class AutomaticMaskGenerator:
         return [records[i] if unchanged[i] else _remade(records[i], masks[i]) for i in sorted(keep.tolist())]
 
 
-def _store(found: _Candidates, rle: bytes, box: np.ndarray, iou, stab: float, point: np.ndarray) -> None:
-    """Append one kept candidate (its mask as COCO RLE, its inclusive xyxy box) to ``found``."""
-    found.rles.append(rle)
-    found.boxes.append(box)
-    found.ious.append(iou)
-    found.stabilities.append(stab)
-    found.points.append(point.tolist())
+class _Buffers:
+    """Reused per-candidate buffers of one (H, W) image: upsampled logits float32 [W, H] and the
+    binarized mask uint8 [W, H] (0 / 255), both column-major."""
+
+    def __init__(self, image_hw):
+        self.hw = tuple(int(v) for v in image_hw)
+        h, w = self.hw
+        self.logits, self.mask = np.empty((w, h), np.float32), np.empty((w, h), np.uint8)
+
+
+def _box_of_columns(mask: np.ndarray) -> np.ndarray:
+    """Inclusive xyxy box float32 [4] of a column-major uint8 mask [W, H] (SAM's batched_mask_to_box);
+    an empty mask gives [0, 0, 0, 0]. cv2.boundingRect reads the non-zero pixels: its x runs along H."""
+    row, col, rows, cols = cv2.boundingRect(mask)  # (x, y, w, h) of the [W, H] array
+    if rows == 0:
+        return np.zeros(4, np.float32)
+    return np.array([col, row, col + cols - 1, row + rows - 1], np.float32)
 
 
 def _make_record(mask: np.ndarray, rle: bytes, box: np.ndarray, iou: float, stab: float, point: list) -> dict:
