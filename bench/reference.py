@@ -18,12 +18,13 @@ import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from export.checkpoint import load_models
 
 
 def decode_image(image_bytes: bytes):
     """Encoded image bytes → RGB PIL image (as the seeds do: ``Image.open(...).convert("RGB")``)."""
-    from PIL import Image
-
     return Image.open(io.BytesIO(image_bytes)).convert("RGB")
 
 
@@ -37,9 +38,7 @@ class ReferencePipeline:
     """
 
     def __init__(self, checkpoint_dir: Path | str, bf16: bool = False):
-        from transformers import Sam3Processor, Sam3TrackerProcessor
-
-        from export.checkpoint import load_models
+        from transformers import Sam3Processor, Sam3TrackerProcessor  # optional, heavy: the export extra
 
         self.checkpoint = checkpoint_dir  # a directory, or a Hugging Face id as export.checkpoint resolves it
         self.bf16 = bf16
@@ -99,7 +98,7 @@ class ReferencePipeline:
 
     def _forward(self, model, inputs, **kwargs):
         """model(**inputs) without grad, under bf16 autocast when asked; floating outputs as float32."""
-        import torch
+        import torch  # optional, heavy: the export extra
 
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             outputs = model(**inputs, **kwargs)

@@ -41,6 +41,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
+
+from server.watchdog import stub_pids, stub_processes
 
 MIX = (("text", 0.35), ("point", 0.3), ("box", 0.25), ("auto", 0.1))
 CONCEPTS = ("person", "cat", "cup", "car", "tree", "dog")
@@ -100,8 +103,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def image_pool(count: int, seed: int) -> list[tuple[str, int, int]]:
     """``count`` synthetic PNG images (blobs on a gradient, several sizes) as (base64, height, width)."""
-    from PIL import Image, ImageDraw
-
     rng, pool = np.random.default_rng(seed), []
     for i in range(count):
         h, w = SIZES[i % len(SIZES)]
@@ -195,8 +196,6 @@ def rss_kb(pid: int) -> int | None:
 
 def processes(server_pid: int) -> dict[str, int]:
     """{"tritonserver": pid, <stub instance name>: pid, ...} of one server."""
-    from server.watchdog import stub_processes
-
     named = {"tritonserver": server_pid}
     for pid, args in stub_processes(server_pid).items():
         names = [a for a in args[1:] if INSTANCE.fullmatch(a) and not a.startswith("triton_python_backend")]
@@ -206,8 +205,6 @@ def processes(server_pid: int) -> dict[str, int]:
 
 def kill_stubs(server_pid: int, model: str) -> list[int]:
     """SIGKILL every stub of ``model`` under ``server_pid``; the pids killed (ValueError if none)."""
-    from server.watchdog import stub_pids
-
     names = [model] + [n for n in _instance_models(server_pid) if n != model]
     pids = stub_pids(server_pid, names)[model]
     if not pids:

@@ -8,6 +8,12 @@ import numpy as np
 import pytest
 
 from bench import run as bench
+from bench.args import PROTOCOLS, QUICK, parse_args
+from bench.goals import ratio
+from bench.reference import ReferencePipeline
+from bench.report import format_table
+from bench.timing import latency_stats
+from sam3_spec import MODES
 
 SECTIONS = ("P1", "P2", "P3", "P4", "P5")
 
@@ -37,8 +43,6 @@ def report(sam3_server, tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint):
-    from bench.reference import ReferencePipeline
-
     return ReferencePipeline(tiny_checkpoint)
 
 
@@ -64,10 +68,10 @@ def test_report_echoes_config(report, tiny_checkpoint):
 
 def test_sweep_covers_every_cell_without_errors(report):
     cells = {(r["protocol"], r["mode"], r["concurrency"]) for r in report["sweep"]}
-    assert cells == {(p, m, c) for p in bench.PROTOCOLS for m in bench.MODES for c in (1, 2)}
+    assert cells == {(p, m, c) for p in PROTOCOLS for m in MODES for c in (1, 2)}
     for row in report["sweep"]:
         assert row["errors"] == 0, row["first_error"]
-        assert row["count"] == row["concurrency"] * bench.QUICK["repeats"]
+        assert row["count"] == row["concurrency"] * QUICK["repeats"]
         assert _ordered(row) and row["throughput_rps"] > 0
 
 
@@ -100,7 +104,7 @@ def test_goals_have_positive_ratios(report):
         p4["reduction_compact"],
     ):
         assert value is not None and value > 0
-    assert p2["clicks"] == bench.QUICK["clicks"] and len(p3["concepts"]) == 4
+    assert p2["clicks"] == QUICK["clicks"] and len(p3["concepts"]) == 4
     assert _ordered(p3["single_concept_request"]) and p3["extra_concept_ms"] == pytest.approx(
         (p3["one_request"]["p50_ms"] - p3["single_concept_request"]["p50_ms"]) / 3, abs=1e-2
     )
@@ -110,7 +114,7 @@ def test_throughput_compares_concurrency_and_reports_batching(report):
     rates = report["comparisons"]["throughput"]
     assert set(rates) == {"cold", "warm"}
     for case in rates.values():
-        assert case["concurrency"] == [1, bench.QUICK["throughput_concurrency"]] and case["errors"] == 0
+        assert case["concurrency"] == [1, QUICK["throughput_concurrency"]] and case["errors"] == 0
         assert all(r > 0 for r in case["rps"]) and case["gain"] > 0
         assert case["sam3_batch"][0] == 1.0 and case["sam3_batch"][1] >= 1.0  # one client: never batched
     assert rates["cold"]["vision_batch"][0] == 1.0 and rates["warm"]["vision_batch"] == [None, None]  # cached
@@ -126,9 +130,9 @@ def test_mask_bytes_and_overhead(report):
     p4, p5 = report["comparisons"]["P4"], report["comparisons"]["P5"]
     assert p4["total"]["masks"] > 0
     assert all(c["rle_bytes"] > 0 and c["json_bytes"] > c["json_compact_bytes"] for c in p4["cases"] if c["masks"])
-    assert {(r["protocol"], r["mode"]) for r in p5["rows"]} == {(p, m) for p in bench.PROTOCOLS for m in bench.MODES}
+    assert {(r["protocol"], r["mode"]) for r in p5["rows"]} == {(p, m) for p in PROTOCOLS for m in MODES}
     for row in p5["rows"]:
-        assert row["requests"] == bench.QUICK["repeats"] and row["consistent"]
+        assert row["requests"] == QUICK["repeats"] and row["consistent"]
         assert 0 < row["components_compute_ms"] <= row["orchestrator_compute_ms"] <= row["server_request_ms"]
         assert row["overhead_ms"] == pytest.approx(row["end_to_end_ms"] - row["components_compute_ms"], abs=1e-2)
         parts = row["breakdown"]
@@ -138,7 +142,7 @@ def test_mask_bytes_and_overhead(report):
 
 
 def test_table_lists_every_goal(report):
-    text = bench.format_table(report)
+    text = format_table(report)
     assert all(f"{goal} " in text for goal in SECTIONS)
     assert text.count("\n") >= len(report["sweep"]) + 2
 
@@ -152,15 +156,15 @@ def test_cli_rejects_bad_flags(capsys):
         ["--model", "tiny", "--concurrency", "0"],
     ):
         with pytest.raises(SystemExit):
-            bench.parse_args(argv)
+            parse_args(argv)
     assert "error" in capsys.readouterr().err
 
 
 def test_latency_stats_and_ratio():
-    stats = bench.latency_stats([0.3, 0.1, 0.2, 0.4])
+    stats = latency_stats([0.3, 0.1, 0.2, 0.4])
     assert stats["count"] == 4 and stats["p50_ms"] == pytest.approx(250.0) and _ordered(stats)
-    assert bench.latency_stats([]) == {"count": 0}
-    assert bench.ratio(2.0, 0.5) == 4.0 and bench.ratio(None, 1.0) is None and bench.ratio(1.0, 0) is None
+    assert latency_stats([]) == {"count": 0}
+    assert ratio(2.0, 0.5) == 4.0 and ratio(None, 1.0) is None and ratio(1.0, 0) is None
 
 
 def test_reference_text_shapes(reference, astronaut_png):
@@ -185,12 +189,10 @@ def test_p1_p2_against_the_bf16_autocast_reference(report):
     for section in (goals["P1"], goals["P2"]):
         assert _ordered(section["reference_bf16"]) and section["speedup_bf16"] > 0
     assert goals["P1"]["speedup_warm_bf16"] > 0
-    assert "vs reference bf16 autocast" in bench.format_table(report)
+    assert "vs reference bf16 autocast" in format_table(report)
 
 
 def test_bf16_autocast_reference_returns_float32_results(tiny_checkpoint, astronaut_png):
-    from bench.reference import ReferencePipeline
-
     reference = ReferencePipeline(tiny_checkpoint, bf16=True)
     boxes, scores, masks = reference.text(astronaut_png, ["person"], threshold=0.0)
     assert boxes.dtype == scores.dtype == np.float32 and masks.shape == (20, 512, 512)

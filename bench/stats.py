@@ -1,0 +1,173 @@
+"""What the benchmark reads from the server besides responses: Triton's per-model inference
+statistics (counts, cumulative ns), the orchestrator's phase seconds (Prometheus /metrics), and
+from their deltas the requests per execution and the P5 overhead breakdown (ms per request)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+
+from sam3_spec import COMPONENTS, ORCHESTRATOR
+
+COMPONENT_MODELS = tuple(f"sam3_{c}" for c in COMPONENTS)
+STAT_KINDS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+COUNTS = ("inference_count", "execution_count")  # requests (batch items) and executions of a model
+
+
+class TritonStats:
+    """Reads Triton's per-model inference statistics and server facts over HTTP or gRPC."""
+
+    def __init__(self, address: str, protocol: str):
+        module = importlib.import_module(f"tritonclient.{protocol}")
+        self.client = module.InferenceServerClient(address)
+
+    def snapshot(self) -> dict:
+        """{model: {kind: (count, ns)}} cumulative, for the sam3 model and its components."""
+        raw = self.client.get_inference_statistics("", as_json=True)
+        stats = {}
+        for entry in raw.get("model_stats", []):
+            infer = entry.get("inference_stats", {})
+            stats[entry["name"]] = {
+                k: (int(infer.get(k, {}).get("count", 0)), int(infer.get(k, {}).get("ns", 0))) for k in STAT_KINDS
+            } | {k: (int(entry.get(k, 0)), 0) for k in COUNTS}
+        return stats
+
+    def settled(self, expected: int = 0, pause_s: float = 0.05, limit_s: float = 5.0) -> dict:
+        """A snapshot taken once sam3's success count is ≥ ``expected`` and has stopped moving.
+
+        Triton records a request's statistics just after it answers, so a snapshot taken right
+        after a response can miss that request.
+        """
+        deadline, last = time.monotonic() + limit_s, self.snapshot()
+        while time.monotonic() < deadline:
+            time.sleep(pause_s)
+            now = self.snapshot()
+            if successes(now) == successes(last) >= expected:
+                return now
+            last = now
+        return last
+
+    def server_version(self) -> str:
+        """The Triton server's version string ("unknown" when its metadata has none)."""
+        return str(self.client.get_server_metadata(as_json=True).get("version", "unknown"))
+
+    def dims(self) -> dict:
+        """The served model's Dims (the sam3 config's ``dims`` parameter), {} if absent."""
+        config = self.client.get_model_config(ORCHESTRATOR, as_json=True)
+        config = config.get("config", config)
+        text = config.get("parameters", {}).get("dims", {}).get("string_value")
+        return json.loads(text) if text else {}
+
+    def close(self) -> None:
+        """Close the statistics client's connection."""
+        self.client.close()
+
+
+PHASE_METRIC = re.compile(r'^sam3_phase_seconds_total\{phase="(\w+)"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
+
+
+class PhaseMetrics:
+    """The orchestrator's per-phase seconds (sam3_phase_seconds_total on Triton's /metrics)."""
+
+    def __init__(self, url: str | None):
+        self.url = url
+
+    def snapshot(self) -> dict:
+        """{phase: seconds summed over requests}; {} without a metrics URL."""
+        if not self.url:
+            return {}
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            text = response.read().decode()
+        return {phase: float(value) for phase, value in PHASE_METRIC.findall(text)}
+
+
+def phases_delta(before: dict, after: dict) -> dict:
+    """{phase: seconds} accumulated between two PhaseMetrics snapshots."""
+    return {phase: after[phase] - before.get(phase, 0.0) for phase in after}
+
+
+def successes(snapshot: dict) -> int:
+    """Requests the sam3 model has answered successfully, in a TritonStats snapshot."""
+    return snapshot.get(ORCHESTRATOR, {}).get("success", (0, 0))[0]
+
+
+def stats_delta(before: dict, after: dict) -> dict:
+    """{model: {kind: (count, ns)}} accumulated between two snapshots."""
+    return {
+        model: {
+            k: (
+                after[model][k][0] - before.get(model, {}).get(k, (0, 0))[0],
+                after[model][k][1] - before.get(model, {}).get(k, (0, 0))[1],
+            )
+            for k in STAT_KINDS + COUNTS
+        }
+        for model in after
+    }
+
+
+def batch_sizes(delta: dict) -> dict:
+    """{model: mean requests per execution} between two snapshots (> 1: Triton batched them)."""
+    sizes = {}
+    for model, kinds in delta.items():
+        inferences, executions = kinds["inference_count"][0], kinds["execution_count"][0]
+        if executions:
+            sizes[model] = round(inferences / executions, 2)
+    return sizes
+
+
+def overhead(delta: dict, latencies, phases: dict | None = None) -> dict:
+    """Per sam3 request (ms): client end-to-end, Triton's request time, orchestrator compute, component
+    compute (by model), and the overhead = end-to-end − component compute (also as a fraction),
+    broken down (``breakdown``) into queue (Triton), decode, BLS (the orchestrator's wait on its
+    component calls beyond their compute: tensor copies and IPC), post-processing, encoding and
+    the rest (transport, parsing, glue), from the orchestrator's phase metrics."""
+    count = delta.get(ORCHESTRATOR, {}).get("success", (0, 0))[0]
+    if not count or not len(latencies):
+        return {"requests": 0}
+    per = lambda ns: round(ns / count / 1e6, 3)  # noqa: E731 - ns per request → ms
+    components = {m: per(delta[m]["compute_infer"][1]) for m in COMPONENT_MODELS if m in delta}
+    e2e = float(np.mean(latencies)) * 1e3
+    compute = sum(components.values())
+    row = {
+        "requests": int(count),
+        "consistent": int(count) == len(latencies),
+        "end_to_end_ms": round(e2e, 3),
+        "server_request_ms": per(delta[ORCHESTRATOR]["success"][1]),
+        "orchestrator_compute_ms": per(delta[ORCHESTRATOR]["compute_infer"][1]),
+        "components_compute_ms": round(compute, 3),
+        "components_ms": components,
+        "orchestrator_overhead_ms": round(per(delta[ORCHESTRATOR]["compute_infer"][1]) - compute, 3),
+        "transport_ms": round(e2e - per(delta[ORCHESTRATOR]["success"][1]), 3),
+        "overhead_ms": round(e2e - compute, 3),
+        "overhead_fraction": round((e2e - compute) / e2e, 4),
+    }
+    if phases:
+        row["breakdown"] = _breakdown(row, phases, count, per(delta[ORCHESTRATOR]["queue"][1]))
+    return row
+
+
+def _breakdown(row: dict, phases: dict, count: int, queue_ms: float) -> dict:
+    """The overhead of ``row`` split by phase (ms per request); ``rest`` closes the sum."""
+    ms = {phase: round(seconds / count * 1e3, 3) for phase, seconds in phases.items()}
+    parts = {
+        "queue": queue_ms,
+        "decode": ms.get("decode", 0.0),
+        "bls": round(ms.get("compute", 0.0) - row["components_compute_ms"], 3),
+        "post": ms.get("post", 0.0),
+        "encode": ms.get("encode", 0.0),
+    }
+    return parts | {"rest": round(row["overhead_ms"] - sum(parts.values()), 3)}
+
+
+@dataclass
+class Probes:
+    """What the benchmark reads from the server besides responses: Triton statistics, phase metrics."""
+
+    stats: TritonStats
+    phases: PhaseMetrics

@@ -1,0 +1,67 @@
+"""The sweep: per protocol × mode × concurrency, warm-up then one load per cell; each cell's row
+(latency percentiles in ms, requests/s, requests per execution) and, at the lowest concurrency,
+its P5 overhead row (ms per request)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.progress import log
+from bench.stats import Probes, batch_sizes, overhead, phases_delta, stats_delta, successes
+from bench.timing import latency_stats, run_load
+from bench.workloads import Workloads, fresh_id
+from sam3_spec import ORCHESTRATOR
+
+
+def sweep(clients: dict, probes: Probes, work: Workloads, args) -> tuple[list, list]:
+    """Warm-up, then every protocol × mode × concurrency cell; returns (rows, P5 rows)."""
+    rows, p5 = [], []
+    for protocol, client in clients.items():
+        for mode in args.modes:
+            request = sweep_request(work, mode, args.cache)
+            log(f"warm-up {protocol} {mode}: {args.warmup} request(s)")
+            for i in range(args.warmup):
+                request(client, i)
+            for concurrency in args.concurrency:
+                row, load, delta, phases = cell(client, probes, request, concurrency, args.repeats)
+                rows.append({"protocol": protocol, "mode": mode, **row})
+                if concurrency == args.concurrency[0]:
+                    p5.append(
+                        {
+                            "protocol": protocol,
+                            "mode": mode,
+                            "concurrency": concurrency,
+                            **overhead(delta, load.latencies, phases),
+                        }
+                    )
+    return rows, p5
+
+
+def sweep_request(work: Workloads, mode: str, cache: str):
+    """request(client, i) for one sweep cell; cold: a fresh image_id per request, warm: one per photo."""
+
+    def request(client, i):
+        name = work.image_of(mode, i)
+        return work.call(client, mode, i, fresh_id(name) if cache == "cold" else f"bench-{name}")
+
+    return request
+
+
+def cell(client, probes: Probes, request, concurrency: int, per_client: int):
+    """One load; returns (row, load, Triton statistics delta, phase seconds delta)."""
+    log(f"  {client.protocol} concurrency {concurrency}: {concurrency * per_client} requests")
+    before, phases_before = probes.stats.settled(), probes.phases.snapshot()
+    load = run_load(client, request, concurrency, per_client)
+    delta = stats_delta(before, probes.stats.settled(successes(before) + len(load.latencies)))
+    batches = batch_sizes(delta)
+    row = {
+        "concurrency": concurrency,
+        **latency_stats(load.latencies),
+        "errors": len(load.errors),
+        "first_error": load.errors[0] if load.errors else None,
+        "throughput_rps": round(len(load.latencies) / load.wall_s, 3) if load.wall_s else 0.0,
+        "detections_mean": round(float(np.mean(load.detections)), 2) if load.detections else 0.0,
+        "sam3_batch": batches.get(ORCHESTRATOR),
+        "vision_batch": batches.get("sam3_vision"),
+    }
+    return row, load, delta, phases_delta(phases_before, probes.phases.snapshot())
