@@ -18,6 +18,20 @@ import os
 import sys
 from pathlib import Path
 
+from export import pipeline
+from export.checkpoint import CheckpointError
+from export.latency import measure
+from export.manifest import ManifestError, load_manifest
+from export.precision import cpu_capabilities, gate, gate_lines
+from export.runtime_latency import measure as measure_runtimes
+from export.trt import (
+    EngineBuildError,
+    EngineParityError,
+    GpuUnavailableError,
+    TensorRTVersionError,
+    build_engines,
+    require_gpu,
+)
 from sam3_spec import COMPONENTS
 
 
@@ -58,24 +72,16 @@ def _components(parser, text: str) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from export import pipeline
-
     if args.command in ("onnx", "all"):
         pipeline.export_onnx(args.model, args.out, args.components, args.opset, args.hf_token)
     if args.command in ("verify", "all"):
         pipeline.verify(args.out, args.hf_token, args.atol, args.rtol, args.components)
         bf16_gate(args.out, args.components)
     if args.command == "trt" or (args.command == "all" and _has_gpu()):
-        from export.trt import build_engines
-
         build_engines(args.out, components=args.components, precision=args.precision)
     elif args.command == "runtimes":
-        from export.runtime_latency import measure as measure_runtimes
-
         measure_runtimes(args.out, runs=args.runs, threads=args.threads, components=args.components)
     elif args.command == "latency":
-        from export.latency import measure
-
         measure(args.out, runs=args.runs, components=args.components, token=args.hf_token)
     elif args.command == "all":
         pipeline.log("no CUDA GPU here: skipping TensorRT engines (run `python -m export trt` on a GPU machine)")
@@ -83,10 +89,6 @@ def run(args: argparse.Namespace) -> None:
 
 def bf16_gate(out: Path, components) -> None:
     """The bf16 parity gate of ``components`` (export/precision.py), or a line saying why it is skipped."""
-    from export import pipeline
-    from export.manifest import load_manifest
-    from export.precision import cpu_capabilities, gate, gate_lines
-
     capabilities = cpu_capabilities()
     if "BF16" not in capabilities:
         pipeline.log(f"bf16 gate skipped: this CPU has no bf16 (OpenVINO capabilities {capabilities}); serving is fp32")
@@ -99,8 +101,6 @@ def bf16_gate(out: Path, components) -> None:
 
 
 def _has_gpu() -> bool:
-    from export.trt import GpuUnavailableError, require_gpu
-
     try:
         require_gpu()
     except GpuUnavailableError:
@@ -110,11 +110,8 @@ def _has_gpu() -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from export.checkpoint import CheckpointError
-    from export.manifest import ManifestError
-    from export.onnx_export import ExportError
-    from export.parity import ParityError
-    from export.trt import EngineBuildError, EngineParityError, GpuUnavailableError, TensorRTVersionError
+    from export.onnx_export import ExportError  # noqa: PLC0415 (imports torch: export extra)
+    from export.parity import ParityError  # noqa: PLC0415 (imports torch: export extra)
 
     try:
         run(args)

@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from export.random_checkpoint import write_random_checkpoint
+
 BENCH_SEED = 0
 
 
@@ -93,7 +95,7 @@ def bench_vision_config(s: BenchSizes) -> dict:
 
 def bench_detector_config(s: BenchSizes):
     """Sam3Config of the detector (text encoder, geometry encoder, DETR, mask decoder)."""
-    from transformers import Sam3Config
+    from transformers import Sam3Config  # noqa: PLC0415 (optional: export extra)
 
     layer = dict(hidden_size=s.hidden, num_attention_heads=s.heads, intermediate_size=s.ffn)
     return Sam3Config(
@@ -116,7 +118,7 @@ def bench_detector_config(s: BenchSizes):
 
 def bench_tracker_config(s: BenchSizes):
     """Sam3TrackerVideoConfig (prompt encoder + mask decoder; memory parts sized to match)."""
-    from transformers import Sam3TrackerVideoConfig
+    from transformers import Sam3TrackerVideoConfig  # noqa: PLC0415 (optional: export extra)
 
     h = s.hidden
     return Sam3TrackerVideoConfig(
@@ -137,7 +139,7 @@ def bench_tracker_config(s: BenchSizes):
 
 def bench_video_config(sizes: BenchSizes = BenchSizes()):
     """A Sam3VideoConfig whose detector and tracker have the bench sizes."""
-    from transformers import Sam3VideoConfig
+    from transformers import Sam3VideoConfig  # noqa: PLC0415 (optional: export extra)
 
     sizes.check()
     return Sam3VideoConfig(detector_config=bench_detector_config(sizes), tracker_config=bench_tracker_config(sizes))
@@ -145,8 +147,6 @@ def bench_video_config(sizes: BenchSizes = BenchSizes()):
 
 def build_bench_checkpoint(out_dir: Path, seed: int = BENCH_SEED, sizes: BenchSizes = BenchSizes()) -> Path:
     """Write the bench checkpoint (config, model.safetensors, tokenizer, processor) to out_dir; return it."""
-    from export.random_checkpoint import write_random_checkpoint
-
     return write_random_checkpoint(bench_video_config(sizes), out_dir, sizes.image_size, seed)
 
 

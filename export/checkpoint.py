@@ -8,6 +8,7 @@ exported vision graph runs the ViT once for both heads.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -29,8 +30,6 @@ class CheckpointError(RuntimeError):
 def resolve_checkpoint(model: str, cache_dir: Path) -> Path | str:
     """A built-in name (built on first use in cache_dir/<name>-checkpoint), a local dir, or the HF id."""
     if model in BUILTIN:
-        import importlib
-
         module, builder = BUILTIN[model]
         target = Path(cache_dir) / f"{model}-checkpoint"
         if not (target / "model.safetensors").is_file():
@@ -52,7 +51,7 @@ def load_models(checkpoint: Path | str, token: str | None = None):
     Raises CheckpointError on missing/unexpected keys, gated repos without a token, or
     ViTs that differ between the two models.
     """
-    from transformers import Sam3Model, Sam3TrackerModel
+    from transformers import Sam3Model, Sam3TrackerModel  # noqa: PLC0415 (optional: export extra)
 
     detector = _load_strict(Sam3Model, checkpoint, token)
     tracker = _load_strict(Sam3TrackerModel, checkpoint, token)

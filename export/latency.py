@@ -16,6 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from export.checkpoint import load_models, resolve_checkpoint
+from export.inputs import example_inputs
+from export.manifest import load_manifest
+from export.pipeline import log
+
 
 def _times(fn, runs: int, warmup: int) -> list[float]:
     for _ in range(warmup):
@@ -38,14 +43,10 @@ def _summary(samples: list[float]) -> dict:
 
 def measure(out: Path, runs: int = 10, warmup: int = 2, components=None, token=None) -> dict:
     """{component: {"sizes", "torch", "onnxruntime", "ratio"}} and the JSON report on disk."""
-    import torch
+    import torch  # noqa: PLC0415 (optional: export extra)
 
-    from export.checkpoint import load_models, resolve_checkpoint
-    from export.inputs import example_inputs
-    from export.manifest import load_manifest
-    from export.parity import ort_session
-    from export.pipeline import log
-    from export.wrappers import build_wrappers
+    from export.parity import ort_session  # noqa: PLC0415 (imports torch: export extra)
+    from export.wrappers import build_wrappers  # noqa: PLC0415 (imports torch: export extra)
 
     manifest = load_manifest(Path(out))
     detector, tracker = load_models(resolve_checkpoint(manifest.model, Path(out)), token)

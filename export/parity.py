@@ -57,7 +57,7 @@ def diff(check: str, name: str, expected: np.ndarray, actual: np.ndarray, tol: T
 
 def ort_session(path):
     """A CPU ONNX Runtime session for ``path``."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 (heavy: onnxruntime)
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

@@ -18,7 +18,7 @@ import contextlib
 
 def static_get_coords(grid: int):
     """A ``_get_coords`` replacement returning arange(grid)/grid for both axes (float dtype)."""
-    import torch
+    import torch  # noqa: PLC0415 (optional: export extra)
 
     def _get_coords(self, height, width, dtype, device):
         coords = torch.arange(0, grid, device=device, dtype=dtype) / grid
@@ -29,7 +29,7 @@ def static_get_coords(grid: int):
 
 def rois_from_boxes(boxes_xyxy):
     """(N, K, 4) pixel xyxy boxes → (N·K, 5) rois ``[batch_idx, x1, y1, x2, y2]`` for roi_align."""
-    import torch
+    import torch  # noqa: PLC0415 (optional: export extra)
 
     n, k = boxes_xyxy.shape[:2]
     index = torch.arange(n, device=boxes_xyxy.device, dtype=boxes_xyxy.dtype)[:, None].expand(n, k).reshape(-1)
@@ -38,9 +38,9 @@ def rois_from_boxes(boxes_xyxy):
 
 def encode_boxes_with_rois(self, boxes, boxes_mask, boxes_labels, vision_features):
     """Same math as ``Sam3GeometryEncoder._encode_boxes`` with a single rois tensor."""
-    import torch
-    import torchvision
-    from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy
+    import torch  # noqa: PLC0415 (optional: export extra)
+    import torchvision  # noqa: PLC0415 (optional: export extra)
+    from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy  # noqa: PLC0415 (optional: export extra)
 
     batch_size, num_boxes = boxes.shape[:2]
     height, width = vision_features.shape[-2:]
@@ -59,7 +59,7 @@ def encode_boxes_with_rois(self, boxes, boxes_mask, boxes_labels, vision_feature
 @contextlib.contextmanager
 def export_patches(grid: int):
     """Apply both patches (see module docstring) for the duration of the block."""
-    from transformers.models.sam3 import modeling_sam3 as m
+    from transformers.models.sam3 import modeling_sam3 as m  # noqa: PLC0415 (optional: export extra)
 
     saved = (m.Sam3DetrDecoder._get_coords, m.Sam3GeometryEncoder._encode_boxes)
     m.Sam3DetrDecoder._get_coords = static_get_coords(grid)

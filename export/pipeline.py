@@ -13,7 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from export.checkpoint import config_summary, dims_from_config, load_models, resolve_checkpoint
 from export.manifest import PARITY_NAME, TOKENIZER_NAME, Manifest, file_entry, load_manifest
+from export.patches import export_patches
+from export.tokenizer import build_tokenizer_json
 from sam3_spec import COMPONENTS, component_specs
 
 
@@ -23,10 +26,10 @@ def log(message: str) -> None:
 
 
 def tool_versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
-    import transformers
+    import onnx  # noqa: PLC0415 (optional: export extra)
+    import onnxruntime  # noqa: PLC0415 (heavy: onnxruntime)
+    import torch  # noqa: PLC0415 (optional: export extra)
+    import transformers  # noqa: PLC0415 (optional: export extra)
 
     return {
         "python": platform.python_version(),
@@ -46,11 +49,8 @@ def export_onnx(
     cache_dir: Path | None = None,
 ) -> Manifest:
     """Export the chosen components of ``model`` (HF id, dir or "tiny") into ``out``."""
-    from export.checkpoint import config_summary, dims_from_config, load_models, resolve_checkpoint
-    from export.onnx_export import export_component
-    from export.patches import export_patches
-    from export.tokenizer import build_tokenizer_json
-    from export.wrappers import build_wrappers
+    from export.onnx_export import export_component  # noqa: PLC0415 (imports torch: export extra)
+    from export.wrappers import build_wrappers  # noqa: PLC0415 (imports torch: export extra)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,8 +90,7 @@ def _revision(detector) -> str:
 
 def verify(out: Path, token: str | None = None, atol: float = 1e-4, rtol: float = 1e-4, components=COMPONENTS) -> list:
     """ORT vs PyTorch for the chosen exported components (2 shapes each) + the chains they complete."""
-    from export.checkpoint import load_models, resolve_checkpoint
-    from export.parity import (
+    from export.parity import (  # noqa: PLC0415 (imports torch: export extra)
         Tolerance,
         check_component,
         concept_chain,
@@ -99,7 +98,7 @@ def verify(out: Path, token: str | None = None, atol: float = 1e-4, rtol: float 
         prompt_chain,
         raise_on_failures,
     )
-    from export.wrappers import build_wrappers
+    from export.wrappers import build_wrappers  # noqa: PLC0415 (imports torch: export extra)
 
     out = Path(out)
     manifest = load_manifest(out, check_hashes=True)
@@ -123,7 +122,7 @@ def verify(out: Path, token: str | None = None, atol: float = 1e-4, rtol: float 
 
 
 def _write_report(out: Path, manifest: Manifest, diffs, tol) -> None:
-    from export.parity import report
+    from export.parity import report  # noqa: PLC0415 (imports torch: export extra)
 
     rows = report(diffs)
     data = {

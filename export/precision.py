@@ -109,7 +109,7 @@ def gate_sizes(spec: ComponentSpec) -> list[dict]:
 def gate_component(path: Path, spec: ComponentSpec, image_size: int, threads: int = 0) -> GateResult:
     """Run ``path`` in OpenVINO fp32 and bf16, as served (with the static copy at the ``opt`` sizes),
     at every size of :func:`gate_sizes`; the lowest cosine per output."""
-    from export.repository import static_shapes
+    from export.repository import static_shapes  # noqa: PLC0415 (import cycle: export.repository imports export.precision)
 
     rt = runtime_module()
     runners = {p: rt.OpenVinoRunner(path, p, threads, static_shapes=static_shapes(spec)) for p in ("fp32", "bf16")}
@@ -124,7 +124,7 @@ def gate_component(path: Path, spec: ComponentSpec, image_size: int, threads: in
 
 def _graph_key(path: Path) -> dict:
     """What a cached gate result depends on: the graph file and the OpenVINO version."""
-    import openvino as ov
+    import openvino as ov  # noqa: PLC0415 (optional: serve extra)
 
     stat = path.stat()
     return {

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from export.tokenizer import save_sam3_processor
+
 
 def write_random_checkpoint(config, out_dir: Path, image_size: int, seed: int, spread: bool = True) -> Path:
     """Build Sam3VideoModel(config) with ``seed`` (spread_weights if ``spread``), save it to out_dir."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import Sam3VideoModel
-
-    from export.tokenizer import save_sam3_processor
+    import torch  # noqa: PLC0415 (optional: export extra)
+    from safetensors.torch import save_file  # noqa: PLC0415 (optional: export extra)
+    from transformers import Sam3VideoModel  # noqa: PLC0415 (optional: export extra)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def spread_weights(model, seed: int) -> None:
     re-draw every non-norm parameter with a fixed generator — vectors from N(0, 0.2²),
     matrices from N(0, 1/fan_in) — still random weights.
     """
-    import torch
+    import torch  # noqa: PLC0415 (optional: export extra)
 
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from export.manifest import Manifest, load_manifest
 from export.pbtxt import Enum, to_pbtxt
+from export.precision import PrecisionError, component_precisions, resolve_precision
 from sam3_spec import ORCHESTRATOR, SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, Batching, ComponentSpec, TensorSpec
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "triton_repo"
@@ -231,8 +232,6 @@ def shared_axes(spec: ComponentSpec) -> dict[str, list]:
 
 def _cpu_runtime(manifest, artifacts, out, names, runtime, precision, threads, cache_dir, log) -> CpuRuntime:
     """Resolve runtime and precision ("auto" → bf16 where the CPU has it) and gate bf16 per component."""
-    from export.precision import PrecisionError, component_precisions, resolve_precision
-
     runtime = "onnxruntime" if runtime == "ort" else runtime
     if runtime not in CPU_RUNTIMES:
         raise RepositoryError(f"runtime must be one of {CPU_RUNTIMES}, got {runtime!r}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from export.inputs import example_inputs
 from export.manifest import load_manifest
 from export.precision import cosine, cpu_capabilities, runtime_module
+from export.repository import static_shapes
 
 RUNNERS = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
 WARMUP = 3
@@ -43,8 +44,6 @@ def _rounds(runners: dict, names: list, feeds: dict, runs: int) -> dict[str, lis
 
 def measure_component(out: Path, spec, image_size: int, runs: int, threads: int, kinds) -> dict:
     """{"sizes", "<label> ms": median, ..., "cosine bf16 vs f32"} of one component."""
-    from export.repository import static_shapes
-
     rt, static = runtime_module(), static_shapes(spec)
     runners = {
         _label(r, p): rt.open_runner(r, out / spec.onnx_file, p, threads, static_shapes=static) for r, p in kinds

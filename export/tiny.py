@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from export.random_checkpoint import write_random_checkpoint
+
 TINY_IMAGE_SIZE = 224
 TINY_HIDDEN = 32
 TINY_QUERIES = 20
@@ -42,7 +44,7 @@ def tiny_vision_config(image_size: int = TINY_IMAGE_SIZE, hidden: int = TINY_HID
 
 def tiny_video_config(image_size: int = TINY_IMAGE_SIZE, hidden: int = TINY_HIDDEN, queries: int = TINY_QUERIES):
     """A Sam3VideoConfig whose detector and tracker are tiny (see module docstring)."""
-    from transformers import Sam3Config, Sam3TrackerVideoConfig, Sam3VideoConfig
+    from transformers import Sam3Config, Sam3TrackerVideoConfig, Sam3VideoConfig  # noqa: PLC0415 (optional: export extra)
 
     vision = tiny_vision_config(image_size, hidden)
     small = dict(hidden_size=hidden, num_attention_heads=2, intermediate_size=64)
@@ -80,6 +82,4 @@ def tiny_video_config(image_size: int = TINY_IMAGE_SIZE, hidden: int = TINY_HIDD
 
 def build_tiny_checkpoint(out_dir: Path, seed: int = TINY_SEED) -> Path:
     """Write the tiny checkpoint (config, safetensors, tokenizer, processor) to out_dir."""
-    from export.random_checkpoint import write_random_checkpoint
-
     return write_random_checkpoint(tiny_video_config(), out_dir, TINY_IMAGE_SIZE, seed)

@@ -127,7 +127,7 @@ def build_clip_tokenizer(save_dir: Path | str, context_length: int = TEXT_LENGTH
 
     Needs transformers (export extra). Returns ``save_dir``.
     """
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # noqa: PLC0415 (optional: export extra)
 
     vocab, merges = load_vocab_merges()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=context_length)
@@ -141,9 +141,9 @@ def save_sam3_processor(save_dir: Path | str, image_size: int, context_length: i
     Writes tokenizer.json, tokenizer_config.json and processor_config.json into ``save_dir``.
     Needs transformers (export extra). Returns ``save_dir``.
     """
-    from transformers import CLIPTokenizer
-    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
-    from transformers.models.sam3.processing_sam3 import Sam3Processor
+    from transformers import CLIPTokenizer  # noqa: PLC0415 (optional: export extra)
+    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor  # noqa: PLC0415 (optional: export extra)
+    from transformers.models.sam3.processing_sam3 import Sam3Processor  # noqa: PLC0415 (optional: export extra)
 
     vocab, merges = load_vocab_merges()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=context_length)

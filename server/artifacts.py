@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from export import pipeline
+from export.manifest import ManifestError, load_manifest
 from sam3_spec import COMPONENTS
 from server.triton import cache_root
 
@@ -23,8 +25,6 @@ def artifacts_dir(model: str) -> Path:
 
 def ensure_artifacts(model: str, out: Path, token: str | None = None, verify: bool = True) -> Path:
     """Export ``model`` into ``out`` unless a valid manifest for it is already there."""
-    from export.manifest import ManifestError, load_manifest
-
     try:
         manifest = load_manifest(out, check_hashes=False)
         if manifest.model == model and set(manifest.components) == set(COMPONENTS):
@@ -32,12 +32,11 @@ def ensure_artifacts(model: str, out: Path, token: str | None = None, verify: bo
     except ManifestError:
         pass
     try:
-        from export import pipeline
+        pipeline.export_onnx(model, out, token=token)
+        if verify:
+            pipeline.verify(out, token)
     except ImportError as err:  # torch/transformers are the export extra
         raise SystemExit(
             f"{out} has no exported model and export needs the [export] extra: pip install -e '.[export]' ({err})"
         ) from err
-    pipeline.export_onnx(model, out, token=token)
-    if verify:
-        pipeline.verify(out, token)
     return out

@@ -24,7 +24,11 @@ import sys
 import threading
 from pathlib import Path
 
+from export.repository import RepositoryError, build_repository, read_precisions
 from server.artifacts import artifacts_dir, ensure_artifacts
+from server.gpu_check.cli import add_arguments, run_cli
+from server.triton import TritonServer, TritonStartError
+from server.watchdog import Watchdog
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,8 +82,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _add_gpu_check(sub) -> None:
     """``sam3-triton gpu-check``: engines, parity and latency on an NVIDIA GPU (server/gpu_check)."""
-    from server.gpu_check.cli import add_arguments
-
     add_arguments(
         sub.add_parser(
             "gpu-check",
@@ -99,8 +101,6 @@ def _instances(text: str) -> dict[str, int]:
 
 def build(args) -> Path:
     """Artifacts (exported if missing) → model repository; returns the repository path."""
-    from export.repository import RepositoryError, build_repository
-
     artifacts = args.artifacts or artifacts_dir(args.model)
     ensure_artifacts(args.model, artifacts, args.hf_token, verify=not args.skip_verify)
     repo = args.repo or artifacts.parent / f"repository-{args.target}"
@@ -123,8 +123,6 @@ def build(args) -> Path:
 
 def _print_precisions(repo: Path) -> None:
     """One line: the cpu runtime and each component's effective precision (nothing for a gpu repository)."""
-    from export.repository import read_precisions
-
     record = read_precisions(repo)
     if record:
         parts = ", ".join(f"{name} {p}" for name, p in record["components"].items())
@@ -132,8 +130,6 @@ def _print_precisions(repo: Path) -> None:
 
 
 def serve(args) -> int:
-    from server.triton import TritonServer, TritonStartError
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     repo = build(args)
     server = TritonServer(
@@ -164,14 +160,12 @@ def serve(args) -> int:
 
 
 def _start_watchdog(server, interval_s: float):
-    from server.watchdog import Watchdog
-
     return Watchdog(server, interval_s=interval_s).start()
 
 
 def _start_gateway(grpc_url: str, host: str, port: int, watchdog=None, drain_s: float = 30.0):
     """The REST gateway (server/gateway.py) served by uvicorn in a daemon thread."""
-    from server.gateway import BackgroundServer, create_app
+    from server.gateway import BackgroundServer, create_app  # noqa: PLC0415 (imports starlette: serve extra)
 
     return BackgroundServer(create_app(grpc_url, watchdog=watchdog), host=host, port=port, drain_s=drain_s).start()
 
@@ -211,8 +205,6 @@ def _wait_for_signal(server, watchdog=None) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.command == "gpu-check":
-        from server.gpu_check.cli import run_cli
-
         return run_cli(args)
     return serve(args)
 

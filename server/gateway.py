@@ -35,6 +35,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -45,8 +46,10 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from client.api import Sam3Error
 from server import failures, openapi, rest
 from server.inference import CancellableClient, Ticket
+from server.watchdog import ORCHESTRATOR, SERVER
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_WORKERS = 64  # threads (each with its own gRPC connection) that wait on Triton calls
@@ -139,8 +142,6 @@ class Gateway:
 
     async def _infer(self, request: Request, req) -> Response:
         """Run the request in Triton; cancel it there if the client disconnects first."""
-        from client.api import Sam3Error
-
         start, ticket = time.monotonic(), Ticket()
         run = functools.partial(self.client.segment_cancellable, ticket, req.image, req.triton_mode, **req.fields)
         call = asyncio.get_running_loop().run_in_executor(self._workers, run)
@@ -172,8 +173,6 @@ class Gateway:
         """Watchdog incident: when the orchestrator or tritonserver itself died, the requests in flight
         can only fail (Triton fails those queued on a dead stub one by one, ~1 s each): cancel them
         now so their clients get 503 + Retry-After at once."""
-        from server.watchdog import ORCHESTRATOR, SERVER
-
         if ORCHESTRATOR not in broken and SERVER not in broken:
             return
         with self._lock:
@@ -229,8 +228,6 @@ class Gateway:
         With a watchdog, "ready" also needs every model to pass its real checks (a live re-check:
         process table and repository index); else 503 with the broken models and Retry-After.
         """
-        from client.api import Sam3Error
-
         if self.watchdog is not None:
             state = await run_in_threadpool(self.watchdog.status, True)
             state["broken"] = {m: failures.public_message(why) for m, why in state["broken"].items()}
@@ -444,8 +441,6 @@ class BackgroundServer:
     """
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", drain_s: float = 30.0):
-        import uvicorn
-
         self.drain_s = drain_s
         self.server = uvicorn.Server(
             uvicorn.Config(

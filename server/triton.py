@@ -33,6 +33,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from sam3_spec import NP_DTYPES, component_specs
+
 INSTALL_HINT = (
     "install it into this environment: pip install 'nvidia-pytriton==0.7.*' 'numpy<2' "
     "(Linux x86_64 wheel that bundles tritonserver 2.51)"
@@ -202,9 +206,6 @@ POOL_ALIGN = 1 << 20  # round up to MiB
 
 def bls_call_bytes(spec, sizes: dict[str, int]) -> int:
     """Bytes one call of a component moves one way at ``sizes``: max(all inputs, all outputs)."""
-    import numpy as np
-
-    from sam3_spec import NP_DTYPES
 
     def total(tensors) -> int:
         return sum(int(np.prod(t.resolve(sizes))) * np.dtype(NP_DTYPES[t.dtype]).itemsize for t in tensors)
@@ -220,8 +221,6 @@ def cuda_pool_bytes(dims, headroom: float = POOL_HEADROOM) -> int:
     ``fpn_0`` alone is 85 MB at 1008 px. Sized from the spec: the largest call of any component
     at its profile's max sizes, times ``headroom``, rounded up to MiB.
     """
-    from sam3_spec import component_specs
-
     largest = max(bls_call_bytes(spec, spec.sizes("max")) for spec in component_specs(dims).values())
     return -(-int(largest * headroom) // POOL_ALIGN) * POOL_ALIGN
 

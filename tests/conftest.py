@@ -20,6 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from client.api import Sam3Client
+from export.checkpoint import load_models
+from export.repository import build_repository
+from server.artifacts import ensure_artifacts
+from server.triton import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 ORCHESTRATOR_DIR = ROOT / "triton_repo" / "sam3" / "1"
@@ -27,8 +34,6 @@ ORCHESTRATOR_DIR = ROOT / "triton_repo" / "sam3" / "1"
 
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory) -> Path:
-    from server.artifacts import ensure_artifacts
-
     target = os.environ.get("SAM3_TEST_ARTIFACTS")
     out = Path(target) if target else tmp_path_factory.mktemp("tiny-artifacts")
     return ensure_artifacts("tiny", out, verify=True)
@@ -44,8 +49,6 @@ def tiny_checkpoint(tiny_artifacts) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tiny_checkpoint):
     """(Sam3Model, Sam3TrackerModel) of the tiny checkpoint, loaded strictly."""
-    from export.checkpoint import load_models
-
     return load_models(tiny_checkpoint)
 
 
@@ -63,9 +66,6 @@ class RunningServer:
 
 @pytest.fixture(scope="session")
 def sam3_server(tiny_artifacts, tmp_path_factory):
-    from export.repository import build_repository
-    from server.triton import TritonServer
-
     repo = build_repository(
         tiny_artifacts,
         tmp_path_factory.mktemp("repo") / "cpu",
@@ -80,8 +80,6 @@ def sam3_server(tiny_artifacts, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(sam3_server):
     """The project's client library over gRPC to the session server."""
-    from client.api import Sam3Client
-
     with Sam3Client(sam3_server.grpc_url, protocol="grpc") as c:
         yield c
 
@@ -89,7 +87,7 @@ def client(sam3_server):
 @pytest.fixture(scope="session")
 def gateway_url(sam3_server):
     """The REST gateway (server/gateway.py) on a free port, in front of the session server."""
-    from server.gateway import BackgroundServer, create_app
+    from server.gateway import BackgroundServer, create_app  # noqa: PLC0415 (imports starlette: serve extra)
 
     with BackgroundServer(create_app(sam3_server.grpc_url)) as server:
         yield server.url
@@ -105,8 +103,6 @@ def orchestrator_modules():
 
 def encode_image(array: np.ndarray, fmt: str = "PNG") -> bytes:
     """HxWx3 uint8 → encoded image bytes."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, fmt)
     return buf.getvalue()
@@ -115,7 +111,7 @@ def encode_image(array: np.ndarray, fmt: str = "PNG") -> bytes:
 @pytest.fixture(scope="session")
 def astronaut_png() -> bytes:
     """A real photo with a person (512×512, from scikit-image's data)."""
-    from skimage import data
+    from skimage import data  # noqa: PLC0415 (optional: test extra)
 
     return encode_image(data.astronaut())
 
@@ -123,6 +119,6 @@ def astronaut_png() -> bytes:
 @pytest.fixture(scope="session")
 def coffee_jpeg() -> bytes:
     """A real non-square photo (400×600) with a cup, as JPEG."""
-    from skimage import data
+    from skimage import data  # noqa: PLC0415 (optional: test extra)
 
     return encode_image(data.coffee(), "JPEG")

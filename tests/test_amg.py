@@ -14,6 +14,7 @@ from amg import (  # noqa: E402
     _box_of_columns,
     batch_slices,
     box_nms,
+    merge_candidates,
     point_grid,
     remove_small_regions,
     stability_score,
@@ -43,7 +44,7 @@ def disk_prompt_head(points: np.ndarray, labels: np.ndarray):
 
 
 def test_point_grid_matches_transformers():
-    from transformers.models.sam3.image_processing_sam3 import _build_point_grid
+    from transformers.models.sam3.image_processing_sam3 import _build_point_grid  # noqa: PLC0415 (optional: export extra)
 
     for n in (1, 2, 5, 16, 32):
         np.testing.assert_array_equal(point_grid(n), _build_point_grid(n).numpy())
@@ -55,7 +56,7 @@ def test_batch_slices():
 
 
 def test_stability_score_matches_transformers():
-    from transformers.models.sam3.image_processing_sam3 import _compute_stability_score
+    from transformers.models.sam3.image_processing_sam3 import _compute_stability_score  # noqa: PLC0415 (optional: export extra)
 
     logits = (np.random.default_rng(0).standard_normal((6, 40, 50)) * 3).astype(np.float32)
     logits[5] = -10  # both masks empty → NaN in both
@@ -67,7 +68,7 @@ def test_stability_score_matches_transformers():
 
 
 def test_box_nms_matches_torchvision():
-    from torchvision.ops import batched_nms
+    from torchvision.ops import batched_nms  # noqa: PLC0415 (optional: export extra)
 
     rng = np.random.default_rng(1)
     xy = rng.random((300, 2)).astype(np.float32) * 100
@@ -82,7 +83,7 @@ def test_box_nms_matches_torchvision():
 
 def _transformers_amg(orig_hw):
     """transformers' pipeline steps (post_process_masks → filter_masks → NMS) on the synthetic head."""
-    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor, _post_process_for_mask_generation
+    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor, _post_process_for_mask_generation  # noqa: PLC0415 (optional: export extra)
 
     proc, (h, w) = Sam3ImageProcessor(), orig_hw
     points = scale_points(point_grid(8) * np.array([w, h], np.float32), orig_hw, SIZE)
@@ -138,7 +139,7 @@ def test_generate_thresholds_filter_everything():
 
 def _sam_remove_small_regions(mask, area_thresh, mode):
     """segment-anything's remove_small_regions with skimage's 8-connected labelling in place of cv2."""
-    from skimage.measure import label
+    from skimage.measure import label  # noqa: PLC0415 (optional: test extra)
 
     correct_holes = mode == "holes"
     regions, n = label(correct_holes ^ mask, connectivity=2, return_num=True)
@@ -177,7 +178,7 @@ def test_remove_small_regions_edge_cases():
 
 
 def test_generate_with_min_region_area_cleans_masks():
-    from skimage.measure import label
+    from skimage.measure import label  # noqa: PLC0415 (optional: test extra)
 
     def speckled_head(points, labels):
         logits, iou = disk_prompt_head(points, labels)
@@ -196,8 +197,6 @@ def test_generate_with_min_region_area_cleans_masks():
 def test_candidates_collected_in_parts_and_merged_equal_one_collection():
     """The pipeline post-processes auto mode in parallel parts of a few prompts; merged in order they
     must equal collecting the whole batch at once (same masks, boxes, scores, hence the same NMS)."""
-    from amg import merge_candidates
-
     generator = AutomaticMaskGenerator(AmgConfig(points_per_side=6, points_per_batch=36, stability_score_thresh=0.5))
     hw = (150, 210)
     batches = generator.prompt_batches(hw, SIZE)

@@ -23,16 +23,21 @@ The fp32 server keeps its strict tests (tests/test_served_parity.py).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from test_served_parity import mask_iou, reference_prompt, reference_text
+
+from client.api import Sam3Client
+from export.precision import REPORT_NAME, cpu_capabilities
+from export.repository import build_repository, read_precisions
+from server.triton import TritonServer
 
 MARGIN, BOX_PX, MIN_IOU, SCORE_ATOL = 1e-2, 4.0, 0.97, 1e-2
 
 
 def _require_bf16():
-    from export.precision import cpu_capabilities
-
     capabilities = cpu_capabilities()
     if "BF16" not in capabilities:
         pytest.skip(
@@ -43,7 +48,7 @@ def _require_bf16():
 
 @pytest.fixture(scope="module")
 def processors(tiny_checkpoint):
-    from transformers import Sam3Processor, Sam3TrackerProcessor
+    from transformers import Sam3Processor, Sam3TrackerProcessor  # noqa: PLC0415 (optional: export extra)
 
     return Sam3Processor.from_pretrained(tiny_checkpoint), Sam3TrackerProcessor.from_pretrained(tiny_checkpoint)
 
@@ -51,8 +56,6 @@ def processors(tiny_checkpoint):
 @pytest.fixture(scope="module")
 def bf16_server(tiny_artifacts, tmp_path_factory):
     _require_bf16()
-    from export.repository import build_repository, read_precisions
-    from server.triton import TritonServer
 
     repo = build_repository(
         tiny_artifacts,
@@ -67,8 +70,6 @@ def bf16_server(tiny_artifacts, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bf16_client(bf16_server):
-    from client.api import Sam3Client
-
     with Sam3Client(bf16_server[0].grpc_url, protocol="grpc") as c:
         yield c
 
@@ -77,10 +78,6 @@ def test_served_precisions_follow_the_bf16_gate(bf16_server, tiny_artifacts):
     """bf16 where the component passed its gate, fp32 (with a log line at build) where it did not.
     On the tiny model vision, text and concept pass; prompt's pred_masks sits at the threshold
     (cosine 0.99947 at its opt size), so prompt is served in fp32."""
-    import json
-
-    from export.precision import REPORT_NAME
-
     record, report = bf16_server[1], json.loads((tiny_artifacts / REPORT_NAME).read_text())
     assert record["runtime"] == "openvino"
     assert record["components"] == {name: "bf16" if entry["ok"] else "fp32" for name, entry in report.items()}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.cli import main as bench_main
 from client.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,8 +141,6 @@ def test_subprocess_box_mode(sam3_server, coffee_path, tmp_path):
 
 
 def test_sam3_bench_dispatches_to_the_benchmark_and_the_soak(capsys):
-    from bench.cli import main as bench_main
-
     for argv, prog in ((["--help"], "sam3-bench"), (["soak", "--help"], "sam3-bench soak")):
         with pytest.raises(SystemExit) as caught:  # each parses its own flags
             bench_main(argv)

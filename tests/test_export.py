@@ -102,7 +102,7 @@ def test_manifest_detects_changed_and_missing_files(tiny_artifacts, tmp_path):
 
 
 def test_checkpoint_with_a_missing_tensor_is_refused(tiny_checkpoint, tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save_file  # noqa: PLC0415 (optional: export extra)
 
     bad = tmp_path / "bad"
     shutil.copytree(tiny_checkpoint, bad)

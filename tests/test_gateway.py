@@ -21,9 +21,10 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from client.api import Sam3Client
 from sam3_spec import MODES
 from server.gateway import BackgroundServer, create_app
-from server.rest import FIELD_NAMES, MASK_FORMATS, bool_mask_json
+from server.rest import FIELD_NAMES, MASK_FORMATS, _num, bool_mask_json
 
 TOKEN = "s3cret-token"
 SMALL_LIMIT = 256 * 1024
@@ -50,8 +51,6 @@ def image_b64(astronaut_png) -> str:
 
 @pytest.fixture(scope="module")
 def sam(sam3_server):
-    from client.api import Sam3Client
-
     with Sam3Client(sam3_server.grpc_url, protocol="grpc") as client:
         yield client
 
@@ -479,6 +478,4 @@ def test_bool_mask_json_equals_json_dumps(shape):
 
 
 def test_non_finite_numbers_never_reach_the_json():
-    from server.rest import _num
-
     assert _num(np.float32("nan")) is None and _num(np.float32(0.25)) == 0.25 and not math.isnan(_num(1.0))

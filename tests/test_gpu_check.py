@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from export import trt
 from sam3_spec import COMPONENTS, ComponentSpec, Profile, TensorSpec, component_specs
 from server.gpu_check import plan, preflight, report
 from server.gpu_check.cli import options_from
-from server.gpu_check.e2e import synthetic_image
-from server.gpu_check.run import CannotRunError, Options
+from server.gpu_check.e2e import synthetic_image, throughput, time_requests
+from server.gpu_check.run import CannotRunError, Options, install
 from server.gpu_check.run import preflight as run_preflight
 from tests.gpu import NO_GPU, REAL, gpu_present
 
@@ -303,8 +304,6 @@ def test_cannot_run_message_and_options():
 
 
 def test_synthetic_images_are_distinct_pngs():
-    from PIL import Image
-
     a, b = synthetic_image(0), synthetic_image(1)
     assert a != b and a.startswith(b"\x89PNG")
     assert Image.open(io.BytesIO(a)).size == (640, 480)
@@ -317,8 +316,6 @@ def test_synthetic_images_are_distinct_pngs():
 def test_e2e_timing_against_the_local_server(client):
     """The request/timing half of the Triton stage, run against the tiny model on the bundled CPU
     tritonserver (the GPU repository itself needs the NGC image)."""
-    from server.gpu_check.e2e import throughput, time_requests
-
     timings = time_requests(client, iterations=2, warmup=1)
     assert set(timings) == {"text", "point"} and all(t["iterations"] == 2 for t in timings.values())
     load = throughput(client, requests=4, concurrency=2)
@@ -329,8 +326,6 @@ def test_e2e_timing_against_the_local_server(client):
 
 
 def test_install_refusals():
-    from server.gpu_check.run import install
-
     env = dict(GPU_MACHINE)
     install([], allowed=False, env=env, log=print)  # nothing to install: nothing happens
     assert env == GPU_MACHINE

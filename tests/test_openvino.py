@@ -19,6 +19,7 @@ import tritonclient.http as httpclient
 from onnx import TensorProto, helper
 from test_repository import TINY, make_fake_artifacts
 
+from export.__main__ import bf16_gate
 from export.inputs import example_inputs
 from export.manifest import load_manifest
 from export.precision import (
@@ -34,8 +35,9 @@ from export.precision import (
     resolve_precision,
     runtime_module,
 )
-from export.repository import RepositoryError, build_repository, read_precisions
+from export.repository import RepositoryError, build_repository, read_precisions, static_shapes
 from sam3_spec import ComponentSpec, Profile, TensorSpec, component_specs
+from server.cli import _print_precisions, parse_args
 from server.triton import TritonServer
 from tests.pbtxt import config_parameters, parse_config_text
 
@@ -128,8 +130,6 @@ def test_openvino_fp32_equals_onnxruntime_on_the_tiny_model(tiny_artifacts):
 
 def test_openvino_static_copy_equals_the_dynamic_one_on_the_tiny_model(tiny_artifacts):
     """Requests at the spec's opt sizes run in the static-shape copy; its fp32 results equal the dynamic copy's."""
-    from export.repository import static_shapes
-
     manifest = load_manifest(tiny_artifacts)
     for spec in manifest.specs().values():
         path, names, opt = tiny_artifacts / spec.onnx_file, [t.name for t in spec.outputs], spec.sizes("opt")
@@ -320,8 +320,6 @@ def test_served_text_model_on_each_runtime(fake, tmp_path, runtime, precision):
 
 
 def test_serve_cli_options_and_precision_line(tiny_artifacts, tmp_path, capsys):
-    from server.cli import _print_precisions, parse_args
-
     args = parse_args(["serve"])
     assert args.runtime == "openvino" and args.precision == "auto"
     args = parse_args(["serve", "--runtime", "ort", "--precision", "fp32"])
@@ -338,8 +336,6 @@ def test_serve_cli_options_and_precision_line(tiny_artifacts, tmp_path, capsys):
 
 def test_export_verify_runs_the_bf16_gate_or_says_why_not(fake, tmp_path, capsys):
     """`python -m export verify` ends with the bf16 gate (its step after the ORT parity check)."""
-    from export.__main__ import bf16_gate
-
     artifacts = tmp_path / "artifacts"
     shutil.copytree(fake, artifacts)
     bf16_gate(artifacts, ("text", "prompt"))

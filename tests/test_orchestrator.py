@@ -7,20 +7,24 @@ against the numpy path: same detections, same masks.
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import torch
 
+from export.manifest import load_manifest
+
 
 @pytest.fixture(scope="module")
 def modules(orchestrator_modules):
-    import cache
-    import pipeline
-    import postprocess
-    import postprocess_torch
-    import request
-    import stages
-    import text_tokens
+    import cache  # noqa: PLC0415 (after sys.path setup)
+    import pipeline  # noqa: PLC0415 (after sys.path setup)
+    import postprocess  # noqa: PLC0415 (after sys.path setup)
+    import postprocess_torch  # noqa: PLC0415 (after sys.path setup)
+    import request  # noqa: PLC0415 (after sys.path setup)
+    import stages  # noqa: PLC0415 (after sys.path setup)
+    import text_tokens  # noqa: PLC0415 (after sys.path setup)
 
     return dict(
         cache=cache,
@@ -48,8 +52,6 @@ class TorchOutputs:
 
 
 def make_pipeline(modules, artifacts, post, torch_outputs=False):
-    from export.manifest import load_manifest
-
     manifest = load_manifest(artifacts)
     stages = modules["stages"].OrtStages({n: artifacts / s.onnx_file for n, s in manifest.specs().items()})
     tokenizer = modules["text_tokens"].TextTokenizer.from_file(artifacts / "tokenizer.json")
@@ -146,8 +148,6 @@ class CountingStages:
 def test_point_and_box_requests_on_one_image_share_prompt_calls(modules, tiny_artifacts, coffee_jpeg):
     """Same image + same points per object → one sam3_prompt call (objects stacked, chunks of 2 here);
     every request still gets exactly its own serial result."""
-    import asyncio
-
     pipe = make_pipeline(modules, tiny_artifacts, modules["post"])
     counting = CountingStages(pipe.stages)
     pipe.stages, pipe.chunk_objects = counting, 2

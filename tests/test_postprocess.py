@@ -13,6 +13,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
+
+from sam3_spec import SAM3_INPUTS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "triton_repo" / "sam3" / "1"))
 
@@ -40,7 +43,7 @@ REL_TOL = 1e-4  # |OpenCV − torch| ≤ REL_TOL · max|map| on upsampled values
 
 @pytest.fixture(scope="module")
 def image_processor():
-    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
+    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor  # noqa: PLC0415 (optional: export extra)
 
     return Sam3ImageProcessor()
 
@@ -165,8 +168,6 @@ def test_prompt_masks_match_post_process_masks(image_processor):
 
 
 def test_prob_to_logit_covers_the_whole_mask_threshold_range():
-    from sam3_spec import SAM3_INPUTS
-
     assert prob_to_logit(0.5) == 0.0
     assert abs(prob_to_logit(0.88) - np.log(0.88 / 0.12)) < 1e-12
     low, high = next(t.bounds for t in SAM3_INPUTS if t.name == "mask_threshold")
@@ -180,8 +181,7 @@ def test_prob_to_logit_covers_the_whole_mask_threshold_range():
 
 
 def test_rle_roundtrip_and_matches_transformers_uncompressed_rle():
-    from pycocotools import mask as mask_utils
-    from transformers.models.sam3.image_processing_sam3 import _mask_to_rle
+    from transformers.models.sam3.image_processing_sam3 import _mask_to_rle  # noqa: PLC0415 (optional: export extra)
 
     rng = np.random.default_rng(3)
     masks = rng.random((4, 37, 53)) > 0.6
@@ -200,7 +200,7 @@ def test_rle_roundtrip_and_matches_transformers_uncompressed_rle():
 
 
 def test_masks_to_boxes_matches_transformers():
-    from transformers.models.sam3.image_processing_sam3 import _batched_mask_to_box
+    from transformers.models.sam3.image_processing_sam3 import _batched_mask_to_box  # noqa: PLC0415 (optional: export extra)
 
     rng = np.random.default_rng(4)
     masks = np.zeros((5, 30, 40), bool)

@@ -2,6 +2,7 @@
 
 import io
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from export.tokenizer import load_vocab_merges
 
 ORCH = Path(__file__).resolve().parents[1] / "triton_repo" / "sam3" / "1"
 sys.path.insert(0, str(ORCH))
@@ -29,7 +32,7 @@ SKIMAGE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png")
 
 
 def _skimage_photo(name: str) -> np.ndarray:
-    import skimage
+    import skimage  # noqa: PLC0415 (optional: test extra)
 
     return np.array(Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB"))
 
@@ -66,7 +69,7 @@ def test_decode_formats(fmt):
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "CMYK", "1"])
 def test_decode_modes_match_transformers_convert_to_rgb(mode):
-    from transformers.image_transforms import convert_to_rgb
+    from transformers.image_transforms import convert_to_rgb  # noqa: PLC0415 (optional: export extra)
 
     rng = np.random.default_rng(1)
     rgba = rng.integers(0, 256, (23, 31, 4), dtype=np.uint8)
@@ -139,7 +142,7 @@ def test_decode_limit_is_inclusive():
 
 @pytest.fixture(scope="module")
 def sam3_image_processor():
-    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
+    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor  # noqa: PLC0415 (optional: export extra)
 
     return Sam3ImageProcessor()
 
@@ -172,7 +175,7 @@ def test_resize_identity_and_small_sizes():
 
 
 def test_scale_points_matches_sam3_tracker_processor(sam3_image_processor):
-    from transformers.models.sam3_tracker.processing_sam3_tracker import Sam3TrackerProcessor
+    from transformers.models.sam3_tracker.processing_sam3_tracker import Sam3TrackerProcessor  # noqa: PLC0415 (optional: export extra)
 
     proc = Sam3TrackerProcessor(image_processor=sam3_image_processor)
     hw, size = (333, 517), sam3_image_processor.size["height"]
@@ -191,11 +194,8 @@ def test_scale_points_matches_sam3_tracker_processor(sam3_image_processor):
 
 
 def test_exemplar_boxes_match_sam3_processor(sam3_image_processor):
-    sys.path.insert(0, str(ORCH.parents[2]))
-    from transformers import CLIPTokenizer
-    from transformers.models.sam3.processing_sam3 import Sam3Processor
-
-    from export.tokenizer import load_vocab_merges
+    from transformers import CLIPTokenizer  # noqa: PLC0415 (optional: export extra)
+    from transformers.models.sam3.processing_sam3 import Sam3Processor  # noqa: PLC0415 (optional: export extra)
 
     vocab, merges = load_vocab_merges()
     proc = Sam3Processor(image_processor=sam3_image_processor, tokenizer=CLIPTokenizer(vocab=vocab, merges=merges))
@@ -255,8 +255,6 @@ def test_validate_boxes_and_labels_accept():
 
 
 def test_orchestrator_modules_import_without_torch():
-    import subprocess
-
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import errors, preprocess, postprocess, amg, text_tokens; "
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'transformers')); "

@@ -19,6 +19,7 @@ import re
 import signal
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -28,13 +29,15 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from test_serve_cli import READY, start_serve, wait_for  # tests/ is on sys.path (pytest prepend import mode)
 
+from bench.cli import main as bench_main
 from export.repository import build_repository
 from sam3_spec import COMPONENTS, Batching
 from server import failures
 from server.gateway import BackgroundServer, create_app
 from server.triton import TritonServer
-from server.watchdog import Watchdog, stub_pids
+from server.watchdog import Watchdog, model_of_instance, stub_pids
 
 MODELS = ["sam3"] + [f"sam3_{name}" for name in COMPONENTS]
 RECOVERY_LIMIT_S = 60  # bounded wait; the goal is <= 30 s on the tiny model
@@ -290,8 +293,6 @@ def test_stop_drains_requests_in_flight_then_refuses(healing):
 
 def test_serve_drains_a_request_in_flight_on_sigterm(tiny_artifacts, tmp_path):
     """`sam3-triton serve` as deployed: SIGTERM while a request runs → it completes, then exit 0."""
-    from test_serve_cli import READY, start_serve, wait_for  # tests/ is on sys.path (pytest prepend import mode)
-
     process, log, port = start_serve(tiny_artifacts, tmp_path, "--skip-verify", "--drain-timeout", "60")
     url, answers = f"http://127.0.0.1:{port}", []
     try:
@@ -320,8 +321,6 @@ def test_public_messages_carry_no_traceback_or_path():
     try:
         json.loads("{not json")
     except ValueError as err:
-        import traceback
-
         text = "".join(traceback.format_exception(err)) + f"\nin {Path(json.__file__)}"
     clean = failures.public_message(text)
     assert not LEAK.search(clean) and "Traceback" in text and clean
@@ -347,10 +346,8 @@ def test_triton_s_unavailable_words_map_to_503(message, status):
 
 
 def test_soak_reports_a_kill_and_its_recovery(healing, tmp_path):
-    from bench.cli import main
-
     report_path = tmp_path / "soak.json"
-    code = main(
+    code = bench_main(
         [
             "soak",
             "--url",
@@ -401,8 +398,6 @@ def test_a_dead_tritonserver_is_restarted(http, healing):
 
 
 def test_instance_names_map_to_the_longest_model_name():
-    from server.watchdog import model_of_instance
-
     names = ["sam3", "sam3_vision", "sam3_concept"]
     assert model_of_instance("sam3_0_0", names) == "sam3"
     assert model_of_instance("sam3_vision_0_0", names) == "sam3_vision"

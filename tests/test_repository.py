@@ -12,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from google.protobuf import text_format
 from onnx import TensorProto, helper
+from tritonclient.grpc import model_config_pb2
 
-from export.manifest import Manifest, file_entry
+from export.manifest import Manifest, ManifestError, file_entry
 from export.pbtxt import to_pbtxt
 from export.repository import ORCHESTRATOR, RepositoryError, build_repository, queue_config, triton_dtype
 from sam3_spec import (
@@ -170,8 +173,6 @@ def check_component(config: dict, spec: ComponentSpec, kind: str, count: int = 1
 
 def test_fake_graphs_run_at_spec_shapes(artifacts):
     """The fake graphs produce the spec's output shapes at every parity size (sanity of the fixture)."""
-    import onnxruntime as ort
-
     for spec in component_specs(TINY).values():
         session = ort.InferenceSession(str(artifacts / spec.onnx_file), providers=["CPUExecutionProvider"])
         for sizes in spec.parity_sizes:
@@ -261,9 +262,6 @@ def test_queue_policy_is_written_when_asked_for():
 
 def test_configs_are_valid_triton_model_configs(artifacts, tmp_path, source):
     """Every generated config parses into Triton's own ModelConfig proto (field names, enums)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
     for target in ("cpu", "gpu"):
         repo = build_repository(artifacts, tmp_path / target, target, source=source)
         for config_file in sorted(repo.glob("*/config.pbtxt")):
@@ -322,7 +320,5 @@ def test_bad_options_raise_clear_errors(artifacts, tmp_path, source):
 
 
 def test_missing_artifacts_raise_manifest_error(tmp_path):
-    from export.manifest import ManifestError
-
     with pytest.raises(ManifestError, match="manifest.json"):
         build_repository(tmp_path, tmp_path / "repo")

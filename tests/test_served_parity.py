@@ -22,7 +22,7 @@ BOX_ATOL, SCORE_ATOL, MIN_IOU = 1e-2, 1e-4, 0.99
 
 @pytest.fixture(scope="module")
 def processors(tiny_checkpoint):
-    from transformers import Sam3Processor, Sam3TrackerProcessor
+    from transformers import Sam3Processor, Sam3TrackerProcessor  # noqa: PLC0415 (optional: export extra)
 
     return Sam3Processor.from_pretrained(tiny_checkpoint), Sam3TrackerProcessor.from_pretrained(tiny_checkpoint)
 

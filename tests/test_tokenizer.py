@@ -58,7 +58,7 @@ def text_tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip_tokenizer(tmp_path_factory):
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # noqa: PLC0415 (optional: export extra)
 
     return CLIPTokenizer.from_pretrained(str(build_clip_tokenizer(tmp_path_factory.mktemp("clip"))))
 
@@ -85,7 +85,7 @@ def test_ids_match_sam3_processor_call_for_short_texts(text_tokenizer, clip_toke
 
 
 def test_ids_match_open_clip(text_tokenizer):
-    from open_clip.tokenizer import SimpleTokenizer
+    from open_clip.tokenizer import SimpleTokenizer  # noqa: PLC0415 (optional: export extra)
 
     ids, mask = text_tokenizer.encode(TEXTS)
     ref = SimpleTokenizer(context_length=TEXT_LENGTH)(TEXTS).numpy()  # pads with 0
@@ -129,7 +129,7 @@ def test_tokenizer_without_fixed_padding_is_refused(tmp_path, text_tokenizer):
 
 
 def test_saved_sam3_processor_loads_offline(tmp_path, text_tokenizer):
-    from transformers import Sam3Processor, Sam3TrackerProcessor
+    from transformers import Sam3Processor, Sam3TrackerProcessor  # noqa: PLC0415 (optional: export extra)
 
     save_sam3_processor(tmp_path, image_size=224)
     processor = Sam3Processor.from_pretrained(str(tmp_path))

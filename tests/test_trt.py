@@ -14,7 +14,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 
 from export import trt
@@ -199,8 +202,6 @@ def test_unknown_precision_is_refused():
 def _hand_written_norm_graph(path: Path) -> Path:
     """x → [LayerNorm2d written by hand: ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div] → Add(+1) → y,
     with the class hierarchy torch's exporter records on each node."""
-    import onnx
-    from onnx import TensorProto, helper
 
     def node(op, inputs, output, hierarchy, **attrs):
         n = helper.make_node(op, inputs, [output], name=f"node_{op}_{output}", **attrs)
@@ -239,8 +240,6 @@ def _hand_written_norm_graph(path: Path) -> Path:
 
 
 def test_hand_written_norm_keeps_its_add_and_div_in_fp32(tmp_path):
-    import onnxruntime as ort
-
     path = _hand_written_norm_graph(tmp_path / "norm.onnx")
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # a real, runnable graph
     nodes = trt.fp32_nodes(path, FUSED)
@@ -263,8 +262,6 @@ def test_hand_written_norm_keeps_its_add_and_div_in_fp32(tmp_path):
 def test_node_scan_of_the_exported_graphs(tiny_artifacts, name):
     """On the real exports: `fused` pins norm ops and norm-module nodes but no Softmax, MatMul or Conv;
     `explicit` pins the same plus every Softmax."""
-    import onnx
-
     graph = onnx.load(str(tiny_artifacts / f"{name}.onnx"), load_external_data=False).graph
     fused = trt.fp32_nodes(tiny_artifacts / f"{name}.onnx", FUSED)
     explicit = trt.fp32_nodes(tiny_artifacts / f"{name}.onnx", EXPLICIT)

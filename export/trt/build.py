@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from export.manifest import sha256
+from export.manifest import load_manifest, sha256
 from export.trt.env import check_tensorrt_version, import_tensorrt, installed_tensorrt_version, require_gpu
 from export.trt.errors import EngineBuildError, EngineParityError
 from export.trt.files import (
@@ -322,8 +322,6 @@ def build_engines(
     (first_passing over rules.attempts; ``fallback_fp32`` False = only the first attempt).
     Arguments are checked before the GPU; without a GPU this raises GpuUnavailableError at once.
     """
-    from export.manifest import load_manifest
-
     names = check_components(components)
     precisions = parse_precision(precision, names)
     gpu = require_gpu()

@@ -54,7 +54,7 @@ def require_gpu(need_tensorrt: bool = True) -> str:
 def import_tensorrt():
     """The tensorrt module (imported lazily), GpuUnavailableError if it is not installed."""
     try:
-        import tensorrt
+        import tensorrt  # noqa: PLC0415 (optional: GPU only)
     except ImportError as err:
         raise GpuUnavailableError(f"cannot import tensorrt ({err}). {BUILD_HINT}.") from None
     return tensorrt

@@ -218,7 +218,7 @@ def fp32_nodes(onnx_path: Path, rules: PrecisionRules) -> frozenset[str]:
     matching ``rules.fp32_modules`` (reads the graph only, not the weights)."""
     if not (rules.fp32_ops or rules.fp32_modules):
         return frozenset()
-    import onnx
+    import onnx  # noqa: PLC0415 (optional: export extra)
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     patterns = [re.compile(p) for p in rules.fp32_modules]

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from export.inputs import example_inputs
 from export.trt.cuda import CudaDriver
 from export.trt.env import import_tensorrt, require_gpu
 from export.trt.errors import EngineBuildError, EngineParityError
@@ -111,8 +112,6 @@ def engine_latency(
     warmup: int = 3,
 ) -> dict:
     """Engine-only latency (GPU execute + sync, no copies) at ``sizes`` (default: the spec's ``which`` sizes)."""
-    from export.inputs import example_inputs
-
     sizes = dict(sizes) if sizes is not None else spec.sizes(which)
     with EngineRunner(engine_file) as runner:
         runner.bind(example_inputs(spec, sizes, image_size))
@@ -133,7 +132,7 @@ def reference_providers(available: Sequence[str]) -> list:
 def onnx_session(onnx_path: Path, gpu: bool = False):
     """An fp32 ONNX Runtime session for ``onnx_path`` (the reference engines are checked against);
     on the CPU unless ``gpu`` and the installed onnxruntime has the CUDA provider."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 (heavy: onnxruntime)
 
     providers = reference_providers(ort.get_available_providers()) if gpu else ["CPUExecutionProvider"]
     return ort.InferenceSession(str(onnx_path), providers=providers)
@@ -165,8 +164,6 @@ def compare_engine(
     (point coordinates are drawn inside it). Returns one row per (sizes, output) with cosine
     and max/mean abs diff; raises EngineParityError listing every row outside tolerance.
     """
-    from export.inputs import example_inputs
-
     tol = tolerance or PARITY_TOLERANCE[check_precision(precision)]
     rows = []
     with EngineRunner(engine_file) as runner:  # first: refuses at once without GPU / TensorRT

@@ -10,7 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from export.manifest import ManifestError
+from export.trt import GpuUnavailableError, TensorRTVersionError
 from server.gpu_check.plan import BATCHES, MODELS, parse_batches
+from server.gpu_check.report import format_table, write_report
+from server.gpu_check.run import CannotRunError, Options, run_gpu_check
 
 DEFAULT_JSON = Path("gpu-check.json")
 
@@ -38,8 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def options_from(args: argparse.Namespace):
-    from server.gpu_check.run import Options
-
     return Options(
         model=args.model,
         work=args.work,
@@ -57,11 +59,6 @@ def options_from(args: argparse.Namespace):
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run gpu-check for parsed ``args``: print the table, write the JSON; return the exit status."""
-    from export.manifest import ManifestError
-    from export.trt import GpuUnavailableError, TensorRTVersionError
-    from server.gpu_check.report import format_table, write_report
-    from server.gpu_check.run import CannotRunError, run_gpu_check
-
     try:
         report = run_gpu_check(options_from(args), log=lambda m: print(m, file=sys.stderr, flush=True))
     except (CannotRunError, GpuUnavailableError, TensorRTVersionError, ManifestError, ValueError) as err:

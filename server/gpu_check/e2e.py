@@ -9,6 +9,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
+
+from client.api import Sam3Client
+from export.manifest import load_manifest
+from export.repository import build_repository
+from export.trt import latency_summary
+from export.trt.pins import TRITON_BINARY
+from server.triton import TritonInstall, TritonServer, cuda_pool_args, cuda_pool_bytes
 
 Log = Callable[[str], None]
 IMAGE_SHAPE = (480, 640)  # height, width of the synthetic request images
@@ -16,8 +24,6 @@ IMAGE_SHAPE = (480, 640)  # height, width of the synthetic request images
 
 def synthetic_image(seed: int, shape=IMAGE_SHAPE) -> bytes:
     """A PNG of smooth shapes + noise (distinct per seed, so no request hits an embedding cache)."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w]
@@ -36,8 +42,6 @@ def _timed(fn) -> float:
 
 def time_requests(client, iterations: int, warmup: int) -> dict:
     """{"text": latency summary, "point": latency summary}: sequential requests, a new image each."""
-    from export.trt import latency_summary
-
     images = [synthetic_image(i) for i in range(warmup + iterations)]
     center = [[IMAGE_SHAPE[1] / 2, IMAGE_SHAPE[0] / 2]]
     calls = {"text": lambda img: client.text(img, "object"), "point": lambda img: client.points(img, center, [1])}
@@ -71,12 +75,6 @@ def run_e2e(
     log: Log,
 ) -> dict:
     """Build the GPU repository, start tritonserver on it (CUDA pool sized from the spec), time requests."""
-    from client.api import Sam3Client
-    from export.manifest import load_manifest
-    from export.repository import build_repository
-    from export.trt.pins import TRITON_BINARY
-    from server.triton import TritonInstall, TritonServer, cuda_pool_args, cuda_pool_bytes
-
     repo = build_repository(
         artifacts,
         work / "repository-gpu",

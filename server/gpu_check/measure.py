@@ -5,6 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from export.trt import (
+    EngineBuildError,
+    EngineParityError,
+    Tolerance,
+    build_engines,
+    compare_engine,
+    engine_latency,
+    engine_path,
+    parse_precision,
+)
 from server.gpu_check.plan import MIN_COSINE, StageRun
 from server.gpu_check.report import stage_row
 
@@ -18,8 +28,6 @@ def build_engines_each(
 
     Returns (engine directory, {component: record or {"error": message}}).
     """
-    from export.trt import EngineBuildError, EngineParityError, build_engines, parse_precision
-
     directory, engines, precisions = None, {}, parse_precision(precision, names)
     for name in names:
         try:
@@ -34,8 +42,6 @@ def build_engines_each(
 
 def check_engine(engine_dir: Path, artifacts: Path, spec, image_size: int, log: Log) -> list[dict]:
     """Fresh engine vs ONNX Runtime fp32 rows at the spec's parity sizes (cosine ≥ MIN_COSINE per output)."""
-    from export.trt import EngineParityError, Tolerance, compare_engine, engine_path
-
     gate = Tolerance(min_cosine=MIN_COSINE, atol=0.0)
     try:
         return compare_engine(
@@ -55,8 +61,6 @@ def time_stages(
     engine_dir: Path, specs: dict, plan: list[StageRun], image_size: int, iterations: int, warmup: int, log: Log
 ) -> list[dict]:
     """One row per planned (stage, batch): engine-only latency, or the reason it was skipped."""
-    from export.trt import engine_latency, engine_path
-
     rows = []
     for run in plan:
         plan_file = engine_path(engine_dir, run.component)

@@ -13,6 +13,9 @@ import importlib.util
 import platform
 from pathlib import Path
 
+from export.trt.cuda import CudaDriver, nvidia_driver_version
+from export.trt.env import cuda_driver_problem, torch_cuda_version
+from export.trt.errors import GpuUnavailableError
 from export.trt.pins import ONNXRUNTIME_GPU_PIP, TENSORRT_PIP, TENSORRT_VERSION, TRITON_BINARY
 
 TRITON_BACKENDS = Path("/opt/tritonserver/backends")
@@ -25,9 +28,6 @@ WHERE_TO_RUN = (
 
 def _driver_facts() -> dict:
     """{"gpu", "gpus", "driver", "driver_cuda", "driver_error"} from the CUDA driver API and NVML."""
-    from export.trt.cuda import CudaDriver, nvidia_driver_version
-    from export.trt.errors import GpuUnavailableError
-
     try:
         driver = CudaDriver()
         count = driver.device_count()
@@ -59,8 +59,6 @@ def _missing_modules(names) -> list[str]:
 
 def probe() -> dict:
     """Facts of this machine (JSON-ready); fast and side-effect free."""
-    from export.trt.env import torch_cuda_version
-
     facts = {"system": platform.system(), "machine": platform.machine(), **_driver_facts()}
     facts["tensorrt"] = installed_version() if importlib.util.find_spec("tensorrt") else None
     facts["onnxruntime"] = installed_version(("onnxruntime-gpu", "onnxruntime"))
@@ -100,8 +98,6 @@ def install_plan(env: dict) -> list[str]:
 
 def e2e_decision(env: dict) -> tuple[bool, str]:
     """(run the end-to-end stage through Triton?, why / why not)."""
-    from export.trt.env import cuda_driver_problem
-
     if not env.get("triton_binary"):
         return False, f"no tritonserver at {TRITON_BINARY} (the NGC Triton image has it); engines timed directly"
     missing = [b for b in ("tensorrt", "python") if b not in env.get("triton_backends", [])]

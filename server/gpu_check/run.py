@@ -5,6 +5,7 @@ The same function runs behind ``sam3-triton gpu-check`` and Modal's ``::verify``
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import time
@@ -12,6 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from client.api import Sam3Error
+from export.manifest import load_manifest
+from server.artifacts import ensure_artifacts
+from server.gpu_check.e2e import run_e2e
+from server.gpu_check.measure import build_engines_each, check_engine, time_stages
 from server.gpu_check.plan import BATCHES, MODELS, timing_plan
 from server.gpu_check.preflight import (
     blocking_problems,
@@ -22,6 +28,7 @@ from server.gpu_check.preflight import (
     probe,
 )
 from server.gpu_check.report import target_status, verdict
+from server.triton import TritonStartError, cache_root
 
 Log = Callable[[str], None]
 
@@ -49,8 +56,6 @@ class Options:
 
 
 def work_dir(opts: Options) -> Path:
-    from server.triton import cache_root
-
     return Path(opts.work) if opts.work else cache_root() / "gpu-check" / opts.model
 
 
@@ -75,7 +80,6 @@ def install(requirements: list[str], allowed: bool, env: dict, log: Log) -> None
     log(f"installing {' '.join(requirements)} ...")
     if subprocess.run([sys.executable, "-m", "pip", "install", *requirements]).returncode != 0:
         raise CannotRunError(f"pip could not install {requirements} (see its output above)")
-    import importlib
 
     importlib.invalidate_caches()
     env["tensorrt"] = installed_version()
@@ -86,7 +90,6 @@ def export_model(opts: Options, work: Path, log: Log) -> Path:
     """The artifacts to check: ``opts.artifacts``, or ``opts.model`` exported (ONNX only) into ``work/onnx``."""
     if opts.artifacts:
         return Path(opts.artifacts)
-    from server.artifacts import ensure_artifacts
 
     log(f"exporting {MODELS[opts.model]} (random weights) to {work / 'onnx'} ...")
     return ensure_artifacts(MODELS[opts.model], work / "onnx", verify=False)
@@ -100,9 +103,6 @@ def _phase(seconds: dict, name: str, start: float) -> float:
 
 def run_gpu_check(opts: Options, log: Log = print, env: dict | None = None) -> dict:
     """Run every stage; return the report (see server.gpu_check.report)."""
-    from export.manifest import load_manifest
-    from server.gpu_check.measure import build_engines_each, check_engine, time_stages
-
     env, seconds, t = preflight(opts, env), {}, time.monotonic()
     install(install_plan(env), opts.install, env, log)
     work = work_dir(opts)
@@ -150,9 +150,6 @@ def run_e2e_stage(opts: Options, env: dict, artifacts: Path, engine_dir, engines
     if not run:
         log(f"end-to-end through Triton skipped: {reason}")
         return {"ran": False, "reason": reason}
-    from client.api import Sam3Error
-    from server.gpu_check.e2e import run_e2e
-    from server.triton import TritonStartError
 
     try:
         return run_e2e(
