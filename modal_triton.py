@@ -70,6 +70,7 @@ from deploy.labels import (
 )
 from export import trt
 from export.manifest import PARITY_NAME, ManifestError, load_manifest
+from export.repository import build_repository
 from export.trt import (
     EXPORT_PACKAGES,
     GPU_CHECK_PACKAGES,
@@ -217,8 +218,6 @@ def _export_onnx(checkpoint: str, artifacts: Path, force: bool) -> None:
 
 
 def _write_repository(paths: BuildPaths) -> Path:
-    from export.repository import build_repository
-
     return build_repository(
         paths.artifacts,
         paths.repository,
@@ -454,15 +453,16 @@ def smoke(image: str, text: str = "person", url: str = "") -> None:
 
 
 @app.local_entrypoint()
-def bench(url: str = "", args: str = "") -> None:
-    """Run ``python -m bench`` against the deployed gateway (extra CLI flags in --args)."""
-    url = url or _deployed().gateway.get_web_url()
-    command = bench_command(url, args)
-    print("running:", shlex.join(command))
-    env = {**os.environ, API_KEY_ENV: _local_api_key()}
-    code = subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
-    if code:
-        raise SystemExit(code)
+def bench(args: str = "--no-reference", seconds: int = 540) -> None:
+    """Run ``python -m bench`` here against one serving container, over a gRPC tunnel (TLS) kept open
+    ``seconds`` (at most REQUEST_TIMEOUT_S - 30: size --repeats to fit). Extra CLI flags in --args."""
+    for address in _deployed().grpc_tunnel.remote_gen(seconds):
+        command = bench_command(address, args)
+        print("running:", shlex.join(command), flush=True)
+        code = subprocess.run(command, cwd=REPO_ROOT).returncode
+        if code:
+            raise SystemExit(code)
+        return
 
 
 @build_app.local_entrypoint()

@@ -22,7 +22,7 @@ def load_reference(args, target: Target):
 
 def torch_threads() -> int | None:
     """Threads torch runs the reference's CPU ops on."""
-    import torch  # optional, heavy: the export extra; only once a reference has been loaded
+    import torch  # noqa: PLC0415 (optional: export extra; only once a reference has been loaded)
 
     return torch.get_num_threads()
 

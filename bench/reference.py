@@ -38,7 +38,7 @@ class ReferencePipeline:
     """
 
     def __init__(self, checkpoint_dir: Path | str, bf16: bool = False):
-        from transformers import Sam3Processor, Sam3TrackerProcessor  # optional, heavy: the export extra
+        from transformers import Sam3Processor, Sam3TrackerProcessor  # noqa: PLC0415 (optional: export extra)
 
         self.checkpoint = checkpoint_dir  # a directory, or a Hugging Face id as export.checkpoint resolves it
         self.bf16 = bf16
@@ -98,7 +98,7 @@ class ReferencePipeline:
 
     def _forward(self, model, inputs, **kwargs):
         """model(**inputs) without grad, under bf16 autocast when asked; floating outputs as float32."""
-        import torch  # optional, heavy: the export extra
+        import torch  # noqa: PLC0415 (optional: export extra)
 
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             outputs = model(**inputs, **kwargs)

@@ -33,7 +33,7 @@ class BenchImage:
 
 def load_images() -> dict[str, BenchImage]:
     """astronaut (512×512 PNG, a person) and coffee (400×600 JPEG, a cup) from scikit-image."""
-    from skimage import data  # optional: scikit-image (the test extra) is needed only to run the benchmark
+    from skimage import data  # noqa: PLC0415 (optional: test extra; needed only to run the benchmark)
 
     return {
         "astronaut": _encoded("astronaut", data.astronaut(), "PNG"),

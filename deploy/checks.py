@@ -41,9 +41,19 @@ def summarize_response(mode: str, body: dict, height: int, width: int) -> str:
     return f"{mode}: {body['count']} masks"
 
 
-def bench_command(url: str, args: str = "") -> list[str]:
-    """``python -m bench --url URL <args>`` (the project's benchmark CLI)."""
-    return [sys.executable, "-m", "bench", "--url", url, *shlex.split(args)]
+def bench_command(grpc_address: str, args: str = "") -> list[str]:
+    """``python -m bench`` (the project's benchmark CLI) over Triton gRPC with TLS at ``grpc_address``
+    (host:port of a ``grpc_tunnel``), plus the user's ``args``. Triton's own API, not the REST gateway:
+    the benchmark measures the served models; the reference needs ``--checkpoint`` or ``--no-reference``."""
+    return [
+        sys.executable,
+        "-m",
+        "bench",
+        "--grpc-url",
+        f"grpcs://{grpc_address}",
+        "--protocols",
+        "grpc",
+    ] + shlex.split(args)
 
 
 def format_report(report: dict) -> str:

@@ -22,14 +22,18 @@ import sys
 from pathlib import Path
 
 import modal
+import modal.app
 import numpy as np
 import pytest
+from modal._utils.async_utils import synchronizer
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 
 import modal_triton as mt
+from bench.args import parse_args
+from client.results import segmentation_from_outputs
 from deploy import builds, checks, images, labels
 from export import trt
 from export.manifest import sha256
@@ -51,8 +55,6 @@ def _spec(obj):
 
 
 def _raw(obj):
-    from modal._utils.async_utils import synchronizer
-
     return synchronizer._translate_in(obj)
 
 
@@ -172,8 +174,6 @@ def test_web_endpoints():
 
 
 def test_local_entrypoints():
-    import modal.app
-
     for name in ("smoke", "bench", "verify", "segment_dataset", "tunnel"):
         assert isinstance(getattr(mt, name), modal.app.LocalEntrypoint), name
 
@@ -377,8 +377,6 @@ def _masks(height=40, width=60) -> list[np.ndarray]:
 
 def _segmentation(masks, labels, scores, concepts):
     """A client Segmentation (client.results) built from `sam3`-shaped outputs for these masks."""
-    from client.results import segmentation_from_outputs
-
     rles = [mask_utils.encode(np.asfortranarray(m))["counts"] for m in masks]
     boxes = [
         [float(x), float(y), float(x + w), float(y + h)]
@@ -492,6 +490,9 @@ def test_summarize_response_checks_the_contract():
         checks.summarize_response("text", {**text, "image_shape": [640, 480]}, 480, 640)
 
 
-def test_bench_command():
-    command = checks.bench_command("https://x.modal.run", "--concurrency 8 --mode 'text'")
-    assert command[1:] == ["-m", "bench", "--url", "https://x.modal.run", "--concurrency", "8", "--mode", "text"]
+def test_bench_command_is_one_the_benchmark_accepts():
+    command = checks.bench_command("r7.modal.host:443", "--concurrency 8 --modes 'text' --no-reference")
+    assert command[1:3] == ["-m", "bench"]
+    args = parse_args(command[3:])  # the benchmark's own parser: an unknown flag would exit here
+    assert args.grpc_url == "grpcs://r7.modal.host:443" and args.protocols == ["grpc"]
+    assert args.concurrency == [8] and args.modes == ["text"] and args.no_reference

@@ -51,7 +51,7 @@ class RuntimeLoadError(RuntimeError):
 
 def bf16_capable() -> tuple[bool, list[str]]:
     """(whether OpenVINO's CPU plugin lists BF16 among its capabilities, the capability list)."""
-    import openvino as ov
+    import openvino as ov  # noqa: PLC0415 (optional: only the openvino runtime needs it)
 
     capabilities = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     return "BF16" in capabilities, capabilities
@@ -63,7 +63,7 @@ class OpenVinoRunner:
     def __init__(
         self, path: Path, precision: str, threads: int, cache_dir: str = "", static_shapes: dict | None = None
     ):
-        import openvino as ov
+        import openvino as ov  # noqa: PLC0415 (optional: only the openvino runtime needs it)
 
         if precision not in PRECISIONS:
             raise RuntimeLoadError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -130,7 +130,7 @@ class OrtRunner:
     precision = "fp32"
 
     def __init__(self, path: Path, threads: int):
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 (only the ort runtime needs it)
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

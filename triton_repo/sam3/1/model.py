@@ -35,18 +35,22 @@ class TritonPythonModel:
         here = os.path.dirname(os.path.abspath(__file__))
         if here not in sys.path:
             sys.path.insert(0, here)
-        import cv2
-        import triton_python_backend_utils as pb_utils
-        from cache import ByteLRU
-        from pipeline import Sam3Pipeline
-        from request import Limits
-        from stages import BlsStages
-        from text_tokens import TextTokenizer
+        # The modules beside this file resolve only after the sys.path line above; the python backend
+        # stub provides triton_python_backend_utils, so no module of this folder imports at the top.
+        import cv2  # noqa: PLC0415 (after sys.path setup)
+        import triton_python_backend_utils as pb_utils  # noqa: PLC0415 (only inside the python backend stub)
+        from cache import ByteLRU  # noqa: PLC0415 (after sys.path setup)
+        from errors import InputError  # noqa: PLC0415 (after sys.path setup)
+        from pipeline import Sam3Pipeline  # noqa: PLC0415 (after sys.path setup)
+        from request import Limits, parse_request  # noqa: PLC0415 (after sys.path setup)
+        from stages import BlsStages, StageError  # noqa: PLC0415 (after sys.path setup)
+        from text_tokens import TextTokenizer  # noqa: PLC0415 (after sys.path setup)
 
-        from sam3_spec import NP_DTYPES, SAM3_INPUTS, SAM3_OUTPUTS, Dims, component_specs
+        from sam3_spec import NP_DTYPES, SAM3_INPUTS, SAM3_OUTPUTS, Dims, component_specs  # noqa: PLC0415 (after sys.path setup)
 
         cv2.setNumThreads(1)  # the pool parallelizes over masks and requests; OpenCV's own pool only contends
         self.pb = pb_utils
+        self.parse_request, self.input_error, self.stage_error = parse_request, InputError, StageError
         params = _parameters(json.loads(args["model_config"]))
         dims = Dims(**json.loads(params["dims"]))
         specs = component_specs(dims, tuple(json.loads(params["components"])))
@@ -76,16 +80,14 @@ class TritonPythonModel:
 
     def execute(self, requests):
         """One response per request, in order; the valid ones run together as one batch."""
-        from request import parse_request
-
-        parsed = [self._parse(parse_request, request) for request in requests]
+        parsed = [self._parse(request) for request in requests]
         valid = [p for p in parsed if not isinstance(p, BaseException)]
         results = iter(asyncio.run(self.pipeline.run_batch(valid)) if valid else [])
         return [self._error(p) if isinstance(p, BaseException) else self._respond(p, *next(results)) for p in parsed]
 
-    def _parse(self, parse_request, request):
+    def _parse(self, request):
         try:
-            return parse_request(_inputs(self.pb, request, self.input_names), self.limits)
+            return self.parse_request(_inputs(self.pb, request, self.input_names), self.limits)
         except Exception as err:  # noqa: BLE001 - becomes this request's error response
             return err
 
@@ -104,12 +106,9 @@ class TritonPythonModel:
     def _error(self, err: BaseException):
         """The error response of one request: INVALID_ARG for bad input, UNAVAILABLE for a failed
         component, INTERNAL with an error id (traceback to the log) for anything else."""
-        from errors import InputError
-        from stages import StageError
-
-        if isinstance(err, InputError):
+        if isinstance(err, self.input_error):
             message, code = f"bad request: {err}", self.pb.TritonError.INVALID_ARG
-        elif isinstance(err, StageError):
+        elif isinstance(err, self.stage_error):
             message, code = f"{err}; retry shortly", self.pb.TritonError.UNAVAILABLE
         else:
             error_id = uuid.uuid4().hex[:12]
@@ -130,10 +129,10 @@ def _parameters(config: dict) -> dict[str, str]:
 def _post_module(target: str):
     """Post-processing for the target: numpy/OpenCV on CPU; torch on the GPU (tensors stay on the device)."""
     if target == "gpu":
-        import postprocess_torch
+        import postprocess_torch  # noqa: PLC0415 (GPU target only: imports torch)
 
         return postprocess_torch
-    import postprocess
+    import postprocess  # noqa: PLC0415 (after initialize's sys.path setup)
 
     return postprocess
 

@@ -56,7 +56,7 @@ def _array(tensor):
     """A BLS output as numpy (CPU) or a torch tensor (GPU, zero-copy by DLPack)."""
     if tensor.is_cpu():
         return tensor.as_numpy()
-    import torch
+    import torch  # noqa: PLC0415 (GPU target only)
 
     return torch.from_dlpack(tensor.to_dlpack())
 
@@ -65,7 +65,7 @@ class OrtStages:
     """The component graphs run in-process by ONNX Runtime (CPU). ``files``: {component: path}."""
 
     def __init__(self, files: dict, threads: int = 0):
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 (in-process runs only: tests and tools)
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
