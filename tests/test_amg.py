@@ -225,5 +225,5 @@ def test_candidate_box_from_the_column_mask_equals_sam_box():
     masks[1, 22, 30] = True  # one corner pixel
     masks[2] = True
     for mask in masks:
-        columns = np.ascontiguousarray(mask.T).view(np.uint8) * np.uint8(255)
+        columns = np.ascontiguousarray(mask.T)
         np.testing.assert_array_equal(_box_of_columns(columns), masks_to_boxes_xyxy(mask))

@@ -356,16 +356,13 @@ class AutomaticMaskGenerator:
 
     def _binarize(self, logit: np.ndarray, buffers: "_Buffers") -> float:
         """Upsample one candidate [m, m] (logits) into ``buffers.logits`` [W, H], binarize it into
-        ``buffers.mask`` (uint8 0/255, column-major); return its stability score.
-
-        cv2.compare + countNonZero: one SIMD pass each, without numpy's bool temporaries; the
-        thresholds t ± 1 and t are exact in float32, so the counts equal numpy's ``>`` counts.
-        """
-        t, off = self.config.mask_threshold, self.config.stability_score_offset
+        ``buffers.mask`` (bool, column-major); return its stability score (numpy's ``>`` in float32,
+        as transformers' ``_compute_stability_score``)."""
+        t, off = np.float32(self.config.mask_threshold), np.float32(self.config.stability_score_offset)
         up = upsample(logit, buffers.hw, out=buffers.logits)
-        inter = cv2.countNonZero(cv2.compare(up, float(np.float32(t + off)), cv2.CMP_GT, dst=buffers.mask))
-        union = cv2.countNonZero(cv2.compare(up, float(np.float32(t - off)), cv2.CMP_GT, dst=buffers.mask))
-        cv2.compare(up, float(np.float32(t)), cv2.CMP_GT, dst=buffers.mask)
+        inter = np.count_nonzero(np.greater(up, t + off, out=buffers.mask))
+        union = np.count_nonzero(np.greater(up, t - off, out=buffers.mask))
+        np.greater(up, t, out=buffers.mask)
         return float(_ratio(inter, union))
 
     def _record(self, found: _Candidates, i: int, orig_hw) -> dict:
@@ -391,18 +388,18 @@ class AutomaticMaskGenerator:
 
 class _Buffers:
     """Reused per-candidate buffers of one (H, W) image: upsampled logits float32 [W, H] and the
-    binarized mask uint8 [W, H] (0 / 255), both column-major."""
+    binarized mask bool [W, H], both column-major."""
 
     def __init__(self, image_hw):
         self.hw = tuple(int(v) for v in image_hw)
         h, w = self.hw
-        self.logits, self.mask = np.empty((w, h), np.float32), np.empty((w, h), np.uint8)
+        self.logits, self.mask = np.empty((w, h), np.float32), np.empty((w, h), bool)
 
 
 def _box_of_columns(mask: np.ndarray) -> np.ndarray:
-    """Inclusive xyxy box float32 [4] of a column-major uint8 mask [W, H] (SAM's batched_mask_to_box);
+    """Inclusive xyxy box float32 [4] of a column-major bool mask [W, H] (SAM's batched_mask_to_box);
     an empty mask gives [0, 0, 0, 0]. cv2.boundingRect reads the non-zero pixels: its x runs along H."""
-    row, col, rows, cols = cv2.boundingRect(mask)  # (x, y, w, h) of the [W, H] array
+    row, col, rows, cols = cv2.boundingRect(mask.view(np.uint8))  # (x, y, w, h) of the [W, H] array
     if rows == 0:
         return np.zeros(4, np.float32)
     return np.array([col, row, col + cols - 1, row + rows - 1], np.float32)
