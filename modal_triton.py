@@ -81,6 +81,7 @@ from export.trt import (
     libnvinfer_version,
     same_tensorrt_release,
 )
+from sam3_spec import SAM3_INPUTS
 from server.gpu_check.run import run_gpu_check
 from server.triton import TritonInstall, TritonServer, cuda_pool_args, cuda_pool_bytes
 from server.watchdog import Watchdog
@@ -104,6 +105,7 @@ API_SECRET_NAME = "sam3-api-key"  # must hold SAM3_API_KEY: the bearer token the
 API_KEY_ENV = "SAM3_API_KEY"
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+TEXT_THRESHOLD = next(t.default for t in SAM3_INPUTS if t.name == "threshold")  # the served default
 ORCHESTRATOR_PARAMS = {
     "image_cache_mb": 8192
 }  # `sam3` parameters for the GPU target (target=gpu is set by build_repository)
@@ -369,7 +371,7 @@ class Sam3Triton:
         return self._client
 
     @modal.method()
-    def label(self, file_name: str, image_bytes: bytes, concepts: list[str], threshold: float = 0.5) -> dict:
+    def label(self, file_name: str, image_bytes: bytes, concepts: list[str], threshold: float = TEXT_THRESHOLD) -> dict:
         """Text-prompt one image; a label record (see record_from_segmentation) or {"file_name", "error"}."""
         try:
             seg = self._sam3().text(image_bytes, clean_concepts(concepts), threshold=threshold)
@@ -509,7 +511,7 @@ def _label_all(todo, shards: Path, concepts: list[str], threshold: float) -> lis
 
 
 @app.local_entrypoint()
-def segment_dataset(images: str, text: str, out: str = "sam3_coco.json", threshold: float = 0.5) -> None:
+def segment_dataset(images: str, text: str, out: str = "sam3_coco.json", threshold: float = TEXT_THRESHOLD) -> None:
     """Label a folder of images with text concepts on the deployed app; write COCO JSON.
 
     Resumable: each finished image is a shard in <out>.shards/; a rerun skips those.

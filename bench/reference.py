@@ -21,6 +21,9 @@ import numpy as np
 from PIL import Image
 
 from export.checkpoint import load_models
+from sam3_spec import SAM3_INPUTS
+
+DEFAULTS = {t.name: t.default for t in SAM3_INPUTS}  # the served model's request defaults
 
 
 def decode_image(image_bytes: bytes):
@@ -47,7 +50,13 @@ class ReferencePipeline:
         self.processor = Sam3Processor.from_pretrained(self.checkpoint)
         self.tracker_processor = Sam3TrackerProcessor.from_pretrained(self.checkpoint)
 
-    def text(self, image_bytes: bytes, concepts: list[str], threshold: float = 0.5, mask_threshold: float = 0.5):
+    def text(
+        self,
+        image_bytes: bytes,
+        concepts: list[str],
+        threshold: float = DEFAULTS["threshold"],
+        mask_threshold: float = DEFAULTS["mask_threshold"],
+    ):
         """Detections of every concept: (boxes float32 [D,4] xyxy px, scores float32 [D], masks bool [D,H,W]).
 
         Concepts run one forward each, in order; their detections are concatenated (the server's

@@ -5,13 +5,14 @@ validator below and the OpenAPI schema (server/openapi.py) are both generated fr
 
 Request (JSON object; ``null`` counts as absent; unknown fields are ignored)::
 
-    {"image": base64 (a "data:image/...;base64," prefix is accepted), "mode": "text"|"point"|"box"|"auto",
-     "text": "person" | ["person", "dog"], "threshold": 0.5, "mask_threshold": 0.5,
+    {"image": base64 (a "data:image/...;base64," prefix is accepted), "mode": one of MODES,
+     "text": "person" | ["person", "dog"], "threshold": number, "mask_threshold": number,
      "point_coords": [[x, y], ...], "point_labels": [1, 0, ...],
      "box_coords": [x0, y0, x1, y1] | [[x0, y0, x1, y1], ...], "exemplar_boxes": [[...]], "exemplar_labels": [1, 0],
-     "points_per_batch": 64, "points_per_side": 16, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
+     "points_per_batch": int, "points_per_side": int, "pred_iou_thresh": number, "stability_score_thresh": number,
      "mask_format": "bool"|"rle"|"png", "image_id": "any key"}
 
+Defaults, bounds and choices are the spec's (``sam3_spec.SAM3_INPUTS``); the OpenAPI schema lists them.
 Coordinates are pixels of the original image (EXIF orientation applied), x right, y down.
 Status codes: 422 when a field is missing, has the wrong type or is out of range (a schema
 problem); 400 when the body is not JSON or the image content does not fit the request (not a

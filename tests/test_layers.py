@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sam3_spec import SAM3_INPUTS
+
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "sam3_spec": set(),
@@ -83,3 +85,21 @@ def test_every_function_local_import_says_why():
         if MARK in line and not line.split(MARK, 1)[1].strip().startswith("(")
     ]
     assert not bare, f"a local import without its reason: {bare}"
+
+
+def test_the_auto_mode_defaults_are_written_once():
+    """The distinctive request defaults live in sam3_spec.py only (the web page, REST docs, clients,
+    Modal app and orchestrator derive them); issue 12 found 0.88 in six files."""
+    defaults = {t.name: t.default for t in SAM3_INPUTS}
+    literals = [repr(defaults["pred_iou_thresh"]), repr(defaults["stability_score_thresh"])]
+    skip = {".venv", "build", "artifacts", "tests", ".git"}
+    sources = [
+        p
+        for p in ROOT.rglob("*")
+        if p.suffix in (".py", ".js", ".html")
+        and not skip & set(p.relative_to(ROOT).parts)
+        and p.is_file()
+        and not p.is_symlink()
+    ]
+    found = {lit: sorted(str(p.relative_to(ROOT)) for p in sources if lit in p.read_text()) for lit in literals}
+    assert found == {lit: ["sam3_spec.py"] for lit in literals}

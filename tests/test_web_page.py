@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from sam3_spec import SAM3_INPUTS
+
+SPECS = {t.name: t for t in SAM3_INPUTS}
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -85,6 +88,19 @@ def api_count(gateway_url: str, image: bytes, body: dict) -> int:
     payload = {"image": base64.b64encode(image).decode(), "mask_format": "rle", **body}
     with httpx.Client(trust_env=False, timeout=120) as client:
         return client.post(gateway_url + "/segment", json=payload).json()["count"]
+
+
+def test_page_takes_its_number_defaults_and_ranges_from_the_spec(page):
+    """The inputs are filled from /openapi.json, i.e. from sam3_spec: the page writes no default itself."""
+    page.evaluate("() => window.sam3.defaultsLoaded")
+    inputs = {"threshold": "threshold", "points_per_side": "pps", "pred_iou_thresh": "iou"}
+    inputs["stability_score_thresh"] = "stability"
+    for name, element in inputs.items():
+        spec = SPECS[name]
+        shown = page.evaluate(
+            f"() => {{ const e = document.getElementById('{element}'); return [e.value, e.min, e.max]; }}"
+        )
+        assert float(shown[0]) == spec.default and [float(v) for v in shown[1:]] == list(spec.bounds), (name, shown)
 
 
 def test_page_segments_text_concepts_and_draws_masks(page, gateway_url, astronaut_png, screenshots):

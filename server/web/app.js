@@ -134,20 +134,45 @@ function concepts() {
   return $("text").value.split(",").map((t) => t.trim()).filter(Boolean);
 }
 
+// The number inputs: request field → input id. Their defaults and ranges are the server's (the spec,
+// through /openapi.json); an input left empty is left out of the request, so the server's default applies.
+const NUMBER_FIELDS = { threshold: "threshold", points_per_side: "pps", pred_iou_thresh: "iou",
+  stability_score_thresh: "stability" };
+
+function numbers(fields) {
+  const out = {};
+  for (const [name, id] of Object.entries(fields)) if ($(id).value !== "") out[name] = Number($(id).value);
+  return out;
+}
+
+async function loadDefaults() {
+  try {
+    const doc = await (await fetch("openapi.json")).json();
+    const props = doc.paths["/segment"].post.requestBody.content["application/json"].schema.properties;
+    for (const [name, id] of Object.entries(NUMBER_FIELDS)) {
+      const field = props[name] || {};
+      if (field.default !== undefined) $(id).value = field.default;
+      if (field.minimum !== undefined) $(id).min = field.minimum;
+      if (field.maximum !== undefined) $(id).max = field.maximum;
+    }
+  } catch (err) {
+    console.warn("no defaults from openapi.json; empty fields take the server's defaults", err);
+  }
+}
+
 function buildRequest() {
   const mode = $("mode").value, body = { image: state.dataUrl, mode, mask_format: "rle" };
   const points = state.points, boxes = state.boxes;
   if (mode === "text") {
     const names = concepts();
     if (names.length) body.text = names.length === 1 ? names[0] : names;
-    body.threshold = Number($("threshold").value);
+    Object.assign(body, numbers({ threshold: "threshold" }));
     if (boxes.length) {
       body.exemplar_boxes = boxes.map((b) => b.xyxy);
       body.exemplar_labels = boxes.map((b) => b.label);
     }
   } else if (mode === "auto") {
-    Object.assign(body, { points_per_side: Number($("pps").value), pred_iou_thresh: Number($("iou").value),
-      stability_score_thresh: Number($("stability").value) });
+    Object.assign(body, numbers({ points_per_side: "pps", pred_iou_thresh: "iou", stability_score_thresh: "stability" }));
   } else {
     if (points.length) {
       body.point_coords = points.map((p) => p.xy);
@@ -298,7 +323,7 @@ function init() {
   view.addEventListener("pointermove", onPointerMove);
   view.addEventListener("pointerup", onPointerUp);
   view.addEventListener("contextmenu", (e) => e.preventDefault());
-  window.sam3 = { state, decodeCounts, decodeRle, segment, setImage };
+  window.sam3 = { state, decodeCounts, decodeRle, segment, setImage, defaultsLoaded: loadDefaults() };
 }
 
 init();
