@@ -17,12 +17,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tomllib
 from onnx import TensorProto, helper
 from test_repository import TINY, make_fake_artifacts  # tests/ is on sys.path (pytest prepend import mode)
 
 from export import trt
 from export.inputs import example_inputs
 from export.manifest import load_manifest, sha256
+from export.trt import pins
 from sam3_spec import COMPONENTS, ComponentSpec, Profile, TensorSpec, component_specs
 from tests.gpu import NO_GPU, REAL, gpu_present
 
@@ -54,9 +56,30 @@ def test_every_gpu_version_pin_is_in_pins_py():
         root / "modal_triton.py",
         *(p for d in ("export", "server", "deploy", "bench") for p in root.glob(f"{d}/**/*.py")),
     ]
-    pins = {"tensorrt-cu12==", "onnxruntime-gpu==", "setuptools>=", 'TRITON_RELEASE = "', "torch==", "transformers=="}
-    found = {pin: [str(p.relative_to(root)) for p in sources if pin in p.read_text()] for pin in pins}
-    assert found == {pin: ["export/trt/pins.py"] for pin in pins}
+    literals = {
+        "tensorrt-cu12==",
+        "onnxruntime-gpu==",
+        "setuptools>=",
+        'TRITON_RELEASE = "',
+        "torch==",
+        "transformers==",
+    }
+    found = {pin: [str(p.relative_to(root)) for p in sources if pin in p.read_text()] for pin in literals}
+    assert found == {pin: ["export/trt/pins.py"] for pin in literals}
+
+
+def test_local_install_pins_agree_with_pins_py():
+    """pyproject (the local install) and scripts/install.sh pin the same torch, torchvision and
+    transformers as the GPU images; only tritonclient differs on purpose (the bundled 2.51 server)."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    export_extra = pyproject["project"]["optional-dependencies"]["export"]
+    install = (root / "scripts" / "install.sh").read_text()
+    for pin in (pins.TORCH_PIP, pins.TORCHVISION_PIP, pins.TRANSFORMERS_PIP):
+        assert pin in export_extra, (pin, export_extra)
+    assert pins.TORCH_PIP in install and pins.TORCHVISION_PIP in install
+    local_client = next(d for d in pyproject["project"]["dependencies"] if d.startswith("tritonclient"))
+    assert local_client.split("==")[1] == "2.51.0" != pins.TRITONCLIENT_GPU_PIP.split("==")[1]
 
 
 def test_torch_wheel_cuda_pin_is_the_installed_wheel():

@@ -29,6 +29,10 @@ PIN_SOURCE = "triton-inference-server/server docs/introduction/compatibility.md 
 ONNXRUNTIME_GPU_PIP = "onnxruntime-gpu==1.20.1"
 
 TORCH_PIP, TORCHVISION_PIP = "torch==2.14.1", "torchvision==0.29.1"
+TRANSFORMERS_PIP = "transformers==5.23.0"  # the SAM3 classes; pyproject's export extra pins the same (tested)
+# The GPU images' client matches their Triton (25.01 = 2.54.0); the local install (pyproject) pins the
+# client of the bundled tritonserver 2.51.0 instead. Two servers, two clients: on purpose.
+TRITONCLIENT_GPU_PIP = "tritonclient[grpc,http]==2.54.0"
 TORCH_WHEEL_CUDA = "13.0"  # CUDA of TORCH_PIP's default wheel (stated; checked at run time)
 # torch 2.14.1 requires setuptools ≥ 77.0.3. The Triton image's Debian/Ubuntu setuptools (68)
 # has no RECORD file, so pip cannot uninstall it to upgrade: install beside it first
@@ -51,13 +55,13 @@ SERVING_PACKAGES = (
     "uvicorn",
     "httpx",
     "onnxruntime",
-    "tritonclient[grpc,http]==2.54.0",
+    TRITONCLIENT_GPU_PIP,
     TORCH_PIP,
 )
 EXPORT_PACKAGES = (
     TORCH_PIP,
     TORCHVISION_PIP,
-    "transformers==5.23.0",
+    TRANSFORMERS_PIP,
     "onnx==1.22.0",
     "onnxscript==0.7.2",
     "onnxruntime==1.32.0",
@@ -73,7 +77,7 @@ EXPORT_PACKAGES = (
 GPU_CHECK_PACKAGES = (
     TORCH_PIP,
     TORCHVISION_PIP,
-    "transformers==5.23.0",
+    TRANSFORMERS_PIP,
     "onnx==1.22.0",
     "onnxscript==0.7.2",
     ONNXRUNTIME_GPU_PIP,
@@ -84,6 +88,6 @@ GPU_CHECK_PACKAGES = (
     "pillow",
     "pycocotools",
     OPENCV_PIP,
-    "tritonclient[grpc,http]==2.54.0",
+    TRITONCLIENT_GPU_PIP,
     TENSORRT_PIP,
 )
