@@ -11,12 +11,13 @@ import shutil
 import onnx
 import pytest
 import torch
+from transformers.models.sam3.modeling_sam3 import rotate_pairwise
 
 from export.__main__ import main as export_main
 from export.checkpoint import CheckpointError, load_models
 from export.manifest import ManifestError, load_manifest
 from export.parity import ParityError, Tolerance, check_component, ort_session, raise_on_failures
-from export.patches import export_patches, rois_from_boxes
+from export.patches import export_patches, rois_from_boxes, rotate_pairwise_matmul
 from export.wrappers import build_wrappers
 from sam3_spec import COMPONENTS
 
@@ -64,6 +65,11 @@ def test_rois_from_boxes_indexes_every_box():
     rois = rois_from_boxes(boxes)
     assert rois.shape == (6, 5)
     assert rois[:, 0].tolist() == [0, 0, 0, 1, 1, 1] and torch.equal(rois[:, 1:], boxes.view(6, 4))
+
+
+def test_rope_rotation_as_matmul_equals_transformers_bit_for_bit():
+    x = torch.randn(2, 3, 7, 4, 64) * 100
+    assert torch.equal(rotate_pairwise_matmul(x), rotate_pairwise(x))
 
 
 @pytest.mark.parametrize("batch", [1, 3])
