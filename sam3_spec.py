@@ -313,6 +313,15 @@ class Batching:
 
 
 SAM3_BATCHING = Batching()
+
+# The `sam3` model's config parameters and their defaults (export/repository.py writes overrides;
+# the orchestrator reads them; `sam3-triton serve` and the benchmark take their flag defaults here).
+ORCHESTRATOR_PARAMETERS = {
+    "image_cache_mb": 1024,  # image-embedding cache, MiB (LRU by bytes)
+    "text_cache_mb": 64,  # text-feature cache, MiB
+    "max_pixels": 40_000_000,  # largest decoded image, H*W (bigger ones: INVALID_ARG)
+    "worker_threads": 2,  # the orchestrator's pool: decode, post-processing, encoding
+}
 ORCHESTRATOR = "sam3"  # the Triton model users call; components are "sam3_<component>"
 MODES = ("text", "point", "box", "auto")
 MASK_FORMATS = ("rle", "bool")

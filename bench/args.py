@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sam3_spec import MODES
+from sam3_spec import MODES, ORCHESTRATOR_PARAMETERS
 
 PROTOCOLS = ("grpc", "http")
 QUICK = dict(
@@ -56,7 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="checkpoint dir of the served weights, for the reference "
         "(default with --model: the one the artifacts came from)",
     )
-    target.add_argument("--image-cache-mb", type=int, default=1024, help="server image cache with --model")
+    target.add_argument(
+        "--image-cache-mb",
+        type=int,
+        default=ORCHESTRATOR_PARAMETERS["image_cache_mb"],
+        help="server image cache with --model, MiB",
+    )
     p.add_argument("--no-reference", action="store_true", help="skip the transformers reference (P1, P2 lines)")
     p.add_argument("--protocols", default="grpc,http", help="comma list of grpc,http")
     p.add_argument("--modes", default=",".join(MODES), help="comma list of " + ",".join(MODES))

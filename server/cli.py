@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 
 from export.repository import RepositoryError, build_repository, read_precisions
+from sam3_spec import ORCHESTRATOR_PARAMETERS
 from server.artifacts import artifacts_dir, ensure_artifacts
 from server.gpu_check.cli import add_arguments, run_cli
 from server.triton import TritonServer, TritonStartError
@@ -45,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--gateway-port", type=int, default=8080, help="REST gateway + web page port (0 = off)")
     serve.add_argument("--instances", default="", help="e.g. sam3=1,vision=2 (default 1 each)")
-    serve.add_argument("--image-cache-mb", type=int, default=1024)
+    serve.add_argument("--image-cache-mb", type=int, default=ORCHESTRATOR_PARAMETERS["image_cache_mb"])
     serve.add_argument("--hf-token", default=os.environ.get("HF_TOKEN"))
     serve.add_argument(
         "--skip-verify",

@@ -37,6 +37,7 @@ from sam3_spec import MODES, SAM3_INPUTS
 SPECS = {t.name: t for t in SAM3_INPUTS}
 
 MASK_FORMATS = ("bool", "rle", "png")
+MASK_FORMAT = "bool"  # the seeds' REST contract: nested booleans unless a request asks for rle / png
 MAX_IMAGE_ID = 256
 MAX_ITEMS = 1024  # longest list of points / boxes / labels / concepts the gateway parses (the server allows fewer)
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,")
@@ -133,7 +134,7 @@ FIELDS = (
         "mask_format",
         "choice",
         "bool: nested true/false lists; rle: COCO RLE {size, counts}; png: base64 1-bit PNG",
-        "bool",
+        MASK_FORMAT,
         choices=MASK_FORMATS,
     ),
     Field(
@@ -160,7 +161,7 @@ class SegmentRequest:
     mode: str
     triton_mode: str
     image_hw: tuple[int, int]
-    mask_format: str = "bool"
+    mask_format: str = MASK_FORMAT
     fields: dict = field(default_factory=dict)
     concepts: list[str] | None = None
     multi: bool = False
@@ -413,7 +414,7 @@ def _inside(name: str, xy: np.ndarray, image_hw: tuple[int, int]) -> None:
 
 def _request(mode: str, values: dict, image_hw) -> SegmentRequest:
     """Build the SegmentRequest: which SAM3_INPUTS to send for this mode."""
-    req = SegmentRequest(values["image"], mode, mode, image_hw, values.get("mask_format", "bool"))
+    req = SegmentRequest(values["image"], mode, mode, image_hw, values.get("mask_format", MASK_FORMAT))
     box = values.get("box_coords")
     if mode in ("point", "box"):
         req.triton_mode, req.multi = ("box" if box is not None else "point"), bool(box is not None and box[1])

@@ -80,7 +80,6 @@ def run_e2e(
         work / "repository-gpu",
         target="gpu",
         engines_dir=engine_dir,
-        orchestrator_params={"image_cache_mb": 1024},
     )
     pool = cuda_pool_bytes(load_manifest(artifacts).dims)
     server = TritonServer(

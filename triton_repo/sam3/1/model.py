@@ -11,8 +11,8 @@ Each request gets its own response: a bad request an INVALID_ARG error that star
 request:", a failed component an UNAVAILABLE error, anything unexpected one INTERNAL error
 with a short message and an error id (the traceback goes to the server log only).
 
-Config parameters (written by export/repository.py): tokenizer, dims, target, components,
-image_cache_mb (default 1024), text_cache_mb (64), max_pixels (40e6), worker_threads (2).
+Config parameters (written by export/repository.py): tokenizer, dims, target, components, and
+sam3_spec.ORCHESTRATOR_PARAMETERS (cache sizes, image size limit, worker threads) with their defaults.
 """
 
 from __future__ import annotations
@@ -46,12 +46,19 @@ class TritonPythonModel:
         from stages import BlsStages, StageError  # noqa: PLC0415 (after sys.path setup)
         from text_tokens import TextTokenizer  # noqa: PLC0415 (after sys.path setup)
 
-        from sam3_spec import NP_DTYPES, SAM3_INPUTS, SAM3_OUTPUTS, Dims, component_specs  # noqa: PLC0415 (after sys.path setup)
+        from sam3_spec import (  # noqa: PLC0415 (after sys.path setup)
+            NP_DTYPES,
+            ORCHESTRATOR_PARAMETERS,
+            SAM3_INPUTS,
+            SAM3_OUTPUTS,
+            Dims,
+            component_specs,
+        )
 
         cv2.setNumThreads(1)  # the pool parallelizes over masks and requests; OpenCV's own pool only contends
         self.pb = pb_utils
         self.parse_request, self.input_error, self.stage_error = parse_request, InputError, StageError
-        params = _parameters(json.loads(args["model_config"]))
+        params = ORCHESTRATOR_PARAMETERS | _parameters(json.loads(args["model_config"]))
         dims = Dims(**json.loads(params["dims"]))
         specs = component_specs(dims, tuple(json.loads(params["components"])))
         self.input_names = [t.name for t in SAM3_INPUTS]
@@ -60,9 +67,9 @@ class TritonPythonModel:
         if not os.path.isfile(tokenizer_path):
             raise pb_utils.TritonModelException(f"sam3: tokenizer file {tokenizer_path} not found")
         self.limits = Limits()
-        self.image_cache = ByteLRU(int(float(params.get("image_cache_mb", 1024)) * 2**20))
-        self.text_cache = ByteLRU(int(float(params.get("text_cache_mb", 64)) * 2**20))
-        self.pool = ThreadPoolExecutor(max_workers=int(params.get("worker_threads", 2)), thread_name_prefix="sam3")
+        self.image_cache = ByteLRU(int(float(params["image_cache_mb"]) * 2**20))
+        self.text_cache = ByteLRU(int(float(params["text_cache_mb"]) * 2**20))
+        self.pool = ThreadPoolExecutor(max_workers=int(params["worker_threads"]), thread_name_prefix="sam3")
         stages = BlsStages(pb_utils, {name: [t.name for t in spec.outputs] for name, spec in specs.items()})
         self.pipeline = Sam3Pipeline(
             stages,
@@ -72,7 +79,7 @@ class TritonPythonModel:
             self.text_cache,
             post=_post_module(params.get("target", "cpu")),
             pool=self.pool,
-            max_pixels=int(float(params.get("max_pixels", 40e6))),
+            max_pixels=int(float(params["max_pixels"])),
             vision_batch=specs["vision"].profiles["batch"].max,
             text_batch=specs["text"].profiles["batch"].max,
         )

@@ -33,6 +33,8 @@ from errors import InputError
 from postprocess import MaskSet
 from request import Sam3Request
 
+from sam3_spec import ORCHESTRATOR_PARAMETERS
+
 BOX_ONLY_TEXT = "visual"  # transformers' text for exemplar-box-only prompts
 PHASES = ("decode", "compute", "post", "encode")
 
@@ -101,7 +103,7 @@ class Sam3Pipeline:
         *,
         post=post,
         pool: ThreadPoolExecutor | None = None,
-        max_pixels: int = 40_000_000,
+        max_pixels: int = ORCHESTRATOR_PARAMETERS["max_pixels"],
         vision_batch: int = 8,
         text_batch: int = 16,
         max_concepts_per_call: int = 8,
