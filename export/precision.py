@@ -12,13 +12,17 @@ fails is served in fp32. Results go to ``precision_report.json`` beside the grap
 graph's size and mtime and the OpenVINO version, so a restart reuses them.
 
 The gate runs the same runner class the Triton model uses (triton_repo/ort_component/1/
-component_runtime.py). Needs openvino and numpy, not torch.
+component_runtime.py), in a child process: OpenVINO's worker threads left in ``sam3-triton serve``
+made it die with SIGSEGV on SIGTERM, before it could stop its tritonserver (measured: every time the
+gate had run in-process; never without it). Needs openvino and numpy, not torch.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,26 +149,31 @@ def gate(artifacts: Path, specs: dict, image_size: int, log=print) -> dict[str, 
     """{component: GateResult} for ``specs`` ({name: ComponentSpec}); reuses fresh entries of the report."""
     artifacts, report = Path(artifacts), _read_report(Path(artifacts))
     results = {}
-    for name, spec in specs.items():
-        key, entry = _graph_key(artifacts / spec.onnx_file), report.get(name, {})
-        if entry.get("key") == key:
-            results[name] = GateResult(name, entry["cosines"])
-            continue
-        log(f"bf16 gate {name}: OpenVINO bf16 vs fp32 at {len(gate_sizes(spec))} shapes")
-        try:
-            results[name] = gate_component(artifacts / spec.onnx_file, spec, image_size)
-        except Exception as err:  # OpenVINO raises plain RuntimeErrors: name the component
-            raise PrecisionError(
-                f"{spec.triton_name}: OpenVINO cannot run {artifacts / spec.onnx_file} for the "
-                f"bf16 gate ({type(err).__name__}: {str(err).strip()[:500]}); re-export the "
-                "model or serve with --precision fp32"
-            ) from err
-        report[name] = {"key": key, "cosines": results[name].cosines, "ok": results[name].ok}
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+        for name, spec in specs.items():
+            key, entry = _graph_key(artifacts / spec.onnx_file), report.get(name, {})
+            if entry.get("key") == key:
+                results[name] = GateResult(name, entry["cosines"])
+                continue
+            log(f"bf16 gate {name}: OpenVINO bf16 vs fp32 at {len(gate_sizes(spec))} shapes")
+            results[name] = _gate_in(child, artifacts / spec.onnx_file, spec, image_size)
+            report[name] = {"key": key, "cosines": results[name].cosines, "ok": results[name].ok}
     try:
         (artifacts / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     except OSError as err:  # a read-only artifacts dir: the results stand, the next start gates again
         log(f"bf16 gate: cannot write {artifacts / REPORT_NAME} ({err}); results not kept")
     return results
+
+
+def _gate_in(child: ProcessPoolExecutor, path: Path, spec: ComponentSpec, image_size: int) -> GateResult:
+    """gate_component in the ``child`` process; PrecisionError naming the component when OpenVINO fails."""
+    try:
+        return child.submit(gate_component, path, spec, image_size).result()
+    except Exception as err:  # OpenVINO raises plain RuntimeErrors: name the component
+        raise PrecisionError(
+            f"{spec.triton_name}: OpenVINO cannot run {path} for the bf16 gate "
+            f"({type(err).__name__}: {str(err).strip()[:500]}); re-export the model or serve with --precision fp32"
+        ) from err
 
 
 def component_precisions(artifacts: Path, specs: dict, image_size: int, precision: str, log=print) -> dict[str, str]:
