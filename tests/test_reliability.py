@@ -128,33 +128,46 @@ def triton_ready(server: TritonServer) -> int:
 
 
 class HealthWatch:
-    """Polls the gateway's /health and Triton's /v2/health/ready every 20 ms until the gateway is
-    ready again after having been not-ready (or ``limit_s``); keeps every status seen."""
+    """Polls the gateway's /health and Triton's /v2/health/ready every 20 ms, each in its own thread (a
+    slow answer of one never hides the other's states), until the gateway is ready again after having
+    been not-ready (or ``limit_s``); keeps every status seen."""
 
     def __init__(self, healing: Healing, limit_s: float = RECOVERY_LIMIT_S):
         self.healing, self.limit_s = healing, limit_s
         self.gateway: list[int] = []
         self.triton: list[int] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.done = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._watch_gateway, daemon=True),
+            threading.Thread(target=self._watch_triton, daemon=True),
+        ]
 
-    def _run(self) -> None:
+    def _watch_gateway(self) -> None:
         deadline = time.monotonic() + self.limit_s
         with httpx.Client(base_url=self.healing.gateway_url, timeout=10, trust_env=False) as client:
             while time.monotonic() < deadline:
                 health = client.get("/health")
                 assert not LEAK.search(health.text), health.text
                 self.gateway.append(health.status_code)
-                self.triton.append(triton_ready(self.healing.server))
                 if health.status_code == 200 and any(s != 200 for s in self.gateway):
-                    return
+                    break
                 time.sleep(0.02)
+        self.done.set()
+
+    def _watch_triton(self) -> None:
+        while not self.done.is_set():
+            self.triton.append(triton_ready(self.healing.server))
+            time.sleep(0.02)
+        self.triton.append(triton_ready(self.healing.server))  # its state once the gateway is ready again
 
     def __enter__(self) -> "HealthWatch":
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.thread.join(self.limit_s + 15)
+        for thread in self.threads:
+            thread.join(self.limit_s + 15)
 
 
 def wait_gone(pids, limit_s: float = 10) -> None:
