@@ -210,7 +210,7 @@ def test_candidates_collected_in_parts_and_merged_equal_one_collection():
     assert len(whole.logits) >= 3 and merged.ious == whole.ious
     np.testing.assert_array_equal(np.array(merged.boxes), np.array(whole.boxes))
     everyone = list(range(len(whole.logits)))
-    np.testing.assert_array_equal(merged.columns(everyone, hw, 0.0), whole.columns(everyone, hw, 0.0))
+    np.testing.assert_array_equal(merged.masks(everyone, hw, 0.0).columns, whole.masks(everyone, hw, 0.0).columns)
     np.testing.assert_array_equal(np.array(merged.boxes), np.array(whole.boxes))
     a, b = generator.generate_rle(batches, outputs, hw), generator.generate_rle(batches, outputs, hw, merged)
     assert a["masks"].rle() == b["masks"].rle() and np.array_equal(a["iou"], b["iou"])

@@ -26,7 +26,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from postprocess import MaskSet, encode_rle, masks_to_boxes_xyxy, upsample
+from postprocess import MaskSet, encode_rle, masks_to_boxes_xyxy, upsample, upsample_binarize
 from preprocess import scale_points
 
 from sam3_spec import SAM3_INPUTS
@@ -226,7 +226,7 @@ class _Candidates:
     score, prompt point (px).
 
     No full-size mask is kept: a candidate's mask is upsampled again only if it survives NMS
-    (``columns``), so memory stays at the prompt head's low-res outputs (``logits`` are views of them)
+    (``masks``), so memory stays at the prompt head's low-res outputs (``logits`` are views of them)
     and the RLE encoding is paid for the survivors only.
     """
 
@@ -245,14 +245,12 @@ class _Candidates:
                 getattr(merged, name).extend(getattr(part, name))
         return merged
 
-    def columns(self, indices, image_hw, threshold: float) -> np.ndarray:
-        """bool [len(indices), W, H]: the masks (upsampled logits > ``threshold``) of candidates
-        ``indices``, column-major (MaskSet layout)."""
-        h, w = image_hw
-        out, buffer = np.empty((len(indices), w, h), bool), np.empty((w, h), np.float32)
-        for j, i in enumerate(indices):
-            np.greater(upsample(self.logits[i], image_hw, out=buffer), np.float32(threshold), out=out[j])
-        return out
+    def masks(self, indices, image_hw, threshold: float) -> MaskSet:
+        """The masks (upsampled logits > ``threshold``, postprocess.upsample_binarize) of candidates
+        ``indices``, in that order."""
+        if not len(indices):
+            return MaskSet.empty(image_hw)
+        return upsample_binarize(np.stack([self.logits[i] for i in indices]), image_hw, threshold)
 
 
 def merge_candidates(parts: list[_Candidates]) -> _Candidates:
@@ -282,7 +280,12 @@ class AutomaticMaskGenerator:
     def records(self, batches: list, outputs: list, orig_hw) -> list[dict]:
         """``generate``'s records from the prompt-head outputs of ``prompt_batches``."""
         found = self.collect(batches, outputs, orig_hw)
-        records = [self._record(found, int(i), orig_hw) for i in self.ranking(found)]
+        order = self.ranking(found).tolist()
+        masks = found.masks(order, orig_hw, self.config.mask_threshold)
+        records = [
+            _make_record(dense, rle, found.boxes[i], float(found.ious[i]), found.stabilities[i], found.points[i])
+            for i, dense, rle in zip(order, masks.dense(), masks.rle())
+        ]
         if self.config.min_mask_region_area > 0:
             records = self._clean_small_regions(records)
         return records
@@ -325,7 +328,7 @@ class AutomaticMaskGenerator:
         else:
             found = found if found is not None else self.collect(batches, outputs, orig_hw)
             order = self.ranking(found).tolist()
-            masks = MaskSet(found.columns(order, orig_hw, self.config.mask_threshold), orig_hw)
+            masks = found.masks(order, orig_hw, self.config.mask_threshold)
             rows = [(found.boxes[i], found.ious[i], found.stabilities[i]) for i in order]
         boxes, ious, stabilities = zip(*rows) if rows else ((), (), ())
         return {
@@ -364,13 +367,6 @@ class AutomaticMaskGenerator:
         union = np.count_nonzero(np.greater(up, t - off, out=buffers.mask))
         np.greater(up, t, out=buffers.mask)
         return float(_ratio(inter, union))
-
-    def _record(self, found: _Candidates, i: int, orig_hw) -> dict:
-        """One output record from candidate ``i``."""
-        columns = found.columns([i], orig_hw, self.config.mask_threshold)
-        rle = MaskSet(columns, orig_hw).rle()[0]
-        mask = np.ascontiguousarray(columns[0].T)
-        return _make_record(mask, rle, found.boxes[i], float(found.ious[i]), found.stabilities[i], found.points[i])
 
     def _clean_small_regions(self, records: list[dict]) -> list[dict]:
         """SAM's postprocess_small_regions: fill holes, drop islands, re-run NMS (unchanged first)."""
