@@ -20,11 +20,16 @@ def load_reference(args, target: Target):
     return ReferencePipeline(target.checkpoint)
 
 
-def torch_threads() -> int | None:
-    """Threads torch runs the reference's CPU ops on."""
+def reference_echo(reference: ReferencePipeline, checkpoint) -> dict:
+    """The configuration echo of a loaded reference: checkpoint, device, dtype, torch threads."""
     import torch  # noqa: PLC0415 (optional: export extra; only once a reference has been loaded)
 
-    return torch.get_num_threads()
+    return {
+        "checkpoint": str(checkpoint),
+        "device": "cpu",
+        "dtype": reference.dtype,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def add_bf16_reference(comparisons: dict, work: Workloads, args, target: Target) -> dict | None:
@@ -51,9 +56,4 @@ def add_bf16_reference(comparisons: dict, work: Workloads, args, target: Target)
         image = work.images["astronaut"].data
         ref = latency_stats(repeat_timed(lambda _: [reference.point(image, [c], [1]) for c in work.clicks], repeats))
         p2.update(reference_bf16=ref, speedup_bf16=ratio(ref.get("p50_ms"), p2["server_cached"].get("p50_ms")))
-    return {
-        "checkpoint": str(target.checkpoint),
-        "device": "cpu",
-        "dtype": reference.dtype,
-        "torch_threads": torch_threads(),
-    }
+    return reference_echo(reference, target.checkpoint)

@@ -15,7 +15,7 @@ import sys
 import time
 
 from bench.args import parse_args
-from bench.baselines import add_bf16_reference, load_reference, torch_threads
+from bench.baselines import add_bf16_reference, load_reference, reference_echo
 from bench.config_echo import echo_config
 from bench.goals import p1_box, p1_text, p2_clicks, p3_concepts, p4_mask_bytes, p5_summary, throughput
 from bench.progress import log
@@ -56,11 +56,7 @@ def _measure(args, target: Target, clients: dict, stats: TritonStats) -> dict:
     rates = throughput(main, probes, work, args) if "point" in args.modes else None
     reference = load_reference(args, target)
     comparisons = _comparisons(main, work, reference, args, p5, rates)
-    config["reference"] = (
-        {"checkpoint": str(target.checkpoint), "device": "cpu", "dtype": "float32", "torch_threads": torch_threads()}
-        if reference is not None
-        else None
-    )
+    config["reference"] = reference_echo(reference, target.checkpoint) if reference is not None else None
     config["reference_bf16"] = add_bf16_reference(comparisons, work, args, target)
     return {"config": config, "sweep": rows, "comparisons": comparisons}
 
