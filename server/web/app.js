@@ -139,9 +139,9 @@ function concepts() {
 const NUMBER_FIELDS = { threshold: "threshold", points_per_side: "pps", pred_iou_thresh: "iou",
   stability_score_thresh: "stability" };
 
-function numbers(fields) {
+function numbers(names) {
   const out = {};
-  for (const [name, id] of Object.entries(fields)) if ($(id).value !== "") out[name] = Number($(id).value);
+  for (const name of names) if ($(NUMBER_FIELDS[name]).value !== "") out[name] = Number($(NUMBER_FIELDS[name]).value);
   return out;
 }
 
@@ -166,13 +166,13 @@ function buildRequest() {
   if (mode === "text") {
     const names = concepts();
     if (names.length) body.text = names.length === 1 ? names[0] : names;
-    Object.assign(body, numbers({ threshold: "threshold" }));
+    Object.assign(body, numbers(["threshold"]));
     if (boxes.length) {
       body.exemplar_boxes = boxes.map((b) => b.xyxy);
       body.exemplar_labels = boxes.map((b) => b.label);
     }
   } else if (mode === "auto") {
-    Object.assign(body, numbers({ points_per_side: "pps", pred_iou_thresh: "iou", stability_score_thresh: "stability" }));
+    Object.assign(body, numbers(["points_per_side", "pred_iou_thresh", "stability_score_thresh"]));
   } else {
     if (points.length) {
       body.point_coords = points.map((p) => p.xy);
