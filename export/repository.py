@@ -41,8 +41,10 @@ CPU_RUNTIMES = ("openvino", "onnxruntime", "ort")  # "ort" is short for onnxrunt
 TARGETS = ("cpu", "gpu")
 MARKER = ".sam3-repository"
 VERSION = "1"
-QUEUE_DELAY_US = {"vision": 2000}  # dynamic batching delay per batched component; others get the default
-DEFAULT_QUEUE_DELAY_US = 1000
+# Batched components (vision, text) get no batching delay: the orchestrator already sends ONE call per
+# execute for all its uncached images (concepts), and Triton still merges the calls that queue while a
+# component is busy (several `sam3` instances). A delay would only add its length to every cold request.
+COMPONENT_QUEUE_DELAY_US = 0
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
@@ -98,9 +100,7 @@ def component_config(spec: ComponentSpec, platform: str, count: int, params: dic
         instance_group=[{"count": count, "kind": Enum(kind)}],
     )
     if batch:
-        config["dynamic_batching"] = {
-            "max_queue_delay_microseconds": QUEUE_DELAY_US.get(spec.name, DEFAULT_QUEUE_DELAY_US)
-        }
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": COMPONENT_QUEUE_DELAY_US}
     if params:
         config["parameters"] = parameters(params)
     return config

@@ -3,6 +3,7 @@
     sam3-triton serve --model tiny|facebook/sam3|DIR [--target cpu] [--http-port 8000]
                       [--grpc-port 8001] [--metrics-port 8002] [--gateway-port 8080]
                       [--drain-timeout 30] [--no-watchdog] [--runtime openvino|ort] [--precision auto|fp32|bf16]
+                      [--queue-size N] [--queue-timeout-ms MS]
     sam3-triton gpu-check [--model bench|full] [--json FILE]    (NVIDIA GPU: see server/gpu_check)
 
 On the cpu target the components run in OpenVINO (default) or ONNX Runtime; ``--precision auto``
@@ -22,10 +23,11 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from export.repository import RepositoryError, build_repository, read_precisions
-from sam3_spec import ORCHESTRATOR_PARAMETERS
+from sam3_spec import ORCHESTRATOR_PARAMETERS, SAM3_BATCHING
 from server.artifacts import artifacts_dir, ensure_artifacts
 from server.gpu_check.cli import add_arguments, run_cli
 from server.triton import TritonServer, TritonStartError
@@ -66,6 +68,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="cpu target: auto = bf16 where the CPU supports it and the component passes "
         "its bf16 parity gate, else fp32 (default auto)",
     )
+    serve.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        help="Triton queue policy on sam3: refuse (UNAVAILABLE, REST 503) beyond N queued requests. Off by "
+        "default: with any queue policy Triton's batcher can stall a request ~500 ms (README, Concurrency)",
+    )
+    serve.add_argument(
+        "--queue-timeout-ms",
+        type=_positive_int,
+        help="Triton queue policy on sam3: refuse a request queued longer than this (clients may ask for less)",
+    )
     serve.add_argument("--ready-timeout", type=float, default=300.0)
     serve.add_argument(
         "--drain-timeout",
@@ -92,6 +105,18 @@ def _add_gpu_check(sub) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1; got {text!r}")
+    return int(text)
+
+
+def _batching(args):
+    """sam3's batching from the spec, with the queue policy the flags ask for (none by default)."""
+    timeout_us = None if args.queue_timeout_ms is None else args.queue_timeout_ms * 1000
+    return replace(SAM3_BATCHING, max_queue_size=args.queue_size, queue_timeout_us=timeout_us)
+
+
 def _instances(text: str) -> dict[str, int]:
     pairs = [item.split("=") for item in text.split(",") if item.strip()]
     try:
@@ -115,6 +140,7 @@ def build(args) -> Path:
             orchestrator_params=params,
             runtime=args.runtime,
             precision=args.precision,
+            batching=_batching(args),
         )
     except RepositoryError as err:
         raise SystemExit(f"error: {err}") from None

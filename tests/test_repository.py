@@ -196,10 +196,11 @@ def test_cpu_repository_matches_spec(artifacts, tmp_path):
         assert "class TritonPythonModel" in (version / "model.py").read_text()
 
 
-def test_vision_gets_dynamic_batching_with_small_delay(artifacts, tmp_path):
+def test_vision_gets_dynamic_batching_without_delay(artifacts, tmp_path):
+    """The orchestrator sends one vision call per batch already; a delay would only add to cold requests."""
     repo = build_repository(artifacts, tmp_path / "repo", models=["sam3_vision", "sam3_concept"])
-    delay = read_config(repo, "sam3_vision")["dynamic_batching"]["max_queue_delay_microseconds"]
-    assert 0 < delay <= 10_000
+    batching = read_config(repo, "sam3_vision")["dynamic_batching"]
+    assert batching["max_queue_delay_microseconds"] == 0
     assert read_config(repo, "sam3_concept")["max_batch_size"] == 0
 
 

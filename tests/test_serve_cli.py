@@ -12,7 +12,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+from sam3_spec import SAM3_BATCHING
+from server.cli import _batching, parse_args
 from server.triton import free_port
+from tests.pbtxt import parse_config_text
 
 READY = "sam3-triton is ready"
 
@@ -71,13 +76,21 @@ def processes_using(path) -> list[str]:
 
 def test_serve_prints_endpoints_answers_and_stops_on_sigterm(tiny_artifacts, tmp_path, astronaut_png):
     """With the bf16 gate run at this start (no precision report yet), as on a first start: SIGTERM must
-    still stop tritonserver and exit 0 (the gate's OpenVINO threads once made serve die of SIGSEGV)."""
+    still stop tritonserver and exit 0 (the gate's OpenVINO threads once made serve die of SIGSEGV).
+    The queue flags put their policy into sam3's config."""
     artifacts = tmp_path / "artifacts"
     shutil.copytree(tiny_artifacts, artifacts, ignore=shutil.ignore_patterns("precision_report.json"))
-    process, log, gateway_port = start_serve(artifacts, tmp_path)
+    process, log, gateway_port = start_serve(artifacts, tmp_path, "--queue-size", "16", "--queue-timeout-ms", "30000")
     try:
         output = wait_for(process, log, READY)
         assert READY in output and "Triton gRPC" in output and f"127.0.0.1:{gateway_port}" in output, output
+        policy = parse_config_text((tmp_path / "repo" / "sam3" / "config.pbtxt").read_text())["dynamic_batching"]
+        assert policy["default_queue_policy"] == {
+            "timeout_action": "REJECT",
+            "default_timeout_microseconds": 30_000_000,
+            "allow_timeout_override": True,
+            "max_queue_size": 16,
+        }
         body = json.dumps(
             {"image": base64.b64encode(astronaut_png).decode(), "mode": "box", "box_coords": [100, 30, 380, 500]}
         ).encode()
@@ -93,6 +106,18 @@ def test_serve_prints_endpoints_answers_and_stops_on_sigterm(tiny_artifacts, tmp
     assert "bf16 gate" in output or "cpu runtime openvino: vision fp32" in output, output  # the gate ran (bf16 CPUs)
     assert code == 0, output
     assert not processes_using(tmp_path / "repo"), processes_using(tmp_path / "repo")
+
+
+@pytest.mark.parametrize("flag", ["--queue-size", "--queue-timeout-ms"])
+@pytest.mark.parametrize("value", ["0", "-3", "1.5", "many"])
+def test_queue_flags_take_whole_numbers_of_at_least_one(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["serve", flag, value])
+    assert "must be a whole number ≥ 1" in capsys.readouterr().err
+
+
+def test_no_queue_flag_leaves_the_policy_out():
+    assert _batching(parse_args(["serve"])) == SAM3_BATCHING
 
 
 def test_a_model_that_fails_to_load_exits_nonzero_with_the_reason(tiny_artifacts, tmp_path):

@@ -7,6 +7,10 @@ the head calls of every request overlapped through BLS ``async_exec``, decoding 
 post-processing in a thread pool. ``execute`` itself stays synchronous — Triton allows
 ``async def execute`` only for decoupled models, and the plain KServe infer API must work.
 
+The event loop lives as long as the model: ``async_exec`` runs each blocking BLS call in the
+loop's default executor, so a loop per ``execute`` (``asyncio.run``) would start and join a new
+set of executor threads for every batch.
+
 Each request gets its own response: a bad request an INVALID_ARG error that starts "bad
 request:", a failed component an UNAVAILABLE error, anything unexpected one INTERNAL error
 with a short message and an error id (the traceback goes to the server log only).
@@ -26,6 +30,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+BLS_THREADS = 16  # BLS calls in flight at once: async_exec blocks one default-executor thread per call
 
 
 class TritonPythonModel:
@@ -70,6 +76,8 @@ class TritonPythonModel:
         self.image_cache = ByteLRU(int(float(params["image_cache_mb"]) * 2**20))
         self.text_cache = ByteLRU(int(float(params["text_cache_mb"]) * 2**20))
         self.pool = ThreadPoolExecutor(max_workers=int(params["worker_threads"]), thread_name_prefix="sam3")
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(ThreadPoolExecutor(max_workers=BLS_THREADS, thread_name_prefix="sam3-bls"))
         stages = BlsStages(pb_utils, {name: [t.name for t in spec.outputs] for name, spec in specs.items()})
         self.pipeline = Sam3Pipeline(
             stages,
@@ -89,7 +97,7 @@ class TritonPythonModel:
         """One response per request, in order; the valid ones run together as one batch."""
         parsed = [self._parse(request) for request in requests]
         valid = [p for p in parsed if not isinstance(p, BaseException)]
-        results = iter(asyncio.run(self.pipeline.run_batch(valid)) if valid else [])
+        results = iter(self.loop.run_until_complete(self.pipeline.run_batch(valid)) if valid else [])
         return [self._error(p) if isinstance(p, BaseException) else self._respond(p, *next(results)) for p in parsed]
 
     def _parse(self, request):
@@ -126,6 +134,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.loop.close()  # also shuts its default executor down (without waiting)
         self.image_cache = self.text_cache = None
 
 
