@@ -15,10 +15,12 @@ import json
 import numpy as np
 
 from bench.progress import log
-from bench.stats import Probes
+from bench.stats import Probes, stats_delta, successes
 from bench.sweep import cell, sweep_request
 from bench.timing import latency_stats, repeat_timed, timed
 from bench.workloads import BOX, P3_WORKLOAD, TEXT_WORKLOADS, Workloads, fresh_id, workload_key
+
+CONCEPT_STAGES = ("sam3_text", "sam3_concept", "sam3_mask")  # the components that run once per concept
 
 
 def ratio(baseline, ours) -> float | None:
@@ -136,12 +138,18 @@ def p2_clicks(client, work: Workloads, reference, sessions: int) -> dict:
     return {**result, "reference": latency_stats(ref), "speedup": ratio(np.median(ref), np.median(cached))}
 
 
-def p3_concepts(client, work: Workloads, repeats: int) -> dict:
+def p3_concepts(client, work: Workloads, repeats: int, probes: Probes | None = None) -> dict:
     """Four concepts in one request vs four separate requests (each with a new image_id, i.e. the
-    image recomputed as in the seeds' one-text-per-request contract; and sharing one image_id)."""
+    image recomputed as in the seeds' one-text-per-request contract; and sharing one image_id).
+
+    ``ceiling``: the speedup the per-concept stages allow — four separate requests against one
+    request whose every extra concept costs only its component compute (text, concept and mask
+    inference, from Triton's statistics: ``stage_ms_per_concept``), no orchestrator time at all.
+    """
     name, concepts = P3_WORKLOAD
     key = workload_key(name, concepts)
-    log(f"P3 {len(concepts)} concepts: one request vs {len(concepts)} separate, {repeats} each")
+    n = len(concepts)
+    log(f"P3 {n} concepts: one request vs {n} separate, {repeats} each")
 
     def separate(image_id_of):
         return [
@@ -149,10 +157,15 @@ def p3_concepts(client, work: Workloads, repeats: int) -> dict:
             for c in concepts
         ]
 
-    one = repeat_timed(lambda _: work.text(client, name, concepts, fresh_id(name)), repeats)
-    single = repeat_timed(lambda _: work.text(client, name, concepts[:1], fresh_id(name)), repeats)
+    one, one_ms = _with_stage_compute(
+        probes, lambda: repeat_timed(lambda _: work.text(client, name, concepts, fresh_id(name)), repeats)
+    )
+    single, single_ms = _with_stage_compute(
+        probes, lambda: repeat_timed(lambda _: work.text(client, name, concepts[:1], fresh_id(name)), repeats)
+    )
     apart, shared = session_times(repeats, separate), session_times(repeats, separate, shared_id=name)
-    extra = (np.median(one) - np.median(single)) / (len(concepts) - 1)
+    extra = (np.median(one) - np.median(single)) / (n - 1)
+    stage = None if one_ms is None else (one_ms - single_ms) / (n - 1)
     return {
         "concepts": list(concepts),
         "threshold": work.thresholds[key],
@@ -164,7 +177,21 @@ def p3_concepts(client, work: Workloads, repeats: int) -> dict:
         "extra_concept_fraction": round(float(extra / np.median(single)), 4),
         "speedup": ratio(np.median(apart), np.median(one)),
         "speedup_vs_shared_image_id": ratio(np.median(shared), np.median(one)),
+        "stage_ms_per_concept": None if stage is None else round(stage, 3),
+        "ceiling": None if stage is None else ratio(np.median(apart), np.median(single) + (n - 1) * stage / 1e3),
     }
+
+
+def _with_stage_compute(probes: Probes | None, timed) -> tuple:
+    """(``timed()``'s latencies, mean per-concept-stage compute per sam3 request in ms, or None
+    without statistics): the inference time of sam3_text, sam3_concept and sam3_mask."""
+    if probes is None:
+        return timed(), None
+    before = probes.stats.settled()
+    latencies = timed()
+    delta = stats_delta(before, probes.stats.settled(successes(before) + len(latencies)))
+    ns = sum(delta.get(m, {}).get("compute_infer", (0, 0))[1] for m in CONCEPT_STAGES)
+    return latencies, ns / len(latencies) / 1e6
 
 
 def p4_mask_bytes(client, work: Workloads, modes) -> dict:

@@ -55,7 +55,7 @@ def _measure(args, target: Target, clients: dict, stats: TritonStats) -> dict:
     rows, p5 = sweep(clients, probes, work, args)
     rates = throughput(main, probes, work, args) if "point" in args.modes else None
     reference = load_reference(args, target)
-    comparisons = _comparisons(main, work, reference, args, p5, rates)
+    comparisons = _comparisons(main, work, reference, args, probes, p5, rates)
     config["reference"] = reference_echo(reference, target.checkpoint) if reference is not None else None
     config["reference_bf16"] = add_bf16_reference(comparisons, work, args, target)
     return {"config": config, "sweep": rows, "comparisons": comparisons}
@@ -75,14 +75,14 @@ def _workloads(client: Sam3Client, args) -> Workloads:
     )
 
 
-def _comparisons(client: Sam3Client, work: Workloads, reference, args, p5: list, rates: dict | None) -> dict:
+def _comparisons(client: Sam3Client, work: Workloads, reference, args, probes, p5: list, rates) -> dict:
     """The goals P1–P5 (None for a goal whose mode is not in --modes) and the throughput comparison."""
     modes, repeats = args.modes, args.compare_repeats
     return {
         "P1": p1_text(client, work, reference, repeats) if "text" in modes else None,
         "P1box": p1_box(client, work, reference, repeats) if "box" in modes else None,
         "P2": p2_clicks(client, work, reference, repeats) if "point" in modes else None,
-        "P3": p3_concepts(client, work, repeats) if "text" in modes else None,
+        "P3": p3_concepts(client, work, repeats, probes) if "text" in modes else None,
         "P4": p4_mask_bytes(client, work, modes),
         "P5": p5_summary(p5),
         "throughput": rates,
