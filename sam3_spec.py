@@ -300,10 +300,10 @@ class Batching:
     max_batch_size: requests per execute(); max_queue_delay_us: extra wait to fill a batch
     (0: batch only what queued up while the model was busy). max_queue_size / queue_timeout_us:
     Triton's queue policy (refuse at once with UNAVAILABLE beyond that many queued requests, or
-    after that long in the queue); None leaves the policy out, and that is the default: with any
-    queue policy, Triton 2.51's dynamic batcher stalled one request in five for ~500 ms on an
-    idle server (measured; see README "Concurrency"), so the queue is bounded in front of Triton
-    instead (the REST gateway's in-flight limit) and by client timeouts.
+    after that long in the queue); None leaves the policy out, and that is the default: any queue
+    policy turns off the batcher's prefetching, and Triton's batcher then loses a wake-up now and
+    then, stalling a request for its 500 ms default wait (about 1 % of sequential clicks, measured;
+    README "Concurrency"). ``sam3-triton serve --queue-size/--queue-timeout-ms`` set them.
     """
 
     max_batch_size: int = 8
