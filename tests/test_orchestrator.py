@@ -166,3 +166,38 @@ def test_point_and_box_requests_on_one_image_share_prompt_calls(modules, tiny_ar
         np.testing.assert_array_equal(got.masks.dense(), alone.masks.dense())
         np.testing.assert_allclose(got.iou_scores, alone.iou_scores, atol=1e-6)
     assert len(together[3].scores) == 2 and len(together[2].scores) == 1
+
+
+@pytest.mark.parametrize("max_rows, concept_calls, gpu", [(8, 2, False), (2, 4, False), (8, 2, True)])
+def test_text_requests_on_one_image_share_concept_and_mask_calls(
+    modules, tiny_artifacts, coffee_jpeg, astronaut_png, max_rows, concept_calls, gpu
+):
+    """Text requests of one batch on the same image (and the same exemplar-box count) → one sam3_concept
+    call and one sam3_mask call, prompts stacked (at most max_rows per call); every request still gets
+    exactly its own serial result, its own threshold applied. ``gpu``: torch tensors between the
+    stages and GPU post-processing, as on the gpu target (where the orchestrator merges)."""
+    pipe = make_pipeline(modules, tiny_artifacts, modules["post_torch" if gpu else "post"], torch_outputs=gpu)
+    counting = CountingStages(pipe.stages.stages)
+    pipe.stages.stages, pipe.stages.max_rows = counting, max_rows
+    text = dict(mode=[b"text"])
+    reqs = [
+        request(modules, coffee_jpeg, **text, text=["cup"], threshold=[0.0]),
+        request(modules, coffee_jpeg, **text, text=["saucer", "table"], threshold=[0.3]),
+        request(modules, coffee_jpeg, **text, text=["cup"], boxes=[[10.0, 20.0, 300.0, 350.0]], box_labels=[1]),
+        request(modules, astronaut_png, **text, text=["person"], threshold=[0.0]),
+        request(modules, coffee_jpeg, mode=[b"point"], points=[[100.0, 120.0]], point_labels=[1]),
+        request(modules, coffee_jpeg, **text, text=["cup"], threshold=[0.0], mask_threshold=[0.8]),
+    ]
+    together = [r for r, _ in asyncio.run(pipe.run_batch(reqs))]
+    # coffee: 1 + 2 + 1 + 1 prompts of one box slot each (max_rows 2: packs 1 | 2 | 1+1); astronaut: 1
+    assert counting.calls["concept"] == concept_calls
+    assert counting.calls["mask"] <= concept_calls and counting.calls["prompt"] == 1
+    for req, got in zip(reqs, together):
+        alone = pipe.run(req)
+        assert len(got.scores) == len(alone.scores)
+        np.testing.assert_allclose(got.scores, alone.scores, atol=1e-6)
+        np.testing.assert_allclose(got.boxes, alone.boxes, atol=1e-4)
+        np.testing.assert_array_equal(got.masks.dense(), alone.masks.dense())
+    same_concept = together[0], together[5]  # each with its own mask threshold
+    assert len(same_concept[0].scores) == len(same_concept[1].scores) >= 1
+    assert same_concept[1].masks.dense().sum() < same_concept[0].masks.dense().sum()

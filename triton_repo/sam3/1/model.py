@@ -90,6 +90,8 @@ class TritonPythonModel:
             max_pixels=int(float(params["max_pixels"])),
             vision_batch=specs["vision"].profiles["batch"].max,
             text_batch=specs["text"].profiles["batch"].max,
+            max_concepts_per_call=min(specs[c].profiles["prompts"].max for c in ("concept", "mask")),
+            merge_text_calls=params.get("target", "cpu") == "gpu",  # why not on CPU: see merge.py
         )
         self.metrics = _Metrics(pb_utils)
 

@@ -10,7 +10,9 @@
    image share one call (prompts.py).
 3. Per request, as coroutines: the other head calls (``sam3_concept`` then ``sam3_mask`` for the
    kept queries only; auto mode's grid) overlap with the other requests' through BLS ``async_exec``;
-   post-processing and RLE encoding run in the thread pool.
+   post-processing and RLE encoding run in the thread pool. With ``merge_text_calls``, the concept
+   and mask calls that text requests on the same image make at the same time become one call each
+   (merge.py).
 
 A request's bad input or failure is its own result (an exception); the others go on. Every
 request gets :class:`Timings` (seconds per phase) for the metrics.
@@ -30,6 +32,7 @@ import prompts
 from amg import AmgConfig, AutomaticMaskGenerator, batch_slices, merge_candidates
 from cache import ByteLRU, content_key
 from errors import InputError
+from merge import MergingStages
 from postprocess import MaskSet
 from request import Sam3Request
 
@@ -108,8 +111,10 @@ class Sam3Pipeline:
         text_batch: int = 16,
         max_concepts_per_call: int = 8,
         max_objects_per_call: int = 64,
+        merge_text_calls: bool = True,
     ):
-        self.stages, self.tokenizer, self.dims, self.post = stages, tokenizer, dims, post
+        self.stages = MergingStages(stages, max_rows=max_concepts_per_call if merge_text_calls else 1)
+        self.tokenizer, self.dims, self.post = tokenizer, dims, post
         self.image_cache, self.text_cache = image_cache, text_cache
         self.pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam3")
         self.max_pixels, self.vision_batch, self.text_batch = max_pixels, vision_batch, text_batch
