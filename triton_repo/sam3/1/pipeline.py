@@ -113,7 +113,7 @@ class Sam3Pipeline:
         max_objects_per_call: int = 64,
         merge_text_calls: bool = True,
     ):
-        self.stages = MergingStages(stages, max_rows=max_concepts_per_call if merge_text_calls else 1)
+        self.stages = MergingStages(stages, max_rows=max_concepts_per_call) if merge_text_calls else stages
         self.tokenizer, self.dims, self.post = tokenizer, dims, post
         self.image_cache, self.text_cache = image_cache, text_cache
         self.pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam3")
