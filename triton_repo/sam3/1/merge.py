@@ -26,6 +26,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import numpy as np
+from stages import is_torch
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def _pad(value, axis: int, length: int):
     missing = length - value.shape[axis]
     if not missing:
         return value
-    if _is_torch(value):
+    if is_torch(value):
         import torch  # noqa: PLC0415 (GPU target only)
 
         shape = list(value.shape)
@@ -176,12 +177,8 @@ def _pad(value, axis: int, length: int):
 
 
 def _concat(values: list):
-    if _is_torch(values[0]):
+    if is_torch(values[0]):
         import torch  # noqa: PLC0415 (GPU target only)
 
         return torch.cat(values, dim=0)
     return np.concatenate(values, axis=0)
-
-
-def _is_torch(value) -> bool:
-    return type(value).__module__.startswith("torch")

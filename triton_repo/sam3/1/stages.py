@@ -32,7 +32,7 @@ class BlsStages:
         )
 
     def _tensor(self, name: str, value):
-        if _is_torch(value):
+        if is_torch(value):
             return self.pb.Tensor.from_dlpack(name, value)
         return self.pb.Tensor(name, value)
 
@@ -48,7 +48,8 @@ class BlsStages:
         return self._unpack(component, await self._request(component, feeds).async_exec())
 
 
-def _is_torch(value) -> bool:
+def is_torch(value) -> bool:
+    """A torch tensor (GPU target), told apart without importing torch."""
     return type(value).__module__.startswith("torch")
 
 
