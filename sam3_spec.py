@@ -266,7 +266,6 @@ def prompt_spec(d: Dims) -> ComponentSpec:
         outputs=(
             TensorSpec("pred_masks", "FP32", (p, 3, m, m), doc="3 candidate mask logits"),
             TensorSpec("iou_scores", "FP32", (p, 3)),
-            TensorSpec("object_score_logits", "FP32", (p, 1)),
         ),
         profiles={p: Profile(1, 1, 64), k: Profile(1, 2, 16)},
         parity_sizes=({p: 1, k: 1}, {p: 3, k: 4}),

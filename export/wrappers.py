@@ -162,7 +162,7 @@ class PromptHead(nn.Module):
         has = has_mask_input.view(1, 1, 1, 1)
         no_mask = enc.no_mask_embed.weight.view(1, -1, 1, 1)
         dense = has * enc.mask_embed(mask_input) + (1.0 - has) * no_mask
-        masks, iou, _, obj = self.mask_decoder(
+        masks, iou, _, _ = self.mask_decoder(
             image_embeddings=track_2,
             image_positional_embeddings=self.image_pe,
             sparse_prompt_embeddings=sparse,
@@ -170,7 +170,7 @@ class PromptHead(nn.Module):
             multimask_output=True,
             high_resolution_features=[track_0, track_1],
         )
-        return masks[0], iou[0], obj[0]
+        return masks[0], iou[0]  # the object score (a tracking signal) is not used for images: not exported
 
 
 def build_wrappers(detector, tracker) -> dict[str, nn.Module]:
