@@ -230,6 +230,13 @@ def shared_axes(spec: ComponentSpec) -> dict[str, list]:
     return {axis: uses for axis, uses in axes.items() if len(uses) > 1}
 
 
+def default_cache_dir(out: Path) -> Path:
+    """OpenVINO's model cache of the repository ``out``: beside it (``out`` is replaced at every build),
+    one per repository: two servers compiling the same graph into one cache at once made OpenVINO fail
+    ("cannot set permissions: No such file or directory [.../<hash>.blob]")."""
+    return out.parent / f"openvino-cache-{out.name}"
+
+
 def _cpu_runtime(manifest, artifacts, out, names, runtime, precision, threads, cache_dir, log) -> CpuRuntime:
     """Resolve runtime and precision ("auto" → bf16 where the CPU has it) and gate bf16 per component."""
     runtime = "onnxruntime" if runtime == "ort" else runtime
@@ -241,7 +248,7 @@ def _cpu_runtime(manifest, artifacts, out, names, runtime, precision, threads, c
         precisions = component_precisions(artifacts, specs, manifest.dims.image_size, resolved, log)
     except PrecisionError as err:
         raise RepositoryError(str(err)) from None
-    cache = "" if runtime != "openvino" else str(Path(cache_dir or out.parent / "openvino-cache").resolve())
+    cache = "" if runtime != "openvino" else str(Path(cache_dir or default_cache_dir(out)).resolve())
     return CpuRuntime(runtime, threads, cache, precisions)
 
 
@@ -359,7 +366,7 @@ def build_repository(
     OpenVINO lists BF16 for this CPU, else fp32), "fp32" or "bf16"; a component whose bf16 graph
     fails the parity gate (export/precision.py) is served in fp32 and ``log`` (default: a line on
     stderr) says so. cache_dir:
-    OpenVINO's model cache (default ``<out's parent>/openvino-cache``, outside the replaced ``out``).
+    OpenVINO's model cache (default ``<out's parent>/openvino-cache-<out's name>``, outside the replaced ``out``).
     ``out`` is replaced atomically; it must be new, empty or a previous build_repository output.
     """
     if target not in TARGETS:

@@ -256,7 +256,7 @@ def test_repository_records_runtime_precision_cache_and_copies_the_runtime_modul
     assert record == {
         "runtime": "openvino",
         "threads": 0,
-        "cache_dir": str((tmp_path / "openvino-cache").resolve()),
+        "cache_dir": str((tmp_path / "openvino-cache-repo").resolve()),
         "components": {"text": "fp32", "concept": "fp32"},
     }
     params = config_parameters(parse_config_text((repo / "sam3_concept" / "config.pbtxt").read_text()))
@@ -312,7 +312,7 @@ def test_served_text_model_on_each_runtime(fake, tmp_path, runtime, precision):
         client.close()
     want = RT.open_runner("onnxruntime", fake / "text.onnx", "fp32", 1).run(["text_features"], feeds)[0]
     np.testing.assert_allclose(got, want, rtol=1e-2 if "bf16" in config else 1e-6, atol=1e-6)
-    cache = tmp_path / "openvino-cache"
+    cache = tmp_path / "openvino-cache-repo"
     assert (cache.is_dir() and any(cache.iterdir())) == (runtime == "openvino")
 
 
