@@ -201,3 +201,37 @@ def test_text_requests_on_one_image_share_concept_and_mask_calls(
     same_concept = together[0], together[5]  # each with its own mask threshold
     assert len(same_concept[0].scores) == len(same_concept[1].scores) >= 1
     assert same_concept[1].masks.dense().sum() < same_concept[0].masks.dense().sum()
+
+
+class FailingPrompt(CountingStages):
+    """OrtStages whose sam3_prompt calls raise from the ``fail_at``-th on (a component that died mid-request)."""
+
+    def __init__(self, inner, fail_at: int):
+        super().__init__(inner)
+        self.fail_at = fail_at
+
+    def run(self, component, feeds):
+        out = super().run(component, feeds)
+        if component == "prompt" and self.calls["prompt"] >= self.fail_at:
+            raise modules_stage_error("sam3_prompt failed: stub died")
+        return out
+
+
+def modules_stage_error(message):
+    import stages  # noqa: PLC0415 (after sys.path setup)
+
+    return stages.StageError(message)
+
+
+def test_auto_mode_overlaps_its_prompt_calls_and_fails_cleanly(modules, tiny_artifacts, coffee_jpeg):
+    """A 64-point grid goes out as 4 prompt calls of 16 (each one's candidates collected while the next
+    runs); the same request with its calls failing from the 2nd on gets that error as its result."""
+    pipe = make_pipeline(modules, tiny_artifacts, modules["post"])
+    auto = dict(mode=[b"auto"], points_per_side=[8], pred_iou_thresh=[0.0], stability_score_thresh=[0.0])
+    counting = CountingStages(pipe.stages)
+    pipe.stages = counting
+    result = pipe.run(request(modules, coffee_jpeg, **auto))
+    assert counting.calls["prompt"] == 4 and len(result.scores) >= 1
+    pipe.stages = FailingPrompt(counting.inner, fail_at=2)
+    got, _ = asyncio.run(pipe.run_batch([request(modules, coffee_jpeg, **auto)]))[0]
+    assert isinstance(got, modules["stages"].StageError) and "stub died" in str(got)

@@ -357,36 +357,54 @@ class Sam3Pipeline:
 
     # automatic ("segment everything")
 
-    async def _amg_candidates(self, generator, batches: list, outputs: list, image_hw):
-        """The candidates of every prompt batch, collected in parts of AMG_PART prompts in the thread
-        pool at once (upsampling dominates and releases the GIL), merged in order; None when the
-        generator's small-region cleanup needs its own sequential path."""
-        if generator.config.min_mask_region_area > 0:
-            return None
-        parts = [
-            ([(points[sl], None, None)], [(masks[sl], iou[sl])])
-            for (points, _, _), (masks, iou) in zip(batches, outputs)
-            for sl in batch_slices(len(points), AMG_PART)
+    async def _amg_run(self, generator, batches: list, features: Features, t: Timings) -> tuple:
+        """Every prompt batch's sam3_prompt call, issued at once; as each returns (in order), its
+        candidates are collected in parts of AMG_PART prompts in the thread pool while the later
+        calls still run. Returns ([(pred_masks, iou) on the host], merged candidates, or None where
+        the generator's small-region cleanup needs its own sequential path)."""
+        calls = [
+            asyncio.ensure_future(self.stages.arun("prompt", self.prompt_feeds(features, model_points, labels)))
+            for _, model_points, labels in batches
         ]
-        found = await asyncio.gather(*(self.in_pool(generator.collect, b, o, image_hw) for b, o in parts))
-        return merge_candidates(found) if found else None
+        outputs, jobs = [], []
+        try:
+            await t.measure("compute", self._amg_collect(generator, batches, calls, outputs, jobs, features))
+            found = await t.measure("post", asyncio.gather(*jobs))
+        except BaseException:  # a failed call: stop the rest, and leave no task's error unretrieved
+            for task in calls + jobs:
+                task.cancel()
+            await asyncio.gather(*calls, *jobs, return_exceptions=True)
+            raise
+        return outputs, (merge_candidates(found) if found else None)
+
+    async def _amg_collect(self, generator, batches, calls, outputs: list, jobs: list, features) -> None:
+        """Await the calls in order; append each one's outputs, and start its collect jobs in the pool."""
+        sequential = generator.config.min_mask_region_area > 0
+        for (points, _, _), call in zip(batches, calls):
+            out = await call
+            masks, iou = _host(out["pred_masks"]), _host(out["iou_scores"])
+            outputs.append((masks, iou))
+            if not sequential:
+                jobs += [
+                    asyncio.ensure_future(
+                        self.in_pool(
+                            generator.collect, [(points[sl], None, None)], [(masks[sl], iou[sl])], features.image_hw
+                        )
+                    )
+                    for sl in batch_slices(len(points), AMG_PART)
+                ]
 
     async def _auto(self, req: Sam3Request, features: Features, shared, t: Timings) -> Sam3Result:
         generator = AutomaticMaskGenerator(
             AmgConfig(
                 points_per_side=req.points_per_side,
-                points_per_batch=req.points_per_batch,
+                points_per_batch=min(req.points_per_batch, AMG_CALL),
                 pred_iou_thresh=req.pred_iou_thresh,
                 stability_score_thresh=req.stability_score_thresh,
             )
         )
         batches = generator.prompt_batches(features.image_hw, self.dims.image_size)
-        calls = [
-            self.stages.arun("prompt", self.prompt_feeds(features, points, labels)) for _, points, labels in batches
-        ]
-        outs = await t.measure("compute", asyncio.gather(*calls))
-        outputs = [(_host(o["pred_masks"]), _host(o["iou_scores"])) for o in outs]
-        candidates = await t.measure("post", self._amg_candidates(generator, batches, outputs, features.image_hw))
+        outputs, candidates = await self._amg_run(generator, batches, features, t)
         found = await t.measure(
             "post", self.in_pool(generator.generate_rle, batches, outputs, features.image_hw, candidates)
         )
@@ -403,6 +421,7 @@ class Sam3Pipeline:
 
 
 AMG_PART = 16  # prompts per post-processing job of auto mode: parts run in parallel in the pool
+AMG_CALL = 16  # auto mode's largest sam3_prompt call: a batch's post-processing overlaps the next batch's call
 
 
 def _cache_key(req: Sam3Request) -> str:
