@@ -84,9 +84,9 @@ def load_manifest(directory: Path, check_hashes: bool = False) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"{path} not found: run `python -m export onnx --out {directory}` first")
     data = json.loads(path.read_text())
-    data.pop("tensors", None)
+    recorded = data.pop("tensors", None)
     manifest = Manifest(**{**data, "dims": Dims(**data["dims"])})
-    problems = [
+    problems = _contract_changes(manifest, recorded) + [
         p for name, entry in manifest.components.items() for p in _check_entry(directory, name, entry, check_hashes)
     ]
     if not (directory / manifest.tokenizer).is_file():
@@ -94,6 +94,19 @@ def load_manifest(directory: Path, check_hashes: bool = False) -> Manifest:
     if problems:
         raise ManifestError(f"artifacts in {directory} do not match the manifest: " + "; ".join(problems))
     return manifest
+
+
+def _contract_changes(manifest: Manifest, recorded: dict | None) -> list[str]:
+    """The components whose graph inputs/outputs (names, dtypes, shapes) at export time differ from
+    today's sam3_spec.py: artifacts of an older contract, to be exported again (none recorded: none)."""
+    changes = []
+    for name, spec in manifest.specs().items():
+        now, then = _spec_json(spec), (recorded or {}).get(name)
+        for kind in ("inputs", "outputs"):
+            if then is not None and then[kind] != now[kind]:
+                was, want = [t["name"] for t in then[kind]], [t["name"] for t in now[kind]]
+                changes.append(f"{name} {kind} were exported as {was}, the contract now has {want}")
+    return changes
 
 
 def _check_entry(directory: Path, name: str, entry: dict, check_hashes: bool) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from export import pipeline
@@ -29,8 +30,9 @@ def ensure_artifacts(model: str, out: Path, token: str | None = None, verify: bo
         manifest = load_manifest(out, check_hashes=False)
         if manifest.model == model and set(manifest.components) == set(COMPONENTS):
             return out
-    except ManifestError:
-        pass
+    except ManifestError as err:
+        if (out / "manifest.json").is_file():  # a stale or broken export, not a first run: say why it is redone
+            print(f"exporting {model} again: {err}", file=sys.stderr, flush=True)
     try:
         pipeline.export_onnx(model, out, token=token)
         if verify:

@@ -134,3 +134,17 @@ def test_trt_without_gpu_stops_at_once_with_a_clear_message(tiny_artifacts, caps
     assert export_main(["trt", "--out", str(tiny_artifacts)]) == 2
     err = capsys.readouterr().err.lower()
     assert "gpu" in err
+
+
+def test_artifacts_of_an_older_contract_are_named_and_exported_again(tiny_artifacts, tmp_path):
+    """A manifest whose recorded outputs differ from sam3_spec.py (here: the prompt head's object score,
+    exported until it was dropped) is refused with the difference, so `serve` exports the model again."""
+    stale = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, stale)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    outputs = manifest["tensors"]["prompt"]["outputs"]
+    outputs.append({"name": "object_score_logits", "dtype": "FP32", "shape": ["objects", 1]})
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"prompt outputs were exported as \[.*'object_score_logits'\]"):
+        load_manifest(stale)
+    load_manifest(tiny_artifacts)  # today's export passes
