@@ -15,7 +15,7 @@ import json
 import numpy as np
 
 from bench.progress import log
-from bench.stats import Probes, stats_delta, successes
+from bench.stats import Probes
 from bench.sweep import cell, sweep_request
 from bench.timing import latency_stats, repeat_timed, timed
 from bench.workloads import BOX, P3_WORKLOAD, TEXT_WORKLOADS, Workloads, fresh_id, workload_key
@@ -138,7 +138,7 @@ def p2_clicks(client, work: Workloads, reference, sessions: int) -> dict:
     return {**result, "reference": latency_stats(ref), "speedup": ratio(np.median(ref), np.median(cached))}
 
 
-def p3_concepts(client, work: Workloads, repeats: int, probes: Probes | None = None) -> dict:
+def p3_concepts(client, work: Workloads, repeats: int, probes: Probes) -> dict:
     """Four concepts in one request vs four separate requests (each with a new image_id, i.e. the
     image recomputed as in the seeds' one-text-per-request contract; and sharing one image_id).
 
@@ -165,7 +165,7 @@ def p3_concepts(client, work: Workloads, repeats: int, probes: Probes | None = N
     )
     apart, shared = session_times(repeats, separate), session_times(repeats, separate, shared_id=name)
     extra = (np.median(one) - np.median(single)) / (n - 1)
-    stage = None if one_ms is None else (one_ms - single_ms) / (n - 1)
+    stage = (one_ms - single_ms) / (n - 1)
     return {
         "concepts": list(concepts),
         "threshold": work.thresholds[key],
@@ -177,19 +177,17 @@ def p3_concepts(client, work: Workloads, repeats: int, probes: Probes | None = N
         "extra_concept_fraction": round(float(extra / np.median(single)), 4),
         "speedup": ratio(np.median(apart), np.median(one)),
         "speedup_vs_shared_image_id": ratio(np.median(shared), np.median(one)),
-        "stage_ms_per_concept": None if stage is None else round(stage, 3),
-        "ceiling": None if stage is None else ratio(np.median(apart), np.median(single) + (n - 1) * stage / 1e3),
+        "stage_ms_per_concept": round(stage, 3),
+        "ceiling": ratio(np.median(apart), np.median(single) + (n - 1) * stage / 1e3),
     }
 
 
-def _with_stage_compute(probes: Probes | None, timed) -> tuple:
-    """(``timed()``'s latencies, mean per-concept-stage compute per sam3 request in ms, or None
-    without statistics): the inference time of sam3_text, sam3_concept and sam3_mask."""
-    if probes is None:
-        return timed(), None
+def _with_stage_compute(probes: Probes, timed) -> tuple:
+    """(``timed()``'s latencies, mean per-concept-stage compute per sam3 request in ms): the
+    inference time of sam3_text, sam3_concept and sam3_mask, from Triton's statistics."""
     before = probes.stats.settled()
     latencies = timed()
-    delta = stats_delta(before, probes.stats.settled(successes(before) + len(latencies)))
+    delta = probes.stats.since(before, len(latencies))
     ns = sum(delta.get(m, {}).get("compute_infer", (0, 0))[1] for m in CONCEPT_STAGES)
     return latencies, ns / len(latencies) / 1e6
 

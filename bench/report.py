@@ -91,7 +91,8 @@ def _p3_lines(p3: dict | None) -> list[str]:
         return []
     return [
         f"P3 {len(p3['concepts'])} concepts: one request {_p50(p3['one_request'])}, separate "
-        f"{_p50(p3['separate_requests'])} → speedup {_x(p3['speedup'])}{_ceiling(p3)} (separate, shared image_id: "
+        f"{_p50(p3['separate_requests'])} → speedup {_x(p3['speedup'])}, ceiling {_x(p3['ceiling'])} "
+        f"(per-concept stages {p3['stage_ms_per_concept']:.1f} ms each) (separate, shared image_id: "
         f"{_p50(p3['separate_requests_shared_image_id'])} → {_x(p3['speedup_vs_shared_image_id'])}); "
         f"each extra concept {p3['extra_concept_ms']:.1f} ms = "
         f"{100 * p3['extra_concept_fraction']:.0f}% of a one-concept request "

@@ -53,6 +53,11 @@ class TritonStats:
             last = now
         return last
 
+    def since(self, before: dict, answered: int) -> dict:
+        """The statistics delta from ``before`` to the settled snapshot that counts ``answered`` more
+        successful sam3 requests (the requests sent in between)."""
+        return stats_delta(before, self.settled(successes(before) + answered))
+
     def server_version(self) -> str:
         """The Triton server's version string ("unknown" when its metadata has none)."""
         return str(self.client.get_server_metadata(as_json=True).get("version", "unknown"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.progress import log
-from bench.stats import Probes, batch_sizes, overhead, phases_delta, stats_delta, successes
+from bench.stats import Probes, batch_sizes, overhead, phases_delta
 from bench.timing import latency_stats, run_load
 from bench.workloads import Workloads, fresh_id
 from sam3_spec import ORCHESTRATOR
@@ -52,7 +52,7 @@ def cell(client, probes: Probes, request, concurrency: int, per_client: int):
     log(f"  {client.protocol} concurrency {concurrency}: {concurrency * per_client} requests")
     before, phases_before = probes.stats.settled(), probes.phases.snapshot()
     load = run_load(client, request, concurrency, per_client)
-    delta = stats_delta(before, probes.stats.settled(successes(before) + len(load.latencies)))
+    delta = probes.stats.since(before, len(load.latencies))
     batches = batch_sizes(delta)
     row = {
         "concurrency": concurrency,
