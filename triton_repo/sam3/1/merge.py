@@ -23,7 +23,7 @@ prompts replaces n launches and n copies of the image features; that gain is not
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from stages import is_torch
@@ -34,19 +34,20 @@ class MergeRule:
     """How the calls of one component stack.
 
     shared: inputs that must be the SAME object in every merged call (one image's features),
-    sent once. padded: an input that may differ in length along ``axis`` ({name: axis}); shorter
-    ones are zero-padded to the longest, and ``trimmed`` outputs are cut back along the same axis
-    to each caller's length. Every other input is concatenated on axis 0, every output split on it.
+    sent once. padded: (input, axis) of the one input that may differ in length along that axis;
+    shorter ones are zero-padded to the longest, and the ``trimmed`` outputs are cut back along the
+    same axis to each caller's length. Every other input is concatenated on axis 0, every output
+    split on it.
     """
 
     shared: tuple[str, ...]
-    padded: dict[str, int] = field(default_factory=dict)
+    padded: tuple[str, int] | None = None
     trimmed: tuple[str, ...] = ()
 
 
 RULES = {
     "concept": MergeRule(shared=("fpn_2",)),
-    "mask": MergeRule(shared=("fpn_0", "fpn_1"), padded={"queries": 1}, trimmed=("pred_masks",)),
+    "mask": MergeRule(shared=("fpn_0", "fpn_1"), padded=("queries", 1), trimmed=("pred_masks",)),
 }
 
 
@@ -99,11 +100,16 @@ def _group_key(component: str, rule: MergeRule, feeds: dict) -> tuple:
     """Calls merge when their shared inputs are the same objects and their other inputs agree in
     dtype and in shape beyond the prompts axis (and the padded axis)."""
     shapes = tuple(
-        (name, str(value.dtype), _shape_without(value, rule.padded.get(name)))
+        (name, str(value.dtype), _shape_without(value, _padded_axis(rule, name)))
         for name, value in feeds.items()
         if name not in rule.shared
     )
     return (component, tuple(id(feeds[name]) for name in rule.shared), shapes)
+
+
+def _padded_axis(rule: MergeRule, name: str) -> int | None:
+    """The axis along which input ``name`` may differ between merged calls (None: it may not)."""
+    return rule.padded[1] if rule.padded and rule.padded[0] == name else None
 
 
 def _shape_without(value, axis: int | None) -> tuple:
@@ -131,7 +137,7 @@ def _stacked(feeds: list[dict], rule: MergeRule) -> dict:
         if name in rule.shared:
             merged[name] = values[0]
         else:
-            axis = rule.padded.get(name)
+            axis = _padded_axis(rule, name)
             if axis is not None:
                 length = max(v.shape[axis] for v in values)
                 values = [_pad(v, axis, length) for v in values]
@@ -141,13 +147,12 @@ def _stacked(feeds: list[dict], rule: MergeRule) -> dict:
 
 def _split(out: dict, feeds: list[dict], rule: MergeRule) -> list[dict]:
     """Each caller's rows of the merged outputs (``trimmed`` ones cut to its padded length)."""
-    padded = next(iter(rule.padded.items()), None)
     parts, start = [], 0
     for caller in feeds:
         stop = start + _prompts(caller, rule)
         part = {name: value[start:stop] for name, value in out.items()}
-        if padded is not None:
-            name, axis = padded
+        if rule.padded is not None:
+            name, axis = rule.padded
             keep = caller[name].shape[axis]
             part |= {o: part[o][(slice(None),) * axis + (slice(0, keep),)] for o in rule.trimmed}
         parts.append(part)
