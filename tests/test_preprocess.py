@@ -21,6 +21,8 @@ from preprocess import (  # noqa: E402
     boxes_xyxy_to_cxcywh_norm,
     decode_image,
     resize_for_model,
+    resize_numpy,
+    resize_torch,
     scale_points,
     validate_box_labels,
     validate_boxes,
@@ -165,6 +167,17 @@ def test_resize_matches_sam3_image_processor(name, sam3_image_processor):
     np.testing.assert_allclose(((out[0] / 255.0) - 0.5) / 0.5, ref, atol=1e-6)
 
 
+@pytest.mark.parametrize("hw", [(512, 512), (1080, 1920), (333, 517), (200, 90), (7, 1300)])
+@pytest.mark.parametrize("size", [504, 1008, 64])
+def test_torch_kernel_and_numpy_mirror_give_the_same_bytes(hw, size):
+    """The served path (torch's kernel) and the fallback (numpy) agree exactly, down and up."""
+    image = np.random.default_rng(hw[0] * size).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    image.setflags(write=False)  # as decode_image returns it
+    out = resize_torch(image, size)
+    assert out.shape == (1, 3, size, size) and out.dtype == np.uint8 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, resize_numpy(image, size))
+
+
 def test_resize_identity_and_small_sizes():
     image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     np.testing.assert_array_equal(resize_for_model(image, 16)[0], image.transpose(2, 0, 1))
@@ -254,10 +267,14 @@ def test_validate_boxes_and_labels_accept():
         validate_box_labels([1, 3], 2)
 
 
-def test_orchestrator_modules_import_without_torch():
+def test_orchestrator_modules_work_without_torch():
+    """A serve-only install has no torch: the modules import, and the resize falls back to numpy."""
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import errors, preprocess, postprocess, amg, text_tokens; "
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'transformers')); "
+        "import sys; sys.modules['torch'] = None; sys.path.insert(0, sys.argv[1]); "
+        "import errors, preprocess, postprocess, amg, text_tokens; import numpy as np; "
+        "assert preprocess.torch is None; "
+        "assert preprocess.resize_for_model(np.zeros((10, 12, 3), np.uint8), 8).shape == (1, 3, 8, 8); "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'transformers')); "
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code, str(ORCH)], check=True, timeout=120)

@@ -27,6 +27,7 @@ import os
 import sys
 import traceback
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -44,6 +45,7 @@ class TritonPythonModel:
         # The modules beside this file resolve only after the sys.path line above; the python backend
         # stub provides triton_python_backend_utils, so no module of this folder imports at the top.
         import cv2  # noqa: PLC0415 (after sys.path setup)
+        import preprocess  # noqa: PLC0415 (after sys.path setup)
         import triton_python_backend_utils as pb_utils  # noqa: PLC0415 (only inside the python backend stub)
         from cache import ByteLRU  # noqa: PLC0415 (after sys.path setup)
         from errors import InputError  # noqa: PLC0415 (after sys.path setup)
@@ -62,6 +64,7 @@ class TritonPythonModel:
         )
 
         cv2.setNumThreads(1)  # the pool parallelizes over masks and requests; OpenCV's own pool only contends
+        _one_torch_thread(preprocess.torch)
         self.pb = pb_utils
         self.parse_request, self.input_error, self.stage_error = parse_request, InputError, StageError
         params = ORCHESTRATOR_PARAMETERS | _parameters(json.loads(args["model_config"]))
@@ -138,6 +141,15 @@ class TritonPythonModel:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.loop.close()  # also shuts its default executor down (without waiting)
         self.image_cache = self.text_cache = None
+
+
+def _one_torch_thread(torch) -> None:
+    """torch (the image resize; GPU post-processing) runs one CPU thread per pool thread, like OpenCV.
+    Decoded images are read-only arrays that torch only reads: its warning about them is noise."""
+    if torch is None:
+        return
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 
 def _parameters(config: dict) -> dict[str, str]:
