@@ -19,7 +19,8 @@ p50/p90/p99 latency (ms) and throughput (requests/s). Goals (one run, same weigh
 
 Ratios are "baseline / ours": > 1 means ours is faster (or smaller). The report (table on stdout,
 JSON in ``--json``) echoes the configuration: model, dims, images, versions, machine. Progress
-goes to stderr. Inputs are real photos from scikit-image: astronaut (person), coffee (cup).
+goes to stderr. Inputs are real photos from scikit-image: astronaut (person), coffee (cup);
+``--photo-scale`` enlarges them to camera sizes (JPEG).
 """
 # The docstring above is the --help text of sam3-bench (parse_args passes it as the description).
 
@@ -81,6 +82,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--threshold", default="auto", help="text score threshold, or 'auto': keep --keep best per concept")
     p.add_argument("--keep", type=int, default=3, help="detections per concept that --threshold auto keeps")
+    p.add_argument(
+        "--photo-scale",
+        type=float,
+        default=1.0,
+        help="enlarge both photos this many times and send them as JPEG, like camera uploads (e.g. 3.75: "
+        "the astronaut at 1920×1920); clicks and box scale with them",
+    )
     p.add_argument("--points-per-side", type=int, default=16, help="auto mode grid")
     p.add_argument("--pred-iou-thresh", type=float, default=0.0, help="auto mode filter (0 keeps every mask)")
     p.add_argument("--stability-thresh", type=float, default=0.0, help="auto mode filter (0 keeps every mask)")
@@ -111,6 +119,8 @@ def _check_args(parser, args) -> argparse.Namespace:
         or min(args.warmup, args.repeats - 1, args.compare_repeats - 1, args.clicks - 1, args.keep - 1) < 0
     ):
         parser.error("--concurrency, --repeats, --compare-repeats, --clicks and --keep must be ≥ 1, --warmup ≥ 0")
+    if not 0.05 <= args.photo_scale <= 16:
+        parser.error(f"--photo-scale must be in [0.05, 16]; got {args.photo_scale}")
     if args.threshold != "auto":
         args.threshold = _threshold(parser, args.threshold)
     return args

@@ -8,7 +8,7 @@ from bench.progress import log
 from bench.reference import ReferencePipeline
 from bench.target import Target
 from bench.timing import latency_stats, repeat_timed
-from bench.workloads import BOX, Workloads
+from bench.workloads import Workloads
 
 
 def load_reference(args, target: Target):
@@ -43,7 +43,7 @@ def add_bf16_reference(comparisons: dict, work: Workloads, args, target: Target)
     p1, p1box, p2 = comparisons.get("P1"), comparisons.get("P1box"), comparisons.get("P2")
     if p1box:
         image = work.images["astronaut"].data
-        ref = latency_stats(repeat_timed(lambda _: reference.box(image, list(BOX)), repeats))
+        ref = latency_stats(repeat_timed(lambda _: reference.box(image, work.box), repeats))
         p1box.update(reference_bf16=ref, speedup_bf16=ratio(ref.get("p50_ms"), p1box["server_cold"].get("p50_ms")))
     if p1:
         ref = latency_stats(repeat_timed(lambda i: reference_text(reference, work, i), 2 * repeats))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.stats import TritonStats
 from bench.target import Target
-from bench.workloads import BOX, Workloads
+from bench.workloads import Workloads
 
 VERSION_PACKAGES = (
     "numpy",
@@ -71,6 +71,7 @@ def echo_config(args, target: Target, stats: TritonStats, work: Workloads) -> di
             "repeats",
             "compare_repeats",
             "clicks",
+            "photo_scale",
             "cache",
             "threshold",
             "keep",
@@ -91,7 +92,7 @@ def echo_config(args, target: Target, stats: TritonStats, work: Workloads) -> di
         "images": images,
         "thresholds": work.thresholds,
         "clicks": work.clicks,
-        "box": list(BOX),
+        "box": work.box,
         "flags": flags,
         "versions": versions(stats.server_version()),
         "machine": machine(),

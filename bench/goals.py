@@ -18,7 +18,7 @@ from bench.progress import log
 from bench.stats import Probes
 from bench.sweep import cell, sweep_request
 from bench.timing import latency_stats, repeat_timed, timed
-from bench.workloads import BOX, P3_WORKLOAD, TEXT_WORKLOADS, Workloads, fresh_id, workload_key
+from bench.workloads import P3_WORKLOAD, TEXT_WORKLOADS, Workloads, fresh_id, workload_key
 
 CONCEPT_STAGES = ("sam3_text", "sam3_concept", "sam3_mask")  # the components that run once per concept
 
@@ -81,7 +81,7 @@ def p1_box(client, work: Workloads, reference, repeats: int) -> dict:
     result = {"server_cold": latency_stats(cold)}
     if reference is None:
         return {**result, "reference": None, "speedup": None}
-    ref = repeat_timed(lambda _: reference.box(image, list(BOX)), repeats)
+    ref = repeat_timed(lambda _: reference.box(image, work.box), repeats)
     return {**result, "reference": latency_stats(ref), "speedup": ratio(np.median(ref), np.median(cold))}
 
 

@@ -23,7 +23,7 @@ from bench.report import format_table
 from bench.stats import PhaseMetrics, Probes, TritonStats
 from bench.sweep import sweep
 from bench.target import Target, open_target
-from bench.workloads import Workloads, click_points, load_images, thresholds_for
+from bench.workloads import Workloads, box_around_astronaut, click_points, load_images, thresholds_for
 from client.api import Sam3Client
 
 
@@ -63,7 +63,7 @@ def _measure(args, target: Target, clients: dict, stats: TritonStats) -> dict:
 
 def _workloads(client: Sam3Client, args) -> Workloads:
     """The photos, text thresholds (fixed, or calibrated on the server) and clicks of this run."""
-    images = load_images()
+    images = load_images(args.photo_scale)
     log("calibrating text thresholds" if args.threshold == "auto" else "fixed text threshold")
     return Workloads(
         images,
@@ -71,7 +71,8 @@ def _workloads(client: Sam3Client, args) -> Workloads:
         args.points_per_side,
         args.pred_iou_thresh,
         args.stability_thresh,
-        click_points(args.clicks),
+        click_points(args.clicks, args.photo_scale),
+        box_around_astronaut(args.photo_scale),
     )
 
 

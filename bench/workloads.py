@@ -2,7 +2,8 @@
 
 Photos from scikit-image: astronaut (512×512 PNG, a person) and coffee (400×600 JPEG, a cup).
 Text mode alternates astronaut/"person" and coffee/"cup"; P3 asks four concepts of the astronaut.
-Coordinates are pixels of the original image (x, y; boxes x0, y0, x1, y1).
+Coordinates are pixels of the original image (x, y; boxes x0, y0, x1, y1). ``--photo-scale S``
+enlarges both photos S× and sends them as JPEG, as a camera upload would be (clicks and box scaled).
 """
 
 from __future__ import annotations
@@ -31,14 +32,22 @@ class BenchImage:
     format: str
 
 
-def load_images() -> dict[str, BenchImage]:
-    """astronaut (512×512 PNG, a person) and coffee (400×600 JPEG, a cup) from scikit-image."""
+def load_images(scale: float = 1.0) -> dict[str, BenchImage]:
+    """astronaut (512×512 PNG, a person) and coffee (400×600 JPEG, a cup) from scikit-image;
+    ``scale`` ≠ 1: both enlarged ``scale``× (bicubic) and encoded as JPEG."""
     from skimage import data  # noqa: PLC0415 (optional: test extra; needed only to run the benchmark)
 
-    return {
-        "astronaut": _encoded("astronaut", data.astronaut(), "PNG"),
-        "coffee": _encoded("coffee", data.coffee(), "JPEG"),
-    }
+    photos = {"astronaut": (data.astronaut(), "PNG"), "coffee": (data.coffee(), "JPEG")}
+    if scale == 1.0:
+        return {name: _encoded(name, pixels, fmt) for name, (pixels, fmt) in photos.items()}
+    return {name: _encoded(name, _scaled(pixels, scale), "JPEG") for name, (pixels, _) in photos.items()}
+
+
+def _scaled(pixels: np.ndarray, scale: float) -> np.ndarray:
+    """RGB pixels [H, W, 3] uint8 resized to (round(H·scale), round(W·scale)), bicubic."""
+    h, w = pixels.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
 
 
 def _encoded(name: str, pixels: np.ndarray, fmt: str) -> BenchImage:
@@ -48,11 +57,16 @@ def _encoded(name: str, pixels: np.ndarray, fmt: str) -> BenchImage:
     return BenchImage(name, buf.getvalue(), tuple(pixels.shape[:2]), fmt)
 
 
-def click_points(count: int) -> list[list[float]]:
-    """``count`` distinct clicks on the astronaut (x, y px), spread over the person."""
-    xs = np.linspace(200.0, 330.0, 5)
-    ys = np.linspace(120.0, 460.0, max(1, -(-count // 5)))
+def click_points(count: int, scale: float = 1.0) -> list[list[float]]:
+    """``count`` distinct clicks on the astronaut (x, y px of the photo enlarged ``scale``×), spread over the person."""
+    xs = np.linspace(200.0, 330.0, 5) * scale
+    ys = np.linspace(120.0, 460.0, max(1, -(-count // 5))) * scale
     return [[float(x), float(y)] for y in ys for x in xs][:count]
+
+
+def box_around_astronaut(scale: float = 1.0) -> list[float]:
+    """``BOX`` in pixels of the astronaut enlarged ``scale``× (x0, y0, x1, y1)."""
+    return [float(v * scale) for v in BOX]
 
 
 def fresh_id(name: str) -> str:
@@ -70,6 +84,7 @@ class Workloads:
     pred_iou_thresh: float
     stability_thresh: float
     clicks: list = field(default_factory=list)
+    box: list = field(default_factory=box_around_astronaut)
 
     def call(self, client: Sam3Client, mode: str, i: int, image_id: str | None):
         """Request number ``i`` of ``mode`` (text alternates astronaut/person and coffee/cup)."""
@@ -80,7 +95,7 @@ class Workloads:
         if mode == "point":
             return client.points(astronaut, [self.clicks[i % len(self.clicks)]], [1], image_id=image_id)
         if mode == "box":
-            return client.boxes(astronaut, [list(BOX)], image_id=image_id)
+            return client.boxes(astronaut, [self.box], image_id=image_id)
         return client.auto(
             self.images["coffee"].data,
             points_per_side=self.points_per_side,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from bench import run as bench
 from bench.args import PROTOCOLS, QUICK, parse_args
@@ -13,6 +15,7 @@ from bench.goals import ratio
 from bench.reference import ReferencePipeline
 from bench.report import format_table
 from bench.timing import latency_stats
+from bench.workloads import box_around_astronaut, click_points, load_images
 from sam3_spec import MODES
 
 SECTIONS = ("P1", "P2", "P3", "P4", "P5")
@@ -158,10 +161,24 @@ def test_cli_rejects_bad_flags(capsys):
         ["--model", "tiny", "--modes", "video"],
         ["--model", "tiny", "--threshold", "2"],
         ["--model", "tiny", "--concurrency", "0"],
+        ["--model", "tiny", "--photo-scale", "0"],
     ):
         with pytest.raises(SystemExit):
             parse_args(argv)
     assert "error" in capsys.readouterr().err
+
+
+def test_photo_scale_enlarges_the_photos_and_their_coordinates():
+    """--photo-scale: camera-size JPEGs, with the clicks and the box on the same spots of the person."""
+    plain, big = load_images(), load_images(2.5)
+    assert plain["astronaut"].format == "PNG" and plain["astronaut"].shape == (512, 512)
+    assert {i.format for i in big.values()} == {"JPEG"}
+    assert big["astronaut"].shape == (1280, 1280) and big["coffee"].shape == (1000, 1500)
+    decoded = np.asarray(Image.open(io.BytesIO(big["coffee"].data)))
+    assert decoded.shape == (1000, 1500, 3)
+    np.testing.assert_allclose(click_points(7, 2.5), np.asarray(click_points(7)) * 2.5)
+    np.testing.assert_allclose(box_around_astronaut(2.5), np.asarray(box_around_astronaut()) * 2.5)
+    assert parse_args(["--model", "tiny", "--photo-scale", "2.5"]).photo_scale == 2.5
 
 
 def test_latency_stats_and_ratio():
