@@ -101,9 +101,12 @@ def _contract_changes(manifest: Manifest, recorded: dict | None) -> list[str]:
     today's sam3_spec.py: artifacts of an older contract, to be exported again (none recorded: none)."""
     changes = []
     for name, spec in manifest.specs().items():
-        now, then = _spec_json(spec), (recorded or {}).get(name)
+        then = (recorded or {}).get(name)
+        if then is None:
+            continue
+        now = _spec_json(spec)
         for kind in ("inputs", "outputs"):
-            if then is not None and then[kind] != now[kind]:
+            if then[kind] != now[kind]:
                 was, want = [t["name"] for t in then[kind]], [t["name"] for t in now[kind]]
                 changes.append(f"{name} {kind} were exported as {was}, the contract now has {want}")
     return changes

@@ -235,8 +235,10 @@ def test_a_killed_stage_is_reloaded_and_health_tells_the_truth(http, healing, mo
         during = post(http, request_using(model, 100 + MODELS.index(model)))
     assert_503_with_retry_after(during)
     assert 503 in watch.gateway and watch.gateway[-1] == 200, watch.gateway  # not ready, then ready again
-    history = healing.watchdog.history[recoveries:]
-    assert any(s != 200 for s in watch.triton), (watch.triton_summary(), history)  # Triton's own ready endpoint too
+    assert any(s != 200 for s in watch.triton), (  # Triton's own ready endpoint too
+        watch.triton_summary(),
+        healing.watchdog.history[recoveries:],
+    )
     new = stub_pids(healing.server.pid, names)[model]
     assert new and not set(new) & set(old)
     done = healing.watchdog.history[recoveries:]

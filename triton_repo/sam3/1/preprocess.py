@@ -121,8 +121,8 @@ def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
 
 def resize_torch(image: np.ndarray, size: int) -> np.ndarray:
     """``resize_for_model`` by torch's uint8 antialiased kernel (the call torchvision makes)."""
-    hwc = torch.from_numpy(np.ascontiguousarray(image))  # Pillow's arrays are read-only: torch warns on them
-    nchw = hwc.permute(2, 0, 1)[None]  # channels-last strides: torch's fast uint8 path
+    hwc = torch.from_numpy(np.ascontiguousarray(image))  # read-only arrays (Pillow's) are shared, not copied
+    nchw = hwc.permute(2, 0, 1)[None]  # a C-contiguous HxWx3 gives channels-last strides: torch's fast uint8 path
     out = torch.nn.functional.interpolate(nchw, size=(size, size), mode="bilinear", antialias=True)
     return np.ascontiguousarray(out.numpy())
 
