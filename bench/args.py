@@ -47,7 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     target.add_argument("--http-url", help="host:port of a running server's HTTP endpoint")
     target.add_argument(
         "--metrics-url",
-        help="a running server's Prometheus endpoint (http://host:8002/metrics), for the P5 phase breakdown",
+        type=metrics_url,
+        help="a running server's Prometheus endpoint, for the P5 phase breakdown: http://host:8002/metrics "
+        "or host:port (http:// and /metrics are added)",
     )
     target.add_argument("--model", help="tiny | bench | checkpoint dir: export if needed and start a server")
     target.add_argument("--artifacts", type=Path, help="exported artifacts of --model (default: its cache dir)")
@@ -96,6 +98,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=Path("sam3-bench.json"), help="where to write the JSON report")
     p.add_argument("--quick", action="store_true", help="smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     return _check_args(p, p.parse_args(argv))
+
+
+def metrics_url(text: str) -> str:
+    """A Prometheus endpoint URL from ``text``: "host:port" gets http:// and /metrics; a URL stays as given."""
+    if "://" in text:
+        return text
+    return f"http://{text}" + ("" if "/" in text else "/metrics")
 
 
 def _check_args(parser, args) -> argparse.Namespace:

@@ -1,6 +1,7 @@
 """The goals, each a ratio "baseline / ours" (> 1: ours is faster or smaller); latencies in ms.
 
-throughput  point requests at concurrency 1 vs --throughput-concurrency (cold and warm image)
+throughput  point requests at concurrency 1 vs --throughput-concurrency (cold image, warm image, one warm
+            image per client)
 P1  text (and box) mode: our server vs the reference (median latency ratio)
 P2  clicks on one image: embedding cache vs full recomputes (reference; server, cache defeated)
 P3  four concepts in one request vs four separate requests (our server)
@@ -31,15 +32,15 @@ def ratio(baseline, ours) -> float | None:
 
 
 def throughput(client, probes: Probes, work: Workloads, args) -> dict:
-    """Point requests at concurrency 1 vs ``--throughput-concurrency``: cold (a new image_id each: the
-    vision model runs, and batches) and warm (clicks on one embedded image: orchestrator-bound)."""
+    """Point requests at concurrency 1 vs ``--throughput-concurrency``, per THROUGHPUT_CASES: cold (a new
+    image_id each: the vision model runs, and batches), warm (every client clicks one embedded image:
+    their prompts share calls) and warm_per_client (each client clicks its own embedded image: one
+    prompt-head call per click)."""
     high, cases = args.throughput_concurrency, {}
-    for cache in ("cold", "warm"):
-        request = sweep_request(work, "point", cache)
-        request(client, 0)
-        log(f"throughput: point, {cache} image, concurrency 1 vs {high}")
-        rows = {c: cell(client, probes, request, c, args.repeats * max(1, high // c))[0] for c in (1, high)}
-        cases[cache] = {
+    for case in THROUGHPUT_CASES:
+        log(f"throughput: point, {case}, concurrency 1 vs {high}")
+        rows = {c: _throughput_cell(client, probes, work, case, c, args.repeats * max(1, high // c)) for c in (1, high)}
+        cases[case] = {
             "concurrency": [1, high],
             "rps": [rows[1]["throughput_rps"], rows[high]["throughput_rps"]],
             "gain": ratio(rows[high]["throughput_rps"], rows[1]["throughput_rps"]),
@@ -48,6 +49,27 @@ def throughput(client, probes: Probes, work: Workloads, args) -> dict:
             "errors": rows[1]["errors"] + rows[high]["errors"],
         }
     return cases
+
+
+THROUGHPUT_CASES = ("cold", "warm", "warm_per_client")
+
+
+def _throughput_cell(client, probes: Probes, work: Workloads, case: str, concurrency: int, per_client: int) -> dict:
+    """One throughput load of ``case``; the images it clicks are embedded before the clock starts."""
+    request = _own_image_request(work, per_client) if case == "warm_per_client" else sweep_request(work, "point", case)
+    for k in range(concurrency if case == "warm_per_client" else 1):
+        request(client, k * per_client)
+    return cell(client, probes, request, concurrency, per_client)[0]
+
+
+def _own_image_request(work: Workloads, per_client: int):
+    """request(client, i): a click on client ``i // per_client``'s own image (bench.timing.run_load numbers
+    client k's requests k * per_client ...)."""
+
+    def request(client, i):
+        return work.call(client, "point", i, f"bench-client-{i // per_client}")
+
+    return request
 
 
 def p1_text(client, work: Workloads, reference, repeats: int) -> dict:

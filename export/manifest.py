@@ -106,10 +106,22 @@ def _contract_changes(manifest: Manifest, recorded: dict | None) -> list[str]:
             continue
         now = _spec_json(spec)
         for kind in ("inputs", "outputs"):
-            if then[kind] != now[kind]:
-                was, want = [t["name"] for t in then[kind]], [t["name"] for t in now[kind]]
-                changes.append(f"{name} {kind} were exported as {was}, the contract now has {want}")
+            diff = _tensors_diff(then[kind], now[kind])
+            if diff:
+                changes.append(f"{name} {kind} {diff}")
     return changes
+
+
+def _tensors_diff(then: list[dict], now: list[dict]) -> str:
+    """How recorded tensors differ from the contract's: their names, else each changed dtype/shape ('' if equal)."""
+    was, want = [t["name"] for t in then], [t["name"] for t in now]
+    if was != want:
+        return f"were exported as {was}, the contract now has {want}"
+    return "; ".join(
+        f"{a['name']} was exported as {a['dtype']} {a['shape']}, the contract now has {b['dtype']} {b['shape']}"
+        for a, b in zip(then, now)
+        if a != b
+    )
 
 
 def _check_entry(directory: Path, name: str, entry: dict, check_hashes: bool) -> list[str]:

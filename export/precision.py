@@ -127,7 +127,8 @@ def gate_component(path: Path, spec: ComponentSpec, image_size: int, threads: in
 
 
 def _graph_key(path: Path) -> dict:
-    """What a cached gate result depends on: the graph file and the OpenVINO version."""
+    """What a cached gate result depends on: the graph file, the OpenVINO version and the CPU (its bf16
+    kernels differ: AMX and AVX512-BF16 round differently, and one component passed on one and not the other)."""
     import openvino as ov  # noqa: PLC0415 (optional: serve extra)
 
     stat = path.stat()
@@ -135,9 +136,25 @@ def _graph_key(path: Path) -> dict:
         "bytes": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
         "openvino": ov.__version__,
+        "cpu": cpu_key(),
         "threshold": GATE_COSINE,
         "gate": GATE_VERSION,
     }
+
+
+BF16_ISA_FLAGS = ("amx_bf16", "amx_fp16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512f")
+
+
+def cpu_key(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU as the gate sees it: OpenVINO's device name and the bf16-relevant ISA flags of /proc/cpuinfo
+    (none where that file does not exist)."""
+    import openvino as ov  # noqa: PLC0415 (optional: serve extra)
+
+    flags = set()
+    if cpuinfo.is_file():
+        line = next((x for x in cpuinfo.read_text().splitlines() if x.startswith("flags")), "")
+        flags = set(line.partition(":")[2].split())
+    return " ".join([ov.Core().get_property("CPU", "FULL_DEVICE_NAME"), *(f for f in BF16_ISA_FLAGS if f in flags)])
 
 
 def _read_report(artifacts: Path) -> dict:

@@ -45,6 +45,11 @@ VERSION = "1"
 # execute for all its uncached images (concepts), and Triton still merges the calls that queue while a
 # component is busy (several `sam3` instances). A delay would only add its length to every cold request.
 COMPONENT_QUEUE_DELAY_US = 0
+# Instance counts that differ from 1, per target, by component name (``instances=`` overrides them).
+# cpu: the prompt head is a chain of small ops that keeps under one core busy whatever its threads, and
+# its inputs are one image's features, so clicks on different images queue behind each other in one
+# instance. Two instances run two of them at once (docs/BENCHMARK.md, "Prompt instances").
+DEFAULT_INSTANCES = {"cpu": {"prompt": 2}, "gpu": {}}
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
@@ -290,14 +295,16 @@ def _model_names(manifest: Manifest, models) -> list[str]:
     return list(dict.fromkeys(known[m] for m in wanted))
 
 
-def _instance_counts(manifest: Manifest, names: list[str], instances: dict | None) -> dict[str, int]:
-    """{model name: instance count}, default 1; keys may be component or model names."""
+def _instance_counts(manifest: Manifest, names: list[str], instances: dict | None, target: str) -> dict[str, int]:
+    """{model name: instance count}: ``instances`` (keys: component or model names), else the target's
+    DEFAULT_INSTANCES, else 1."""
     alias = {s.name: s.triton_name for s in manifest.specs().values()}
     counts = {alias.get(k, k): int(v) for k, v in (instances or {}).items()}
     bad = {k: v for k, v in counts.items() if k not in names or v < 1}
     if bad:
         raise RepositoryError(f"instances {bad}: each key must be one of {names} and each count ≥ 1")
-    return {n: counts.get(n, 1) for n in names}
+    defaults = {alias[k]: v for k, v in DEFAULT_INSTANCES[target].items() if k in alias}
+    return {n: counts.get(n, defaults.get(n, 1)) for n in names}
 
 
 def _check_source(source: Path, names: list[str], target: str) -> None:
@@ -358,7 +365,7 @@ def build_repository(
 
     target: "cpu" (OpenVINO or ONNX Runtime in the Python backend) or "gpu" (TensorRT plans from
     ``engines_dir/<component>.plan``, else ONNX Runtime per component). instances: {model or
-    component name: instance count} (default 1). orchestrator_params: extra ``sam3`` config
+    component name: instance count} (default: DEFAULT_INSTANCES of the target, else 1). orchestrator_params: extra ``sam3`` config
     parameters (non-str values JSON-encoded). models: names to include (default: every exported
     component + ``sam3``). intra_op_threads: inference threads per cpu component, OpenVINO or ONNX
     Runtime (0 = the runtime's default). source: the triton_repo/ directory holding ort_component/ and sam3/.
@@ -381,7 +388,7 @@ def build_repository(
     artifacts, out, source = Path(artifacts), Path(out), Path(source)
     manifest = load_manifest(artifacts)
     names = _model_names(manifest, models)
-    counts = _instance_counts(manifest, names, instances)
+    counts = _instance_counts(manifest, names, instances, target)
     _check_source(source, names, target)
     cpu = (
         _cpu_runtime(manifest, artifacts, out, names, runtime, precision, intra_op_threads, cache_dir, log or _log)

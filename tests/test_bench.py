@@ -119,12 +119,13 @@ def test_goals_have_positive_ratios(report):
 
 def test_throughput_compares_concurrency_and_reports_batching(report):
     rates = report["comparisons"]["throughput"]
-    assert set(rates) == {"cold", "warm"}
+    assert set(rates) == {"cold", "warm", "warm_per_client"}
     for case in rates.values():
         assert case["concurrency"] == [1, QUICK["throughput_concurrency"]] and case["errors"] == 0
         assert all(r > 0 for r in case["rps"]) and case["gain"] > 0
         assert case["sam3_batch"][0] == 1.0 and case["sam3_batch"][1] >= 1.0  # one client: never batched
-    assert rates["cold"]["vision_batch"][0] == 1.0 and rates["warm"]["vision_batch"] == [None, None]  # cached
+    assert rates["cold"]["vision_batch"][0] == 1.0  # cached images run no vision:
+    assert rates["warm"]["vision_batch"] == rates["warm_per_client"]["vision_batch"] == [None, None]
 
 
 def test_text_detections_match_reference_counts(report):
@@ -166,6 +167,12 @@ def test_cli_rejects_bad_flags(capsys):
         with pytest.raises(SystemExit):
             parse_args(argv)
     assert "error" in capsys.readouterr().err
+
+
+def test_metrics_url_takes_host_port_like_the_other_urls():
+    args = ["--grpc-url", "127.0.0.1:8001", "--metrics-url"]
+    assert parse_args([*args, "127.0.0.1:8002"]).metrics_url == "http://127.0.0.1:8002/metrics"
+    assert parse_args([*args, "https://h:9/m"]).metrics_url == "https://h:9/m"
 
 
 def test_photo_scale_enlarges_the_photos_and_their_coordinates():

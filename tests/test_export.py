@@ -147,4 +147,11 @@ def test_artifacts_of_an_older_contract_are_named_and_exported_again(tiny_artifa
     (stale / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=r"prompt outputs were exported as \[.*'object_score_logits'\]"):
         load_manifest(stale)
+    outputs.pop()
+    outputs[0] |= {"dtype": "FP16", "shape": ["objects", 3, 7, 7]}  # same names, another dtype and shape
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError) as err:
+        load_manifest(stale)
+    want = f"prompt outputs {outputs[0]['name']} was exported as FP16 ['objects', 3, 7, 7], the contract now has FP32"
+    assert want in str(err.value) and "inputs" not in str(err.value)
     load_manifest(tiny_artifacts)  # today's export passes

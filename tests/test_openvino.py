@@ -30,6 +30,7 @@ from export.precision import (
     component_precisions,
     cosine,
     cpu_capabilities,
+    cpu_key,
     gate,
     gate_component,
     resolve_precision,
@@ -213,6 +214,22 @@ def test_tiny_model_gate_and_the_report_is_reused(tiny_artifacts, tmp_path):
     os.utime(artifacts / "text.onnx")  # a re-exported graph: its entry is stale
     gate(artifacts, manifest.specs(), manifest.dims.image_size, lines.append)
     assert lines[-1].startswith("bf16 gate text")
+    report = json.loads((artifacts / REPORT_NAME).read_text())
+    report["mask"]["key"]["cpu"] = "another CPU"  # artifacts moved to another machine: its bf16 kernels differ
+    (artifacts / REPORT_NAME).write_text(json.dumps(report))
+    gate(artifacts, manifest.specs(), manifest.dims.image_size, lines.append)
+    assert lines[-1].startswith("bf16 gate mask") and len(lines) == len(results) + 2
+
+
+def test_the_gate_key_names_the_cpu_and_its_bf16_instructions(tmp_path):
+    pytest.importorskip("openvino")
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n")
+    key = cpu_key(fake)
+    assert key.endswith(" amx_bf16 amx_tile avx512_bf16 avx512f") and len(key) > len(
+        " amx_bf16 amx_tile avx512_bf16 avx512f"
+    )
+    assert not cpu_key(tmp_path / "missing").endswith("avx512f")
 
 
 def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path):

@@ -187,13 +187,28 @@ def test_cpu_repository_matches_spec(artifacts, tmp_path):
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(s.triton_name for s in specs.values())
     for spec in specs.values():
         config = read_config(repo, spec.triton_name)
-        check_component(config, spec, "KIND_CPU", count=2 if spec.name == "vision" else 1)
+        check_component(config, spec, "KIND_CPU", count=2 if spec.name in ("vision", "prompt") else 1)
         assert config["backend"] == "python" and "platform" not in config
         params = config_parameters(config)
         assert params["onnx_file"] == spec.onnx_file
         version = repo / spec.triton_name / "1"
         assert (version / params["onnx_file"]).read_bytes() == (artifacts / spec.onnx_file).read_bytes()
         assert "class TritonPythonModel" in (version / "model.py").read_text()
+
+
+@pytest.mark.parametrize(
+    ("target", "instances", "prompt_count"),
+    [("cpu", None, 2), ("cpu", {"prompt": 1}, 1), ("cpu", {"sam3_prompt": 3}, 3), ("gpu", None, 1)],
+)
+def test_prompt_instances_default_per_target_and_yield_to_the_caller(
+    artifacts, tmp_path, target, instances, prompt_count
+):
+    """cpu: two prompt instances unless told otherwise (DEFAULT_INSTANCES); every other model keeps one."""
+    repo = build_repository(artifacts, tmp_path / "repo", target, instances=instances, models=list(COMPONENTS))
+    counts = {
+        s.name: read_config(repo, s.triton_name)["instance_group"][0]["count"] for s in component_specs(TINY).values()
+    }
+    assert counts == {name: prompt_count if name == "prompt" else 1 for name in COMPONENTS}
 
 
 def test_vision_gets_dynamic_batching_without_delay(artifacts, tmp_path):
