@@ -31,6 +31,7 @@ NP_DTYPES = {
 }
 
 TEXT_LENGTH = 32  # CLIP context length used by SAM3; text is always padded to it.
+AMG_PROMPTS_PER_CALL = 16  # auto mode's grid points per sam3_prompt call (the orchestrator's largest call)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,9 @@ class ComponentSpec:
 
     ``batch_axis``: name of the leading dynamic axis Triton may batch over (None: the model
     is served with max_batch_size 0 and takes whole tensors). ``parity_sizes``: the axis
-    sizes the export parity check runs at (≥2 shapes).
+    sizes the export parity check runs at (≥2 shapes). ``static_sizes``: axis sizes of common
+    requests that OpenVINO serves from static-shape copies of the graph, besides ``opt``
+    (``static_size_sets``).
     """
 
     name: str
@@ -120,6 +123,7 @@ class ComponentSpec:
     profiles: dict[str, Profile]
     parity_sizes: tuple[dict[str, int], ...]
     batch_axis: str | None = None
+    static_sizes: tuple[dict[str, int], ...] = ()
     doc: str = ""
 
     @property
@@ -139,6 +143,11 @@ class ComponentSpec:
     def sizes(self, which: str) -> dict[str, int]:
         """{axis name: size} at 'min', 'opt' or 'max' of every profile."""
         return {axis: getattr(p, which) for axis, p in self.profiles.items()}
+
+    def static_size_sets(self) -> list[dict[str, int]]:
+        """The axis sizes served from static-shape copies on OpenVINO: ``opt``, then ``static_sizes``, once each."""
+        sets = [self.sizes("opt")]
+        return sets + [s for s in self.static_sizes if s not in sets]
 
 
 def vision_spec(d: Dims) -> ComponentSpec:
@@ -269,6 +278,8 @@ def prompt_spec(d: Dims) -> ComponentSpec:
         ),
         profiles={p: Profile(1, 1, 64), k: Profile(1, 2, 16)},
         parity_sizes=({p: 1, k: 1}, {p: 3, k: 4}),
+        # opt is a box (two corner points); a single click, and a full call of auto mode's grid
+        static_sizes=({p: 1, k: 1}, {p: AMG_PROMPTS_PER_CALL, k: 1}),
     )
 
 

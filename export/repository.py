@@ -30,7 +30,7 @@ from pathlib import Path
 
 from export.manifest import Manifest, load_manifest
 from export.pbtxt import Enum, to_pbtxt
-from export.precision import PrecisionError, component_precisions, resolve_precision
+from export.precision import PrecisionError, resolve_precision, served_precisions
 from sam3_spec import ORCHESTRATOR, SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, Batching, ComponentSpec, TensorSpec
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "triton_repo"
@@ -192,12 +192,14 @@ def _write_config(model_dir: Path, config: dict) -> None:
 @dataclass(frozen=True)
 class CpuRuntime:
     """How cpu components run: runtime ("openvino" | "onnxruntime"), inference threads (0 = the
-    runtime's default), OpenVINO cache dir ("" = none) and the precision per component."""
+    runtime's default), OpenVINO cache dir ("" = none), the precision per component and the static size
+    sets each component compiles copies for (OpenVINO)."""
 
     runtime: str
     threads: int
     cache_dir: str
     precisions: dict
+    static_sizes: dict
 
 
 def _write_cpu_component(spec, artifacts, out, count, source, cpu: CpuRuntime) -> None:
@@ -211,15 +213,16 @@ def _write_cpu_component(spec, artifacts, out, count, source, cpu: CpuRuntime) -
         "threads": str(cpu.threads),
         "cache_dir": cpu.cache_dir,
         "shared_axes": shared_axes(spec),
-        "static_shapes": static_shapes(spec) if cpu.runtime == "openvino" else {},
+        "static_shapes": static_shapes(spec, cpu.static_sizes[spec.name]) if cpu.runtime == "openvino" else [],
     }
     _write_config(out / spec.triton_name, component_config(spec, "python", count, params))
 
 
-def static_shapes(spec: ComponentSpec) -> dict[str, list]:
-    """{input: shape} at the spec's ``opt`` sizes (the most common request), for OpenVINO's static copy."""
-    sizes = spec.sizes("opt")
-    return {t.name: list(t.resolve(sizes)) for t in spec.inputs}
+def static_shapes(spec: ComponentSpec, size_sets: list[dict] | None = None) -> list[dict[str, list]]:
+    """[{input: shape}] at each of ``size_sets`` (default: the spec's ``static_size_sets``, its most common
+    requests), one per static-shape copy that OpenVINO compiles."""
+    sets = spec.static_size_sets() if size_sets is None else size_sets
+    return [{t.name: list(t.resolve(sizes)) for t in spec.inputs} for sizes in sets]
 
 
 def shared_axes(spec: ComponentSpec) -> dict[str, list]:
@@ -250,11 +253,11 @@ def _cpu_runtime(manifest, artifacts, out, names, runtime, precision, threads, c
     specs = {s.name: s for s in manifest.specs().values() if s.triton_name in names}
     try:
         resolved = resolve_precision(precision, runtime)
-        precisions = component_precisions(artifacts, specs, manifest.dims.image_size, resolved, log)
+        precisions, static = served_precisions(artifacts, specs, manifest.dims.image_size, resolved, log)
     except PrecisionError as err:
         raise RepositoryError(str(err)) from None
     cache = "" if runtime != "openvino" else str(Path(cache_dir or default_cache_dir(out)).resolve())
-    return CpuRuntime(runtime, threads, cache, precisions)
+    return CpuRuntime(runtime, threads, cache, precisions, static)
 
 
 def _write_gpu_component(spec, artifacts, out, count, engines_dir) -> str:
@@ -425,8 +428,15 @@ def _log(message: str) -> None:
 
 
 def _write_precision_file(out: Path, cpu: CpuRuntime) -> None:
-    """``precision.json``: {"runtime", "threads", "cache_dir", "components": {component: "fp32" | "bf16"}}."""
-    record = {"runtime": cpu.runtime, "threads": cpu.threads, "cache_dir": cpu.cache_dir, "components": cpu.precisions}
+    """``precision.json``: {"runtime", "threads", "cache_dir", "components": {component: "fp32" | "bf16"},
+    "static_copies": {component: [the axis sizes of each static copy]}}."""
+    record = {
+        "runtime": cpu.runtime,
+        "threads": cpu.threads,
+        "cache_dir": cpu.cache_dir,
+        "components": cpu.precisions,
+        "static_copies": cpu.static_sizes if cpu.runtime == "openvino" else {},
+    }
     (out / PRECISION_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 

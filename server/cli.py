@@ -47,7 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--gateway-port", type=int, default=8080, help="REST gateway + web page port (0 = off)")
-    serve.add_argument("--instances", default="", help="e.g. sam3=1,vision=2 (default 1 each, but prompt=2 on the cpu target)")
+    serve.add_argument(
+        "--instances", default="", help="e.g. sam3=1,vision=2 (default 1 each, but prompt=2 on the cpu target)"
+    )
     serve.add_argument("--image-cache-mb", type=int, default=ORCHESTRATOR_PARAMETERS["image_cache_mb"])
     serve.add_argument("--hf-token", default=os.environ.get("HF_TOKEN"))
     serve.add_argument(

@@ -11,10 +11,11 @@ OpenVINO (the default): reads the .onnx file directly; ``INFERENCE_PRECISION_HIN
 explicitly (f32 or bf16), because on CPUs with bf16 units OpenVINO's own default is bf16.
 One stream, ``threads`` inference threads, no CPU pinning: every component is its own stub
 process, and pinned threads of two processes would land on the same cores. ``CACHE_DIR`` keeps
-compiled blobs, so a restart loads instead of recompiling. ``static_shapes`` ({input: shape},
-the spec's most common sizes): a second copy compiled for exactly those shapes runs requests of
-that shape — OpenVINO's static-shape kernels were 8-33 % faster than its dynamic ones on the
-bench model's graphs — and every other shape runs in the dynamic copy.
+compiled blobs, so a restart loads instead of recompiling. ``static_shapes`` ([{input: shape}],
+the spec's most common sizes): one more copy compiled for exactly each of those shape sets runs
+the requests of that shape — OpenVINO's static-shape kernels were 8-33 % faster than its dynamic
+ones on the bench model's graphs, 30 % for the prompt head's single click — and every other
+shape runs in the dynamic copy.
 
 ONNX Runtime: CPUExecutionProvider, fp32 only, ``threads`` intra-op threads, 1 inter-op thread.
 This module imports neither runtime at import time.
@@ -61,7 +62,12 @@ class OpenVinoRunner:
     """One ONNX graph compiled by OpenVINO for the CPU at ``precision`` ("fp32" | "bf16")."""
 
     def __init__(
-        self, path: Path, precision: str, threads: int, cache_dir: str = "", static_shapes: dict | None = None
+        self,
+        path: Path,
+        precision: str,
+        threads: int,
+        cache_dir: str = "",
+        static_shapes: list | dict | None = None,
     ):
         import openvino as ov  # noqa: PLC0415 (optional: only the openvino runtime needs it)
 
@@ -73,18 +79,21 @@ class OpenVinoRunner:
         # compiled from the path, so that a cache hit skips reading the ONNX file as well
         self.compiled = core.compile_model(str(path), "CPU", props)
         self.request = self.compiled.create_infer_request()
-        self.static_shapes = {name: tuple(shape) for name, shape in (static_shapes or {}).items()}
         ranks = {name: rank for name, _, rank in self.inputs()}
         # a graph that does not take these inputs fails the model's load check (names/dtypes/ranks) instead
-        usable = bool(self.static_shapes) and all(ranks.get(n) == len(s) for n, s in self.static_shapes.items())
-        self.static_request = self._static(core, path, props) if usable else None
+        self.static_requests = [
+            (shapes, self._static(core, path, props, shapes))
+            for shapes in _shape_sets(static_shapes)
+            if all(ranks.get(n) == len(s) for n, s in shapes.items())
+        ]
         self.precision = precision
         self.ov_version = ov.__version__
 
-    def _static(self, core, path: Path, props: dict):
-        """An infer request of the graph reshaped to ``static_shapes`` (every other input keeps its shape)."""
+    @staticmethod
+    def _static(core, path: Path, props: dict, shapes: dict):
+        """An infer request of the graph reshaped to ``shapes`` (every other input keeps its shape)."""
         model = core.read_model(str(path))
-        model.reshape({name: list(shape) for name, shape in self.static_shapes.items()})
+        model.reshape({name: list(shape) for name, shape in shapes.items()})
         return core.compile_model(model, "CPU", props).create_infer_request()
 
     def inputs(self) -> list[tuple]:
@@ -93,16 +102,25 @@ class OpenVinoRunner:
     def outputs(self) -> list[tuple]:
         return [_ov_port(p) for p in self.compiled.outputs]
 
+    def request_for(self, feeds: dict):
+        """The static copy whose shapes ``feeds`` has, else the dynamic one."""
+        for shapes, request in self.static_requests:
+            if all(feeds[name].shape == shape for name, shape in shapes.items()):
+                return request
+        return self.request
+
     def run(self, output_names: list[str], feeds: dict) -> list:
         """Outputs in ``output_names`` order. Inputs are shared (no copy: infer is synchronous); outputs
         are fresh arrays, never views of the request's buffers, which the next run overwrites."""
-        static = self.static_request is not None and all(
-            feeds[name].shape == shape for name, shape in self.static_shapes.items()
-        )
-        request = self.static_request if static else self.request
-        results = request.infer(feeds, share_inputs=True, share_outputs=False)
+        results = self.request_for(feeds).infer(feeds, share_inputs=True, share_outputs=False)
         by_name = {name: array for port, array in results.items() for name in port.get_names()}
         return [by_name[n] for n in output_names]
+
+
+def _shape_sets(static_shapes: list | dict | None) -> list[dict]:
+    """[{input: shape tuple}]: a list of shape sets, or one set (repositories built before there were several)."""
+    sets = [static_shapes] if isinstance(static_shapes, dict) else list(static_shapes or [])
+    return [{name: tuple(shape) for name, shape in s.items()} for s in sets if s]
 
 
 def compile_properties(precision: str, threads: int) -> dict:
@@ -128,6 +146,7 @@ class OrtRunner:
     """One ONNX graph in an ONNX Runtime CPU session (fp32)."""
 
     precision = "fp32"
+    static_requests: list = []  # no static copies
 
     def __init__(self, path: Path, threads: int):
         import onnxruntime as ort  # noqa: PLC0415 (only the ort runtime needs it)
@@ -148,7 +167,12 @@ class OrtRunner:
 
 
 def open_runner(
-    runtime: str, path: Path, precision: str, threads: int, cache_dir: str = "", static_shapes: dict | None = None
+    runtime: str,
+    path: Path,
+    precision: str,
+    threads: int,
+    cache_dir: str = "",
+    static_shapes: list | dict | None = None,
 ):
     """The runner of ``path``; raises RuntimeLoadError for a missing file or an impossible combination.
     ``static_shapes`` is used by OpenVINO only."""

@@ -12,8 +12,8 @@ Config parameters (string values):
     threads     inference threads; "0" = the runtime's default (older repositories:
                 ``intra_op_threads``)
     cache_dir   OpenVINO model cache directory ("" = no cache)
-    static_shapes JSON {input: shape} of the most common request (OpenVINO compiles a static copy
-                for it; "{}" = none)
+    static_shapes JSON [{input: shape}, ...] of the most common requests (OpenVINO compiles a
+                static copy for each; "[]" = none; one {input: shape} object is read as a list of one)
     shared_axes JSON {axis name: [[input, axis index], ...]}: dynamic axes several inputs share;
                 a request whose inputs disagree on one gets its own error (OpenVINO would run it)
 
@@ -132,12 +132,13 @@ class TritonPythonModel:
                 precision,
                 threads,
                 _parameter(config, "cache_dir", ""),
-                json.loads(_parameter(config, "static_shapes", "{}")),
+                json.loads(_parameter(config, "static_shapes", "[]")),
             )
         except RuntimeLoadError as err:
             raise ModelLoadError(f"{self.name}: {err}") from None
         pb_utils.Logger.log_info(
-            f"{self.name}: {path.name} on {runtime}, precision {runner.precision}, threads {threads or 'default'}"
+            f"{self.name}: {path.name} on {runtime}, precision {runner.precision}, threads {threads or 'default'}, "
+            f"static copies {[dict(shapes) for shapes, _ in runner.static_requests] or 'none'}"
         )
         return runner
 

@@ -36,7 +36,7 @@ from merge import MergingStages
 from postprocess import MaskSet
 from request import Sam3Request
 
-from sam3_spec import ORCHESTRATOR_PARAMETERS
+from sam3_spec import AMG_PROMPTS_PER_CALL, ORCHESTRATOR_PARAMETERS
 
 BOX_ONLY_TEXT = "visual"  # transformers' text for exemplar-box-only prompts
 PHASES = ("decode", "compute", "post", "encode")
@@ -421,7 +421,7 @@ class Sam3Pipeline:
 
 
 AMG_PART = 16  # prompts per post-processing job of auto mode: parts run in parallel in the pool
-AMG_CALL = 16  # auto mode's largest sam3_prompt call: a batch's post-processing overlaps the next batch's call
+AMG_CALL = AMG_PROMPTS_PER_CALL  # auto mode's largest sam3_prompt call (its post-processing overlaps the next call)
 
 
 def _cache_key(req: Sam3Request) -> str:
