@@ -128,7 +128,13 @@ def _p5_lines(p5: dict | None) -> list[str]:
         f"   {r['protocol']:5} {r['mode']:6} e2e {r['end_to_end_ms']:.1f} ms, components "
         f"{r['components_compute_ms']:.1f} ms, orchestrator {r['orchestrator_overhead_ms']:.1f} ms, "
         f"transport {r['transport_ms']:.1f} ms → overhead {r['overhead_ms']:.1f} ms "
-        f"({100 * r['overhead_fraction']:.1f}%)" + ("" if r["consistent"] else " [other requests in stats]")
+        f"({100 * r['overhead_fraction']:.1f}%)"
+        + ("" if r["consistent"] else " [other requests in stats]")
+        + (
+            f" [component calls overlapped: {r['critical_compute_ms']:.1f} ms on the request's path, the orchestrator's wait]"
+            if r.get("overlapped")
+            else ""
+        )
         for r in p5["rows"]
         if r.get("requests")
     ]

@@ -13,7 +13,8 @@ from bench import run as bench
 from bench.args import PROTOCOLS, QUICK, parse_args
 from bench.goals import ratio
 from bench.reference import ReferencePipeline
-from bench.report import format_table
+from bench.report import _p5_lines, format_table
+from bench.stats import COUNTS, STAT_KINDS, overhead
 from bench.timing import latency_stats
 from bench.workloads import box_around_astronaut, click_points, load_images
 from sam3_spec import MODES
@@ -142,11 +143,30 @@ def test_mask_bytes_and_overhead(report):
     for row in p5["rows"]:
         assert row["requests"] == QUICK["repeats"] and row["consistent"]
         assert 0 < row["components_compute_ms"] <= row["orchestrator_compute_ms"] <= row["server_request_ms"]
+        assert not row["overlapped"] and row["critical_compute_ms"] == row["components_compute_ms"]
         assert row["overhead_ms"] == pytest.approx(row["end_to_end_ms"] - row["components_compute_ms"], abs=1e-2)
         parts = row["breakdown"]
         assert set(parts) == {"queue", "decode", "bls", "post", "encode", "rest"}
         assert sum(parts.values()) == pytest.approx(row["overhead_ms"], abs=0.05)
         assert parts["queue"] >= 0 and parts["bls"] >= 0 and parts["post"] > 0
+
+
+def test_overlapped_component_calls_count_the_orchestrators_wait():
+    """Two prompt instances ran auto mode's calls at once: 300 ms of prompt compute in a 200 ms request.
+    The compute on the request's path is then the orchestrator's wait on its calls (150 ms)."""
+    ms = 1_000_000
+    zero = {k: (0, 0) for k in STAT_KINDS + COUNTS}
+    delta = {
+        "sam3": zero | {"success": (1, 210 * ms), "compute_infer": (1, 200 * ms), "queue": (1, 0)},
+        "sam3_prompt": zero | {"compute_infer": (4, 300 * ms)},
+    }
+    row = overhead(delta, [0.220], {"compute": 0.150, "decode": 0.010, "post": 0.020})
+    assert row["overlapped"] and row["components_compute_ms"] == 300 and row["critical_compute_ms"] == 150
+    assert row["overhead_ms"] == pytest.approx(70) and row["breakdown"]["bls"] == 0
+    assert "overlapped: 150.0 ms on the request's path" in "\n".join(_p5_lines({"rows": [row | P5_KEYS]}))
+
+
+P5_KEYS = {"protocol": "grpc", "mode": "auto"}
 
 
 def test_table_lists_every_goal(report):
