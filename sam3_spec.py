@@ -278,8 +278,11 @@ def prompt_spec(d: Dims) -> ComponentSpec:
         ),
         profiles={p: Profile(1, 1, 64), k: Profile(1, 2, 16)},
         parity_sizes=({p: 1, k: 1}, {p: 3, k: 4}),
-        # opt is a box (two corner points); a single click, and a full call of auto mode's grid
-        static_sizes=({p: 1, k: 1}, {p: AMG_PROMPTS_PER_CALL, k: 1}),
+        # opt is a box (two corner points). A full call of auto mode's grid: one request's own calls, never
+        # merged with others'. No copy for a single click: concurrent clicks on one image are merged into one
+        # call of several objects, which would then run another compiled graph than the same click alone,
+        # and a result must not depend on what it was batched with (tests/test_gateway.py).
+        static_sizes=({p: AMG_PROMPTS_PER_CALL, k: 1},),
     )
 
 

@@ -11,8 +11,9 @@ the ``static_size_sets``), in the dynamic graph. A component that fails is serve
 static-shape copy (one per static size set) is gated on its own, because OpenVINO compiles it
 differently: a copy whose bf16 fails is not compiled, and requests of its shape run in the bf16
 dynamic graph (measured: the bench model's prompt head at one click gave cosine 0.9987 static,
-0.99996 dynamic; serving such a copy in fp32 instead was slower than the bf16 dynamic graph at 16 objects). Results go to ``precision_report.json`` beside the graphs, keyed by the
-graph's size and mtime and the OpenVINO version, so a restart reuses them.
+0.99996 dynamic; serving such a copy in fp32 instead was no faster than the bf16 dynamic graph at
+16 objects). Results go to ``precision_report.json`` beside the graphs, keyed by the graph's size
+and mtime, the OpenVINO version and the CPU, so a restart reuses them.
 
 The gate runs the same runner class the Triton model uses (triton_repo/ort_component/1/
 component_runtime.py), in a child process: OpenVINO's worker threads left in ``sam3-triton serve``

@@ -46,9 +46,9 @@ VERSION = "1"
 # component is busy (several `sam3` instances). A delay would only add its length to every cold request.
 COMPONENT_QUEUE_DELAY_US = 0
 # Instance counts that differ from 1, per target, by component name (``instances=`` overrides them).
-# cpu: the prompt head is a chain of small ops that keeps under one core busy whatever its threads, and
-# its inputs are one image's features, so clicks on different images queue behind each other in one
-# instance. Two instances run two of them at once (docs/BENCHMARK.md, "Prompt instances").
+# cpu: the prompt head is a chain of small ops that kept under one core of two busy (0.77-0.89, measured at
+# OpenVINO's default threads), and its inputs are one image's features, so clicks on different images queue
+# behind each other in one instance. Two instances run two at once (docs/BENCHMARK.md, "Prompt instances").
 DEFAULT_INSTANCES = {"cpu": {"prompt": 2}, "gpu": {}}
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 

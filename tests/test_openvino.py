@@ -149,13 +149,9 @@ def test_openvino_static_copies_equal_the_dynamic_one_on_the_tiny_model(tiny_art
         assert runner.request_for(example_inputs(spec, other, manifest.dims.image_size, seed=5)) is runner.request
 
 
-def test_the_prompt_head_has_static_copies_for_a_click_and_a_full_auto_call():
+def test_the_prompt_head_has_static_copies_for_a_box_and_a_full_auto_call():
     sets = component_specs(TINY)["prompt"].static_size_sets()
-    assert sets == [
-        {"objects": 1, "points": 2},
-        {"objects": 1, "points": 1},
-        {"objects": AMG_PROMPTS_PER_CALL, "points": 1},
-    ]
+    assert sets == [{"objects": 1, "points": 2}, {"objects": AMG_PROMPTS_PER_CALL, "points": 1}]
 
 
 def test_a_runner_reads_the_one_shape_set_of_an_older_repository(fake):
@@ -224,7 +220,7 @@ def test_tiny_model_gate_and_the_report_is_reused(tiny_artifacts, tmp_path):
     results = gate(artifacts, manifest.specs(), manifest.dims.image_size, lines.append)
     assert all(results[n].ok and all(results[n].static_ok) for n in ("vision", "text", "concept", "mask"))
     assert results["prompt"].worst()[0] == "pred_masks" and len(lines) == len(results)
-    assert [sorted(c) for c in results["prompt"].static_cosines] == [["iou_scores", "pred_masks"]] * 3
+    assert [sorted(c) for c in results["prompt"].static_cosines] == [["iou_scores", "pred_masks"]] * 2
     report = json.loads((artifacts / REPORT_NAME).read_text())
     assert set(report) == set(manifest.specs())
     assert all(report[n]["static_ok"] == results[n].static_ok and report[n]["ok"] == results[n].ok for n in report)
@@ -260,7 +256,7 @@ def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path):
     gate(artifacts, specs, TINY.image_size, log=lambda _: None)
     report = json.loads((artifacts / REPORT_NAME).read_text())
     report["text"]["cosines"] = {"text_features": 0.9}
-    report["prompt"]["static_cosines"][1]["pred_masks"] = 0.99  # the static copy of a single click
+    report["prompt"]["static_cosines"][1]["pred_masks"] = 0.99  # the static copy of auto mode's call
     (artifacts / REPORT_NAME).write_text(json.dumps(report))
     lines = []
     repo = build_repository(artifacts, tmp_path / "repo", "cpu", precision="auto", models=list(specs), log=lines.append)
@@ -274,13 +270,13 @@ def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path):
     expected = (
         "text: bf16 failed its parity gate (cosine 0.900000 < 0.9995 on 'text_features' vs OpenVINO fp32): serving fp32"
     )
-    static = "prompt: the static copies at [{'objects': 1, 'points': 1}] failed the bf16 gate"
+    static = f"prompt: the static copies at [{{'objects': {AMG_PROMPTS_PER_CALL}, 'points': 1}}] failed the bf16 gate"
     assert lines[0] == expected and lines[1].startswith(static) and len(lines) == 2
     params = config_parameters(parse_config_text((repo / "sam3_text" / "config.pbtxt").read_text()))
     assert params["precision"] == "fp32" and params["runtime"] == "openvino"
     assert json.loads(params["static_shapes"]) == static_shapes(specs["text"])  # fp32: every copy, as gated fp32
     params = config_parameters(parse_config_text((repo / "sam3_prompt" / "config.pbtxt").read_text()))
-    kept = [{"objects": 1, "points": 2}, {"objects": AMG_PROMPTS_PER_CALL, "points": 1}]  # the click's copy dropped
+    kept = [{"objects": 1, "points": 2}]  # auto mode's copy dropped
     assert params["precision"] == "bf16" and json.loads(params["static_shapes"]) == static_shapes(specs["prompt"], kept)
     assert read_precisions(repo)["static_copies"]["prompt"] == kept
 
