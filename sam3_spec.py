@@ -113,8 +113,8 @@ class ComponentSpec:
     ``batch_axis``: name of the leading dynamic axis Triton may batch over (None: the model
     is served with max_batch_size 0 and takes whole tensors). ``parity_sizes``: the axis
     sizes the export parity check runs at (≥2 shapes). ``static_sizes``: axis sizes of common
-    requests that OpenVINO serves from static-shape copies of the graph, besides ``opt``
-    (``static_size_sets``).
+    requests that OpenVINO serves from static-shape copies of the graph, besides ``opt`` unless
+    ``static_opt`` is False (``static_size_sets``).
     """
 
     name: str
@@ -124,6 +124,7 @@ class ComponentSpec:
     parity_sizes: tuple[dict[str, int], ...]
     batch_axis: str | None = None
     static_sizes: tuple[dict[str, int], ...] = ()
+    static_opt: bool = True
     doc: str = ""
 
     @property
@@ -145,8 +146,9 @@ class ComponentSpec:
         return {axis: getattr(p, which) for axis, p in self.profiles.items()}
 
     def static_size_sets(self) -> list[dict[str, int]]:
-        """The axis sizes served from static-shape copies on OpenVINO: ``opt``, then ``static_sizes``, once each."""
-        sets = [self.sizes("opt")]
+        """The axis sizes served from static-shape copies on OpenVINO: ``opt`` (if ``static_opt``), then
+        ``static_sizes``, once each."""
+        sets = [self.sizes("opt")] if self.static_opt else []
         return sets + [s for s in self.static_sizes if s not in sets]
 
 
@@ -278,11 +280,12 @@ def prompt_spec(d: Dims) -> ComponentSpec:
         ),
         profiles={p: Profile(1, 1, 64), k: Profile(1, 2, 16)},
         parity_sizes=({p: 1, k: 1}, {p: 3, k: 4}),
-        # opt is a box (two corner points). A full call of auto mode's grid: one request's own calls, never
-        # merged with others'. No copy for a single click: concurrent clicks on one image are merged into one
-        # call of several objects, which would then run another compiled graph than the same click alone,
-        # and a result must not depend on what it was batched with (tests/test_gateway.py).
+        # One static copy: a full call of auto mode's grid, one request's own calls, never merged with others'.
+        # None for a click or a box (opt): concurrent requests on one image are merged into one call of several
+        # objects, which runs the dynamic graph, and the dynamic graph gives each object the same bits alone
+        # or merged while a static copy does not: a result must not depend on what it was batched with.
         static_sizes=({p: AMG_PROMPTS_PER_CALL, k: 1},),
+        static_opt=False,
     )
 
 

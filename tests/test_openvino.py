@@ -149,9 +149,30 @@ def test_openvino_static_copies_equal_the_dynamic_one_on_the_tiny_model(tiny_art
         assert runner.request_for(example_inputs(spec, other, manifest.dims.image_size, seed=5)) is runner.request
 
 
-def test_the_prompt_head_has_static_copies_for_a_box_and_a_full_auto_call():
+def test_the_prompt_head_has_one_static_copy_for_a_full_auto_call():
     sets = component_specs(TINY)["prompt"].static_size_sets()
-    assert sets == [{"objects": 1, "points": 2}, {"objects": AMG_PROMPTS_PER_CALL, "points": 1}]
+    assert sets == [{"objects": AMG_PROMPTS_PER_CALL, "points": 1}]  # no opt copy: see the next test
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_object_gets_the_same_prompt_head_result_alone_or_merged(tiny_artifacts, precision):
+    """The orchestrator merges the clicks and boxes of concurrent requests on one image into one call of
+    several objects. The prompt head, as served (with its static copies), must give each object the same
+    bits either way: a static copy for one object would not (its bf16 kernels differ from the dynamic graph's)."""
+    if precision == "bf16":
+        require_bf16()
+    manifest = load_manifest(tiny_artifacts)
+    spec = manifest.specs()["prompt"]
+    runner = RT.open_runner(
+        "openvino", tiny_artifacts / spec.onnx_file, precision, 0, static_shapes=static_shapes(spec)
+    )
+    for points, labels in ((1, [1]), (2, [2, 3]), (3, [1, 0, 1])):
+        merged = example_inputs(spec, {"objects": 3, "points": points}, manifest.dims.image_size, seed=4)
+        merged["point_labels"][:] = labels
+        alone = merged | {"point_coords": merged["point_coords"][:1], "point_labels": merged["point_labels"][:1]}
+        names = [t.name for t in spec.outputs]
+        for name, one, many in zip(names, runner.run(names, alone), runner.run(names, merged)):
+            np.testing.assert_array_equal(one[0], many[0], err_msg=f"{name} at {points} points")
 
 
 def test_a_runner_reads_the_one_shape_set_of_an_older_repository(fake):
@@ -220,7 +241,7 @@ def test_tiny_model_gate_and_the_report_is_reused(tiny_artifacts, tmp_path):
     results = gate(artifacts, manifest.specs(), manifest.dims.image_size, lines.append)
     assert all(results[n].ok and all(results[n].static_ok) for n in ("vision", "text", "concept", "mask"))
     assert results["prompt"].worst()[0] == "pred_masks" and len(lines) == len(results)
-    assert [sorted(c) for c in results["prompt"].static_cosines] == [["iou_scores", "pred_masks"]] * 2
+    assert [sorted(c) for c in results["prompt"].static_cosines] == [["iou_scores", "pred_masks"]]
     report = json.loads((artifacts / REPORT_NAME).read_text())
     assert set(report) == set(manifest.specs())
     assert all(report[n]["static_ok"] == results[n].static_ok and report[n]["ok"] == results[n].ok for n in report)
@@ -256,7 +277,7 @@ def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path):
     gate(artifacts, specs, TINY.image_size, log=lambda _: None)
     report = json.loads((artifacts / REPORT_NAME).read_text())
     report["text"]["cosines"] = {"text_features": 0.9}
-    report["prompt"]["static_cosines"][1]["pred_masks"] = 0.99  # the static copy of auto mode's call
+    report["prompt"]["static_cosines"][0]["pred_masks"] = 0.99  # the static copy of auto mode's call
     (artifacts / REPORT_NAME).write_text(json.dumps(report))
     lines = []
     repo = build_repository(artifacts, tmp_path / "repo", "cpu", precision="auto", models=list(specs), log=lines.append)
@@ -276,7 +297,7 @@ def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path):
     assert params["precision"] == "fp32" and params["runtime"] == "openvino"
     assert json.loads(params["static_shapes"]) == static_shapes(specs["text"])  # fp32: every copy, as gated fp32
     params = config_parameters(parse_config_text((repo / "sam3_prompt" / "config.pbtxt").read_text()))
-    kept = [{"objects": 1, "points": 2}]  # auto mode's copy dropped
+    kept = []  # auto mode's copy dropped, its only one
     assert params["precision"] == "bf16" and json.loads(params["static_shapes"]) == static_shapes(specs["prompt"], kept)
     assert read_precisions(repo)["static_copies"]["prompt"] == kept
 
