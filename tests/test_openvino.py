@@ -155,6 +155,27 @@ def test_the_prompt_head_has_one_static_copy_for_a_full_auto_call():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("component", ["vision", "text"])
+def test_an_item_gets_the_same_result_alone_or_batched(tiny_artifacts, component, precision):
+    """Triton and the orchestrator batch the images (concepts) of concurrent requests: as served (with its
+    static copies), a component must give an item the same bits alone or in a batch of 2 or 4."""
+    if precision == "bf16":
+        require_bf16()
+    manifest = load_manifest(tiny_artifacts)
+    spec = manifest.specs()[component]
+    runner = RT.open_runner(
+        "openvino", tiny_artifacts / spec.onnx_file, precision, 0, static_shapes=static_shapes(spec)
+    )
+    batch = example_inputs(spec, {spec.batch_axis: 4}, manifest.dims.image_size, seed=6)
+    names = [t.name for t in spec.outputs]
+    alone = runner.run(names, {k: v[:1] for k, v in batch.items()})
+    for size in (2, 4):
+        together = runner.run(names, {k: v[:size] for k, v in batch.items()})
+        for name, one, many in zip(names, alone, together):
+            np.testing.assert_array_equal(one[0], many[0], err_msg=f"{component} {name} in a batch of {size}")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_an_object_gets_the_same_prompt_head_result_alone_or_merged(tiny_artifacts, precision):
     """The orchestrator merges the clicks and boxes of concurrent requests on one image into one call of
     several objects. The prompt head, as served (with its static copies), must give each object the same
