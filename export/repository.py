@@ -368,8 +368,8 @@ def build_repository(
 
     target: "cpu" (OpenVINO or ONNX Runtime in the Python backend) or "gpu" (TensorRT plans from
     ``engines_dir/<component>.plan``, else ONNX Runtime per component). instances: {model or
-    component name: instance count} (default: DEFAULT_INSTANCES of the target, else 1). orchestrator_params: extra ``sam3`` config
-    parameters (non-str values JSON-encoded). models: names to include (default: every exported
+    component name: instance count} (default: DEFAULT_INSTANCES of the target, else 1).
+    orchestrator_params: extra ``sam3`` config parameters (non-str values JSON-encoded). models: names to include (default: every exported
     component + ``sam3``). intra_op_threads: inference threads per cpu component, OpenVINO or ONNX
     Runtime (0 = the runtime's default). source: the triton_repo/ directory holding ort_component/ and sam3/.
     runtime (cpu): "openvino" (default) or "onnxruntime" ("ort"). precision (cpu): "auto" (bf16 where

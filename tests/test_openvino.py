@@ -196,12 +196,6 @@ def test_an_object_gets_the_same_prompt_head_result_alone_or_merged(tiny_artifac
             np.testing.assert_array_equal(one[0], many[0], err_msg=f"{name} at {points} points")
 
 
-def test_a_runner_reads_the_one_shape_set_of_an_older_repository(fake):
-    spec = component_specs(TINY)["concept"]
-    runner = RT.open_runner("openvino", fake / spec.onnx_file, "fp32", 0, static_shapes=static_shapes(spec)[0])
-    assert len(runner.static_requests) == 1
-
-
 def test_runner_refuses_missing_file_and_bf16_on_onnxruntime(fake, tmp_path):
     with pytest.raises(RT.RuntimeLoadError, match="not found"):
         RT.open_runner("openvino", tmp_path / "absent.onnx", "fp32", 0)

@@ -14,8 +14,8 @@ process, and pinned threads of two processes would land on the same cores. ``CAC
 compiled blobs, so a restart loads instead of recompiling. ``static_shapes`` ([{input: shape}],
 the spec's most common sizes): one more copy compiled for exactly each of those shape sets runs
 the requests of that shape — OpenVINO's static-shape kernels were 8-33 % faster than its dynamic
-ones on the bench model's graphs (auto mode's 16-point call in fp32: 130-152 against 154-167 ms) — and every other
-shape runs in the dynamic copy.
+ones on the bench model's graphs (auto mode's 16-point call in fp32: 130-152 against 154-167 ms)
+— and every other shape runs in the dynamic copy.
 
 ONNX Runtime: CPUExecutionProvider, fp32 only, ``threads`` intra-op threads, 1 inter-op thread.
 This module imports neither runtime at import time.
@@ -67,7 +67,7 @@ class OpenVinoRunner:
         precision: str,
         threads: int,
         cache_dir: str = "",
-        static_shapes: list | dict | None = None,
+        static_shapes: list | None = None,
     ):
         import openvino as ov  # noqa: PLC0415 (optional: only the openvino runtime needs it)
 
@@ -83,7 +83,7 @@ class OpenVinoRunner:
         # a graph that does not take these inputs fails the model's load check (names/dtypes/ranks) instead
         self.static_requests = [
             (shapes, self._static(core, path, props, shapes))
-            for shapes in _shape_sets(static_shapes)
+            for shapes in ({name: tuple(shape) for name, shape in s.items()} for s in static_shapes or [])
             if all(ranks.get(n) == len(s) for n, s in shapes.items())
         ]
         self.precision = precision
@@ -117,12 +117,6 @@ class OpenVinoRunner:
         return [by_name[n] for n in output_names]
 
 
-def _shape_sets(static_shapes: list | dict | None) -> list[dict]:
-    """[{input: shape tuple}]: a list of shape sets, or one set (repositories built before there were several)."""
-    sets = [static_shapes] if isinstance(static_shapes, dict) else list(static_shapes or [])
-    return [{name: tuple(shape) for name, shape in s.items()} for s in sets if s]
-
-
 def compile_properties(precision: str, threads: int) -> dict:
     """OpenVINO CPU compile properties: precision hint, 1 stream, ``threads`` (0 = OpenVINO's default), no pinning."""
     props = {
@@ -146,7 +140,7 @@ class OrtRunner:
     """One ONNX graph in an ONNX Runtime CPU session (fp32)."""
 
     precision = "fp32"
-    static_requests: list = []  # no static copies
+    static_requests = ()  # no static copies
 
     def __init__(self, path: Path, threads: int):
         import onnxruntime as ort  # noqa: PLC0415 (only the ort runtime needs it)
@@ -172,7 +166,7 @@ def open_runner(
     precision: str,
     threads: int,
     cache_dir: str = "",
-    static_shapes: list | dict | None = None,
+    static_shapes: list | None = None,
 ):
     """The runner of ``path``; raises RuntimeLoadError for a missing file or an impossible combination.
     ``static_shapes`` is used by OpenVINO only."""

@@ -13,7 +13,7 @@ Config parameters (string values):
                 ``intra_op_threads``)
     cache_dir   OpenVINO model cache directory ("" = no cache)
     static_shapes JSON [{input: shape}, ...] of the most common requests (OpenVINO compiles a
-                static copy for each; "[]" = none; one {input: shape} object is read as a list of one)
+                static copy for each; "[]" = none)
     shared_axes JSON {axis name: [[input, axis index], ...]}: dynamic axes several inputs share;
                 a request whose inputs disagree on one gets its own error (OpenVINO would run it)
 

@@ -398,7 +398,7 @@ class Sam3Pipeline:
         generator = AutomaticMaskGenerator(
             AmgConfig(
                 points_per_side=req.points_per_side,
-                points_per_batch=min(req.points_per_batch, AMG_CALL),
+                points_per_batch=min(req.points_per_batch, AMG_PROMPTS_PER_CALL),
                 pred_iou_thresh=req.pred_iou_thresh,
                 stability_score_thresh=req.stability_score_thresh,
             )
@@ -421,7 +421,6 @@ class Sam3Pipeline:
 
 
 AMG_PART = 16  # prompts per post-processing job of auto mode: parts run in parallel in the pool
-AMG_CALL = AMG_PROMPTS_PER_CALL  # auto mode's largest sam3_prompt call (its post-processing overlaps the next call)
 
 
 def _cache_key(req: Sam3Request) -> str:
