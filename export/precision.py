@@ -38,7 +38,7 @@ from sam3_spec import ComponentSpec
 REQUESTS = ("auto", "fp32", "bf16")
 RUNTIMES = ("openvino", "onnxruntime")
 GATE_COSINE = 0.9995
-GATE_VERSION = 3  # what the gate runs (3: the parity sizes and every static size set, with the static copies)
+GATE_VERSION = 4  # what the gate runs (3: the parity sizes and every static size set, with the static copies; 4: keyed by them)
 REPORT_NAME = "precision_report.json"
 RUNTIME_MODULE = Path(__file__).resolve().parents[1] / "triton_repo" / "ort_component" / "1" / "component_runtime.py"
 
@@ -144,9 +144,12 @@ def _cosines(names: list[str], fp32, bf16, feeds: dict) -> dict[str, float]:
     return {name: cosine(a, b) for name, a, b in zip(names, fp32.run(names, feeds), bf16.run(names, feeds))}
 
 
-def _graph_key(path: Path) -> dict:
-    """What a cached gate result depends on: the graph file, the OpenVINO version and the CPU (its bf16
-    kernels differ: AMX and AVX512-BF16 round differently, and one component passed on one and not the other)."""
+def _graph_key(path: Path, spec: ComponentSpec) -> dict:
+    """What a cached gate result depends on: the graph file, the OpenVINO version, the CPU (its bf16 kernels
+    differ: AMX and AVX512-BF16 round differently, and one component passed on one and not the other) and the
+    sizes gated: ``static_ok`` lists one verdict per static size set, so a spec whose sets changed would
+    otherwise read another copy's verdict (measured: a dropped box copy's pass served auto mode's 16-point
+    copy, whose own cosine was 0.9977)."""
     import openvino as ov  # noqa: PLC0415 (optional: serve extra)
 
     stat = path.stat()
@@ -157,6 +160,8 @@ def _graph_key(path: Path) -> dict:
         "cpu": cpu_key(),
         "threshold": GATE_COSINE,
         "gate": GATE_VERSION,
+        "sizes": gate_sizes(spec),
+        "static_sizes": spec.static_size_sets(),
     }
 
 
@@ -186,7 +191,7 @@ def gate(artifacts: Path, specs: dict, image_size: int, log=print) -> dict[str, 
     results = {}
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
         for name, spec in specs.items():
-            key, entry = _graph_key(artifacts / spec.onnx_file), report.get(name, {})
+            key, entry = _graph_key(artifacts / spec.onnx_file, spec), report.get(name, {})
             if entry.get("key") == key:
                 results[name] = GateResult(name, entry["cosines"], static_cosines=tuple(entry["static_cosines"]))
                 continue

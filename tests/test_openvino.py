@@ -7,6 +7,7 @@ saying why, on a CPU whose OpenVINO plugin does not list BF16.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -196,6 +197,24 @@ def test_an_object_gets_the_same_prompt_head_result_alone_or_merged(tiny_artifac
             np.testing.assert_array_equal(one[0], many[0], err_msg=f"{name} at {points} points")
 
 
+def test_each_precision_compiles_into_its_own_model_cache(tiny_artifacts, tmp_path):
+    """OpenVINO's CPU plugin keys a cached blob by graph and device only: without a cache per precision, a bf16
+    runner loaded the blob an fp32 runner had compiled (the bench model's auto copy then gave NaN masks).
+    Served outputs must not depend on what compiled into the cache before."""
+    require_bf16()
+    manifest = load_manifest(tiny_artifacts)
+    spec, cache = manifest.specs()["prompt"], tmp_path / "cache"
+    path, names = tiny_artifacts / spec.onnx_file, [t.name for t in spec.outputs]
+    feeds = example_inputs(spec, spec.static_size_sets()[0], manifest.dims.image_size, seed=3)
+    RT.OpenVinoRunner(path, "fp32", 0, str(cache), static_shapes=static_shapes(spec))  # fills the cache first
+    served = RT.OpenVinoRunner(path, "bf16", 0, str(cache), static_shapes=static_shapes(spec))
+    fresh = RT.OpenVinoRunner(path, "bf16", 0, "", static_shapes=static_shapes(spec))
+    assert served.request_for(feeds) is not served.request, "the static copy runs these shapes"
+    for name, got, want in zip(names, served.run(names, feeds), fresh.run(names, feeds)):
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    assert sorted(p.name for p in cache.iterdir()) == ["bf16-threadsdefault", "fp32-threadsdefault"]
+
+
 def test_runner_refuses_missing_file_and_bf16_on_onnxruntime(fake, tmp_path):
     with pytest.raises(RT.RuntimeLoadError, match="not found"):
         RT.open_runner("openvino", tmp_path / "absent.onnx", "fp32", 0)
@@ -270,6 +289,13 @@ def test_tiny_model_gate_and_the_report_is_reused(tiny_artifacts, tmp_path):
     (artifacts / REPORT_NAME).write_text(json.dumps(report))
     gate(artifacts, manifest.specs(), manifest.dims.image_size, lines.append)
     assert lines[-1].startswith("bf16 gate mask") and len(lines) == len(results) + 2
+    # the spec's static copies changed (model code updated, same graph): static_ok holds one verdict per copy,
+    # so an entry for other copies is stale; here auto mode's copy goes and the box (opt) copy comes back
+    specs = manifest.specs()
+    specs["prompt"] = dataclasses.replace(specs["prompt"], static_sizes=(), static_opt=True)
+    again = gate(artifacts, specs, manifest.dims.image_size, lines.append)
+    assert lines[-1].startswith("bf16 gate prompt") and len(lines) == len(results) + 3
+    assert len(again["prompt"].static_cosines) == 1
 
 
 def test_the_gate_key_names_the_cpu_and_its_bf16_instructions(tmp_path):

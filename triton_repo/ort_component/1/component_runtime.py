@@ -11,7 +11,11 @@ OpenVINO (the default): reads the .onnx file directly; ``INFERENCE_PRECISION_HIN
 explicitly (f32 or bf16), because on CPUs with bf16 units OpenVINO's own default is bf16.
 One stream, ``threads`` inference threads, no CPU pinning: every component is its own stub
 process, and pinned threads of two processes would land on the same cores. ``CACHE_DIR`` keeps
-compiled blobs, so a restart loads instead of recompiling. ``static_shapes`` ([{input: shape}],
+compiled blobs, so a restart loads instead of recompiling; each precision and thread count has its
+own subdirectory (``cache_subdir``), because OpenVINO's CPU plugin keys a blob by the graph and the
+device only (its CACHING_PROPERTIES: FULL_DEVICE_NAME), not by the compile properties: a blob
+compiled at f32 was loaded for a bf16 compile of the same graph (measured, OpenVINO 2026.4: the
+prompt head's static copy then gave NaN masks and ran 40x slower). ``static_shapes`` ([{input: shape}],
 the spec's most common sizes): one more copy compiled for exactly each of those shape sets runs
 the requests of that shape — OpenVINO's static-shape kernels were 8-33 % faster than its dynamic
 ones on the bench model's graphs (auto mode's 16-point call in fp32: 130-152 against 154-167 ms)
@@ -75,7 +79,7 @@ class OpenVinoRunner:
             raise RuntimeLoadError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         core, props = ov.Core(), compile_properties(precision, threads)
         if cache_dir:
-            core.set_property({"CACHE_DIR": cache_dir})
+            core.set_property({"CACHE_DIR": cache_subdir(cache_dir, precision, threads)})
         # compiled from the path, so that a cache hit skips reading the ONNX file as well
         self.compiled = core.compile_model(str(path), "CPU", props)
         self.request = self.compiled.create_infer_request()
@@ -128,6 +132,11 @@ def compile_properties(precision: str, threads: int) -> dict:
     if threads > 0:
         props["INFERENCE_NUM_THREADS"] = threads
     return props
+
+
+def cache_subdir(cache_dir: str, precision: str, threads: int) -> str:
+    """``cache_dir``/<precision>-threads<N>: one OpenVINO model cache per set of compile properties."""
+    return str(Path(cache_dir) / f"{precision}-threads{threads or 'default'}")
 
 
 def _ov_port(port) -> tuple:

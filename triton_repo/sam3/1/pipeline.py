@@ -9,7 +9,8 @@
 2. Point and box prompts of the whole batch go to ``sam3_prompt`` together: requests on the same
    image share one call (prompts.py).
 3. Per request, as coroutines: the other head calls (``sam3_concept`` then ``sam3_mask`` for the
-   kept queries only; auto mode's grid) overlap with the other requests' through BLS ``async_exec``;
+   kept queries only, ``max_concepts_per_call`` concepts per call, those calls concurrent; auto
+   mode's grid) overlap with the other requests' through BLS ``async_exec``;
    post-processing and RLE encoding run in the thread pool. With ``merge_text_calls``, the concept
    and mask calls that text requests on the same image make at the same time become one call each
    (merge.py).
@@ -277,17 +278,18 @@ class Sam3Pipeline:
         texts = req.texts or [BOX_ONLY_TEXT]
         text_features, text_mask = _stack_texts([shared.texts[x] for x in texts])
         boxes, labels, valid = self._exemplars(req, features.image_hw, len(texts))
-        parts = []
-        for sl in batch_slices(len(texts), self.chunk_concepts):
-            feeds = {
-                "text_features": text_features[sl],
-                "text_mask": text_mask[sl],
-                "boxes": boxes[sl],
-                "box_labels": labels[sl],
-                "box_valid": valid[sl],
-            }
-            parts += await self._concepts(feeds, features, req, t)
-        return _concept_result(parts, features.image_hw)
+        feeds = {
+            "text_features": text_features,
+            "text_mask": text_mask,
+            "boxes": boxes,
+            "box_labels": labels,
+            "box_valid": valid,
+        }
+        calls = [
+            self._concepts({k: v[sl] for k, v in feeds.items()}, features, req, t)
+            for sl in batch_slices(len(texts), self.chunk_concepts)
+        ]
+        return _concept_result([part for parts in await _all(calls) for part in parts], features.image_hw)
 
     async def _concepts(self, feeds: dict, features: Features, req: Sam3Request, t: Timings) -> list[tuple]:
         """[(scores [D], boxes [D,4] px, MaskSet)] per prompt: detector call, then masks for kept queries."""
@@ -421,6 +423,15 @@ class Sam3Pipeline:
 
 
 AMG_PART = 16  # prompts per post-processing job of auto mode: parts run in parallel in the pool
+
+
+async def _all(calls: list) -> list:
+    """The results of ``calls`` run concurrently; after every one has ended, the first one's error is raised."""
+    done = await asyncio.gather(*calls, return_exceptions=True)
+    for result in done:
+        if isinstance(result, BaseException):
+            raise result
+    return done
 
 
 def _cache_key(req: Sam3Request) -> str:
