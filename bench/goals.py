@@ -164,9 +164,11 @@ def p3_concepts(client, work: Workloads, repeats: int, probes: Probes) -> dict:
     """Four concepts in one request vs four separate requests (each with a new image_id, i.e. the
     image recomputed as in the seeds' one-text-per-request contract; and sharing one image_id).
 
-    ``ceiling``: the speedup the per-concept stages allow — four separate requests against one
-    request whose every extra concept costs only its component compute (text, concept and mask
-    inference, from Triton's statistics: ``stage_ms_per_concept``), no orchestrator time at all.
+    ``serial_stage_speedup``: four separate requests against one request whose every extra concept
+    costs its component compute (text, concept and mask inference, from Triton's statistics:
+    ``stage_ms_per_concept``) run one stage after another, and no orchestrator time. It was the ceiling
+    while a request's concepts went through the stages in one call each; the cpu target now runs one
+    concept's mask head while the next concept's detector runs, which can beat it.
     """
     name, concepts = P3_WORKLOAD
     key = workload_key(name, concepts)
@@ -200,7 +202,7 @@ def p3_concepts(client, work: Workloads, repeats: int, probes: Probes) -> dict:
         "speedup": ratio(np.median(apart), np.median(one)),
         "speedup_vs_shared_image_id": ratio(np.median(shared), np.median(one)),
         "stage_ms_per_concept": round(stage, 3),
-        "ceiling": ratio(np.median(apart), np.median(single) + (n - 1) * stage / 1e3),
+        "serial_stage_speedup": ratio(np.median(apart), np.median(single) + (n - 1) * stage / 1e3),
     }
 
 

@@ -91,20 +91,13 @@ def _p3_lines(p3: dict | None) -> list[str]:
         return []
     return [
         f"P3 {len(p3['concepts'])} concepts: one request {_p50(p3['one_request'])}, separate "
-        f"{_p50(p3['separate_requests'])} → speedup {_x(p3['speedup'])}, ceiling {_x(p3['ceiling'])} "
-        f"(per-concept stages {p3['stage_ms_per_concept']:.1f} ms each) (separate, shared image_id: "
+        f"{_p50(p3['separate_requests'])} → speedup {_x(p3['speedup'])}, at serial stage compute "
+        f"{_x(p3['serial_stage_speedup'])} (per-concept stages {p3['stage_ms_per_concept']:.1f} ms each) (separate, shared image_id: "
         f"{_p50(p3['separate_requests_shared_image_id'])} → {_x(p3['speedup_vs_shared_image_id'])}); "
         f"each extra concept {p3['extra_concept_ms']:.1f} ms = "
         f"{100 * p3['extra_concept_fraction']:.0f}% of a one-concept request "
         f"({_p50(p3['single_concept_request'])})"
     ]
-
-
-def _ceiling(p3: dict) -> str:
-    """ ", ceiling X (stage Y ms per concept)" where the run had Triton statistics."""
-    if p3.get("ceiling") is None:
-        return ""
-    return f", ceiling {_x(p3['ceiling'])} (per-concept stages {p3['stage_ms_per_concept']:.1f} ms each)"
 
 
 def _p4_lines(p4: dict | None) -> list[str]:
