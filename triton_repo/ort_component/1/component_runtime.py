@@ -135,7 +135,8 @@ def compile_properties(precision: str, threads: int) -> dict:
 
 
 def cache_subdir(cache_dir: str, precision: str, threads: int) -> str:
-    """``cache_dir``/<precision>-threads<N>: one OpenVINO model cache per set of compile properties."""
+    """``cache_dir``/<precision>-threads<N>: one OpenVINO model cache per set of compile properties (OpenVINO's
+    own blob key ignores them): a compile property added to ``compile_properties`` must be named here too."""
     return str(Path(cache_dir) / f"{precision}-threads{threads or 'default'}")
 
 
