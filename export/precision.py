@@ -38,9 +38,8 @@ from sam3_spec import ComponentSpec
 REQUESTS = ("auto", "fp32", "bf16")
 RUNTIMES = ("openvino", "onnxruntime")
 GATE_COSINE = 0.9995
-GATE_VERSION = (
-    4  # what the gate runs (3: the parity sizes and every static size set, with the static copies; 4: keyed by them)
-)
+# what the gate runs: 3, the parity sizes and every static size set, with the static copies; 4, keyed by them
+GATE_VERSION = 4
 REPORT_NAME = "precision_report.json"
 RUNTIME_MODULE = Path(__file__).resolve().parents[1] / "triton_repo" / "ort_component" / "1" / "component_runtime.py"
 
