@@ -134,10 +134,18 @@ def _p5_lines(p5: dict | None) -> list[str]:
     lines += [
         f"   {r['protocol']:5} {r['mode']:6} breakdown ms: "
         + ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown"].items())
+        + _floor_text(r.get("floor"))
         for r in p5["rows"]
         if r.get("breakdown")
     ]
     return lines
+
+
+def _floor_text(floor: dict | None) -> str:
+    """ "; overhead = X× the BLS copies (Y× without decode)" where copy time was measured."""
+    if not floor:
+        return ""
+    return f"; overhead = {floor['overhead_x']:.1f}× the BLS copies ({floor['without_decode_x']:.1f}× without decode)"
 
 
 def _throughput_lines(rates: dict | None) -> list[str]:

@@ -164,7 +164,20 @@ def overhead(delta: dict, latencies, phases: dict | None = None) -> dict:
     }
     if phases:
         row["breakdown"] = _breakdown(row, phases, count, per(delta[ORCHESTRATOR]["queue"][1]))
+        row["floor"] = _floor(row["overhead_ms"], row["breakdown"])
     return row
+
+
+def _floor(overhead_ms: float, parts: dict) -> dict | None:
+    """The overhead as a multiple of the BLS copies (the Python backend's tensor copies between stages, the
+    floor P5 measures against), with and without the image decode; None where no copy time was measured."""
+    if parts["bls"] <= 0:
+        return None
+    return {
+        "bls_ms": parts["bls"],
+        "overhead_x": round(overhead_ms / parts["bls"], 2),
+        "without_decode_x": round((overhead_ms - parts["decode"]) / parts["bls"], 2),
+    }
 
 
 def _breakdown(row: dict, phases: dict, count: int, queue_ms: float) -> dict:

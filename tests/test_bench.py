@@ -149,6 +149,9 @@ def test_mask_bytes_and_overhead(report):
         assert set(parts) == {"queue", "decode", "bls", "post", "encode", "rest"}
         assert sum(parts.values()) == pytest.approx(row["overhead_ms"], abs=0.05)
         assert parts["queue"] >= 0 and parts["bls"] >= 0 and parts["post"] > 0
+        if parts["bls"] > 0:  # the floor P5 measures against: the overhead as a multiple of the copies
+            assert row["floor"]["overhead_x"] == pytest.approx(row["overhead_ms"] / parts["bls"], rel=1e-2, abs=0.01)
+            assert row["floor"]["without_decode_x"] <= row["floor"]["overhead_x"]
 
 
 def test_overlapped_component_calls_count_the_orchestrators_wait():
@@ -162,8 +165,22 @@ def test_overlapped_component_calls_count_the_orchestrators_wait():
     }
     row = overhead(delta, [0.220], {"compute": 0.150, "decode": 0.010, "post": 0.020})
     assert row["overlapped"] and row["components_compute_ms"] == 300 and row["critical_compute_ms"] == 150
-    assert row["overhead_ms"] == pytest.approx(70) and row["breakdown"]["bls"] == 0
+    assert row["overhead_ms"] == pytest.approx(70) and row["breakdown"]["bls"] == 0 and row["floor"] is None
     assert "overlapped: 150.0 ms on the request's path" in "\n".join(_p5_lines({"rows": [row | P5_KEYS]}))
+
+
+def test_overhead_is_reported_as_a_multiple_of_the_bls_copies():
+    """P5's floor: 60 ms of overhead over 20 ms of BLS copies is 3×, and 2× once the 20 ms decode is left out."""
+    ms = 1_000_000
+    zero = {k: (0, 0) for k in STAT_KINDS + COUNTS}
+    delta = {
+        "sam3": zero | {"success": (1, 150 * ms), "compute_infer": (1, 140 * ms), "queue": (1, 0)},
+        "sam3_vision": zero | {"compute_infer": (1, 100 * ms)},
+    }
+    row = overhead(delta, [0.160], {"compute": 0.120, "decode": 0.020})
+    assert row["breakdown"]["bls"] == 20 and row["overhead_ms"] == pytest.approx(60)
+    assert row["floor"] == {"bls_ms": 20, "overhead_x": 3.0, "without_decode_x": 2.0}
+    assert "overhead = 3.0× the BLS copies (2.0× without decode)" in "\n".join(_p5_lines({"rows": [row | P5_KEYS]}))
 
 
 P5_KEYS = {"protocol": "grpc", "mode": "auto"}
