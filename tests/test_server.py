@@ -198,3 +198,26 @@ def test_rle_and_bool_mask_formats_agree(client, astronaut_png):
     rle = client.boxes(astronaut_png, [[100, 30, 380, 500]])
     raw = client.boxes(astronaut_png, [[100, 30, 380, 500]], mask_format="bool")
     assert raw.masks.shape == (1, 512, 512) and np.array_equal(rle.masks, raw.masks)
+
+
+def test_metrics_count_every_answered_request_of_a_batch(client, sam3_server, coffee_jpeg):
+    """The orchestrator adds its metrics once per execute (each increment is an IPC to Triton): seven
+    concurrent clicks on one embedded image count seven point requests with their seconds; a request that
+    fails counts nowhere."""
+    url, image_id = sam3_server.metrics_url, "metrics-batch"
+    client.points(coffee_jpeg, [[100, 100]], [1], image_id=image_id)  # embedded: the clicks below are quick
+    names = ("sam3_requests_total", "sam3_request_seconds_total")
+    before = [metric(url, name, mode="point") for name in names] + [
+        metric(url, "sam3_phase_seconds_total", phase="compute")
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        clicks = [pool.submit(client.points, None, [[50 + 40 * i, 120]], [1], image_id=image_id) for i in range(7)]
+        bad = pool.submit(client.points, None, [[10, 10]], [1], image_id="metrics-never-sent")
+    assert all(len(c.result()) == 1 for c in clicks)
+    with pytest.raises(Sam3Error):
+        bad.result()
+    after = [metric(url, name, mode="point") for name in names] + [
+        metric(url, "sam3_phase_seconds_total", phase="compute")
+    ]
+    assert after[0] == before[0] + 7
+    assert after[1] > before[1] and after[2] > before[2]
