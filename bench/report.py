@@ -92,7 +92,8 @@ def _p3_lines(p3: dict | None) -> list[str]:
     return [
         f"P3 {len(p3['concepts'])} concepts: one request {_p50(p3['one_request'])}, separate "
         f"{_p50(p3['separate_requests'])} → speedup {_x(p3['speedup'])}, at serial stage compute "
-        f"{_x(p3['serial_stage_speedup'])} (per-concept stages {p3['stage_ms_per_concept']:.1f} ms each) (separate, shared image_id: "
+        f"{_x(p3['serial_stage_speedup'])} (per-concept stages {p3['stage_ms_per_concept']:.1f} ms each) "
+        "(separate, shared image_id: "
         f"{_p50(p3['separate_requests_shared_image_id'])} → {_x(p3['speedup_vs_shared_image_id'])}); "
         f"each extra concept {p3['extra_concept_ms']:.1f} ms = "
         f"{100 * p3['extra_concept_fraction']:.0f}% of a one-concept request "

@@ -28,6 +28,7 @@ import sys
 import traceback
 import uuid
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -173,10 +174,6 @@ def _concepts_per_call(target: str, specs: dict) -> int:
     return 1
 
 
-def _add(sums: dict, key, amount) -> None:
-    sums[key] = sums.get(key, 0) + amount
-
-
 def _post_module(target: str):
     """Post-processing for the target: numpy/OpenCV on CPU; torch on the GPU (tensors stay on the device)."""
     if target == "gpu":
@@ -234,12 +231,12 @@ class _Metrics:
         """Add one execute's answered requests ([(mode, Timings)]) and the caches' new hits and misses. Each
         increment is an IPC to the Triton process (py-spy: about 2.6 ms per request at one per metric and
         request), so sums go once per metric and label per batch, and zeros not at all."""
-        sums = {}
+        sums = Counter()
         for mode, timings in answered:
-            _add(sums, (self.latency, "mode", mode), timings.wall)
-            _add(sums, (self.count, "mode", mode), 1)
+            sums[self.latency, "mode", mode] += timings.wall
+            sums[self.count, "mode", mode] += 1
             for phase, seconds in timings.seconds.items():
-                _add(sums, (self.phases, "phase", phase), seconds)
+                sums[self.phases, "phase", phase] += seconds
         for (family, label, value), amount in sums.items():
             if amount:
                 self._metric(family, **{label: value}).increment(amount)

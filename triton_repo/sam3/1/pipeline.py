@@ -427,11 +427,15 @@ AMG_PART = 16  # prompts per post-processing job of auto mode: parts run in para
 
 async def _all(calls: list) -> list:
     """The results of ``calls`` run concurrently; after every one has ended, the first one's error is raised."""
-    done = await asyncio.gather(*calls, return_exceptions=True)
-    for result in done:
-        if isinstance(result, BaseException):
-            raise result
-    return done
+    return _no_errors(await asyncio.gather(*calls, return_exceptions=True))
+
+
+def _no_errors(items: list) -> list:
+    """``items``; raises the first of them that is an exception."""
+    for item in items:
+        if isinstance(item, BaseException):
+            raise item
+    return items
 
 
 def _cache_key(req: Sam3Request) -> str:
@@ -449,9 +453,7 @@ def _chunks_of(items: list, size: int) -> list[list]:
 
 def _stack_texts(items: list) -> tuple[np.ndarray, np.ndarray]:
     """[(features [32,C], mask [32]) or an exception] → (features [N,32,C], mask [N,32]); raises a failure."""
-    for item in items:
-        if isinstance(item, BaseException):
-            raise item
+    _no_errors(items)
     return np.stack([f for f, _ in items]), np.stack([m for _, m in items])
 
 
