@@ -193,19 +193,21 @@ def _write_config(model_dir: Path, config: dict) -> None:
 class CpuRuntime:
     """How cpu components run: runtime ("openvino" | "onnxruntime"), inference threads (0 = the
     runtime's default), OpenVINO cache dir ("" = none), the precision per component and the static size
-    sets each component compiles copies for (OpenVINO)."""
+    sets each component compiles copies for (OpenVINO) and each copy's precision."""
 
     runtime: str
     threads: int
     cache_dir: str
     precisions: dict
     static_sizes: dict
+    static_precisions: dict
 
 
 def _write_cpu_component(spec, artifacts, out, count, source, cpu: CpuRuntime) -> None:
     version_dir = out / spec.triton_name / VERSION
     _place_graph(artifacts, spec.onnx_file, version_dir, spec.onnx_file)
     shutil.copytree(source / COMPONENT_DIR, version_dir, ignore=IGNORED, dirs_exist_ok=True)
+    openvino = cpu.runtime == "openvino"
     params = {
         "onnx_file": spec.onnx_file,
         "runtime": cpu.runtime,
@@ -213,7 +215,8 @@ def _write_cpu_component(spec, artifacts, out, count, source, cpu: CpuRuntime) -
         "threads": str(cpu.threads),
         "cache_dir": cpu.cache_dir,
         "shared_axes": shared_axes(spec),
-        "static_shapes": static_shapes(spec, cpu.static_sizes[spec.name]) if cpu.runtime == "openvino" else [],
+        "static_shapes": static_shapes(spec, cpu.static_sizes[spec.name]) if openvino else [],
+        "static_precisions": cpu.static_precisions[spec.name] if openvino else [],
     }
     _write_config(out / spec.triton_name, component_config(spec, "python", count, params))
 
@@ -253,11 +256,11 @@ def _cpu_runtime(manifest, artifacts, out, names, runtime, precision, threads, c
     specs = {s.name: s for s in manifest.specs().values() if s.triton_name in names}
     try:
         resolved = resolve_precision(precision, runtime)
-        precisions, static = served_precisions(artifacts, specs, manifest.dims.image_size, resolved, log)
+        served = served_precisions(artifacts, specs, manifest.dims.image_size, resolved, log)
     except PrecisionError as err:
         raise RepositoryError(str(err)) from None
     cache = "" if runtime != "openvino" else str(Path(cache_dir or default_cache_dir(out)).resolve())
-    return CpuRuntime(runtime, threads, cache, precisions, static)
+    return CpuRuntime(runtime, threads, cache, *served)
 
 
 def _write_gpu_component(spec, artifacts, out, count, engines_dir) -> str:
@@ -429,13 +432,16 @@ def _log(message: str) -> None:
 
 def _write_precision_file(out: Path, cpu: CpuRuntime) -> None:
     """``precision.json``: {"runtime", "threads", "cache_dir", "components": {component: "fp32" | "bf16"},
-    "static_copies": {component: [the axis sizes of each static copy]}}."""
+    "static_copies": {component: [the axis sizes of each static copy]}, "static_precisions": {component: [the
+    precision of each static copy]}}."""
+    openvino = cpu.runtime == "openvino"
     record = {
         "runtime": cpu.runtime,
         "threads": cpu.threads,
         "cache_dir": cpu.cache_dir,
         "components": cpu.precisions,
-        "static_copies": cpu.static_sizes if cpu.runtime == "openvino" else {},
+        "static_copies": cpu.static_sizes if openvino else {},
+        "static_precisions": cpu.static_precisions if openvino else {},
     }
     (out / PRECISION_FILE).write_text(json.dumps(record, indent=2) + "\n")
 

@@ -151,11 +151,19 @@ def build(args) -> Path:
 
 
 def _print_precisions(repo: Path) -> None:
-    """One line: the cpu runtime and each component's effective precision (nothing for a gpu repository)."""
+    """One line: the cpu runtime and each component's effective precision, with its static copies' where they
+    differ (nothing for a gpu repository)."""
     record = read_precisions(repo)
     if record:
-        parts = ", ".join(f"{name} {p}" for name, p in record["components"].items())
+        copies = record.get("static_precisions", {})
+        parts = ", ".join(_precision_part(name, p, copies.get(name, [])) for name, p in record["components"].items())
         print(f"cpu runtime {record['runtime']}: {parts}", flush=True)
+
+
+def _precision_part(name: str, precision: str, copies: list[str]) -> str:
+    """ "concept fp32" or, where a static copy runs another precision, "concept fp32 (static copies bf16)"."""
+    other = sorted({p for p in copies if p != precision})
+    return f"{name} {precision}" + (f" (static copies {'/'.join(other)})" if other else "")
 
 
 def serve(args) -> int:

@@ -82,6 +82,9 @@ def test_served_precisions_follow_the_bf16_gate(bf16_server, tiny_artifacts):
     assert record["runtime"] == "openvino"
     assert record["components"] == {name: "bf16" if entry["ok"] else "fp32" for name, entry in report.items()}
     assert record["components"]["vision"] == record["components"]["concept"] == "bf16"
+    for name, entry in report.items():  # a copy runs bf16 where it passed; a failed one only beside an fp32 graph
+        kept = [ok for ok in entry["static_ok"] if ok or not entry["ok"]]
+        assert record["static_precisions"][name] == ["bf16" if ok else "fp32" for ok in kept], name
 
 
 def _match(seg, box, mask) -> int | None:

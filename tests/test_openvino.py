@@ -215,6 +215,31 @@ def test_each_precision_compiles_into_its_own_model_cache(tiny_artifacts, tmp_pa
     assert sorted(p.name for p in cache.iterdir()) == ["bf16-threadsdefault", "fp32-threadsdefault"]
 
 
+def test_a_static_copy_runs_its_own_precision(tiny_artifacts, tmp_path):
+    """A component whose dynamic graph failed the bf16 gate serves fp32 while its static copy, which passed its
+    own, runs bf16: requests at the copy's shapes get exactly a bf16 copy's outputs (from the bf16 model cache),
+    every other request the fp32 graph's."""
+    require_bf16()
+    manifest = load_manifest(tiny_artifacts)
+    spec, cache = manifest.specs()["concept"], tmp_path / "cache"
+    path, names, shapes = tiny_artifacts / spec.onnx_file, [t.name for t in spec.outputs], static_shapes(spec)
+    at_copy = example_inputs(spec, spec.static_size_sets()[0], manifest.dims.image_size, seed=5)
+    other = example_inputs(spec, spec.parity_sizes[-1], manifest.dims.image_size, seed=6)
+    mixed = RT.OpenVinoRunner(path, "fp32", 0, str(cache), static_shapes=shapes, static_precisions=["bf16"])
+    bf16 = RT.OpenVinoRunner(path, "bf16", 0, "", static_shapes=shapes)
+    fp32 = RT.OpenVinoRunner(path, "fp32", 0, "", static_shapes=shapes)
+    assert (mixed.precision, mixed.static_precisions) == ("fp32", ["bf16"])
+    for feeds, want in ((at_copy, bf16), (other, fp32)):
+        for name, got, expected in zip(names, mixed.run(names, feeds), want.run(names, feeds)):
+            np.testing.assert_array_equal(got, expected, err_msg=name)
+    assert any(not np.array_equal(a, b) for a, b in zip(fp32.run(names, at_copy), bf16.run(names, at_copy)))
+    assert sorted(p.name for p in cache.iterdir()) == ["bf16-threadsdefault", "fp32-threadsdefault"]
+    with pytest.raises(RT.RuntimeLoadError, match="1 static precisions for 0 static copies"):
+        RT.OpenVinoRunner(path, "fp32", 0, static_precisions=["bf16"])
+    with pytest.raises(RT.RuntimeLoadError, match="precision must be one of"):
+        RT.OpenVinoRunner(path, "fp32", 0, static_shapes=shapes, static_precisions=["fp16"])
+
+
 def test_runner_refuses_missing_file_and_bf16_on_onnxruntime(fake, tmp_path):
     with pytest.raises(RT.RuntimeLoadError, match="not found"):
         RT.open_runner("openvino", tmp_path / "absent.onnx", "fp32", 0)
@@ -276,6 +301,8 @@ def test_tiny_model_gate_and_the_report_is_reused(tiny_artifacts, tmp_path):
     assert all(results[n].ok and all(results[n].static_ok) for n in ("vision", "text", "concept", "mask"))
     assert results["prompt"].worst()[0] == "pred_masks" and len(lines) == len(results)
     assert [sorted(c) for c in results["prompt"].static_cosines] == [["iou_scores", "pred_masks"]]
+    # the concept copy's presence logit is one value per input: over several inputs its cosine says something
+    assert 0.9995 <= results["concept"].static_cosines[0]["presence_logits"] < 1.0
     report = json.loads((artifacts / REPORT_NAME).read_text())
     assert set(report) == set(manifest.specs())
     assert all(report[n]["static_ok"] == results[n].static_ok and report[n]["ok"] == results[n].ok for n in report)
@@ -309,7 +336,7 @@ def test_the_gate_key_names_the_cpu_and_its_bf16_instructions(tmp_path):
     assert not cpu_key(tmp_path / "missing").endswith("avx512f")
 
 
-def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path):
+def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path, capsys):
     """The gate result the build reads (precision_report.json, as `python -m export verify` writes it)."""
     require_bf16()
     artifacts = tmp_path / "artifacts"
@@ -318,29 +345,47 @@ def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path):
     gate(artifacts, specs, TINY.image_size, log=lambda _: None)
     report = json.loads((artifacts / REPORT_NAME).read_text())
     report["text"]["cosines"] = {"text_features": 0.9}
+    report["text"]["static_cosines"][0]["text_features"] = 0.99  # its copy fails too
+    report["concept"]["cosines"]["presence_logits"] = 0.9994  # the dynamic graph fails, its one-prompt copy passes
     report["prompt"]["static_cosines"][0]["pred_masks"] = 0.99  # the static copy of auto mode's call
     (artifacts / REPORT_NAME).write_text(json.dumps(report))
     lines = []
     repo = build_repository(artifacts, tmp_path / "repo", "cpu", precision="auto", models=list(specs), log=lines.append)
-    assert read_precisions(repo)["components"] == {
+    record = read_precisions(repo)
+    assert record["components"] == {
         "vision": "bf16",
         "text": "fp32",
-        "concept": "bf16",
+        "concept": "fp32",
         "mask": "bf16",
         "prompt": "bf16",
     }
-    expected = (
-        "text: bf16 failed its parity gate (cosine 0.900000 < 0.9995 on 'text_features' vs OpenVINO fp32): serving fp32"
-    )
+    assert record["static_precisions"] == {
+        "vision": [],
+        "text": ["fp32"],
+        "concept": ["bf16"],
+        "mask": ["bf16"],
+        "prompt": [],
+    }
+    expected = [
+        "text: bf16 failed its parity gate (cosine 0.900000 < 0.9995 on 'text_features' vs OpenVINO fp32): serving fp32",
+        "concept: bf16 failed its parity gate (cosine 0.999400 < 0.9995 on 'presence_logits' vs OpenVINO fp32): "
+        "serving fp32; its static copies at [{'prompts': 1, 'boxes': 1}] pass theirs and run bf16",
+    ]
     static = f"prompt: the static copies at [{{'objects': {AMG_PROMPTS_PER_CALL}, 'points': 1}}] failed the bf16 gate"
-    assert lines[0] == expected and lines[1].startswith(static) and len(lines) == 2
+    assert lines[:2] == expected and lines[2].startswith(static) and len(lines) == 3
     params = config_parameters(parse_config_text((repo / "sam3_text" / "config.pbtxt").read_text()))
     assert params["precision"] == "fp32" and params["runtime"] == "openvino"
-    assert json.loads(params["static_shapes"]) == static_shapes(specs["text"])  # fp32: every copy, as gated fp32
+    assert json.loads(params["static_shapes"]) == static_shapes(specs["text"])  # fp32: every copy
+    assert json.loads(params["static_precisions"]) == ["fp32"]
+    params = config_parameters(parse_config_text((repo / "sam3_concept" / "config.pbtxt").read_text()))
+    assert params["precision"] == "fp32" and json.loads(params["static_precisions"]) == ["bf16"]
+    assert json.loads(params["static_shapes"]) == static_shapes(specs["concept"])
     params = config_parameters(parse_config_text((repo / "sam3_prompt" / "config.pbtxt").read_text()))
     kept = []  # auto mode's copy dropped, its only one
     assert params["precision"] == "bf16" and json.loads(params["static_shapes"]) == static_shapes(specs["prompt"], kept)
-    assert read_precisions(repo)["static_copies"]["prompt"] == kept
+    assert record["static_copies"]["prompt"] == kept
+    _print_precisions(repo)
+    assert "text fp32, concept fp32 (static copies bf16), mask bf16" in capsys.readouterr().out
 
 
 def test_gate_result_worst():
@@ -360,6 +405,7 @@ def test_repository_records_runtime_precision_cache_and_copies_the_runtime_modul
         "cache_dir": str((tmp_path / "openvino-cache-repo").resolve()),
         "components": {"text": "fp32", "concept": "fp32"},
         "static_copies": {"text": [{"batch": 4}], "concept": [{"prompts": 1, "boxes": 1}]},
+        "static_precisions": {"text": ["fp32"], "concept": ["fp32"]},
     }
     params = config_parameters(parse_config_text((repo / "sam3_concept" / "config.pbtxt").read_text()))
     assert params["precision"] == "fp32" and params["cache_dir"] == record["cache_dir"]
@@ -380,6 +426,7 @@ def test_repository_with_onnxruntime(fake, tmp_path):
         "cache_dir": "",
         "components": {"text": "fp32"},
         "static_copies": {},  # ONNX Runtime compiles no static copies
+        "static_precisions": {},
     }
     with pytest.raises(RepositoryError, match="fp32 only"):
         build_repository(fake, tmp_path / "other", "cpu", runtime="ort", precision="bf16")

@@ -19,7 +19,9 @@ prompt head's static copy then gave NaN masks and ran 40x slower). ``static_shap
 the spec's most common sizes): one more copy compiled for exactly each of those shape sets runs
 the requests of that shape — OpenVINO's static-shape kernels were 8-33 % faster than its dynamic
 ones on the bench model's graphs (auto mode's 16-point call in fp32: 130-152 against 154-167 ms)
-— and every other shape runs in the dynamic copy.
+— and every other shape runs in the dynamic copy. ``static_precisions`` (one per static copy, default
+``precision``) lets a copy run at another precision than the dynamic graph: a copy that passed the bf16
+gate at its own shapes runs bf16 beside a dynamic graph that failed it at others (export/precision.py).
 
 ONNX Runtime: CPUExecutionProvider, fp32 only, ``threads`` intra-op threads, 1 inter-op thread.
 This module imports neither runtime at import time.
@@ -72,25 +74,26 @@ class OpenVinoRunner:
         threads: int,
         cache_dir: str = "",
         static_shapes: list | None = None,
+        static_precisions: list | None = None,
     ):
         import openvino as ov  # noqa: PLC0415 (optional: only the openvino runtime needs it)
 
-        if precision not in PRECISIONS:
-            raise RuntimeLoadError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        core, props = ov.Core(), compile_properties(precision, threads)
-        if cache_dir:
-            core.set_property({"CACHE_DIR": cache_subdir(cache_dir, precision, threads)})
+        static_shapes = static_shapes or []
+        static_precisions = static_precisions or [precision] * len(static_shapes)
+        _check_precisions(precision, static_precisions, len(static_shapes))
+        core = ov.Core()
         # compiled from the path, so that a cache hit skips reading the ONNX file as well
-        self.compiled = core.compile_model(str(path), "CPU", props)
+        self.compiled = core.compile_model(str(path), "CPU", compile_properties(precision, threads, cache_dir))
         self.request = self.compiled.create_infer_request()
         ranks = {name: rank for name, _, rank in self.inputs()}
         # a graph that does not take these inputs fails the model's load check (names/dtypes/ranks) instead
         self.static_requests = [
-            (shapes, self._static(core, path, props, shapes))
-            for shapes in ({name: tuple(shape) for name, shape in s.items()} for s in static_shapes or [])
-            if all(ranks.get(n) == len(s) for n, s in shapes.items())
+            (shapes, self._static(core, path, compile_properties(p, threads, cache_dir), shapes))
+            for shapes, p in zip(({n: tuple(v) for n, v in s.items()} for s in static_shapes), static_precisions)
+            if _fits(shapes, ranks)
         ]
         self.precision = precision
+        self.static_precisions = [p for s, p in zip(static_shapes, static_precisions) if _fits(s, ranks)]
         self.ov_version = ov.__version__
 
     @staticmethod
@@ -121,8 +124,23 @@ class OpenVinoRunner:
         return [by_name[n] for n in output_names]
 
 
-def compile_properties(precision: str, threads: int) -> dict:
-    """OpenVINO CPU compile properties: precision hint, 1 stream, ``threads`` (0 = OpenVINO's default), no pinning."""
+def _check_precisions(precision: str, static_precisions: list, copies: int) -> None:
+    """RuntimeLoadError unless every precision is known and there is one per static copy."""
+    for p in [precision, *static_precisions]:
+        if p not in PRECISIONS:
+            raise RuntimeLoadError(f"precision must be one of {PRECISIONS}, got {p!r}")
+    if len(static_precisions) != copies:
+        raise RuntimeLoadError(f"{len(static_precisions)} static precisions for {copies} static copies")
+
+
+def _fits(shapes: dict, ranks: dict) -> bool:
+    """Whether every input of ``shapes`` has the graph's rank (a static copy is compiled only then)."""
+    return all(ranks.get(n) == len(v) for n, v in shapes.items())
+
+
+def compile_properties(precision: str, threads: int, cache_dir: str = "") -> dict:
+    """OpenVINO CPU compile properties: precision hint, 1 stream, ``threads`` (0 = OpenVINO's default), no pinning,
+    and the model cache of this precision and thread count (none when ``cache_dir`` is "")."""
     props = {
         "INFERENCE_PRECISION_HINT": OV_HINTS[precision],
         "PERFORMANCE_HINT": "LATENCY",
@@ -131,6 +149,8 @@ def compile_properties(precision: str, threads: int) -> dict:
     }
     if threads > 0:
         props["INFERENCE_NUM_THREADS"] = threads
+    if cache_dir:
+        props["CACHE_DIR"] = cache_subdir(cache_dir, precision, threads)
     return props
 
 
@@ -151,6 +171,7 @@ class OrtRunner:
 
     precision = "fp32"
     static_requests = ()  # no static copies
+    static_precisions = ()
 
     def __init__(self, path: Path, threads: int):
         import onnxruntime as ort  # noqa: PLC0415 (only the ort runtime needs it)
@@ -177,13 +198,14 @@ def open_runner(
     threads: int,
     cache_dir: str = "",
     static_shapes: list | None = None,
+    static_precisions: list | None = None,
 ):
     """The runner of ``path``; raises RuntimeLoadError for a missing file or an impossible combination.
-    ``static_shapes`` is used by OpenVINO only."""
+    ``static_shapes`` and ``static_precisions`` are used by OpenVINO only."""
     if not path.is_file():
         raise RuntimeLoadError(f"ONNX file {path} not found: regenerate the model repository")
     if runtime == "openvino":
-        return OpenVinoRunner(path, precision, threads, cache_dir, static_shapes)
+        return OpenVinoRunner(path, precision, threads, cache_dir, static_shapes, static_precisions)
     if runtime == "onnxruntime":
         if precision != "fp32":
             raise RuntimeLoadError(f"ONNX Runtime runs these graphs in fp32 only, got precision {precision!r}")

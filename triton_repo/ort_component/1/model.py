@@ -14,6 +14,8 @@ Config parameters (string values):
     cache_dir   OpenVINO model cache directory ("" = no cache)
     static_shapes JSON [{input: shape}, ...] of the most common requests (OpenVINO compiles a
                 static copy for each; "[]" = none)
+    static_precisions JSON ["fp32" | "bf16", ...], one per static copy ("[]" = ``precision``): a copy
+                that passed the bf16 gate at its shapes runs bf16 though the dynamic graph failed it
     shared_axes JSON {axis name: [[input, axis index], ...]}: dynamic axes several inputs share;
                 a request whose inputs disagree on one gets its own error (OpenVINO would run it)
 
@@ -97,6 +99,16 @@ def _effective_precision(name: str, runtime: str, precision: str) -> str:
     return "fp32"
 
 
+def _static_precisions(name: str, runtime: str, precisions: list) -> list:
+    """The static copies' precisions, each through ``_effective_precision`` ([] = the component's own)."""
+    return [_effective_precision(name, runtime, p) for p in precisions]
+
+
+def _copies(runner) -> list[str]:
+    """ "{input: shape} at <precision>" per static copy of ``runner``, for the load log."""
+    return [f"{dict(shapes)} at {p}" for (shapes, _), p in zip(runner.static_requests, runner.static_precisions)]
+
+
 class TritonPythonModel:
     """One ONNX graph served through OpenVINO or ONNX Runtime (CPU)."""
 
@@ -133,12 +145,13 @@ class TritonPythonModel:
                 threads,
                 _parameter(config, "cache_dir", ""),
                 json.loads(_parameter(config, "static_shapes", "[]")),
+                _static_precisions(self.name, runtime, json.loads(_parameter(config, "static_precisions", "[]"))),
             )
         except RuntimeLoadError as err:
             raise ModelLoadError(f"{self.name}: {err}") from None
         pb_utils.Logger.log_info(
             f"{self.name}: {path.name} on {runtime}, precision {runner.precision}, threads {threads or 'default'}, "
-            f"static copies {[dict(shapes) for shapes, _ in runner.static_requests] or 'none'}"
+            f"static copies {_copies(runner) or 'none'}"
         )
         return runner
 
