@@ -91,6 +91,10 @@ class TensorSpec:
         """Concrete shape with each dynamic axis replaced by ``sizes[name]``."""
         return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
 
+    def static_shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
+        """Shape of a static copy: each dynamic axis that ``sizes`` names fixed to its size, the others -1."""
+        return tuple(sizes.get(d, -1) if isinstance(d, str) else d for d in self.shape)
+
     def triton_dims(self, batched: bool) -> list[int]:
         """Dims for config.pbtxt: dynamic axes become -1; the batch axis is dropped when batched."""
         shape = self.shape[1:] if batched else self.shape
@@ -114,7 +118,8 @@ class ComponentSpec:
     is served with max_batch_size 0 and takes whole tensors). ``parity_sizes``: the axis
     sizes the export parity check runs at (≥2 shapes). ``static_sizes``: axis sizes of common
     requests that OpenVINO serves from static-shape copies of the graph, besides ``opt`` unless
-    ``static_opt`` is False (``static_size_sets``).
+    ``static_opt`` is False (``static_size_sets``). A set that leaves an axis out leaves it dynamic in
+    its copy (``filled``: the sizes it is checked at).
     """
 
     name: str
@@ -150,6 +155,13 @@ class ComponentSpec:
         ``static_sizes``, once each."""
         sets = [self.sizes("opt")] if self.static_opt else []
         return sets + [s for s in self.static_sizes if s not in sets]
+
+    def filled(self, sizes: dict[str, int]) -> list[dict[str, int]]:
+        """``sizes`` with each axis it leaves out at its profile's min, opt and max, once each: the concrete
+        sizes a static copy is gated and tested at (one set when ``sizes`` names every axis)."""
+        free = [a for a in self.profiles if a not in sizes]
+        sets = [sizes | {a: getattr(self.profiles[a], which) for a in free} for which in ("min", "opt", "max")]
+        return [s for i, s in enumerate(sets) if s not in sets[:i]]
 
 
 def vision_spec(d: Dims) -> ComponentSpec:
@@ -232,6 +244,11 @@ def concept_spec(d: Dims) -> ComponentSpec:
         ),
         profiles={n: Profile(1, 1, 8), k: Profile(1, 1, 8)},
         parity_sizes=({n: 1, k: 1}, {n: 3, k: 2}),
+        # One static copy, for one prompt and any number of exemplar boxes: on the cpu target every concept has
+        # its own call (the bench model in bf16: 64-72 ms at 1-4 boxes, 85-90 ms dynamic). It passes the bf16
+        # gate where the dynamic graph fails it at 3 prompts (then it runs bf16 beside an fp32 dynamic graph).
+        static_sizes=({n: 1},),
+        static_opt=False,
     )
 
 
@@ -254,6 +271,10 @@ def mask_spec(d: Dims) -> ComponentSpec:
         outputs=(TensorSpec("pred_masks", "FP32", (n, k, m, m), doc="mask logits at mask_size"),),
         profiles={n: Profile(1, 1, 8), k: Profile(1, 4, q)},
         parity_sizes=({n: 1, k: 1}, {n: 3, k: 5}),
+        # One static copy, for one prompt and any kept count: on the cpu target every concept has its own mask
+        # call, whose kept count varies (the bench model in bf16: 27-30 ms at 1-16 kept, 37-41 ms dynamic).
+        static_sizes=({n: 1},),
+        static_opt=False,
     )
 
 
@@ -283,11 +304,12 @@ def prompt_spec(d: Dims) -> ComponentSpec:
         ),
         profiles={p: Profile(1, 1, 64), k: Profile(1, 2, 16)},
         parity_sizes=({p: 1, k: 1}, {p: 3, k: 4}),
-        # One static copy: a full call of auto mode's grid, one request's own calls, never merged with others'.
-        # None for a click or a box (opt): concurrent requests on one image are merged into one call of several
-        # objects, which runs the dynamic graph, and the dynamic graph gives each object the same bits alone
-        # or merged while a static copy does not: a result must not depend on what it was batched with.
-        static_sizes=({p: AMG_PROMPTS_PER_CALL, k: 1},),
+        # Two static copies, one point per object (a click; auto mode's grid) and two (a box), any object count:
+        # concurrent requests on one image are merged into one call of several objects, and these copies, like
+        # the dynamic graph, give each object the same bits alone or merged (a copy for a fixed object count
+        # would not: a result must not depend on what it was batched with). The bench model in bf16: 11-12 ms
+        # a click or box against 12-14 dynamic, auto's 16-point call 110 against 140 ms.
+        static_sizes=({k: 1}, {k: 2}),
         static_opt=False,
     )
 

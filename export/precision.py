@@ -9,7 +9,8 @@ The bf16 gate: each component's graph runs in OpenVINO at fp32 and at bf16 on th
 cosine similarity, bf16 vs fp32, is ≥ ``GATE_COSINE`` (0.9995) at every size (the parity sizes and
 the ``static_size_sets``), in the dynamic graph. A component that fails is served in fp32. Each
 static-shape copy (one per static size set) is gated on its own, because OpenVINO compiles it
-differently, over ``STATIC_GATE_SEEDS`` inputs with each output's values of all of them in one cosine (one
+differently, over ``STATIC_GATE_SEEDS`` inputs at each of its sizes (``ComponentSpec.filled``: a copy that
+leaves an axis dynamic at its min, opt and max) with each output's values of all of them in one cosine (one
 input of the concept stage's one-prompt copy has a single presence logit, whose cosine is 1 whenever
 the signs agree). Where the dynamic graph passes, a copy whose bf16 fails is not compiled, and
 requests of its shape run in the bf16 dynamic graph (measured: the bench model's prompt head at one
@@ -122,9 +123,12 @@ class GateResult:
 
 
 def gate_sizes(spec: ComponentSpec) -> list[dict]:
-    """The parity sizes of ``spec`` plus its static size sets (what the served static copies run), once each."""
+    """The parity sizes of ``spec`` plus its static size sets (what the served static copies run; a set that leaves
+    an axis dynamic at the sizes of ``ComponentSpec.filled``), once each."""
     sizes = list(spec.parity_sizes)
-    return sizes + [s for s in spec.static_size_sets() if s not in sizes]
+    for static in spec.static_size_sets():
+        sizes += [s for s in spec.filled(static) if s not in sizes]
+    return sizes
 
 
 def gate_component(path: Path, spec: ComponentSpec, image_size: int, threads: int = 0) -> GateResult:
@@ -143,7 +147,7 @@ def gate_component(path: Path, spec: ComponentSpec, image_size: int, threads: in
     for index, (sizes, shapes) in enumerate(zip(spec.static_size_sets(), static_shapes(spec))):
         copy = rt.OpenVinoRunner(path, "bf16", threads, static_shapes=[shapes])
         seeds = range(101 + index * STATIC_GATE_SEEDS, 101 + (index + 1) * STATIC_GATE_SEEDS)
-        feeds = [example_inputs(spec, sizes, image_size, seed=seed) for seed in seeds]
+        feeds = [example_inputs(spec, full, image_size, seed=seed) for full in spec.filled(sizes) for seed in seeds]
         static.append(_cosines(names, runners["fp32"], copy, *feeds))
     return GateResult(spec.name, cosines, static_cosines=tuple(static))
 

@@ -223,9 +223,9 @@ def _write_cpu_component(spec, artifacts, out, count, source, cpu: CpuRuntime) -
 
 def static_shapes(spec: ComponentSpec, size_sets: list[dict] | None = None) -> list[dict[str, list]]:
     """[{input: shape}] at each of ``size_sets`` (default: the spec's ``static_size_sets``, its most common
-    requests), one per static-shape copy that OpenVINO compiles."""
+    requests), one per static-shape copy that OpenVINO compiles; -1 where a set leaves an axis dynamic."""
     sets = spec.static_size_sets() if size_sets is None else size_sets
-    return [{t.name: list(t.resolve(sizes)) for t in spec.inputs} for sizes in sets]
+    return [{t.name: list(t.static_shape(sizes)) for t in spec.inputs} for sizes in sets]
 
 
 def shared_axes(spec: ComponentSpec) -> dict[str, list]:

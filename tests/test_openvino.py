@@ -38,7 +38,7 @@ from export.precision import (
     runtime_module,
 )
 from export.repository import RepositoryError, build_repository, read_precisions, static_shapes
-from sam3_spec import AMG_PROMPTS_PER_CALL, ComponentSpec, Profile, TensorSpec, component_specs
+from sam3_spec import ComponentSpec, Profile, TensorSpec, component_specs
 from server.cli import _print_precisions, parse_args
 from server.triton import TritonServer
 from tests.pbtxt import config_parameters, parse_config_text
@@ -131,28 +131,36 @@ def test_openvino_fp32_equals_onnxruntime_on_the_tiny_model(tiny_artifacts):
 
 
 def test_openvino_static_copies_equal_the_dynamic_one_on_the_tiny_model(tiny_artifacts):
-    """Requests at each static size set (opt, and e.g. the prompt head's single click) run in their own
-    static-shape copy; its fp32 results equal the dynamic copy's. Other sizes run in the dynamic copy."""
+    """Requests at each static size set (e.g. the text encoder's batch of 4, the prompt head's one point per
+    object at any object count) run in their own static-shape copy; its fp32 results equal the dynamic copy's.
+    Other sizes run in the dynamic copy."""
     manifest = load_manifest(tiny_artifacts)
     for spec in manifest.specs().values():
         path, names = tiny_artifacts / spec.onnx_file, [t.name for t in spec.outputs]
         runner = RT.open_runner("openvino", path, "fp32", 0, static_shapes=static_shapes(spec))
         dynamic = RT.open_runner("openvino", path, "fp32", 0)
         assert len(runner.static_requests) == len(spec.static_size_sets()) and not dynamic.static_requests
-        chosen = []
-        for sizes in spec.static_size_sets():
-            feeds = example_inputs(spec, sizes, manifest.dims.image_size, seed=5)
-            chosen.append(runner.request_for(feeds))
-            for name, got, want in zip(names, runner.run(names, feeds), dynamic.run(names, feeds)):
-                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{spec.name} {sizes} {name}")
-        assert len({id(r) for r in chosen}) == len(chosen) and runner.request not in chosen
+        chosen = set()
+        for static in spec.static_size_sets():
+            for sizes in spec.filled(static):  # every size of an axis the copy leaves dynamic: min, opt, max
+                feeds = example_inputs(spec, sizes, manifest.dims.image_size, seed=5)
+                chosen.add(id(runner.request_for(feeds)))
+                for name, got, want in zip(names, runner.run(names, feeds), dynamic.run(names, feeds)):
+                    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{spec.name} {sizes} {name}")
+        assert len(chosen) == len(spec.static_size_sets()) and id(runner.request) not in chosen
         other = spec.sizes("max")
         assert runner.request_for(example_inputs(spec, other, manifest.dims.image_size, seed=5)) is runner.request
 
 
-def test_the_prompt_head_has_one_static_copy_for_a_full_auto_call():
-    sets = component_specs(TINY)["prompt"].static_size_sets()
-    assert sets == [{"objects": AMG_PROMPTS_PER_CALL, "points": 1}]  # no opt copy: see the next test
+def test_static_copies_that_leave_an_axis_dynamic():
+    """The prompt head's copies fix the points per object, not the object count (see the next tests); the
+    concept and mask copies fix one prompt (a cpu call's concept), not the exemplar boxes or kept queries."""
+    specs = component_specs(TINY)
+    assert specs["prompt"].static_size_sets() == [{"points": 1}, {"points": 2}]
+    assert specs["prompt"].filled({"points": 1}) == [{"points": 1, "objects": 1}, {"points": 1, "objects": 64}]
+    assert specs["concept"].static_size_sets() == specs["mask"].static_size_sets() == [{"prompts": 1}]
+    assert static_shapes(specs["mask"])[0]["queries"] == [1, -1, TINY.hidden]
+    assert specs["text"].filled({"batch": 4}) == [{"batch": 4}]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -205,7 +213,7 @@ def test_each_precision_compiles_into_its_own_model_cache(tiny_artifacts, tmp_pa
     manifest = load_manifest(tiny_artifacts)
     spec, cache = manifest.specs()["prompt"], tmp_path / "cache"
     path, names = tiny_artifacts / spec.onnx_file, [t.name for t in spec.outputs]
-    feeds = example_inputs(spec, spec.static_size_sets()[0], manifest.dims.image_size, seed=3)
+    feeds = example_inputs(spec, spec.filled(spec.static_size_sets()[0])[0], manifest.dims.image_size, seed=3)
     RT.OpenVinoRunner(path, "fp32", 0, str(cache), static_shapes=static_shapes(spec))  # fills the cache first
     served = RT.OpenVinoRunner(path, "bf16", 0, str(cache), static_shapes=static_shapes(spec))
     fresh = RT.OpenVinoRunner(path, "bf16", 0, "", static_shapes=static_shapes(spec))
@@ -223,7 +231,7 @@ def test_a_static_copy_runs_its_own_precision(tiny_artifacts, tmp_path):
     manifest = load_manifest(tiny_artifacts)
     spec, cache = manifest.specs()["concept"], tmp_path / "cache"
     path, names, shapes = tiny_artifacts / spec.onnx_file, [t.name for t in spec.outputs], static_shapes(spec)
-    at_copy = example_inputs(spec, spec.static_size_sets()[0], manifest.dims.image_size, seed=5)
+    at_copy = example_inputs(spec, {"prompts": 1, "boxes": 2}, manifest.dims.image_size, seed=5)
     other = example_inputs(spec, spec.parity_sizes[-1], manifest.dims.image_size, seed=6)
     mixed = RT.OpenVinoRunner(path, "fp32", 0, str(cache), static_shapes=shapes, static_precisions=["bf16"])
     bf16 = RT.OpenVinoRunner(path, "bf16", 0, "", static_shapes=shapes)
@@ -300,7 +308,7 @@ def test_tiny_model_gate_and_the_report_is_reused(tiny_artifacts, tmp_path):
     results = gate(artifacts, manifest.specs(), manifest.dims.image_size, lines.append)
     assert all(results[n].ok and all(results[n].static_ok) for n in ("vision", "text", "concept", "mask"))
     assert results["prompt"].worst()[0] == "pred_masks" and len(lines) == len(results)
-    assert [sorted(c) for c in results["prompt"].static_cosines] == [["iou_scores", "pred_masks"]]
+    assert [sorted(c) for c in results["prompt"].static_cosines] == [["iou_scores", "pred_masks"]] * 2
     # the concept copy's presence logit is one value per input: over several inputs its cosine says something
     assert 0.9995 <= results["concept"].static_cosines[0]["presence_logits"] < 1.0
     report = json.loads((artifacts / REPORT_NAME).read_text())
@@ -364,14 +372,14 @@ def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path, 
         "text": ["fp32"],
         "concept": ["bf16"],
         "mask": ["bf16"],
-        "prompt": [],
+        "prompt": ["bf16"],
     }
     expected = [
         "text: bf16 failed its parity gate (cosine 0.900000 < 0.9995 on 'text_features' vs OpenVINO fp32): serving fp32",
         "concept: bf16 failed its parity gate (cosine 0.999400 < 0.9995 on 'presence_logits' vs OpenVINO fp32): "
-        "serving fp32; its static copies at [{'prompts': 1, 'boxes': 1}] pass theirs and run bf16",
+        "serving fp32; its static copies at [{'prompts': 1}] pass theirs and run bf16",
     ]
-    static = f"prompt: the static copies at [{{'objects': {AMG_PROMPTS_PER_CALL}, 'points': 1}}] failed the bf16 gate"
+    static = "prompt: the static copies at [{'points': 1}] failed the bf16 gate"
     assert lines[:2] == expected and lines[2].startswith(static) and len(lines) == 3
     params = config_parameters(parse_config_text((repo / "sam3_text" / "config.pbtxt").read_text()))
     assert params["precision"] == "fp32" and params["runtime"] == "openvino"
@@ -381,7 +389,7 @@ def test_a_component_failing_its_gate_is_served_fp32_and_logged(fake, tmp_path, 
     assert params["precision"] == "fp32" and json.loads(params["static_precisions"]) == ["bf16"]
     assert json.loads(params["static_shapes"]) == static_shapes(specs["concept"])
     params = config_parameters(parse_config_text((repo / "sam3_prompt" / "config.pbtxt").read_text()))
-    kept = []  # auto mode's copy dropped, its only one
+    kept = [{"points": 2}]  # the one-point copy dropped
     assert params["precision"] == "bf16" and json.loads(params["static_shapes"]) == static_shapes(specs["prompt"], kept)
     assert record["static_copies"]["prompt"] == kept
     _print_precisions(repo)
@@ -404,7 +412,7 @@ def test_repository_records_runtime_precision_cache_and_copies_the_runtime_modul
         "threads": 0,
         "cache_dir": str((tmp_path / "openvino-cache-repo").resolve()),
         "components": {"text": "fp32", "concept": "fp32"},
-        "static_copies": {"text": [{"batch": 4}], "concept": [{"prompts": 1, "boxes": 1}]},
+        "static_copies": {"text": [{"batch": 4}], "concept": [{"prompts": 1}]},
         "static_precisions": {"text": ["fp32"], "concept": ["fp32"]},
     }
     params = config_parameters(parse_config_text((repo / "sam3_concept" / "config.pbtxt").read_text()))
@@ -414,7 +422,7 @@ def test_repository_records_runtime_precision_cache_and_copies_the_runtime_modul
         "boxes": [["boxes", 1], ["box_labels", 1], ["box_valid", 1]],
     }
     [static] = json.loads(params["static_shapes"])
-    assert static["text_features"] == [1, 32, 16] and static["boxes"] == [1, 1, 4] and static["fpn_2"] == [1, 16, 4, 4]
+    assert static["text_features"] == [1, 32, 16] and static["boxes"] == [1, -1, 4] and static["fpn_2"] == [1, 16, 4, 4]
     assert (repo / "sam3_concept" / "1" / "component_runtime.py").is_file()
 
 

@@ -16,8 +16,8 @@ own subdirectory (``cache_subdir``), because OpenVINO's CPU plugin keys a blob b
 device only (its CACHING_PROPERTIES: FULL_DEVICE_NAME), not by the compile properties: a blob
 compiled at f32 was loaded for a bf16 compile of the same graph (measured, OpenVINO 2026.4: the
 prompt head's static copy then gave NaN masks and ran 40x slower). ``static_shapes`` ([{input: shape}],
-the spec's most common sizes): one more copy compiled for exactly each of those shape sets runs
-the requests of that shape — OpenVINO's static-shape kernels were 8-33 % faster than its dynamic
+the spec's most common sizes, -1 for an axis a copy leaves dynamic): one more copy compiled for each of
+those shape sets runs the requests of that shape — OpenVINO's static-shape kernels were 8-33 % faster than its dynamic
 ones on the bench model's graphs (auto mode's 16-point call in fp32: 130-152 against 154-167 ms)
 — and every other shape runs in the dynamic copy. ``static_precisions`` (one per static copy, default
 ``precision``) lets a copy run at another precision than the dynamic graph: a copy that passed the bf16
@@ -110,9 +110,9 @@ class OpenVinoRunner:
         return [_ov_port(p) for p in self.compiled.outputs]
 
     def request_for(self, feeds: dict):
-        """The static copy whose shapes ``feeds`` has, else the dynamic one."""
+        """The first static copy whose shapes ``feeds`` has (-1: any size), else the dynamic one."""
         for shapes, request in self.static_requests:
-            if all(feeds[name].shape == shape for name, shape in shapes.items()):
+            if all(_matches(feeds[name].shape, shape) for name, shape in shapes.items()):
                 return request
         return self.request
 
@@ -131,6 +131,11 @@ def _check_precisions(precision: str, static_precisions: list, copies: int) -> N
             raise RuntimeLoadError(f"precision must be one of {PRECISIONS}, got {p!r}")
     if len(static_precisions) != copies:
         raise RuntimeLoadError(f"{len(static_precisions)} static precisions for {copies} static copies")
+
+
+def _matches(shape: tuple, static: tuple) -> bool:
+    """Whether ``shape`` is one of the shapes of a static copy's input (``static``: -1 = any size)."""
+    return len(shape) == len(static) and all(s in (-1, n) for n, s in zip(shape, static))
 
 
 def _fits(shapes: dict, ranks: dict) -> bool:
