@@ -161,7 +161,7 @@ def _print_precisions(repo: Path) -> None:
 
 
 def _precision_part(name: str, precision: str, copies: list[str]) -> str:
-    """ "concept fp32" or, where a static copy runs another precision, "concept fp32 (static copies bf16)"."""
+    """Say "concept fp32", or "concept fp32 (static copies bf16)" where a static copy runs another precision."""
     other = sorted({p for p in copies if p != precision})
     return f"{name} {precision}" + (f" (static copies {'/'.join(other)})" if other else "")
 

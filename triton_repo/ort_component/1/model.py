@@ -105,7 +105,7 @@ def _static_precisions(name: str, runtime: str, precisions: list) -> list:
 
 
 def _copies(runner) -> list[str]:
-    """ "{input: shape} at <precision>" per static copy of ``runner``, for the load log."""
+    """Per static copy of ``runner``: "{input: shape} at <precision>" (-1: a dynamic axis), for the load log."""
     return [f"{dict(shapes)} at {p}" for (shapes, _), p in zip(runner.static_requests, runner.static_precisions)]
 
 
