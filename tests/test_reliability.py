@@ -222,6 +222,29 @@ def test_healthy_at_start(http, healing):
     assert healing.watchdog.ready and triton_ready(healing.server) == 200
 
 
+def test_the_canary_runs_only_while_sam3_gets_no_traffic(http, healing):
+    """The watchdog's canary (every 2 s here) is an inference of sam3: while requests are answered, traffic
+    already proves what it checks, so it must not add requests of its own; idle, it must run."""
+
+    def answered() -> int:  # Triton's success count of sam3
+        with urllib.request.urlopen(f"{healing.server.http_url}/v2/models/sam3/stats", timeout=10) as r:
+            return int(json.loads(r.read())["model_stats"][0]["inference_stats"]["success"]["count"])
+
+    settle(healing)
+    before, sent = answered(), 0
+    body = request_using("sam3_prompt", 7) | {"image_id": "canary-traffic"}
+    deadline = time.monotonic() + 5.0  # more than two canary intervals
+    while time.monotonic() < deadline:
+        assert post(http, body).status_code == 200
+        sent += 1
+        time.sleep(0.3)
+    time.sleep(0.3)  # the last request's statistics
+    assert answered() - before == sent, "with traffic, every request sam3 answered was one of ours"
+    idle = answered()
+    time.sleep(4.5)  # idle for more than two canary intervals
+    assert answered() - idle >= 1, "idle, the canary runs"
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_a_killed_stage_is_reloaded_and_health_tells_the_truth(http, healing, model):
     names = list(healing.models)
