@@ -87,13 +87,16 @@ class OpenVinoRunner:
         self.request = self.compiled.create_infer_request()
         ranks = {name: rank for name, _, rank in self.inputs()}
         # a graph that does not take these inputs fails the model's load check (names/dtypes/ranks) instead
-        self.static_requests = [
-            (shapes, self._static(core, path, compile_properties(p, threads, cache_dir), shapes))
-            for shapes, p in zip(({n: tuple(v) for n, v in s.items()} for s in static_shapes), static_precisions)
+        kept = [
+            ({n: tuple(v) for n, v in shapes.items()}, p)
+            for shapes, p in zip(static_shapes, static_precisions)
             if _fits(shapes, ranks)
         ]
+        self.static_requests = [
+            (shapes, self._static(core, path, compile_properties(p, threads, cache_dir), shapes)) for shapes, p in kept
+        ]
         self.precision = precision
-        self.static_precisions = [p for s, p in zip(static_shapes, static_precisions) if _fits(s, ranks)]
+        self.static_precisions = [p for _, p in kept]
         self.ov_version = ov.__version__
 
     @staticmethod
