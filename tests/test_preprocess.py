@@ -20,6 +20,8 @@ from errors import InputError  # noqa: E402
 from preprocess import (  # noqa: E402
     boxes_xyxy_to_cxcywh_norm,
     decode_image,
+    decode_plain_png,
+    is_plain_png,
     resize_for_model,
     resize_numpy,
     resize_torch,
@@ -106,6 +108,73 @@ def test_decode_applies_exif_orientation():
     out = decode_image(_encode(image, "JPEG", exif=exif.tobytes(), quality=95), MAX_PIXELS)
     assert out.shape == (40, 20, 3)
     assert out[:10].mean() > 200 and out[-10:].mean() < 50  # left edge became the top
+
+
+ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
+
+
+def _interlaced_png(rgb: np.ndarray) -> bytes:
+    """An Adam7-interlaced 8-bit RGB PNG of ``rgb`` (Pillow writes none): each pass's rows, filter 0."""
+    rows = b""
+    for y0, x0, dy, dx in ADAM7:
+        part = rgb[y0::dy, x0::dx]
+        if part.size:
+            rows += b"".join(b"\x00" + row.tobytes() for row in part)
+    ihdr = struct.pack(">IIBBBBB", rgb.shape[1], rgb.shape[0], 8, 2, 0, 0, 1)
+    chunks = _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def _plain_pngs() -> dict[str, bytes]:
+    """8-bit RGB PNGs: photos at three compress levels (Pillow's adaptive filters pick per row), noise,
+    tiny and odd sizes, an interlaced one."""
+    rng = np.random.default_rng(7)
+    noise, odd = rng.integers(0, 256, (37, 53, 3), np.uint8), rng.integers(0, 256, (3, 7, 3), np.uint8)
+    pngs = {
+        f"{n}-level{k}": _encode(Image.fromarray(_skimage_photo(n)), "PNG", compress_level=k)
+        for n in SKIMAGE_PHOTOS
+        for k in (1, 6, 9)
+    }
+    pngs |= {"noise": _encode(Image.fromarray(noise), "PNG"), "3x7": _encode(Image.fromarray(odd), "PNG")}
+    pngs |= {"1x1": _encode(Image.new("RGB", (1, 1), (9, 8, 7)), "PNG"), "interlaced": _interlaced_png(noise)}
+    return pngs
+
+
+@pytest.mark.parametrize("name, data", list(_plain_pngs().items()), ids=list(_plain_pngs()))
+def test_plain_pngs_decode_by_libspng_to_pillows_bytes(name, data):
+    pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert is_plain_png(data)
+    fast = decode_plain_png(data)
+    assert fast is not None and not fast.flags.writeable
+    np.testing.assert_array_equal(fast, pillow)
+    np.testing.assert_array_equal(decode_image(data, MAX_PIXELS), pillow)
+
+
+def _other_pngs() -> dict[str, bytes]:
+    """PNGs that decode_image treats beyond plain pixels: alpha, a transparent colour, a palette, gray,
+    16-bit samples, EXIF orientation, animation."""
+    rgb = Image.fromarray(np.full((6, 5, 3), 40, np.uint8))
+    exif = rgb.getexif()
+    exif[0x0112] = 6
+    frames = [rgb, Image.new("RGB", (5, 6), (200, 0, 0))]
+    pngs = {"rgba": _encode(rgb.convert("RGBA"), "PNG"), "trns": _encode(rgb, "PNG", transparency=(40, 40, 40))}
+    pngs |= {"palette": _encode(rgb.convert("P"), "PNG"), "gray": _encode(rgb.convert("L"), "PNG")}
+    pngs |= {"rgb16": _png_header_only(5, 6).replace(b"\x08\x02", b"\x10\x02", 1)}
+    pngs |= {"exif": _encode(rgb, "PNG", exif=exif.tobytes())}
+    return pngs | {"animated": _encode(frames[0], "PNG", save_all=True, append_images=frames[1:])}
+
+
+@pytest.mark.parametrize("name, data", list(_other_pngs().items()), ids=list(_other_pngs()))
+def test_other_pngs_are_left_to_pillow(name, data):
+    assert not is_plain_png(data)
+    assert decode_plain_png(data) is None
+
+
+def test_a_png_libspng_refuses_goes_to_pillow_and_its_error():
+    data = _encode(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")[:60]
+    assert is_plain_png(data) and decode_plain_png(data) is None
+    with pytest.raises(InputError, match="could not be decoded"):
+        decode_image(data, MAX_PIXELS)
 
 
 @pytest.mark.parametrize(
@@ -268,12 +337,15 @@ def test_validate_boxes_and_labels_accept():
 
 
 def test_orchestrator_modules_work_without_torch():
-    """A serve-only install has no torch: the modules import, and the resize falls back to numpy."""
+    """A serve-only install has no torch: the modules import, and the resize falls back to numpy. Without
+    pyspng (no wheel for the platform) Pillow decodes every PNG."""
     code = (
-        "import sys; sys.modules['torch'] = None; sys.path.insert(0, sys.argv[1]); "
+        "import sys; sys.modules['torch'] = sys.modules['pyspng'] = None; sys.path.insert(0, sys.argv[1]); "
         "import errors, preprocess, postprocess, amg, text_tokens; import numpy as np; "
         "assert preprocess.torch is None; "
         "assert preprocess.resize_for_model(np.zeros((10, 12, 3), np.uint8), 8).shape == (1, 3, 8, 8); "
+        "import io; from PIL import Image; png = io.BytesIO(); Image.new('RGB', (4, 3), (5, 6, 7)).save(png, 'PNG'); "
+        "assert preprocess.pyspng is None and (preprocess.decode_image(png.getvalue(), 100) == (5, 6, 7)).all(); "
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'transformers')); "
         "assert not heavy, heavy"
     )

@@ -48,6 +48,7 @@ OPENCV_PIP = "opencv-python-headless>=4.8,<4.11"  # the orchestrator's mask resi
 SERVING_PACKAGES = (
     "numpy<2",
     "pillow",
+    "pyspng",
     "tokenizers",
     "pycocotools",
     OPENCV_PIP,
@@ -86,6 +87,7 @@ GPU_CHECK_PACKAGES = (
     "open_clip_torch",
     "numpy<2",
     "pillow",
+    "pyspng",
     "pycocotools",
     OPENCV_PIP,
     TRITONCLIENT_GPU_PIP,

@@ -1,6 +1,7 @@
 """Image decoding, model-frame resizing and prompt coordinates for the sam3 orchestrator.
 
-numpy + Pillow, and torch's resize kernel where torch is installed. Conventions:
+numpy + Pillow (libspng through pyspng for plain 8-bit RGB PNGs where it is installed), and torch's
+resize kernel where torch is installed. Conventions:
 - images are HxWx3 uint8 RGB arrays (``orig_hw`` = (H, W) of the decoded, EXIF-rotated image);
 - the model sees the image resized to ``size`` x ``size`` WITHOUT keeping the aspect ratio;
 - points are (x, y) and boxes (x0, y0, x1, y1) in pixels; a pixel coordinate runs from 0 to
@@ -29,14 +30,23 @@ try:
 except ImportError:  # a serve-only install without torch: resize_for_model uses the numpy mirror
     torch = None
 
+try:
+    import pyspng
+except ImportError:  # a platform without its wheel: Pillow decodes every PNG
+    pyspng = None
+
 _MP = 1e6
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# chunks that make a PNG more than plain pixels to decode_image: transparency, EXIF orientation, animation
+PNG_SPECIAL_CHUNKS = frozenset({b"tRNS", b"eXIf", b"acTL"})
 
 
 # ---------------------------------------------------------------- decoding
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, WebP, anything Pillow opens) to RGB.
+    """Decode encoded image bytes (JPEG, PNG, WebP, anything Pillow opens) to RGB; a plain 8-bit RGB PNG
+    by libspng (``decode_plain_png``: the same bytes, twice as fast).
 
     EXIF orientation is applied; transparency is composited onto white (as transformers'
     ``convert_to_rgb``); 16-bit grayscale keeps its 8 most significant bits. The pixel count
@@ -48,6 +58,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     if not data:
         raise InputError("image is empty: send the bytes of an encoded image file (JPEG, PNG, WebP, ...)")
     image = _open(data, max_pixels)
+    plain = decode_plain_png(data)
+    if plain is not None:
+        return plain
     try:
         image.load()
         ImageOps.exif_transpose(image, in_place=True)  # no copy of a 6 MB frame when nothing turns
@@ -75,6 +88,40 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         ) from exc
     check_image_size(image.size, max_pixels)
     return image
+
+
+def decode_plain_png(data: bytes) -> np.ndarray | None:
+    """HxWx3 uint8 RGB (read-only) of a plain PNG (``is_plain_png``) decoded by libspng: the same bytes as
+    Pillow in about half the time (the bench's 512² astronaut: 4.9 vs 9.6 ms), though it holds the GIL
+    while it runs. None without pyspng, for any other image, or where libspng refuses the file (Pillow then
+    decodes it or names what is wrong). Call after ``_open`` has checked the pixel count."""
+    if pyspng is None or not is_plain_png(data):
+        return None
+    try:
+        pixels = pyspng.load(data, "RGB")
+    except RuntimeError:  # corrupt or truncated: Pillow's path raises the user's InputError
+        return None
+    pixels.flags.writeable = False
+    return pixels
+
+
+def is_plain_png(data: bytes) -> bool:
+    """An 8-bit truecolour PNG (IHDR bit depth 8, colour type 2) without tRNS, eXIf or acTL chunks."""
+    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x02":
+        return False
+    return not png_chunk_types(data) & PNG_SPECIAL_CHUNKS
+
+
+def png_chunk_types(data: bytes) -> set[bytes]:
+    """Types of a PNG's chunks up to IEND (lengths read, bodies skipped: microseconds for any file)."""
+    kinds, pos = set(), len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        kind = data[pos + 4 : pos + 8]
+        kinds.add(kind)
+        if kind == b"IEND":
+            break
+        pos += 12 + int.from_bytes(data[pos : pos + 4], "big")
+    return kinds
 
 
 def check_image_size(size_wh: tuple[int, int], max_pixels: int) -> None:
