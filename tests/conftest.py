@@ -7,7 +7,8 @@
 - ``sam3_server``: the real bundled tritonserver serving the cpu repository of the tiny model
   on free 127.0.0.1 ports (session scope; stopped at the end). Components run in OpenVINO at
   fp32, the precision the strict parity tests are written for (bf16: tests/test_bf16_parity.py).
-- ``orchestrator_modules``: puts triton_repo/sam3/1 on sys.path so tests import its modules.
+- ``orchestrator_modules``: puts triton_repo/sam3/1 on sys.path so tests import its modules;
+  ``modules``: those modules by short name (cache, pipeline, post, ...).
 """
 
 from __future__ import annotations
@@ -122,3 +123,25 @@ def coffee_jpeg() -> bytes:
     from skimage import data  # noqa: PLC0415 (optional: test extra)
 
     return encode_image(data.coffee(), "JPEG")
+
+
+@pytest.fixture(scope="module")
+def modules(orchestrator_modules):
+    """The orchestrator's modules by short name (cache, pipeline, post, post_torch, request, stages, text_tokens)."""
+    import cache  # noqa: PLC0415 (after sys.path setup)
+    import pipeline  # noqa: PLC0415 (after sys.path setup)
+    import postprocess  # noqa: PLC0415 (after sys.path setup)
+    import postprocess_torch  # noqa: PLC0415 (after sys.path setup)
+    import request  # noqa: PLC0415 (after sys.path setup)
+    import stages  # noqa: PLC0415 (after sys.path setup)
+    import text_tokens  # noqa: PLC0415 (after sys.path setup)
+
+    return dict(
+        cache=cache,
+        pipeline=pipeline,
+        post=postprocess,
+        post_torch=postprocess_torch,
+        request=request,
+        stages=stages,
+        text_tokens=text_tokens,
+    )

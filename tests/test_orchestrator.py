@@ -16,27 +16,6 @@ import torch
 from export.manifest import load_manifest
 
 
-@pytest.fixture(scope="module")
-def modules(orchestrator_modules):
-    import cache  # noqa: PLC0415 (after sys.path setup)
-    import pipeline  # noqa: PLC0415 (after sys.path setup)
-    import postprocess  # noqa: PLC0415 (after sys.path setup)
-    import postprocess_torch  # noqa: PLC0415 (after sys.path setup)
-    import request  # noqa: PLC0415 (after sys.path setup)
-    import stages  # noqa: PLC0415 (after sys.path setup)
-    import text_tokens  # noqa: PLC0415 (after sys.path setup)
-
-    return dict(
-        cache=cache,
-        pipeline=pipeline,
-        post=postprocess,
-        post_torch=postprocess_torch,
-        request=request,
-        stages=stages,
-        text_tokens=text_tokens,
-    )
-
-
 class TorchOutputs:
     """OrtStages whose outputs are torch tensors, as BLS hands them over on the GPU (DLPack)."""
 

@@ -62,8 +62,16 @@ class ByteLRU:
             self.used += size
             self._evict()
 
-    def _evict(self) -> None:
-        while self.used > self.capacity:
+    def make_room(self, size: int) -> None:
+        """Evict least-recent entries until ``size`` more bytes fit (before an entry is built, so that the
+        memory of the evicted one can take it: see arena.py); nothing for an entry the cache could never hold."""
+        if size > self.capacity:
+            return
+        with self._lock:
+            self._evict(size)
+
+    def _evict(self, incoming: int = 0) -> None:
+        while self._items and self.used + incoming > self.capacity:
             _, (_, size) = self._items.popitem(last=False)
             self.used -= size
 

@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import traceback
 import uuid
 import warnings
@@ -48,6 +49,7 @@ class TritonPythonModel:
         import cv2  # noqa: PLC0415 (after sys.path setup)
         import preprocess  # noqa: PLC0415 (after sys.path setup)
         import triton_python_backend_utils as pb_utils  # noqa: PLC0415 (only inside the python backend stub)
+        from arena import SlotArena, image_layout, slot_bytes  # noqa: PLC0415 (after sys.path setup)
         from cache import ByteLRU  # noqa: PLC0415 (after sys.path setup)
         from errors import InputError  # noqa: PLC0415 (after sys.path setup)
         from pipeline import Sam3Pipeline  # noqa: PLC0415 (after sys.path setup)
@@ -77,8 +79,12 @@ class TritonPythonModel:
         if not os.path.isfile(tokenizer_path):
             raise pb_utils.TritonModelException(f"sam3: tokenizer file {tokenizer_path} not found")
         self.limits = Limits()
+        target = params.get("target", "cpu")
         self.image_cache = ByteLRU(int(float(params["image_cache_mb"]) * 2**20))
         self.text_cache = ByteLRU(int(float(params["text_cache_mb"]) * 2**20))
+        self.arena = _image_arena(
+            SlotArena, slot_bytes(image_layout(specs["vision"], NP_DTYPES)), self.image_cache, target
+        )
         self.pool = ThreadPoolExecutor(max_workers=int(params["worker_threads"]), thread_name_prefix="sam3")
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(ThreadPoolExecutor(max_workers=BLS_THREADS, thread_name_prefix="sam3-bls"))
@@ -89,13 +95,14 @@ class TritonPythonModel:
             dims,
             self.image_cache,
             self.text_cache,
-            post=_post_module(params.get("target", "cpu")),
+            post=_post_module(target),
             pool=self.pool,
             max_pixels=int(float(params["max_pixels"])),
             vision_batch=specs["vision"].profiles["batch"].max,
             text_batch=specs["text"].profiles["batch"].max,
-            max_concepts_per_call=_concepts_per_call(params.get("target", "cpu"), specs),
-            merge_text_calls=params.get("target", "cpu") == "gpu",  # why not on CPU: see merge.py
+            max_concepts_per_call=_concepts_per_call(target, specs),
+            merge_text_calls=target == "gpu",  # why not on CPU: see merge.py
+            arena=self.arena,
         )
         self.metrics = _Metrics(pb_utils)
 
@@ -145,6 +152,8 @@ class TritonPythonModel:
         return self.pb.InferenceResponse(error=self.pb.TritonError(message, code))
 
     def finalize(self):
+        if self.arena is not None:
+            self.arena.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.loop.close()  # also shuts its default executor down (without waiting)
         self.image_cache = self.text_cache = None
@@ -157,6 +166,23 @@ def _one_torch_thread(torch) -> None:
         return
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
+
+def _image_arena(arena_class, size: int, cache, target: str):
+    """CPU target: host memory for as many images' vision outputs as the image cache holds (arena.py), touched
+    by a background thread from now on; None on the GPU (the cache keeps device tensors there) or when the
+    cache holds no image."""
+    count = cache.capacity // size
+    if target == "gpu" or count == 0:
+        return None
+    arena = arena_class(size, count)
+    print(
+        f"sam3: image cache of {count} images ({size / 2**20:.1f} MiB each): touching its host memory in the "
+        "background",
+        flush=True,
+    )
+    threading.Thread(target=arena.warm, name="sam3-arena", daemon=True).start()
+    return arena
 
 
 def _parameters(config: dict) -> dict[str, str]:

@@ -31,7 +31,8 @@ import postprocess as post
 import preprocess as pre
 import prompts
 from amg import AmgConfig, AutomaticMaskGenerator, batch_slices, merge_candidates
-from cache import ByteLRU, content_key
+from arena import SlotArena
+from cache import ByteLRU, content_key, value_bytes
 from errors import InputError
 from merge import MergingStages
 from postprocess import MaskSet
@@ -95,7 +96,8 @@ class _Shared:
 
 class Sam3Pipeline:
     """Runs every mode. ``stages``: BlsStages or OrtStages; ``dims``: sam3_spec.Dims; ``post``:
-    postprocess (numpy, CPU) or postprocess_torch (GPU); ``pool``: threads for decode and post."""
+    postprocess (numpy, CPU) or postprocess_torch (GPU); ``pool``: threads for decode and post;
+    ``arena``: host memory the image cache keeps embeddings in (arena.py; None: the arrays as returned)."""
 
     def __init__(
         self,
@@ -113,10 +115,11 @@ class Sam3Pipeline:
         max_concepts_per_call: int = 8,
         max_objects_per_call: int = 64,
         merge_text_calls: bool = True,
+        arena: SlotArena | None = None,
     ):
         self.stages = MergingStages(stages, max_rows=max_concepts_per_call) if merge_text_calls else stages
         self.tokenizer, self.dims, self.post = tokenizer, dims, post
-        self.image_cache, self.text_cache = image_cache, text_cache
+        self.image_cache, self.text_cache, self.arena = image_cache, text_cache, arena
         self.pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam3")
         self.max_pixels, self.vision_batch, self.text_batch = max_pixels, vision_batch, text_batch
         self.chunk_concepts, self.chunk_objects = max_concepts_per_call, max_objects_per_call
@@ -212,9 +215,17 @@ class Sam3Pipeline:
             return dict.fromkeys(keys, err)
         found = {}
         for i, key in enumerate(keys):
-            found[key] = Features({name: value[i : i + 1] for name, value in out.items()}, ready[key][1])
+            found[key] = Features(self._kept({name: value[i : i + 1] for name, value in out.items()}), ready[key][1])
             self.image_cache.put(key, found[key])
         return found
+
+    def _kept(self, arrays: dict) -> dict:
+        """One image's vision outputs as the cache keeps them: copied into a free arena slot where there is one
+        (the BLS output's shared memory is then released: arena.py), else as they are."""
+        if self.arena is None:
+            return arrays
+        self.image_cache.make_room(value_bytes(arrays))
+        return self.arena.pack(arrays) or arrays
 
     async def _encode_texts(self, reqs, timings) -> dict:
         """{text: (features [32, C], mask bool [32])} of every concept of the text-mode requests."""
