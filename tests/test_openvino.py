@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -220,7 +221,25 @@ def test_each_precision_compiles_into_its_own_model_cache(tiny_artifacts, tmp_pa
     assert served.request_for(feeds) is not served.request, "the static copy runs these shapes"
     for name, got, want in zip(names, served.run(names, feeds), fresh.run(names, feeds)):
         np.testing.assert_array_equal(got, want, err_msg=name)
-    assert sorted(p.name for p in cache.iterdir()) == ["bf16-threadsdefault", "fp32-threadsdefault"]
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == ["bf16-threadsdefault", "fp32-threadsdefault"]
+
+
+def test_instances_compiling_one_graph_into_one_cache_take_turns(tiny_artifacts, tmp_path):
+    """Two instances of a model compiling the same graph into one empty OpenVINO cache at once made one fail to
+    load (it read the other's half-written blob); a runner now waits while another holds the graph's lock."""
+    spec = load_manifest(tiny_artifacts).specs()["prompt"]
+    path, cache, built = tiny_artifacts / spec.onnx_file, str(tmp_path / "cache"), threading.Event()
+
+    def build():
+        RT.OpenVinoRunner(path, "fp32", 0, cache, static_shapes=static_shapes(spec))
+        built.set()
+
+    with RT.compile_lock(cache, path):  # as another instance holds it while it compiles
+        worker = threading.Thread(target=build)
+        worker.start()
+        assert not built.wait(5), "the runner compiled while another instance held the cache's lock"
+    worker.join(timeout=300)
+    assert built.is_set() and (tmp_path / "cache" / f".lock-{path.name}").is_file()
 
 
 def test_a_static_copy_runs_its_own_precision(tiny_artifacts, tmp_path):
@@ -241,7 +260,7 @@ def test_a_static_copy_runs_its_own_precision(tiny_artifacts, tmp_path):
         for name, got, expected in zip(names, mixed.run(names, feeds), want.run(names, feeds)):
             np.testing.assert_array_equal(got, expected, err_msg=name)
     assert any(not np.array_equal(a, b) for a, b in zip(fp32.run(names, at_copy), bf16.run(names, at_copy)))
-    assert sorted(p.name for p in cache.iterdir()) == ["bf16-threadsdefault", "fp32-threadsdefault"]
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == ["bf16-threadsdefault", "fp32-threadsdefault"]
     with pytest.raises(RT.RuntimeLoadError, match="1 static precisions for 0 static copies"):
         RT.OpenVinoRunner(path, "fp32", 0, static_precisions=["bf16"])
     with pytest.raises(RT.RuntimeLoadError, match="precision must be one of"):

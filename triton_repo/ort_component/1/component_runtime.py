@@ -29,6 +29,8 @@ This module imports neither runtime at import time.
 
 from __future__ import annotations
 
+import fcntl
+from contextlib import contextmanager
 from pathlib import Path
 
 PRECISIONS = ("fp32", "bf16")
@@ -82,19 +84,21 @@ class OpenVinoRunner:
         static_precisions = static_precisions or [precision] * len(static_shapes)
         _check_precisions(precision, static_precisions, len(static_shapes))
         core = ov.Core()
-        # compiled from the path, so that a cache hit skips reading the ONNX file as well
-        self.compiled = core.compile_model(str(path), "CPU", compile_properties(precision, threads, cache_dir))
-        self.request = self.compiled.create_infer_request()
-        ranks = {name: rank for name, _, rank in self.inputs()}
-        # a graph that does not take these inputs fails the model's load check (names/dtypes/ranks) instead
-        kept = [
-            ({n: tuple(v) for n, v in shapes.items()}, p)
-            for shapes, p in zip(static_shapes, static_precisions)
-            if _fits(shapes, ranks)
-        ]
-        self.static_requests = [
-            (shapes, self._static(core, path, compile_properties(p, threads, cache_dir), shapes)) for shapes, p in kept
-        ]
+        with compile_lock(cache_dir, Path(path)):
+            # compiled from the path, so that a cache hit skips reading the ONNX file as well
+            self.compiled = core.compile_model(str(path), "CPU", compile_properties(precision, threads, cache_dir))
+            self.request = self.compiled.create_infer_request()
+            ranks = {name: rank for name, _, rank in self.inputs()}
+            # a graph that does not take these inputs fails the model's load check (names/dtypes/ranks) instead
+            kept = [
+                ({n: tuple(v) for n, v in shapes.items()}, p)
+                for shapes, p in zip(static_shapes, static_precisions)
+                if _fits(shapes, ranks)
+            ]
+            self.static_requests = [
+                (shapes, self._static(core, path, compile_properties(p, threads, cache_dir), shapes))
+                for shapes, p in kept
+            ]
         self.precision = precision
         self.static_precisions = [p for _, p in kept]
         self.ov_version = ov.__version__
@@ -160,6 +164,23 @@ def compile_properties(precision: str, threads: int, cache_dir: str = "") -> dic
     if cache_dir:
         props["CACHE_DIR"] = cache_subdir(cache_dir, precision, threads)
     return props
+
+
+@contextmanager
+def compile_lock(cache_dir: str, path: Path):
+    """Hold ``cache_dir``/.lock-<graph file name> exclusively while this process compiles ``path`` with that model
+    cache (nothing to hold without a cache). Two instances of one model (the cpu target's two sam3_prompt
+    instances) compiled the same graph into an empty cache at once, and one failed to load: OpenVINO read the
+    other's half-written blob, deleted it, and the writer's next step found no file ("filesystem error: cannot
+    set permissions: No such file or directory [.../<hash>.blob]", seen at a first start). The second now
+    waits, then loads the blobs the first wrote."""
+    if not cache_dir:
+        yield
+        return
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(cache_dir) / f".lock-{path.name}", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def cache_subdir(cache_dir: str, precision: str, threads: int) -> str:
