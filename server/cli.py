@@ -50,7 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument(
         "--instances", default="", help="e.g. sam3=1,vision=2 (default 1 each, but prompt=2 on the cpu target)"
     )
-    serve.add_argument("--image-cache-mb", type=int, default=ORCHESTRATOR_PARAMETERS["image_cache_mb"])
+    serve.add_argument(
+        "--image-cache-mb",
+        type=int,
+        default=ORCHESTRATOR_PARAMETERS["image_cache_mb"],
+        help="image-embedding cache in MiB (default %(default)s); the cpu target holds this much host memory from start",
+    )
     serve.add_argument("--hf-token", default=os.environ.get("HF_TOKEN"))
     serve.add_argument(
         "--skip-verify",
