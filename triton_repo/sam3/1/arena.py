@@ -26,7 +26,6 @@ import numpy as np
 
 ALIGN = 64  # bytes: each array of a slot starts on a cache line
 PAGE = 4096  # bytes: one write per page touches the whole slot
-FREE_REFS = 2  # sys.getrefcount of a slot nobody views: the arena's list + getrefcount's argument
 
 
 def aligned(nbytes: int) -> int:
@@ -52,6 +51,7 @@ class SlotArena:
         self._slots: list[np.ndarray] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._free_refs = _listed_refs()
 
     @property
     def ready(self) -> int:
@@ -95,9 +95,16 @@ class SlotArena:
         """A slot no array views (see the module docstring), or None."""
         with self._lock:
             for i in range(len(self._slots)):
-                if sys.getrefcount(self._slots[i]) == FREE_REFS:
+                if sys.getrefcount(self._slots[i]) == self._free_refs:
                     return self._slots[i]
         return None
+
+
+def _listed_refs() -> int:
+    """``sys.getrefcount`` of an array that only a list holds, read as ``_take`` reads it (2 on CPython 3.10-3.13:
+    the list and the call's argument), measured rather than assumed."""
+    listed = [np.empty(0, np.uint8)]
+    return sys.getrefcount(listed[0])
 
 
 def _lowest_priority(log) -> None:
