@@ -71,6 +71,15 @@ def test_warm_logs_and_close_stops_it(arena):
     assert not worker.is_alive() and stopped.ready < 10**6
 
 
+def test_cache_arena_holds_as_many_images_as_the_cache(arena):
+    layout = {name: (a.shape, a.dtype) for name, a in _arrays(0).items()}
+    size, lines = arena.slot_bytes(layout), []
+    assert arena.cache_arena(layout, size - 1, log=lines.append) is None and not lines
+    slots = arena.cache_arena(layout, 3 * size + 1, log=lines.append)
+    assert (slots.size, slots.count) == (size, 3) and "image cache of 3 images" in lines[0]
+    slots.close()
+
+
 def test_make_room_evicts_least_recent_entries(modules):
     lru = modules["cache"].ByteLRU(3000)
     for key in "abc":

@@ -43,6 +43,21 @@ def slot_bytes(layout: dict[str, tuple]) -> int:
     return sum(aligned(int(np.prod(shape)) * np.dtype(dtype).itemsize) for shape, dtype in layout.values())
 
 
+def cache_arena(layout: dict[str, tuple], capacity: int, log=functools.partial(print, flush=True)):
+    """A SlotArena with a slot for each image of ``layout`` that ``capacity`` bytes hold, touched from now on by a
+    background thread; None when not one fits."""
+    size = slot_bytes(layout)
+    count = capacity // size
+    if count == 0:
+        return None
+    arena = SlotArena(size, count, log)
+    log(
+        f"sam3: image cache of {count} images ({size / 2**20:.1f} MiB each): touching its host memory in the background"
+    )
+    threading.Thread(target=arena.warm, name="sam3-arena", daemon=True).start()
+    return arena
+
+
 class SlotArena:
     """``count`` slots of ``size`` bytes each (uint8), made by ``warm`` (call it in a background thread)."""
 

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import sys
-import threading
 import traceback
 import uuid
 import warnings
@@ -49,7 +48,7 @@ class TritonPythonModel:
         import cv2  # noqa: PLC0415 (after sys.path setup)
         import preprocess  # noqa: PLC0415 (after sys.path setup)
         import triton_python_backend_utils as pb_utils  # noqa: PLC0415 (only inside the python backend stub)
-        from arena import SlotArena, image_layout, slot_bytes  # noqa: PLC0415 (after sys.path setup)
+        from arena import cache_arena, image_layout  # noqa: PLC0415 (after sys.path setup)
         from cache import ByteLRU  # noqa: PLC0415 (after sys.path setup)
         from errors import InputError  # noqa: PLC0415 (after sys.path setup)
         from pipeline import Sam3Pipeline  # noqa: PLC0415 (after sys.path setup)
@@ -82,9 +81,9 @@ class TritonPythonModel:
         target = params.get("target", "cpu")
         self.image_cache = ByteLRU(int(float(params["image_cache_mb"]) * 2**20))
         self.text_cache = ByteLRU(int(float(params["text_cache_mb"]) * 2**20))
-        self.arena = _image_arena(
-            SlotArena, slot_bytes(image_layout(specs["vision"], NP_DTYPES)), self.image_cache, target
-        )
+        # cpu target: the cache's host memory (arena.py); the gpu target's cache keeps device tensors
+        layout = image_layout(specs["vision"], NP_DTYPES)
+        self.arena = None if target == "gpu" else cache_arena(layout, self.image_cache.capacity)
         self.pool = ThreadPoolExecutor(max_workers=int(params["worker_threads"]), thread_name_prefix="sam3")
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(ThreadPoolExecutor(max_workers=BLS_THREADS, thread_name_prefix="sam3-bls"))
@@ -166,23 +165,6 @@ def _one_torch_thread(torch) -> None:
         return
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
-
-
-def _image_arena(arena_class, size: int, cache, target: str):
-    """CPU target: host memory for as many images' vision outputs as the image cache holds (arena.py), touched
-    by a background thread from now on; None on the GPU (the cache keeps device tensors there) or when the
-    cache holds no image."""
-    count = cache.capacity // size
-    if target == "gpu" or count == 0:
-        return None
-    arena = arena_class(size, count)
-    print(
-        f"sam3: image cache of {count} images ({size / 2**20:.1f} MiB each): touching its host memory in the "
-        "background",
-        flush=True,
-    )
-    threading.Thread(target=arena.warm, name="sam3-arena", daemon=True).start()
-    return arena
 
 
 def _parameters(config: dict) -> dict[str, str]:
