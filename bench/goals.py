@@ -250,8 +250,10 @@ def _mask_bytes(seg) -> dict:
 
 
 def p5_summary(rows: list) -> dict:
-    """P5: per protocol and mode at the lowest concurrency: overhead = end-to-end − component compute."""
-    valid = [r for r in rows if r.get("requests")]
+    """P5: per protocol and mode at the lowest concurrency: overhead = end-to-end − component compute.
+    The medians are of the sweep's own rows (its --cache); ``rows`` also holds the embedded-image rows."""
+    cache = rows[0].get("cache") if rows else None
+    valid = [r for r in rows if r.get("requests") and r.get("cache") == cache]
     fractions = [r["overhead_fraction"] for r in valid]
     return {
         "rows": rows,

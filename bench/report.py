@@ -117,9 +117,9 @@ def _p5_lines(p5: dict | None) -> list[str]:
     """P5 overhead per protocol and mode (ms), then each row's phase breakdown (ms)."""
     if not p5:
         return []
-    lines = ["P5 overhead (end-to-end − component compute, lowest concurrency):"]
+    lines = ["P5 overhead (end-to-end − component compute, lowest concurrency; cold: a new image, cached: embedded):"]
     lines += [
-        f"   {r['protocol']:5} {r['mode']:6} e2e {r['end_to_end_ms']:.1f} ms, components "
+        f"   {r['protocol']:5} {r['mode']:6} {_cache(r)} e2e {r['end_to_end_ms']:.1f} ms, components "
         f"{r['components_compute_ms']:.1f} ms, orchestrator {r['orchestrator_overhead_ms']:.1f} ms, "
         f"transport {r['transport_ms']:.1f} ms → overhead {r['overhead_ms']:.1f} ms "
         f"({100 * r['overhead_fraction']:.1f}%)"
@@ -133,13 +133,18 @@ def _p5_lines(p5: dict | None) -> list[str]:
         if r.get("requests")
     ]
     lines += [
-        f"   {r['protocol']:5} {r['mode']:6} breakdown ms: "
+        f"   {r['protocol']:5} {r['mode']:6} {_cache(r)} breakdown ms: "
         + ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown"].items())
         + _floor_text(r.get("floor"))
         for r in p5["rows"]
         if r.get("breakdown")
     ]
     return lines
+
+
+def _cache(row: dict) -> str:
+    """ "cold" (a new image per request) or "cached" (an embedded image), padded to one width."""
+    return f"{'cached' if row.get('cache') == 'warm' else 'cold':6}"
 
 
 def _floor_text(floor: dict | None) -> str:

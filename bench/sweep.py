@@ -1,6 +1,7 @@
 """The sweep: per protocol × mode × concurrency, warm-up then one load per cell; each cell's row
 (latency percentiles in ms, requests/s, requests per execution) and, at the lowest concurrency,
-its P5 overhead row (ms per request)."""
+its P5 overhead row (ms per request). A cold sweep adds a P5 row per mode on an embedded image
+(``cache: warm``: one image_id, so no decode and no vision call), the path of a web app's clicks."""
 
 from __future__ import annotations
 
@@ -26,15 +27,31 @@ def sweep(clients: dict, probes: Probes, work: Workloads, args) -> tuple[list, l
                 row, load, delta, phases = cell(client, probes, request, concurrency, args.repeats)
                 rows.append({"protocol": protocol, "mode": mode, **row})
                 if concurrency == args.concurrency[0]:
-                    p5.append(
-                        {
-                            "protocol": protocol,
-                            "mode": mode,
-                            "concurrency": concurrency,
-                            **overhead(delta, load.latencies, phases),
-                        }
-                    )
+                    p5.append(_p5_row(protocol, mode, concurrency, args.cache, load, delta, phases))
+            if args.cache == "cold":
+                p5.append(_embedded_p5(client, probes, work, mode, args))
     return rows, p5
+
+
+def _embedded_p5(client, probes: Probes, work: Workloads, mode: str, args) -> dict:
+    """The P5 row of ``mode`` on embedded images at the lowest concurrency (warm-up: one request per photo
+    embeds it, then --warmup more)."""
+    request = sweep_request(work, mode, "warm")
+    firsts = {work.image_of(mode, i): i for i in reversed(range(args.repeats))}
+    for i in list(firsts.values()) + list(range(args.warmup)):
+        request(client, i)
+    _, load, delta, phases = cell(client, probes, request, args.concurrency[0], args.repeats, "embedded image")
+    return _p5_row(client.protocol, mode, args.concurrency[0], "warm", load, delta, phases)
+
+
+def _p5_row(protocol: str, mode: str, concurrency: int, cache: str, load, delta: dict, phases: dict) -> dict:
+    return {
+        "protocol": protocol,
+        "mode": mode,
+        "concurrency": concurrency,
+        "cache": cache,
+        **overhead(delta, load.latencies, phases),
+    }
 
 
 def sweep_request(work: Workloads, mode: str, cache: str):
@@ -47,9 +64,12 @@ def sweep_request(work: Workloads, mode: str, cache: str):
     return request
 
 
-def cell(client, probes: Probes, request, concurrency: int, per_client: int):
+def cell(client, probes: Probes, request, concurrency: int, per_client: int, what: str = ""):
     """One load; returns (row, load, Triton statistics delta, phase seconds delta)."""
-    log(f"  {client.protocol} concurrency {concurrency}: {concurrency * per_client} requests")
+    log(
+        f"  {client.protocol} concurrency {concurrency}: {concurrency * per_client} requests"
+        + (f", {what}" if what else "")
+    )
     before, phases_before = probes.stats.settled(), probes.phases.snapshot()
     load = run_load(client, request, concurrency, per_client)
     delta = probes.stats.since(before, len(load.latencies))

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench import ab
 from bench import run as bench
 from bench.args import PROTOCOLS, QUICK, parse_args
+from bench.cli import main as cli_main
 from bench.goals import ratio
 from bench.reference import ReferencePipeline
 from bench.report import _p5_lines, format_table
@@ -139,8 +141,13 @@ def test_mask_bytes_and_overhead(report):
     p4, p5 = report["comparisons"]["P4"], report["comparisons"]["P5"]
     assert p4["total"]["masks"] > 0
     assert all(c["rle_bytes"] > 0 and c["json_bytes"] > c["json_compact_bytes"] for c in p4["cases"] if c["masks"])
-    assert {(r["protocol"], r["mode"]) for r in p5["rows"]} == {(p, m) for p in PROTOCOLS for m in MODES}
+    cells = {(p, m, c) for p in PROTOCOLS for m in MODES for c in ("cold", "warm")}
+    assert len(p5["rows"]) == len(cells) and {(r["protocol"], r["mode"], r["cache"]) for r in p5["rows"]} == cells
     for row in p5["rows"]:
+        if row["cache"] == "warm":  # an embedded image: no decode, no vision call
+            assert row["breakdown"]["decode"] == 0 and row["components_ms"]["sam3_vision"] == 0
+        else:
+            assert row["breakdown"]["decode"] > 0 and row["components_ms"]["sam3_vision"] > 0
         assert row["requests"] == QUICK["repeats"] and row["consistent"]
         assert 0 < row["components_compute_ms"] <= row["orchestrator_compute_ms"] <= row["server_request_ms"]
         assert not row["overlapped"] and row["critical_compute_ms"] == row["components_compute_ms"]
@@ -263,3 +270,42 @@ def test_bf16_autocast_reference_returns_float32_results(tiny_checkpoint, astron
     assert boxes.dtype == scores.dtype == np.float32 and masks.shape == (20, 512, 512)
     mask, score, all_scores = reference.box(astronaut_png, [100, 30, 380, 500])
     assert mask.shape == (512, 512) and all_scores.dtype == np.float32
+
+
+# ---------------------------------------------------------------- sam3-bench ab
+
+
+def test_ab_compares_two_servers_round_by_round(sam3_server, tmp_path, capsys):
+    """`sam3-bench ab` against the session server as both A and B (an A/A run: how far apart one server's
+    two halves of the rounds land is the noise a real before/after must beat)."""
+    out = tmp_path / "ab.json"
+    url = sam3_server.grpc_url
+    argv = ["ab", "--a", url, "--b", url, "--modes", "point,text", "--rounds", "3", "--warmup", "1"]
+    assert cli_main([*argv, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["modes"]) == {"point", "text"} and report["cache"] == "cold"
+    for row in report["modes"].values():
+        low, high = row["ratio_ci95"]
+        assert row["rounds"] == 3 and row["a_p50_ms"] > 0 and row["b_p50_ms"] > 0
+        assert low <= row["ratio_b_over_a"] <= high and 0 <= row["a_faster_share"] <= 1
+    assert "B/A" in capsys.readouterr().out
+
+
+def test_ab_paired_figures():
+    """B twice as slow as A in every round but one: median ratio 2, A faster in 3 of 4 rounds."""
+    row = ab.paired([0.1, 0.2, 0.1, 0.3], [0.2, 0.4, 0.05, 0.6])
+    assert row["ratio_b_over_a"] == 2.0 and row["a_faster_share"] == 0.75
+    assert row["a_p50_ms"] == pytest.approx(150.0) and row["b_p50_ms"] == pytest.approx(300.0)
+    assert row["ratio_ci95"][0] <= 2.0 <= row["ratio_ci95"][1] and row["rounds"] == 4
+
+
+def test_ab_rejects_bad_flags(capsys):
+    for argv in (
+        [],
+        ["--a", "x:1"],
+        ["--a", "x:1", "--b", "y:2", "--modes", "video"],
+        ["--a", "x", "--b", "y", "--rounds", "1"],
+    ):
+        with pytest.raises(SystemExit):
+            ab.parse_args(argv)
+    assert "error" in capsys.readouterr().err

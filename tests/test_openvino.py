@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,23 @@ def test_an_item_gets_the_same_result_alone_or_batched(tiny_artifacts, component
         together = runner.run(names, {k: v[:size] for k, v in batch.items()})
         for name, one, many in zip(names, alone, together):
             np.testing.assert_array_equal(one[0], many[0], err_msg=f"{component} {name} in a batch of {size}")
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_shared_outputs_equal_fresh_ones_and_fresh_ones_outlive_the_next_run(fake, runtime):
+    """``run(shared=True)`` may hand out the runtime's own output buffers (model.py uses it for the only run of
+    an execute()); its values equal a fresh run's. Fresh outputs (the default) stay intact through later runs."""
+    spec = component_specs(TINY)["vision"]
+    runner, names = RT.open_runner(runtime, fake / spec.onnx_file, "fp32", 1), [t.name for t in spec.outputs]
+    first, second = (example_inputs(spec, {"batch": 2}, TINY.image_size, seed=s) for s in (1, 2))
+    fresh = runner.run(names, first)
+    kept = [a.copy() for a in fresh]
+    for got, want in zip(runner.run(names, first, shared=True), kept):
+        np.testing.assert_array_equal(got, want)
+    runner.run(names, second, shared=True)
+    runner.run(names, second)
+    for got, want in zip(fresh, kept):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -476,21 +494,46 @@ def test_served_text_model_on_each_runtime(fake, tmp_path, runtime, precision):
     repo = build_repository(
         fake, tmp_path / "repo", "cpu", runtime=runtime, precision=precision, models=["text"], intra_op_threads=1
     )
-    config = (repo / "sam3_text" / "config.pbtxt").read_text()
+    config_file = repo / "sam3_text" / "config.pbtxt"
+    config = config_file.read_text()
+    assert "max_queue_delay_microseconds: 0" in config
+    # the batcher waits up to 2 s to join requests: the concurrent ones below run as one (or a few) runs
+    config_file.write_text(config.replace("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 2000000"))
     spec = component_specs(TINY)["text"]
-    feeds = example_inputs(spec, {"batch": 2}, TINY.image_size)
+    batches = [example_inputs(spec, {"batch": 2}, TINY.image_size, seed=s) for s in range(8)]
     with TritonServer(repo, ready_timeout_s=120) as server:
         client = httpclient.InferenceServerClient(server.http_address)
-        inputs = []
-        for name, array in feeds.items():
-            inputs.append(httpclient.InferInput(name, list(array.shape), "INT64"))
-            inputs[-1].set_data_from_numpy(array)
-        got = client.infer("sam3_text", inputs).as_numpy("text_features")
+        got = client.infer("sam3_text", _text_inputs(batches[0])).as_numpy("text_features")
+        # a joint run's outputs are views of the runtime's buffers until the responses are copied out
+        # (model.py, ``shared``): every request must still get its own values
+        with ThreadPoolExecutor(len(batches)) as pool:
+            together = list(pool.map(lambda b: _served_text(server.http_address, b), batches))
+        stats = client.get_inference_statistics("sam3_text")["model_stats"][0]
         client.close()
-    want = RT.open_runner("onnxruntime", fake / "text.onnx", "fp32", 1).run(["text_features"], feeds)[0]
-    np.testing.assert_allclose(got, want, rtol=1e-2 if "bf16" in config else 1e-6, atol=1e-6)
+    assert int(stats["execution_count"]) < 1 + len(batches), stats  # fewer runs than requests: some were joint
+    reference = RT.open_runner("onnxruntime", fake / "text.onnx", "fp32", 1)
+    tolerance = {"rtol": 1e-2 if "bf16" in config else 1e-6, "atol": 1e-6}
+    for feeds, result in zip([batches[0]] + batches, [got] + together):
+        np.testing.assert_allclose(result, reference.run(["text_features"], feeds)[0], **tolerance)
     cache = tmp_path / "openvino-cache-repo"
     assert (cache.is_dir() and any(cache.iterdir())) == (runtime == "openvino")
+
+
+def _served_text(address: str, feeds: dict) -> np.ndarray:
+    """text_features of one request to the served sam3_text, on a connection of its own."""
+    client = httpclient.InferenceServerClient(address)
+    try:
+        return client.infer("sam3_text", _text_inputs(feeds)).as_numpy("text_features")
+    finally:
+        client.close()
+
+
+def _text_inputs(feeds: dict) -> list:
+    inputs = []
+    for name, array in feeds.items():
+        inputs.append(httpclient.InferInput(name, list(array.shape), "INT64"))
+        inputs[-1].set_data_from_numpy(array)
+    return inputs
 
 
 # ---------------------------------------------------------------- CLI

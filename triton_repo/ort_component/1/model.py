@@ -168,20 +168,24 @@ class TritonPythonModel:
             raise ValueError(f"{self.name}: " + "; ".join(conflicts))
         return arrays
 
-    def _run(self, feeds: dict) -> list:
-        """Runner outputs in config order, as C-contiguous arrays."""
-        return [np.ascontiguousarray(a) for a in self.runner.run(self.outputs, feeds)]
+    def _run(self, feeds: dict, shared: bool) -> list:
+        """Runner outputs in config order, as C-contiguous arrays. ``shared``: the only run of this
+        execute(), so its outputs may be views of the runtime's buffers. A response tensor keeps its
+        array and copies it into shared memory only after execute() returns (python backend), and the
+        next run comes with the next execute(); with two runs in one execute() the second would
+        overwrite the first one's outputs before they are copied."""
+        return [np.ascontiguousarray(a) for a in self.runner.run(self.outputs, feeds, shared)]
 
     def _response(self, arrays: list):
         tensors = [pb_utils.Tensor(n, a) for n, a in zip(self.outputs, arrays)]
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
-    def _single(self, feeds) -> object:
+    def _single(self, feeds, shared: bool) -> object:
         """Response for one request; any failure becomes that request's error response."""
         if isinstance(feeds, Exception):
             return self._error(feeds)
         try:
-            return self._response(self._run(feeds))
+            return self._response(self._run(feeds, shared))
         except Exception as e:  # noqa: BLE001 - reported to the client as this request's error
             return self._error(e)
 
@@ -194,7 +198,7 @@ class TritonPythonModel:
         sizes = [f[self.inputs[0]].shape[0] for f in feeds]
         try:
             joined = {n: np.concatenate([f[n] for f in feeds], axis=0) for n in self.inputs}
-            outputs = self._run(joined)
+            outputs = self._run(joined, shared=True)
         except Exception:  # noqa: BLE001 - fall back to one run per request, each reports its own error
             return None
         if any(o.shape[0] != sum(sizes) for o in outputs):
@@ -214,7 +218,8 @@ class TritonPythonModel:
         good = [f for f in feeds if not isinstance(f, Exception)]
         joint = self._joint(good) if self.batched and len(good) > 1 else None
         if joint is None:
-            return [self._single(f) for f in feeds]
+            shared = len(good) == 1  # one run in this execute()
+            return [self._single(f, shared) for f in feeds]
         ordered = iter(joint)
         return [self._error(f) if isinstance(f, Exception) else next(ordered) for f in feeds]
 

@@ -1,0 +1,131 @@
+"""``sam3-bench ab``: two running servers side by side, for a before/after comparison on a machine whose
+speed drifts (on our shared 2-core VM the same code ran up to 2x slower from one minute to the next, so
+two benchmark runs one after the other compare the minutes more than the code).
+
+    sam3-bench ab --a 127.0.0.1:8001 --b 127.0.0.1:9001 --modes point,text --rounds 40 --json ab.json
+
+Each round sends one request of each mode to A and to B with the same inputs, one at a time (A first in
+even rounds, B first in odd ones), so a slow minute hits both sides alike. ``--cache cold`` (default):
+every request has a new image_id (decode and vision run); ``warm``: each photo is embedded once per side
+and every request reuses it. Per mode: each side's median latency (ms), the median of the per-round
+ratios B/A with a 95 % bootstrap interval (> 1: B is slower), and the share of rounds A was faster.
+Text thresholds are calibrated once on A (``--keep`` detections per concept) and sent to both.
+Exit status: 0 done, 1 a server unreachable, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.progress import log
+from bench.sweep import sweep_request
+from bench.timing import timed
+from bench.workloads import Workloads, box_around_astronaut, click_points, load_images, thresholds_for
+from client.api import Sam3Client
+
+AB_MODES = ("text", "point", "box", "auto")
+BOOTSTRAP = 2000  # resamples of the rounds for the interval of the median ratio
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="sam3-bench ab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--a", required=True, help="gRPC host:port of server A (e.g. before a change)")
+    p.add_argument("--b", required=True, help="gRPC host:port of server B (e.g. after it)")
+    p.add_argument("--modes", default="text,point,box", help="comma list of " + ",".join(AB_MODES))
+    p.add_argument("--rounds", type=int, default=40, help="requests per mode and server")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
+    p.add_argument("--cache", choices=("cold", "warm"), default="cold", help="a new image per request, or one")
+    p.add_argument("--keep", type=int, default=3, help="text detections per concept the thresholds keep")
+    p.add_argument("--points-per-side", type=int, default=8, help="auto mode grid")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    p.add_argument("--json", type=Path, help="write the JSON report here")
+    args = p.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in args.modes if m not in AB_MODES]
+    if bad or not args.modes:
+        p.error(f"--modes must be a comma list of {', '.join(AB_MODES)}; got {bad or 'none'}")
+    if args.rounds < 2 or args.warmup < 0:
+        p.error("--rounds must be at least 2 and --warmup at least 0")
+    args.threshold = "auto"  # thresholds_for: calibrated on A
+    return args
+
+
+def paired(a_seconds, b_seconds, seed: int = 0) -> dict:
+    """Latencies of one mode on A and B, round by round (seconds) → medians (ms), the median B/A ratio with
+    its 95 % bootstrap interval over rounds, and the share of rounds A was faster."""
+    a, b = np.asarray(a_seconds, np.float64), np.asarray(b_seconds, np.float64)
+    ratios = b / a
+    picks = np.random.default_rng(seed).integers(0, len(ratios), (BOOTSTRAP, len(ratios)))
+    low, high = np.percentile(np.median(ratios[picks], axis=1), [2.5, 97.5])
+    return {
+        "rounds": int(len(ratios)),
+        "a_p50_ms": round(float(np.median(a)) * 1e3, 3),
+        "b_p50_ms": round(float(np.median(b)) * 1e3, 3),
+        "ratio_b_over_a": round(float(np.median(ratios)), 4),
+        "ratio_ci95": [round(float(low), 4), round(float(high), 4)],
+        "a_faster_share": round(float(np.mean(a < b)), 3),
+    }
+
+
+def run_mode(clients: dict, work: Workloads, mode: str, args) -> dict:
+    """Warm-up, then ``args.rounds`` alternating rounds of ``mode``; the paired figures."""
+    request = sweep_request(work, mode, args.cache)
+    times = {"a": [], "b": []}
+    for i in range(-args.warmup, args.rounds):
+        order = ("a", "b") if i % 2 == 0 else ("b", "a")
+        for side in order:
+            seconds, _ = timed(request, clients[side], i)
+            if i >= 0:
+                times[side].append(seconds)
+    return paired(times["a"], times["b"])
+
+
+def report_lines(report: dict) -> list[str]:
+    """The table: one line per mode."""
+    lines = [f"A {report['a']}  vs  B {report['b']}  ({report['cache']} images, {report['rounds']} rounds each)"]
+    for mode, r in report["modes"].items():
+        low, high = r["ratio_ci95"]
+        lines.append(
+            f"  {mode:6} A {r['a_p50_ms']:8.1f} ms  B {r['b_p50_ms']:8.1f} ms  B/A {r['ratio_b_over_a']:.3f} "
+            f"(95 % {low:.3f}-{high:.3f}), A faster in {100 * r['a_faster_share']:.0f} % of rounds"
+        )
+    return lines
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    clients = {side: Sam3Client(getattr(args, side), "grpc", timeout_s=args.timeout) for side in ("a", "b")}
+    try:
+        for side, client in clients.items():
+            if not client.is_ready():
+                print(f"sam3-bench ab: server {side.upper()} at {client.url} is not ready", file=sys.stderr)
+                return 1
+        images = load_images()
+        work = Workloads(
+            images,
+            thresholds_for(clients["a"], images, args),
+            args.points_per_side,
+            0.0,
+            0.0,
+            click_points(10),
+            box_around_astronaut(),
+        )
+        modes = {}
+        for mode in args.modes:
+            log(f"ab {mode}: {args.warmup} + {args.rounds} rounds")
+            modes[mode] = run_mode(clients, work, mode, args)
+    finally:
+        for client in clients.values():
+            client.close()
+    report = {"a": args.a, "b": args.b, "cache": args.cache, "rounds": args.rounds, "modes": modes}
+    print("\n".join(report_lines(report)))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
