@@ -128,7 +128,8 @@ class OpenVinoRunner:
         """Outputs in ``output_names`` order. Inputs are shared (no copy: infer is synchronous). Outputs are
         fresh arrays, or with ``shared`` views of the infer request's own buffers, valid only until that
         request runs again: no copy, and no fresh pages per call for outputs too big for malloc's heap
-        (the vision model's batch of 4: 42 MB of fpn_0; views ran 4-9 % faster per image, bench model)."""
+        (the vision model's batch of 4: 42 MB of fpn_0; views ran 4-6 % faster per image offline on the bench
+        model, within the VM's noise served)."""
         results = self.request_for(feeds).infer(feeds, share_inputs=True, share_outputs=shared)
         by_name = {name: array for port, array in results.items() for name in port.get_names()}
         return [by_name[n] for n in output_names]
