@@ -17,7 +17,7 @@ depends on it and not on each other, and the served orchestrator imports it as `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Triton / numpy dtype names used everywhere (config.pbtxt uses "TYPE_" + name).
 NP_DTYPES = {
@@ -329,6 +329,58 @@ def component_specs(d: Dims, names=COMPONENTS) -> dict[str, ComponentSpec]:
     return {n: COMPONENT_BUILDERS[n](d) for n in names}
 
 
+# ---- Image features by reference (cpu target). The orchestrator keeps each cached image's vision outputs in
+# one slot of a shared-memory arena (triton_repo/sam3/1/arena.py). Instead of sending them as BLS tensors
+# (the Python backend copies every one into and out of shared memory), it sends ``features_ref``: the vision
+# model writes its outputs into the slot, the heads read theirs from it. A ref is a JSON object
+# {"path": file to map, "token": the file's, "offsets": {vision output name: byte offset}}; shapes and dtypes
+# are the vision outputs' at batch 1 (the heads' own input shapes).
+
+FEATURES_REF = TensorSpec(
+    "features_ref",
+    "BYTES",
+    (1,),
+    optional=True,
+    doc='JSON {"path": str, "token": str, "offsets": {name: bytes}} of one image',
+)
+ARENA_FILE = "sam3-image-arena"  # memfd name of the arena: a model maps no file of another name
+ARENA_HEADER = 4096  # bytes before the first slot: the arena's token (ASCII), zero-padded
+FEATURES_WRITTEN = TensorSpec("features_written", "INT32", (1,), doc="1: the image's outputs are in its slot")
+REFERENCE_INPUTS = {"concept": ("fpn_2",), "mask": ("fpn_0", "fpn_1"), "prompt": ("track_0", "track_1", "track_2")}
+
+
+def by_reference(spec: ComponentSpec) -> ComponentSpec:
+    """``spec`` as the cpu target serves it, features by reference allowed: the vision model takes one
+    ``features_ref`` per image (then answers ``features_written`` instead of its outputs); a head takes
+    ``features_ref`` in place of its image-feature inputs (REFERENCE_INPUTS, then optional). Other
+    components, and the graphs themselves, are unchanged."""
+    if spec.name == "vision":
+        batch = (spec.batch_axis, 1)
+        return replace(
+            spec,
+            inputs=spec.inputs + (replace(FEATURES_REF, shape=batch),),
+            outputs=spec.outputs + (replace(FEATURES_WRITTEN, shape=batch),),
+        )
+    names = REFERENCE_INPUTS.get(spec.name)
+    if names is None:
+        return spec
+    inputs = tuple(replace(t, optional=True) if t.name in names else t for t in spec.inputs)
+    return replace(spec, inputs=inputs + (FEATURES_REF,))
+
+
+def reference_parameter(spec: ComponentSpec) -> dict:
+    """The ``by_reference`` config parameter of a component served by ``by_reference(spec)`` ({} for none):
+    {"input": ref input, "output": the vision model's written flag or None, "tensors": the vision outputs
+    it writes, or the head inputs it reads, "file": ARENA_FILE, "header": ARENA_HEADER}."""
+    arena = {"file": ARENA_FILE, "header": ARENA_HEADER}
+    if spec.name == "vision":
+        tensors = [t.name for t in spec.outputs]
+        return {"input": FEATURES_REF.name, "output": FEATURES_WRITTEN.name, "tensors": tensors} | arena
+    if spec.name in REFERENCE_INPUTS:
+        return {"input": FEATURES_REF.name, "output": None, "tensors": list(REFERENCE_INPUTS[spec.name])} | arena
+    return {}
+
+
 # ---- The public Triton API of the `sam3` orchestrator: one image per request. Shapes below are per
 # request; Triton's dynamic batcher adds a leading batch axis, so a client sends each tensor with a
 # leading 1 (e.g. `text` [1, concepts]) and reads each output with a leading 1.
@@ -362,6 +414,7 @@ ORCHESTRATOR_PARAMETERS = {
     "text_cache_mb": 64,  # text-feature cache, MiB
     "max_pixels": 40_000_000,  # largest decoded image, H*W (bigger ones: INVALID_ARG)
     "worker_threads": 2,  # the orchestrator's pool: decode, post-processing, encoding
+    "features_by_reference": 1,  # cpu target: image features through the shared arena (1) or as BLS tensors (0)
 }
 ORCHESTRATOR = "sam3"  # the Triton model users call; components are "sam3_<component>"
 MODES = ("text", "point", "box", "auto")

@@ -31,7 +31,17 @@ from pathlib import Path
 from export.manifest import Manifest, load_manifest
 from export.pbtxt import Enum, to_pbtxt
 from export.precision import PrecisionError, resolve_precision, served_precisions
-from sam3_spec import ORCHESTRATOR, SAM3_BATCHING, SAM3_INPUTS, SAM3_OUTPUTS, Batching, ComponentSpec, TensorSpec
+from sam3_spec import (
+    ORCHESTRATOR,
+    SAM3_BATCHING,
+    SAM3_INPUTS,
+    SAM3_OUTPUTS,
+    Batching,
+    ComponentSpec,
+    TensorSpec,
+    by_reference,
+    reference_parameter,
+)
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "triton_repo"
 COMPONENT_DIR = Path("ort_component") / "1"
@@ -217,8 +227,9 @@ def _write_cpu_component(spec, artifacts, out, count, source, cpu: CpuRuntime) -
         "shared_axes": shared_axes(spec),
         "static_shapes": static_shapes(spec, cpu.static_sizes[spec.name]) if openvino else [],
         "static_precisions": cpu.static_precisions[spec.name] if openvino else [],
+        "by_reference": reference_parameter(spec),  # image features through the orchestrator's arena
     }
-    _write_config(out / spec.triton_name, component_config(spec, "python", count, params))
+    _write_config(out / spec.triton_name, component_config(by_reference(spec), "python", count, params))
 
 
 def static_shapes(spec: ComponentSpec, size_sets: list[dict] | None = None) -> list[dict[str, list]]:

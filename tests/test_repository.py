@@ -30,7 +30,9 @@ from sam3_spec import (
     Batching,
     ComponentSpec,
     Dims,
+    by_reference,
     component_specs,
+    reference_parameter,
 )
 from tests.pbtxt import config_parameters, parse_config_text
 
@@ -187,13 +189,36 @@ def test_cpu_repository_matches_spec(artifacts, tmp_path):
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(s.triton_name for s in specs.values())
     for spec in specs.values():
         config = read_config(repo, spec.triton_name)
-        check_component(config, spec, "KIND_CPU", count=2 if spec.name in ("vision", "prompt") else 1)
+        # the cpu target's stub takes image features by reference (sam3_spec.by_reference); the graph does not
+        check_component(config, by_reference(spec), "KIND_CPU", count=2 if spec.name in ("vision", "prompt") else 1)
         assert config["backend"] == "python" and "platform" not in config
         params = config_parameters(config)
         assert params["onnx_file"] == spec.onnx_file
+        assert json.loads(params["by_reference"]) == reference_parameter(spec)
         version = repo / spec.triton_name / "1"
         assert (version / params["onnx_file"]).read_bytes() == (artifacts / spec.onnx_file).read_bytes()
         assert "class TritonPythonModel" in (version / "model.py").read_text()
+
+
+def test_by_reference_adds_the_ref_to_vision_and_the_heads_only():
+    """Vision: one features_ref per image in, one features_written per image out; each head: its image features
+    optional beside a features_ref; text: unchanged. The graphs' own tensors keep their order and shapes."""
+    specs = component_specs(TINY)
+    vision = by_reference(specs["vision"])
+    assert [t.name for t in vision.inputs] == ["pixel_values", "features_ref"]
+    assert vision.outputs[:-1] == specs["vision"].outputs and vision.outputs[-1].name == "features_written"
+    assert vision.inputs[-1].shape == ("batch", 1) and vision.outputs[-1].shape == ("batch", 1)
+    assert by_reference(specs["text"]) == specs["text"] and reference_parameter(specs["text"]) == {}
+    for head, names in (
+        ("concept", {"fpn_2"}),
+        ("mask", {"fpn_0", "fpn_1"}),
+        ("prompt", {"track_0", "track_1", "track_2"}),
+    ):
+        served = by_reference(specs[head])
+        assert [t.name for t in served.inputs] == [t.name for t in specs[head].inputs] + ["features_ref"]
+        assert {t.name for t in served.inputs if t.optional} == names | {"features_ref"}
+        assert set(reference_parameter(specs[head])["tensors"]) == names
+    assert reference_parameter(specs["vision"])["tensors"] == [t.name for t in specs["vision"].outputs]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,12 @@ Config parameters (string values):
                 that passed the bf16 gate at its shapes runs bf16 though the dynamic graph failed it
     shared_axes JSON {axis name: [[input, axis index], ...]}: dynamic axes several inputs share;
                 a request whose inputs disagree on one gets its own error (OpenVINO would run it)
+    by_reference JSON {"input": ref input, "output": written flag or null, "tensors": [names]}
+                (sam3_spec.reference_parameter; "{}" = none): image features by reference
+                (shared_features.py). The vision model, given one ref per image, writes its outputs
+                (``tensors``) into the orchestrator's arena and answers only the written flag; a
+                head reads its image-feature inputs (``tensors``) from the arena when a request
+                sends a ref instead of them. Neither tensor is in the graph.
 
 Precision at load: a "bf16" model on a CPU whose OpenVINO plugin does not list BF16 loads in
 fp32 and says so in the log. The effective runtime and precision are logged at load.
@@ -38,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from component_runtime import RuntimeLoadError, bf16_capable, open_runner
+from shared_features import ArenaMaps, FeatureRefError, layout, parse_refs
 
 
 class ModelLoadError(RuntimeError):
@@ -116,14 +123,21 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.name = config["name"]
         self.batched = int(config.get("max_batch_size", 0)) > 0
-        self.inputs = [t["name"] for t in config["input"]]
-        self.outputs = [t["name"] for t in config["output"]]
+        reference = json.loads(_parameter(config, "by_reference", "{}"))
+        self.ref_input, self.ref_output = reference.get("input"), reference.get("output")
+        graph_inputs = [t for t in config["input"] if t["name"] != self.ref_input]
+        graph_outputs = [t for t in config["output"] if t["name"] != self.ref_output]
+        self.inputs = [t["name"] for t in graph_inputs]
+        self.outputs = [t["name"] for t in graph_outputs]
+        # {name: (one image's shape, dtype)} of the features this model writes (vision) or may read (heads)
+        self.ref_layout = layout(graph_outputs if self.ref_output else graph_inputs, reference.get("tensors", []))
+        self.arena = ArenaMaps(reference["file"], reference["header"], pb_utils.Logger.log_warn) if reference else None
         self.shared_axes = json.loads(_parameter(config, "shared_axes", "{}"))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         path = version_dir / _parameter(config, "onnx_file")
         self.runner = self._open(config, path)
-        problems = _mismatches("input", config["input"], self.runner.inputs(), self.batched) + _mismatches(
-            "output", config["output"], self.runner.outputs(), self.batched
+        problems = _mismatches("input", graph_inputs, self.runner.inputs(), self.batched) + _mismatches(
+            "output", graph_outputs, self.runner.outputs(), self.batched
         )
         if problems:
             raise ModelLoadError(
@@ -155,18 +169,28 @@ class TritonPythonModel:
         )
         return runner
 
-    def _read(self, request) -> dict:
-        """{input name: numpy array} of one request."""
-        arrays = {}
+    def _read(self, request) -> tuple[dict, list | None]:
+        """({input name: numpy array}, the request's features refs or None) of one request; a head's image
+        features left out of a request that sends a ref are views of the arena."""
+        arrays, refs = {}, self._refs(request)
         for name in self.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is None:
-                raise ValueError(f"{self.name}: input {name!r} is missing from the request")
-            arrays[name] = tensor.as_numpy()
+            if tensor is not None:
+                arrays[name] = tensor.as_numpy()
+        missing = [n for n in self.inputs if n not in arrays]
+        if refs and not self.ref_output and set(missing) <= self.ref_layout.keys():
+            arrays |= self.arena.views(refs[0], {n: self.ref_layout[n] for n in missing})
+        elif missing:
+            raise ValueError(f"{self.name}: input {missing[0]!r} is missing from the request")
         conflicts = _axis_conflicts(arrays, self.shared_axes)
         if conflicts:
             raise ValueError(f"{self.name}: " + "; ".join(conflicts))
-        return arrays
+        return arrays, refs
+
+    def _refs(self, request) -> list | None:
+        """The request's features refs (one per image), or None where it sends none."""
+        tensor = pb_utils.get_input_tensor_by_name(request, self.ref_input) if self.ref_input else None
+        return None if tensor is None else parse_refs(tensor.as_numpy())
 
     def _run(self, feeds: dict, shared: bool) -> list:
         """Runner outputs in config order, as C-contiguous arrays. ``shared``: the only run of this
@@ -176,16 +200,33 @@ class TritonPythonModel:
         overwrite the first one's outputs before they are copied."""
         return [np.ascontiguousarray(a) for a in self.runner.run(self.outputs, feeds, shared)]
 
-    def _response(self, arrays: list):
-        tensors = [pb_utils.Tensor(n, a) for n, a in zip(self.outputs, arrays)]
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+    def _response(self, arrays: list, refs: list | None = None):
+        """The outputs ``arrays`` as a response; with refs (vision), written into the arena instead, and the
+        response holds only the written flag."""
+        if refs is None or not self.ref_output:
+            return pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(n, a) for n, a in zip(self.outputs, arrays)]
+            )
+        self._write(refs, dict(zip(self.outputs, arrays)))
+        written = np.ones((len(refs), 1), np.int32)
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.ref_output, written)])
+
+    def _write(self, refs: list, outputs: dict) -> None:
+        """Copy image i of every output into the arena at ``refs[i]``."""
+        batch = next(iter(outputs.values())).shape[0]
+        if len(refs) != batch:
+            raise FeatureRefError(f"features_ref: {len(refs)} refs for a batch of {batch} images")
+        for i, ref in enumerate(refs):
+            for name, view in self.arena.views(ref, self.ref_layout).items():
+                np.copyto(view, outputs[name][i])
 
     def _single(self, feeds, shared: bool) -> object:
         """Response for one request; any failure becomes that request's error response."""
         if isinstance(feeds, Exception):
             return self._error(feeds)
+        arrays, refs = feeds
         try:
-            return self._response(self._run(feeds, shared))
+            return self._response(self._run(arrays, shared), refs)
         except Exception as e:  # noqa: BLE001 - reported to the client as this request's error
             return self._error(e)
 
@@ -194,10 +235,11 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
 
     def _joint(self, feeds: list) -> list | None:
-        """Responses of a concatenated run of batched requests, or None if they cannot run together."""
-        sizes = [f[self.inputs[0]].shape[0] for f in feeds]
+        """Responses of a concatenated run of batched requests ([(arrays, refs)]), or None if they cannot run
+        together."""
+        sizes = [arrays[self.inputs[0]].shape[0] for arrays, _ in feeds]
         try:
-            joined = {n: np.concatenate([f[n] for f in feeds], axis=0) for n in self.inputs}
+            joined = {n: np.concatenate([arrays[n] for arrays, _ in feeds], axis=0) for n in self.inputs}
             outputs = self._run(joined, shared=True)
         except Exception:  # noqa: BLE001 - fall back to one run per request, each reports its own error
             return None
@@ -205,7 +247,14 @@ class TritonPythonModel:
             return None
         splits = np.cumsum(sizes)[:-1]
         parts = [np.split(o, splits, axis=0) for o in outputs]
-        return [self._response([p[i] for p in parts]) for i in range(len(feeds))]
+        return [self._answer([p[i] for p in parts], refs) for i, (_, refs) in enumerate(feeds)]
+
+    def _answer(self, arrays: list, refs: list | None):
+        """``_response``, or the error response of a ref that cannot be written (that request's alone)."""
+        try:
+            return self._response(arrays, refs)
+        except Exception as e:  # noqa: BLE001 - reported to the client as this request's error
+            return self._error(e)
 
     def execute(self, requests):
         """One response per request, in order; errors are per request."""

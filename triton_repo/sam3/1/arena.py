@@ -12,17 +12,35 @@ by a background thread at start (lowest CPU priority), as many as the cache's by
 A slot is free when no array views it: the cache evicted its image and no request still reads it
 (``sys.getrefcount``; numpy views keep their owner alive), so memory a request reads is never
 overwritten. With no free slot, the caller keeps the BLS arrays as they are (the old behaviour).
+
+The slots are one shared-memory file (``memfd_create``), so the component models can reach them: a
+``reserve``d slot's ``ref`` (sam3_spec.FEATURES_REF) lets the vision model write an image's outputs
+straight into it, and the heads read them from it, instead of every feature tensor crossing the Python
+backend's shared memory twice (triton_repo/ort_component/1/shared_features.py). Other processes open it
+as /proc/<pid>/fd/<fd>: it has no name to leak, and goes when the last process mapping it does. Where
+memfd_create is missing the slots are private memory and ``reserve`` gives None.
+
+The file's first ARENA_HEADER bytes hold a random token that every ref carries: a component model maps only
+a file named ARENA_FILE and uses it only for a ref with that file's token, so a Triton client, who can
+send a ``features_ref`` too but cannot read the file, can neither point a model at another file nor at
+the arena.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import mmap
 import os
+import secrets
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
+
+from sam3_spec import ARENA_FILE, ARENA_HEADER
 
 ALIGN = 64  # bytes: each array of a slot starts on a cache line
 PAGE = 4096  # bytes: one write per page touches the whole slot
@@ -58,6 +76,15 @@ def cache_arena(layout: dict[str, tuple], capacity: int, log=functools.partial(p
     return arena
 
 
+@dataclass
+class Reserved:
+    """A slot taken for one image's vision outputs: ``arrays`` {name: empty array in the slot} (holding them
+    keeps the slot taken) and ``ref`` (JSON) by which another process finds them."""
+
+    arrays: dict
+    ref: str
+
+
 class SlotArena:
     """``count`` slots of ``size`` bytes each (uint8), made by ``warm`` (call it in a background thread)."""
 
@@ -67,6 +94,15 @@ class SlotArena:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._free_refs = _listed_refs()
+        self._fd, self._memory = _shared_memory(ARENA_HEADER + self.size * self.count, log)
+        self._token = secrets.token_hex(16)
+        if self._memory is not None:
+            self._memory[: len(self._token)] = self._token.encode()
+
+    @property
+    def path(self) -> str | None:
+        """Where another process of this user opens the slots' file (None: private memory)."""
+        return None if self._fd is None else f"/proc/{os.getpid()}/fd/{self._fd}"
 
     @property
     def ready(self) -> int:
@@ -78,7 +114,7 @@ class SlotArena:
         _lowest_priority(self.log)
         start = time.perf_counter()
         while self.ready < self.count and not self._closed.is_set():
-            slot = np.empty(self.size, np.uint8)
+            slot = self._slot(self.ready)
             slot[::PAGE] = 0
             with self._lock:
                 self._slots.append(slot)
@@ -87,9 +123,35 @@ class SlotArena:
             f"sam3: image cache memory ready: {self.ready} slots of {self.size / 2**20:.1f} MiB in {seconds:.1f} s"
         )
 
+    def _slot(self, index: int) -> np.ndarray:
+        if self._memory is None:
+            return np.empty(self.size, np.uint8)
+        return np.frombuffer(self._memory, np.uint8, self.size, ARENA_HEADER + index * self.size)
+
     def close(self) -> None:
-        """Stop ``warm``; slots already made stay usable until the arena is dropped."""
+        """Stop ``warm``; slots already made stay usable until the arena is dropped. Other processes can no
+        longer open the file (their mappings stay)."""
         self._closed.set()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def reserve(self, layout: dict[str, tuple]) -> Reserved | None:
+        """A free slot for one image of ``layout`` {name: (shape, dtype)}, its arrays not yet written; None
+        when no slot is free, they do not fit, or the slots are private memory."""
+        if self.path is None or slot_bytes(layout) > self.size:
+            return None
+        slot = self._take()
+        if slot is None:
+            return None
+        base = ARENA_HEADER + slot.__array_interface__["data"][0] - self._slot(0).__array_interface__["data"][0]
+        arrays, offsets, offset = {}, {}, 0
+        for name, (shape, dtype) in layout.items():
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            arrays[name] = slot[offset : offset + nbytes].view(dtype).reshape(shape)
+            offsets[name] = base + offset
+            offset += aligned(nbytes)
+        return Reserved(arrays, json.dumps({"path": self.path, "token": self._token, "offsets": offsets}))
 
     def pack(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """Copies of ``arrays`` in one free slot (views of it, same shapes and dtypes), or None when no slot is
@@ -113,6 +175,20 @@ class SlotArena:
                 if sys.getrefcount(self._slots[i]) == self._free_refs:
                     return self._slots[i]
         return None
+
+
+def _shared_memory(nbytes: int, log) -> tuple[int | None, mmap.mmap | None]:
+    """(fd, mapping) of a new anonymous shared-memory file of ``nbytes``, or (None, None) where the system has no
+    memfd_create (the slots are then private memory)."""
+    if not hasattr(os, "memfd_create") or nbytes == 0:
+        return None, None
+    try:
+        fd = os.memfd_create(ARENA_FILE)
+        os.ftruncate(fd, nbytes)
+        return fd, mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as err:
+        log(f"sam3: image cache in private memory, features go to the heads as tensors ({err})")
+        return None, None
 
 
 def _listed_refs() -> int:

@@ -102,6 +102,8 @@ class TritonPythonModel:
             max_concepts_per_call=_concepts_per_call(target, specs),
             merge_text_calls=target == "gpu",  # why not on CPU: see merge.py
             arena=self.arena,
+            layout=layout,
+            by_reference=target != "gpu" and bool(int(params["features_by_reference"])),
         )
         self.metrics = _Metrics(pb_utils)
 

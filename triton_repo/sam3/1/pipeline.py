@@ -31,14 +31,15 @@ import postprocess as post
 import preprocess as pre
 import prompts
 from amg import AmgConfig, AutomaticMaskGenerator, batch_slices, merge_candidates
-from arena import SlotArena
+from arena import Reserved, SlotArena, slot_bytes
 from cache import ByteLRU, content_key, value_bytes
 from errors import InputError
 from merge import MergingStages
 from postprocess import MaskSet
 from request import Sam3Request
+from stages import StageError
 
-from sam3_spec import AMG_PROMPTS_PER_CALL, ORCHESTRATOR_PARAMETERS
+from sam3_spec import AMG_PROMPTS_PER_CALL, FEATURES_REF, FEATURES_WRITTEN, ORCHESTRATOR_PARAMETERS
 
 BOX_ONLY_TEXT = "visual"  # transformers' text for exemplar-box-only prompts
 PHASES = ("decode", "compute", "post", "encode")
@@ -59,10 +60,12 @@ class Sam3Result:
 
 @dataclass
 class Features:
-    """A cached image embedding: the vision outputs (batch 1) and the original size (H, W)."""
+    """A cached image embedding: the vision outputs (batch 1), the original size (H, W) and, where the outputs
+    lie in an arena slot, its ``ref`` (sam3_spec.FEATURES_REF; None: they go to the heads as tensors)."""
 
     outputs: dict
     image_hw: tuple[int, int]
+    ref: str | None = None
 
 
 @dataclass
@@ -97,7 +100,9 @@ class _Shared:
 class Sam3Pipeline:
     """Runs every mode. ``stages``: BlsStages or OrtStages; ``dims``: sam3_spec.Dims; ``post``:
     postprocess (numpy, CPU) or postprocess_torch (GPU); ``pool``: threads for decode and post;
-    ``arena``: host memory the image cache keeps embeddings in (arena.py; None: the arrays as returned)."""
+    ``arena``: host memory the image cache keeps embeddings in (arena.py; None: the arrays as returned);
+    ``layout``: {vision output: (shape, dtype)} of one image; with both and ``by_reference``, image features
+    go between the component models through the arena (sam3_spec.FEATURES_REF), not as BLS tensors."""
 
     def __init__(
         self,
@@ -116,10 +121,13 @@ class Sam3Pipeline:
         max_objects_per_call: int = 64,
         merge_text_calls: bool = True,
         arena: SlotArena | None = None,
+        layout: dict | None = None,
+        by_reference: bool = False,
     ):
         self.stages = MergingStages(stages, max_rows=max_concepts_per_call) if merge_text_calls else stages
         self.tokenizer, self.dims, self.post = tokenizer, dims, post
-        self.image_cache, self.text_cache, self.arena = image_cache, text_cache, arena
+        self.image_cache, self.text_cache, self.arena, self.layout = image_cache, text_cache, arena, layout
+        self.by_reference = bool(by_reference and arena is not None and layout)
         self.pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam3")
         self.max_pixels, self.vision_batch, self.text_batch = max_pixels, vision_batch, text_batch
         self.chunk_concepts, self.chunk_objects = max_concepts_per_call, max_objects_per_call
@@ -210,14 +218,62 @@ class Sam3Pipeline:
         pixels = np.concatenate([ready[k][0] for k in keys])
         waiting = [t for key in keys for t in users[key]]
         try:
-            out = await Timings.shared(waiting, "compute", self.stages.arun("vision", {"pixel_values": pixels}))
+            features = await Timings.shared(waiting, "compute", self._embed(pixels, [ready[k][1] for k in keys]))
         except Exception as err:  # noqa: BLE001 - becomes the result of every request needing these images
             return dict.fromkeys(keys, err)
-        found = {}
-        for i, key in enumerate(keys):
-            found[key] = Features(self._kept({name: value[i : i + 1] for name, value in out.items()}), ready[key][1])
-            self.image_cache.put(key, found[key])
-        return found
+        for key, value in zip(keys, features):
+            self.image_cache.put(key, value)
+        return dict(zip(keys, features))
+
+    async def _embed(self, pixels: np.ndarray, sizes: list) -> list[Features]:
+        """Features of each image of ``pixels`` (uint8 [N,3,S,S]); ``sizes``: their original (H, W). The vision
+        model writes them into arena slots where by reference is on and N slots are free."""
+        slots = self._reserve(len(sizes))
+        if slots:
+            refs = np.array([[slot.ref] for slot in slots], dtype=object)
+            feeds = {"pixel_values": pixels, FEATURES_REF.name: refs}
+            if await self._by_reference(self.stages.arun("vision", feeds, [FEATURES_WRITTEN.name])):
+                return [Features(slot.arrays, hw, slot.ref) for slot, hw in zip(slots, sizes)]
+            slots = None  # free again for the copies below
+        out = await self.stages.arun("vision", {"pixel_values": pixels})
+        return [Features(self._kept({n: v[i : i + 1] for n, v in out.items()}), hw) for i, hw in enumerate(sizes)]
+
+    def _reserve(self, count: int) -> list[Reserved] | None:
+        """``count`` arena slots for new images (the cache evicts to free them), or None (by reference off,
+        or not enough slots free)."""
+        if not self.by_reference:
+            return None
+        self.image_cache.make_room(count * slot_bytes(self.layout))
+        slots = []
+        for _ in range(count):
+            slot = self.arena.reserve(self.layout)
+            if slot is None:
+                return None
+            slots.append(slot)
+        return slots or None
+
+    async def _by_reference(self, call) -> dict | None:
+        """The outputs of ``call``, a component call with features by reference; None where that component
+        cannot use the arena (its ``features_ref`` error: a repository older than by reference, a process
+        that cannot map the file). By reference is then off for good, and the caller sends tensors."""
+        try:
+            return await call
+        except StageError as err:
+            if FEATURES_REF.name not in str(err):
+                raise
+            self.by_reference = False
+            print(f"sam3: image features go to the heads as tensors from now on: {err}", flush=True)
+            return None
+
+    async def _with_features(self, component: str, features: Features, names: tuple, feeds: dict) -> dict:
+        """``component``'s outputs for ``feeds`` plus the image features ``names``: by reference where the
+        image is in an arena slot, else as tensors."""
+        if features.ref is not None and self.by_reference:
+            ref = {FEATURES_REF.name: np.array([features.ref], dtype=object)}
+            out = await self._by_reference(self.stages.arun(component, feeds | ref))
+            if out is not None:
+                return out
+        return await self.stages.arun(component, feeds | {n: features.outputs[n] for n in names})
 
     def _kept(self, arrays: dict) -> dict:
         """One image's vision outputs as the cache keeps them: copied into a free arena slot where there is one
@@ -261,7 +317,7 @@ class Sam3Pipeline:
             return failed
 
         def run(key, coords, labels):
-            return self.stages.arun("prompt", self.prompt_feeds(shared.features[key], coords, labels))
+            return self._prompt_call(shared.features[key], coords, labels)
 
         calls = prompts.grouped_calls(run, plans, self.chunk_objects)
         return failed | await Timings.shared([timings[i] for i in plans], "compute", calls)
@@ -304,19 +360,14 @@ class Sam3Pipeline:
 
     async def _concepts(self, feeds: dict, features: Features, req: Sam3Request, t: Timings) -> list[tuple]:
         """[(scores [D], boxes [D,4] px, MaskSet)] per prompt: detector call, then masks for kept queries."""
-        fpn = {k: features.outputs[k] for k in ("fpn_0", "fpn_1", "fpn_2")}
-        det = await t.measure("compute", self.stages.arun("concept", {"fpn_2": fpn["fpn_2"]} | feeds))
+        det = await t.measure("compute", self._with_features("concept", features, ("fpn_2",), feeds))
         kept = self.post.select_queries(det["logits"], det["presence_logits"], req.threshold)
         hw = features.image_hw
         masks = [MaskSet.empty(hw) for _ in kept]
         rows, memory, queries = self.post.gather_queries(det["queries"], det["memory"], [k for k, _ in kept])
         if len(rows):
-            out = await t.measure(
-                "compute",
-                self.stages.arun(
-                    "mask", {"fpn_0": fpn["fpn_0"], "fpn_1": fpn["fpn_1"], "memory": memory, "queries": queries}
-                ),
-            )
+            feeds = {"memory": memory, "queries": queries}
+            out = await t.measure("compute", self._with_features("mask", features, ("fpn_0", "fpn_1"), feeds))
             counts = [len(kept[int(r)][0]) for r in rows]
             sets = await t.measure(
                 "post", self.in_pool(self.post.concept_masks, out["pred_masks"], counts, hw, req.mask_threshold)
@@ -340,16 +391,17 @@ class Sam3Pipeline:
 
     # points / boxes (tracker head)
 
-    def prompt_feeds(self, features: Features, coords: np.ndarray, labels: np.ndarray) -> dict:
-        """sam3_prompt inputs for P objects: coords float32 [P,K,2] in the model frame, labels int64 [P,K]."""
+    def _prompt_call(self, features: Features, coords: np.ndarray, labels: np.ndarray):
+        """The sam3_prompt call (a coroutine) for P objects of one image: coords float32 [P,K,2] in the model
+        frame, labels int64 [P,K]."""
         m = self.dims.mask_size
-        feeds = {k: features.outputs[k] for k in ("track_0", "track_1", "track_2")}
-        return feeds | {
+        feeds = {
             "point_coords": coords.astype(np.float32),
             "point_labels": labels.astype(np.int64),
             "mask_input": np.zeros((1, 1, m, m), np.float32),
             "has_mask_input": np.zeros(1, np.float32),
         }
+        return self._with_features("prompt", features, TRACKER_FEATURES, feeds)
 
     async def _prompt_result(self, features: Features, outs: list[dict], req: Sam3Request, t: Timings) -> Sam3Result:
         """Best of the 3 candidate masks per object (prompt-head outputs ``outs``), upsampled and binarized."""
@@ -376,7 +428,7 @@ class Sam3Pipeline:
         calls still run. Returns ([(pred_masks, iou) on the host], merged candidates, or None where
         the generator's small-region cleanup needs its own sequential path)."""
         calls = [
-            asyncio.ensure_future(self.stages.arun("prompt", self.prompt_feeds(features, model_points, labels)))
+            asyncio.ensure_future(self._prompt_call(features, model_points, labels))
             for _, model_points, labels in batches
         ]
         outputs, jobs = [], []
@@ -433,6 +485,7 @@ class Sam3Pipeline:
         )
 
 
+TRACKER_FEATURES = ("track_0", "track_1", "track_2")  # the vision outputs sam3_prompt reads
 AMG_PART = 16  # prompts per post-processing job of auto mode: parts run in parallel in the pool
 
 

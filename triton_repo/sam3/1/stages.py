@@ -1,7 +1,8 @@
 """How the orchestrator calls the four component models.
 
 Two interchangeable back ends with one interface, the coroutine
-``await arun(component, feeds) -> {name: array}`` (and its blocking twin ``run``):
+``await arun(component, feeds, outputs=None) -> {name: array}`` (and its blocking twin ``run``;
+``outputs``: the output names to ask for, default all of the component's):
 
 - :class:`BlsStages` — inside Triton: BLS requests to the ``sam3_<component>`` models with
   ``async_exec``, so the pipeline overlaps the calls of several requests (and vision ‖ text).
@@ -25,10 +26,12 @@ class BlsStages:
         self.outputs = outputs
         self.prefix = prefix
 
-    def _request(self, component: str, feeds: dict):
+    def _request(self, component: str, feeds: dict, outputs: list | None):
         tensors = [self._tensor(name, value) for name, value in feeds.items()]
         return self.pb.InferenceRequest(
-            model_name=self.prefix + component, inputs=tensors, requested_output_names=self.outputs[component]
+            model_name=self.prefix + component,
+            inputs=tensors,
+            requested_output_names=outputs or self.outputs[component],
         )
 
     def _tensor(self, name: str, value):
@@ -36,16 +39,17 @@ class BlsStages:
             return self.pb.Tensor.from_dlpack(name, value)
         return self.pb.Tensor(name, value)
 
-    def _unpack(self, component: str, response) -> dict:
+    def _unpack(self, component: str, response, outputs: list | None) -> dict:
         if response.has_error():
             raise StageError(f"{self.prefix}{component} failed: {response.error().message()}")
-        return {name: _array(self.pb.get_output_tensor_by_name(response, name)) for name in self.outputs[component]}
+        names = outputs or self.outputs[component]
+        return {name: _array(self.pb.get_output_tensor_by_name(response, name)) for name in names}
 
-    def run(self, component: str, feeds: dict) -> dict:
-        return self._unpack(component, self._request(component, feeds).exec())
+    def run(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
+        return self._unpack(component, self._request(component, feeds, outputs).exec(), outputs)
 
-    async def arun(self, component: str, feeds: dict) -> dict:
-        return self._unpack(component, await self._request(component, feeds).async_exec())
+    async def arun(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
+        return self._unpack(component, await self._request(component, feeds, outputs).async_exec(), outputs)
 
 
 def is_torch(value) -> bool:
@@ -74,10 +78,10 @@ class OrtStages:
             c: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for c, p in files.items()
         }
 
-    def run(self, component: str, feeds: dict) -> dict:
+    def run(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
         session = self.sessions[component]
-        names = [o.name for o in session.get_outputs()]
+        names = outputs or [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds)))
 
-    async def arun(self, component: str, feeds: dict) -> dict:
-        return self.run(component, feeds)
+    async def arun(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
+        return self.run(component, feeds, outputs)
