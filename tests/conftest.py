@@ -65,15 +65,14 @@ class RunningServer:
     artifacts: Path
 
 
+def tiny_repository(tiny_artifacts: Path, out: Path) -> Path:
+    """The session server's cpu repository of the tiny model at ``out``: OpenVINO fp32, a 64 MiB image cache."""
+    return build_repository(tiny_artifacts, out, "cpu", orchestrator_params={"image_cache_mb": 64}, precision="fp32")
+
+
 @pytest.fixture(scope="session")
 def sam3_server(tiny_artifacts, tmp_path_factory):
-    repo = build_repository(
-        tiny_artifacts,
-        tmp_path_factory.mktemp("repo") / "cpu",
-        "cpu",
-        orchestrator_params={"image_cache_mb": 64},
-        precision="fp32",
-    )
+    repo = tiny_repository(tiny_artifacts, tmp_path_factory.mktemp("repo") / "cpu")
     with TritonServer(repo, ready_timeout_s=180) as server:
         yield RunningServer(server, server.http_address, server.grpc_url, server.metrics_url, repo, tiny_artifacts)
 

@@ -29,6 +29,7 @@ from export.pbtxt import to_pbtxt
 from export.repository import build_repository, component_config
 from sam3_spec import ARENA_FILE, ARENA_HEADER, NP_DTYPES, component_specs
 from server.triton import TritonServer
+from tests.conftest import tiny_repository
 from tests.pbtxt import config_parameters, parse_config_text
 
 pytestmark = pytest.mark.timeout(300)
@@ -239,13 +240,7 @@ def test_a_bad_ref_fails_its_request_only(served, arena_module, layout):
 def old_prompt_server(tiny_artifacts, tmp_path_factory):
     """The tiny model served with a sam3_prompt configured as before features by reference (no features_ref
     input, no by_reference parameter), like a repository built by an older version, beside new models."""
-    repo = build_repository(
-        tiny_artifacts,
-        tmp_path_factory.mktemp("old-prompt") / "cpu",
-        "cpu",
-        orchestrator_params={"image_cache_mb": 64},
-        precision="fp32",
-    )
+    repo = tiny_repository(tiny_artifacts, tmp_path_factory.mktemp("old-prompt") / "cpu")
     config_file = repo / "sam3_prompt" / "config.pbtxt"
     old = parse_config_text(config_file.read_text())
     params = {k: v for k, v in config_parameters(old).items() if k != "by_reference"}
