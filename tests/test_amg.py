@@ -11,7 +11,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "triton_repo" / "sa
 from amg import (  # noqa: E402
     AmgConfig,
     AutomaticMaskGenerator,
-    _box_of_columns,
     batch_slices,
     box_nms,
     merge_candidates,
@@ -19,7 +18,7 @@ from amg import (  # noqa: E402
     remove_small_regions,
     stability_score,
 )
-from postprocess import masks_to_boxes_xyxy  # noqa: E402
+from postprocess import box_of_columns, masks_to_boxes_xyxy  # noqa: E402
 from preprocess import scale_points  # noqa: E402
 
 torch = pytest.importorskip("torch")
@@ -226,4 +225,4 @@ def test_candidate_box_from_the_column_mask_equals_sam_box():
     masks[2] = True
     for mask in masks:
         columns = np.ascontiguousarray(mask.T)
-        np.testing.assert_array_equal(_box_of_columns(columns), masks_to_boxes_xyxy(mask))
+        np.testing.assert_array_equal(box_of_columns(columns), masks_to_boxes_xyxy(mask))

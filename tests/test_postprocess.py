@@ -214,5 +214,7 @@ def test_masks_to_boxes_matches_transformers():
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(out[2], [0, 0, 0, 0])
     np.testing.assert_array_equal(masks_to_boxes_xyxy(masks[0]), [5, 3, 19, 8])
-    from_rle = MaskSet(np.ascontiguousarray(masks.transpose(0, 2, 1)), (30, 40)).boxes_xyxy()
+    dense = MaskSet(np.ascontiguousarray(masks.transpose(0, 2, 1)), (30, 40))
+    np.testing.assert_array_equal(dense.boxes_xyxy(), ref)  # OpenCV on the dense masks gives SAM's boxes
+    from_rle = MaskSet.from_rle(dense.rle(), (30, 40)).boxes_xyxy()
     np.testing.assert_array_equal(from_rle, ref)  # the RLE path (pycocotools toBbox) gives SAM's boxes too

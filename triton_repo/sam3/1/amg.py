@@ -24,9 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import cv2
 import numpy as np
-from postprocess import MaskSet, encode_rle, masks_to_boxes_xyxy, upsample, upsample_binarize
+from postprocess import MaskSet, box_of_columns, encode_rle, masks_to_boxes_xyxy, upsample, upsample_binarize
 from preprocess import scale_points
 
 from sam3_spec import SAM3_INPUTS
@@ -352,7 +351,7 @@ class AutomaticMaskGenerator:
             stab = self._binarize(logits[k], buffers)
             if cfg.stability_score_thresh <= 0 or stab > cfg.stability_score_thresh:
                 found.logits.append(logits[k])
-                found.boxes.append(_box_of_columns(buffers.mask))
+                found.boxes.append(box_of_columns(buffers.mask))
                 found.ious.append(flat_iou[k])
                 found.stabilities.append(stab)
                 found.points.append(points[k // c].tolist())
@@ -390,15 +389,6 @@ class _Buffers:
         self.hw = tuple(int(v) for v in image_hw)
         h, w = self.hw
         self.logits, self.mask = np.empty((w, h), np.float32), np.empty((w, h), bool)
-
-
-def _box_of_columns(mask: np.ndarray) -> np.ndarray:
-    """Inclusive xyxy box float32 [4] of a column-major bool mask [W, H] (SAM's batched_mask_to_box);
-    an empty mask gives [0, 0, 0, 0]. cv2.boundingRect reads the non-zero pixels: its x runs along H."""
-    row, col, rows, cols = cv2.boundingRect(mask.view(np.uint8))  # (x, y, w, h) of the [W, H] array
-    if rows == 0:
-        return np.zeros(4, np.float32)
-    return np.array([col, row, col + cols - 1, row + rows - 1], np.float32)
 
 
 def _make_record(mask: np.ndarray, rle: bytes, box: np.ndarray, iou: float, stab: float, point: list) -> dict:
