@@ -123,15 +123,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.name = config["name"]
         self.batched = int(config.get("max_batch_size", 0)) > 0
-        reference = json.loads(_parameter(config, "by_reference", "{}"))
-        self.ref_input, self.ref_output = reference.get("input"), reference.get("output")
-        graph_inputs = [t for t in config["input"] if t["name"] != self.ref_input]
-        graph_outputs = [t for t in config["output"] if t["name"] != self.ref_output]
+        graph_inputs, graph_outputs = self._by_reference(config)
         self.inputs = [t["name"] for t in graph_inputs]
         self.outputs = [t["name"] for t in graph_outputs]
-        # {name: (one image's shape, dtype)} of the features this model writes (vision) or may read (heads)
-        self.ref_layout = layout(graph_outputs if self.ref_output else graph_inputs, reference.get("tensors", []))
-        self.arena = ArenaMaps(reference["file"], reference["header"], pb_utils.Logger.log_warn) if reference else None
         self.shared_axes = json.loads(_parameter(config, "shared_axes", "{}"))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         path = version_dir / _parameter(config, "onnx_file")
@@ -145,6 +139,18 @@ class TritonPythonModel:
                 + "; ".join(problems)
                 + ". Re-export the graph or regenerate the repository from the same spec."
             )
+
+    def _by_reference(self, config: dict) -> tuple[list, list]:
+        """Set up features by reference from the ``by_reference`` parameter (none where it is absent) and
+        return the config's input and output entries that are the graph's (without the ref tensors)."""
+        reference = json.loads(_parameter(config, "by_reference", "{}"))
+        self.ref_input, self.ref_output = reference.get("input"), reference.get("output")
+        inputs = [t for t in config["input"] if t["name"] != self.ref_input]
+        outputs = [t for t in config["output"] if t["name"] != self.ref_output]
+        # {name: (one image's shape, dtype)} of the features this model writes (vision) or may read (heads)
+        self.ref_layout = layout(outputs if self.ref_output else inputs, reference.get("tensors", []))
+        self.arena = ArenaMaps(reference["file"], reference["header"], pb_utils.Logger.log_warn) if reference else None
+        return inputs, outputs
 
     def _open(self, config: dict, path: Path):
         """The runner named by the config's runtime / precision / threads / cache_dir parameters."""
