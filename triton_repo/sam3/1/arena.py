@@ -141,40 +141,47 @@ class SlotArena:
         when no slot is free, they do not fit, or the slots are private memory."""
         if self.path is None or slot_bytes(layout) > self.size:
             return None
-        slot = self._take()
-        if slot is None:
+        index = self._take()
+        if index is None:
             return None
-        base = ARENA_HEADER + slot.__array_interface__["data"][0] - self._slot(0).__array_interface__["data"][0]
-        arrays, offsets, offset = {}, {}, 0
-        for name, (shape, dtype) in layout.items():
-            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            arrays[name] = slot[offset : offset + nbytes].view(dtype).reshape(shape)
-            offsets[name] = base + offset
-            offset += aligned(nbytes)
+        arrays, offsets = _carve(self._slots[index], layout)
+        start = ARENA_HEADER + index * self.size  # the slot's first byte in the file
+        offsets = {name: start + offset for name, offset in offsets.items()}
         return Reserved(arrays, json.dumps({"path": self.path, "token": self._token, "offsets": offsets}))
 
     def pack(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """Copies of ``arrays`` in one free slot (views of it, same shapes and dtypes), or None when no slot is
         free or they do not fit in one."""
-        if sum(aligned(a.nbytes) for a in arrays.values()) > self.size:
+        layout = {name: (a.shape, a.dtype) for name, a in arrays.items()}
+        if slot_bytes(layout) > self.size:
             return None
-        slot = self._take()
-        if slot is None:
+        index = self._take()
+        if index is None:
             return None
-        packed, offset = {}, 0
+        packed, _ = _carve(self._slots[index], layout)
         for name, array in arrays.items():
-            packed[name] = slot[offset : offset + array.nbytes].view(array.dtype).reshape(array.shape)
             np.copyto(packed[name], array)
-            offset += aligned(array.nbytes)
         return packed
 
-    def _take(self):
-        """A slot no array views (see the module docstring), or None."""
+    def _take(self) -> int | None:
+        """The index of a slot no array views (see the module docstring), or None."""
         with self._lock:
             for i in range(len(self._slots)):
                 if sys.getrefcount(self._slots[i]) == self._free_refs:
-                    return self._slots[i]
+                    return i
         return None
+
+
+def _carve(slot: np.ndarray, layout: dict[str, tuple]) -> tuple[dict, dict]:
+    """({name: array of ``layout`` {name: (shape, dtype)} in ``slot``, unwritten}, {name: its byte offset in the
+    slot}): the arrays one after the other, each aligned (``slot_bytes``)."""
+    arrays, offsets, offset = {}, {}, 0
+    for name, (shape, dtype) in layout.items():
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        arrays[name] = slot[offset : offset + nbytes].view(dtype).reshape(shape)
+        offsets[name] = offset
+        offset += aligned(nbytes)
+    return arrays, offsets
 
 
 def _shared_memory(nbytes: int, log) -> tuple[int | None, mmap.mmap | None]:
