@@ -22,12 +22,12 @@ class TorchOutputs:
     def __init__(self, inner):
         self.inner = inner
 
-    def run(self, component, feeds):
+    def run(self, component, feeds, outputs=None):
         feeds = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in feeds.items()}  # DLPack inputs
-        return {k: torch.from_numpy(v) for k, v in self.inner.run(component, feeds).items()}
+        return {k: torch.from_numpy(v) for k, v in self.inner.run(component, feeds, outputs).items()}
 
-    async def arun(self, component, feeds):
-        return self.run(component, feeds)
+    async def arun(self, component, feeds, outputs=None):
+        return self.run(component, feeds, outputs)
 
 
 def make_pipeline(modules, artifacts, post, torch_outputs=False):
@@ -116,12 +116,12 @@ class CountingStages:
     def __init__(self, inner):
         self.inner, self.calls = inner, {}
 
-    def run(self, component, feeds):
+    def run(self, component, feeds, outputs=None):
         self.calls[component] = self.calls.get(component, 0) + 1
-        return self.inner.run(component, feeds)
+        return self.inner.run(component, feeds, outputs)
 
-    async def arun(self, component, feeds):
-        return self.run(component, feeds)
+    async def arun(self, component, feeds, outputs=None):
+        return self.run(component, feeds, outputs)
 
 
 def test_point_and_box_requests_on_one_image_share_prompt_calls(modules, tiny_artifacts, coffee_jpeg):
@@ -189,8 +189,8 @@ class FailingPrompt(CountingStages):
         super().__init__(inner)
         self.fail_at = fail_at
 
-    def run(self, component, feeds):
-        out = super().run(component, feeds)
+    def run(self, component, feeds, outputs=None):
+        out = super().run(component, feeds, outputs)
         if component == "prompt" and self.calls["prompt"] >= self.fail_at:
             raise modules_stage_error("sam3_prompt failed: stub died")
         return out

@@ -60,12 +60,12 @@ class MergingStages:
         self._sending: set[asyncio.Task] = set()
 
     def run(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
-        return self.stages.run(component, feeds, *_named(outputs))
+        return self.stages.run(component, feeds, outputs)
 
     async def arun(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
         rule = self.rules.get(component)
         if rule is None or outputs is not None:
-            return await self.stages.arun(component, feeds, *_named(outputs))
+            return await self.stages.arun(component, feeds, outputs)
         loop = asyncio.get_running_loop()
         if not self._pending:
             loop.call_soon(self._flush)  # after every coroutine that is ready now has run its step
@@ -187,8 +187,3 @@ def _concat(values: list):
 
         return torch.cat(values, dim=0)
     return np.concatenate(values, axis=0)
-
-
-def _named(outputs: list | None) -> tuple:
-    """The optional ``outputs`` argument of a stages call: passed on only where given."""
-    return () if outputs is None else (outputs,)

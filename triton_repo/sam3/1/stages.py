@@ -26,12 +26,10 @@ class BlsStages:
         self.outputs = outputs
         self.prefix = prefix
 
-    def _request(self, component: str, feeds: dict, outputs: list | None):
+    def _request(self, component: str, feeds: dict, outputs: list):
         tensors = [self._tensor(name, value) for name, value in feeds.items()]
         return self.pb.InferenceRequest(
-            model_name=self.prefix + component,
-            inputs=tensors,
-            requested_output_names=outputs or self.outputs[component],
+            model_name=self.prefix + component, inputs=tensors, requested_output_names=outputs
         )
 
     def _tensor(self, name: str, value):
@@ -39,16 +37,17 @@ class BlsStages:
             return self.pb.Tensor.from_dlpack(name, value)
         return self.pb.Tensor(name, value)
 
-    def _unpack(self, component: str, response, outputs: list | None) -> dict:
+    def _unpack(self, component: str, response, outputs: list) -> dict:
         if response.has_error():
             raise StageError(f"{self.prefix}{component} failed: {response.error().message()}")
-        names = outputs or self.outputs[component]
-        return {name: _array(self.pb.get_output_tensor_by_name(response, name)) for name in names}
+        return {name: _array(self.pb.get_output_tensor_by_name(response, name)) for name in outputs}
 
     def run(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
+        outputs = outputs or self.outputs[component]
         return self._unpack(component, self._request(component, feeds, outputs).exec(), outputs)
 
     async def arun(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
+        outputs = outputs or self.outputs[component]
         return self._unpack(component, await self._request(component, feeds, outputs).async_exec(), outputs)
 
 
