@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from component_runtime import RuntimeLoadError, bf16_capable, open_runner
-from shared_features import ArenaMaps, FeatureRefError, layout, parse_refs
+from shared_features import ArenaMaps, FeatureRefError, parse_refs
 
 
 class ModelLoadError(RuntimeError):
@@ -147,8 +147,13 @@ class TritonPythonModel:
         self.ref_input, self.ref_output = reference.get("input"), reference.get("output")
         inputs = [t for t in config["input"] if t["name"] != self.ref_input]
         outputs = [t for t in config["output"] if t["name"] != self.ref_output]
-        # {name: (one image's shape, dtype)} of the features this model writes (vision) or may read (heads)
-        self.ref_layout = layout(outputs if self.ref_output else inputs, reference.get("tensors", []))
+        # {name: (one image's shape, dtype)} of the features this model writes (vision) or may read (heads): the
+        # config's dims, which leave out a batch axis
+        self.ref_layout = {
+            t["name"]: (tuple(t.get("dims", [])), pb_utils.triton_string_to_numpy(t["data_type"]))
+            for t in (outputs if self.ref_output else inputs)
+            if t["name"] in reference.get("tensors", [])
+        }
         self.arena = ArenaMaps(reference["file"], reference["header"], pb_utils.Logger.log_warn) if reference else None
         return inputs, outputs
 

@@ -28,25 +28,11 @@ import numpy as np
 
 MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault pages in writable without changing them
 POPULATE_CHUNK = 64 * 2**20  # bytes per madvise call, so that a replaced mapping stops the thread soon
-NUMPY_TYPES = {
-    "TYPE_FP32": np.float32,
-    "TYPE_FP16": np.float16,
-    "TYPE_INT64": np.int64,
-    "TYPE_INT32": np.int32,
-    "TYPE_UINT8": np.uint8,
-    "TYPE_BOOL": np.bool_,
-}
 
 
 class FeatureRefError(ValueError):
     """A features_ref that cannot be used (unreadable JSON, a file that cannot be mapped, an offset outside
     it); the message starts "features_ref" so that the orchestrator can tell it from a model failure."""
-
-
-def layout(tensors: list[dict], names: list[str]) -> dict[str, tuple]:
-    """{name: (shape, numpy dtype)} of the config tensors (``input``/``output`` entries) in ``names``: the
-    shape of one image (the config's dims, which leave out a batch axis)."""
-    return {t["name"]: (tuple(t.get("dims", [])), NUMPY_TYPES[t["data_type"]]) for t in tensors if t["name"] in names}
 
 
 def parse_refs(values: np.ndarray) -> list[dict]:
