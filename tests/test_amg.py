@@ -1,6 +1,7 @@
 """Automatic mask generation logic vs transformers' mask-generation functions and torchvision NMS."""
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -209,10 +210,30 @@ def test_candidates_collected_in_parts_and_merged_equal_one_collection():
     assert len(whole.logits) >= 3 and merged.ious == whole.ious
     np.testing.assert_array_equal(np.array(merged.boxes), np.array(whole.boxes))
     everyone = list(range(len(whole.logits)))
-    np.testing.assert_array_equal(merged.masks(everyone, hw, 0.0).columns, whole.masks(everyone, hw, 0.0).columns)
+    np.testing.assert_array_equal(
+        merged.masks(everyone, hw, 0.0, 1.0).columns, whole.masks(everyone, hw, 0.0, 1.0).columns
+    )
     np.testing.assert_array_equal(np.array(merged.boxes), np.array(whole.boxes))
     a, b = generator.generate_rle(batches, outputs, hw), generator.generate_rle(batches, outputs, hw, merged)
     assert a["masks"].rle() == b["masks"].rle() and np.array_equal(a["iou"], b["iou"])
+
+
+def test_without_a_stability_filter_only_survivors_get_a_stability_score_and_it_is_the_same():
+    """stability_score_thresh 0 filters nothing, so candidates are collected without a score (None) and only
+    the NMS survivors get theirs, from the same upsampled logits: masks and scores equal those of a run that
+    scores every candidate to filter at a threshold that keeps them all."""
+    hw = (150, 210)
+    plain = AutomaticMaskGenerator(AmgConfig(points_per_side=6, points_per_batch=36, stability_score_thresh=0.0))
+    scoring = AutomaticMaskGenerator(replace(plain.config, stability_score_thresh=1e-6))
+    batches = plain.prompt_batches(hw, SIZE)
+    outputs = [disk_prompt_head(points, labels) for _, points, labels in batches]
+    found = plain.collect(batches, outputs, hw)
+    assert len(found.stabilities) == len(scoring.collect(batches, outputs, hw).stabilities) >= 3
+    assert all(s is None for s in found.stabilities)
+    a, b = plain.generate_rle(batches, outputs, hw), scoring.generate_rle(batches, outputs, hw)
+    assert len(a["stability"]) >= 2 and a["masks"].rle() == b["masks"].rle()
+    np.testing.assert_array_equal(a["stability"], b["stability"])
+    np.testing.assert_array_equal(a["boxes"], b["boxes"])
 
 
 def test_candidate_box_from_the_column_mask_equals_sam_box():

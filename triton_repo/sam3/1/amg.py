@@ -14,9 +14,11 @@ prompts; SAM uses 32 = 1024 on a GPU: 16 keeps CPU serving in seconds), points p
 pred_iou_thresh and stability_score_thresh; stability offset 1.0, mask threshold 0.0 (logits),
 box_nms_thresh 0.7, min_mask_region_area 0 (small-region cleanup off, as SAM).
 
-Each candidate passing the IoU filter is upsampled to H x W (OpenCV, see postprocess.py),
-counted at mask_threshold ± offset for the stability score, binarized and RLE-encoded; the
-kept masks stay RLE (``generate_rle``) until a caller asks for dense masks.
+Each candidate passing the IoU filter is upsampled to H x W (OpenCV, see postprocess.py), counted at
+mask_threshold ± offset for the stability score where stability_score_thresh > 0 filters on it (else only
+the NMS survivors get theirs, as transformers computes it only to filter), and binarized for its box. Only
+the survivors are upsampled again, binarized and RLE-encoded; the kept masks stay RLE
+(``generate_rle``) until a caller asks for dense masks.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from postprocess import MaskSet, box_of_columns, encode_rle, masks_to_boxes_xyxy, upsample, upsample_binarize
+from postprocess import MaskSet, box_of_columns, encode_rle, masks_to_boxes_xyxy, upsample
 from preprocess import scale_points
 
 from sam3_spec import SAM3_INPUTS
@@ -94,6 +96,15 @@ def stability_score(mask_logits: np.ndarray, mask_threshold: float, offset: floa
     inter = np.count_nonzero(mask_logits > np.float32(mask_threshold + offset), axis=(-2, -1))
     union = np.count_nonzero(mask_logits > np.float32(mask_threshold - offset), axis=(-2, -1))
     return _ratio(inter, union)
+
+
+def _stability(up: np.ndarray, mask_threshold: float, offset: float, scratch: np.ndarray) -> float:
+    """``stability_score`` of one upsampled logit map (numpy's ``>`` in float32, as transformers'
+    ``_compute_stability_score``); ``scratch``: a bool buffer of its shape."""
+    t, off = np.float32(mask_threshold), np.float32(offset)
+    inter = np.count_nonzero(np.greater(up, t + off, out=scratch))
+    union = np.count_nonzero(np.greater(up, t - off, out=scratch))
+    return float(_ratio(inter, union))
 
 
 def _ratio(inter, union) -> np.ndarray:
@@ -244,12 +255,20 @@ class _Candidates:
                 getattr(merged, name).extend(getattr(part, name))
         return merged
 
-    def masks(self, indices, image_hw, threshold: float) -> MaskSet:
-        """The masks (upsampled logits > ``threshold``, postprocess.upsample_binarize) of candidates
-        ``indices``, in that order."""
+    def masks(self, indices, image_hw, threshold: float, offset: float) -> MaskSet:
+        """The masks (upsampled logits > ``threshold``) of candidates ``indices``, in that order. The
+        stability scores the filter did not need (None until here) are computed on the way, from the
+        same upsampled logits (``offset``: the stability score's)."""
         if not len(indices):
             return MaskSet.empty(image_hw)
-        return upsample_binarize(np.stack([self.logits[i] for i in indices]), image_hw, threshold)
+        buffers = _Buffers(image_hw)
+        columns = np.empty((len(indices),) + buffers.mask.shape, bool)
+        for row, i in enumerate(indices):
+            up = upsample(self.logits[i], buffers.hw, out=buffers.logits)
+            if self.stabilities[i] is None:
+                self.stabilities[i] = _stability(up, threshold, offset, buffers.mask)
+            np.greater(up, np.float32(threshold), out=columns[row])
+        return MaskSet(columns, image_hw)
 
 
 def merge_candidates(parts: list[_Candidates]) -> _Candidates:
@@ -280,7 +299,7 @@ class AutomaticMaskGenerator:
         """``generate``'s records from the prompt-head outputs of ``prompt_batches``."""
         found = self.collect(batches, outputs, orig_hw)
         order = self.ranking(found).tolist()
-        masks = found.masks(order, orig_hw, self.config.mask_threshold)
+        masks = found.masks(order, orig_hw, self.config.mask_threshold, self.config.stability_score_offset)
         records = [
             _make_record(dense, rle, found.boxes[i], float(found.ious[i]), found.stabilities[i], found.points[i])
             for i, dense, rle in zip(order, masks.dense(), masks.rle())
@@ -327,7 +346,7 @@ class AutomaticMaskGenerator:
         else:
             found = found if found is not None else self.collect(batches, outputs, orig_hw)
             order = self.ranking(found).tolist()
-            masks = found.masks(order, orig_hw, self.config.mask_threshold)
+            masks = found.masks(order, orig_hw, self.config.mask_threshold, self.config.stability_score_offset)
             rows = [(found.boxes[i], found.ious[i], found.stabilities[i]) for i in order]
         boxes, ious, stabilities = zip(*rows) if rows else ((), (), ())
         return {
@@ -346,26 +365,26 @@ class AutomaticMaskGenerator:
         keep = np.arange(p * c)
         if cfg.pred_iou_thresh > 0:
             keep = np.flatnonzero(flat_iou > np.float32(cfg.pred_iou_thresh))
-        buffers = _Buffers(orig_hw)
+        buffers, filtering = _Buffers(orig_hw), cfg.stability_score_thresh > 0
         for k in keep.tolist():
-            stab = self._binarize(logits[k], buffers)
-            if cfg.stability_score_thresh <= 0 or stab > cfg.stability_score_thresh:
+            stab = self._binarize(logits[k], buffers, filtering)
+            if not filtering or stab > cfg.stability_score_thresh:
                 found.logits.append(logits[k])
                 found.boxes.append(box_of_columns(buffers.mask))
                 found.ious.append(flat_iou[k])
                 found.stabilities.append(stab)
                 found.points.append(points[k // c].tolist())
 
-    def _binarize(self, logit: np.ndarray, buffers: "_Buffers") -> float:
+    def _binarize(self, logit: np.ndarray, buffers: "_Buffers", stability: bool) -> float | None:
         """Upsample one candidate [m, m] (logits) into ``buffers.logits`` [W, H], binarize it into
-        ``buffers.mask`` (bool, column-major); return its stability score (numpy's ``>`` in float32,
-        as transformers' ``_compute_stability_score``)."""
-        t, off = np.float32(self.config.mask_threshold), np.float32(self.config.stability_score_offset)
+        ``buffers.mask`` (bool, column-major); return its stability score, or None without ``stability``
+        (no filter needs it: transformers' ``filter_masks`` skips it too, and only NMS survivors get one,
+        in ``_Candidates.masks``)."""
+        cfg = self.config
         up = upsample(logit, buffers.hw, out=buffers.logits)
-        inter = np.count_nonzero(np.greater(up, t + off, out=buffers.mask))
-        union = np.count_nonzero(np.greater(up, t - off, out=buffers.mask))
-        np.greater(up, t, out=buffers.mask)
-        return float(_ratio(inter, union))
+        stab = _stability(up, cfg.mask_threshold, cfg.stability_score_offset, buffers.mask) if stability else None
+        np.greater(up, np.float32(cfg.mask_threshold), out=buffers.mask)
+        return stab
 
     def _clean_small_regions(self, records: list[dict]) -> list[dict]:
         """SAM's postprocess_small_regions: fill holes, drop islands, re-run NMS (unchanged first)."""
