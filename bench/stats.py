@@ -75,6 +75,16 @@ class TritonStats:
 
 
 PHASE_METRIC = re.compile(r'^sam3_phase_seconds_total\{phase="(\w+)"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
+REQUESTS_METRIC = re.compile(r'^sam3_requests_total\{mode="\w+"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class PhaseSnapshot:
+    """The orchestrator's cumulative metrics: {phase: seconds summed over requests}, and the requests they
+    cover (sam3_requests_total over every mode)."""
+
+    seconds: dict
+    requests: int
 
 
 class PhaseMetrics:
@@ -83,18 +93,24 @@ class PhaseMetrics:
     def __init__(self, url: str | None):
         self.url = url
 
-    def snapshot(self) -> dict:
-        """{phase: seconds summed over requests}; {} without a metrics URL."""
+    def snapshot(self) -> PhaseSnapshot:
+        """The metrics now; empty without a metrics URL."""
         if not self.url:
-            return {}
+            return PhaseSnapshot({}, 0)
         with urllib.request.urlopen(self.url, timeout=10) as response:
             text = response.read().decode()
-        return {phase: float(value) for phase, value in PHASE_METRIC.findall(text)}
+        seconds = {phase: float(value) for phase, value in PHASE_METRIC.findall(text)}
+        return PhaseSnapshot(seconds, round(sum(float(v) for v in REQUESTS_METRIC.findall(text))))
 
-
-def phases_delta(before: dict, after: dict) -> dict:
-    """{phase: seconds} accumulated between two PhaseMetrics snapshots."""
-    return {phase: after[phase] - before.get(phase, 0.0) for phase in after}
+    def since(self, before: PhaseSnapshot, answered: int, pause_s: float = 0.02, limit_s: float = 5.0) -> dict:
+        """{phase: seconds} from ``before`` to the snapshot that counts ``answered`` more requests. The
+        orchestrator publishes its metrics from a thread just after it answers, so a snapshot taken right
+        after the last response can miss them; this waits for them (at most ``limit_s``)."""
+        deadline, now = time.monotonic() + limit_s, self.snapshot()
+        while self.url and now.requests < before.requests + answered and time.monotonic() < deadline:
+            time.sleep(pause_s)
+            now = self.snapshot()
+        return {phase: now.seconds[phase] - before.seconds.get(phase, 0.0) for phase in now.seconds}
 
 
 def successes(snapshot: dict) -> int:

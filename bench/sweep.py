@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.progress import log
-from bench.stats import Probes, batch_sizes, overhead, phases_delta
+from bench.stats import Probes, batch_sizes, overhead
 from bench.timing import latency_stats, run_load
 from bench.workloads import Workloads, fresh_id
 from sam3_spec import ORCHESTRATOR
@@ -84,4 +84,4 @@ def cell(client, probes: Probes, request, concurrency: int, per_client: int, wha
         "sam3_batch": batches.get(ORCHESTRATOR),
         "vision_batch": batches.get("sam3_vision"),
     }
-    return row, load, delta, phases_delta(phases_before, probes.phases.snapshot())
+    return row, load, delta, probes.phases.since(phases_before, len(load.latencies))

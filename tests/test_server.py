@@ -33,13 +33,29 @@ def executions(triton, model: str) -> int:
 
 
 def metric(metrics_url: str, name: str, **labels) -> float:
-    """Value of one Prometheus sample on Triton's /metrics (0 when absent)."""
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    """Value of one Prometheus sample on Triton's /metrics (0 when absent), once the orchestrator's metrics
+    have stopped changing: it publishes them from a thread just after it answers (metrics.py)."""
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
+    for line in settled_metrics(metrics_url).splitlines():
         if line.startswith(name + "{") and want in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def settled_metrics(metrics_url: str, pause_s: float = 0.1, limit_s: float = 5.0) -> str:
+    """Triton's /metrics text once two reads ``pause_s`` apart agree on every sam3_ sample (at most
+    ``limit_s``; the publisher needs milliseconds)."""
+
+    def sam3_lines(text: str) -> list:
+        return [line for line in text.splitlines() if line.startswith("sam3_")]
+
+    deadline, text = time.monotonic() + limit_s, urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    while time.monotonic() < deadline:
+        time.sleep(pause_s)
+        last, text = text, urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+        if sam3_lines(text) == sam3_lines(last):
+            break
+    return text
 
 
 def test_second_click_on_same_image_skips_the_vision_encoder(client, triton, sam3_server, coffee_jpeg):
@@ -201,9 +217,9 @@ def test_rle_and_bool_mask_formats_agree(client, astronaut_png):
 
 
 def test_metrics_count_every_answered_request_of_a_batch(client, sam3_server, coffee_jpeg):
-    """The orchestrator adds its metrics once per execute (each increment is an IPC to Triton): seven
-    concurrent clicks on one embedded image count seven point requests with their seconds; a request that
-    fails counts nowhere."""
+    """The orchestrator adds its metrics once per execute, from its publisher thread (each increment is an IPC
+    to Triton): seven concurrent clicks on one embedded image count seven point requests with their seconds;
+    a request that fails counts nowhere."""
     url, image_id = sam3_server.metrics_url, "metrics-batch"
     client.points(coffee_jpeg, [[100, 100]], [1], image_id=image_id)  # embedded: the clicks below are quick
     names = ("sam3_requests_total", "sam3_request_seconds_total")

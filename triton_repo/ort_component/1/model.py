@@ -183,11 +183,9 @@ class TritonPythonModel:
     def _read(self, request) -> tuple[dict, list | None]:
         """({input name: numpy array}, the request's features refs or None) of one request; a head's image
         features left out of a request that sends a ref are views of the arena."""
-        arrays, refs = {}, self._refs(request)
-        for name in self.inputs:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is not None:
-                arrays[name] = tensor.as_numpy()
+        present = {tensor.name(): tensor for tensor in request.inputs()}  # one call: each builds every tensor
+        refs = self._refs(present)
+        arrays = {name: present[name].as_numpy() for name in self.inputs if name in present}
         missing = [n for n in self.inputs if n not in arrays]
         if refs and not self.ref_output and set(missing) <= self.ref_layout.keys():
             arrays |= self.arena.views(refs[0], {n: self.ref_layout[n] for n in missing})
@@ -198,9 +196,10 @@ class TritonPythonModel:
             raise ValueError(f"{self.name}: " + "; ".join(conflicts))
         return arrays, refs
 
-    def _refs(self, request) -> list | None:
-        """The request's features refs (one per image), or None where it sends none."""
-        tensor = pb_utils.get_input_tensor_by_name(request, self.ref_input) if self.ref_input else None
+    def _refs(self, present: dict) -> list | None:
+        """The request's features refs (one per image), or None where it sends none; ``present``: {name: input
+        tensor} of the request."""
+        tensor = present.get(self.ref_input) if self.ref_input else None
         return None if tensor is None else parse_refs(tensor.as_numpy())
 
     def _run(self, feeds: dict, shared: bool) -> list:

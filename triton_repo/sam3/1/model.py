@@ -28,7 +28,6 @@ import sys
 import traceback
 import uuid
 import warnings
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -51,6 +50,7 @@ class TritonPythonModel:
         from arena import cache_arena, image_layout  # noqa: PLC0415 (after sys.path setup)
         from cache import ByteLRU  # noqa: PLC0415 (after sys.path setup)
         from errors import InputError  # noqa: PLC0415 (after sys.path setup)
+        from metrics import Sam3Metrics  # noqa: PLC0415 (after sys.path setup)
         from pipeline import Sam3Pipeline  # noqa: PLC0415 (after sys.path setup)
         from request import Limits, parse_request  # noqa: PLC0415 (after sys.path setup)
         from stages import BlsStages, StageError  # noqa: PLC0415 (after sys.path setup)
@@ -105,7 +105,7 @@ class TritonPythonModel:
             layout=layout,
             by_reference=target != "gpu" and bool(int(params["features_by_reference"])),
         )
-        self.metrics = _Metrics(pb_utils)
+        self.metrics = Sam3Metrics(pb_utils)
 
     def execute(self, requests):
         """One response per request, in order; the valid ones run together as one batch."""
@@ -122,7 +122,7 @@ class TritonPythonModel:
 
     def _parse(self, request):
         try:
-            return self.parse_request(_inputs(self.pb, request, self.input_names), self.limits)
+            return self.parse_request(_inputs(request, self.input_names), self.limits)
         except Exception as err:  # noqa: BLE001 - becomes this request's error response
             return err
 
@@ -153,6 +153,7 @@ class TritonPythonModel:
         return self.pb.InferenceResponse(error=self.pb.TritonError(message, code))
 
     def finalize(self):
+        self.metrics.close()
         if self.arena is not None:
             self.arena.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -195,14 +196,10 @@ def _post_module(target: str):
     return postprocess
 
 
-def _inputs(pb_utils, request, names) -> dict:
+def _inputs(request, names) -> dict:
     """{name: numpy array} of the inputs present in the request, without Triton's batch axis of 1."""
-    found = {}
-    for name in names:
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        if tensor is not None:
-            found[name] = tensor.as_numpy()[0]
-    return found
+    present = {tensor.name(): tensor for tensor in request.inputs()}  # one call: each builds every tensor
+    return {name: present[name].as_numpy()[0] for name in names if name in present}
 
 
 def _outputs(pb_utils, result, mask_format: str, dtypes: dict) -> list:
@@ -222,47 +219,3 @@ def _outputs(pb_utils, result, mask_format: str, dtypes: dict) -> list:
         "image_shape": np.array([h, w]),
     }
     return [pb_utils.Tensor(name, np.asarray(values[name], dtype)[None]) for name, dtype in dtypes.items()]
-
-
-class _Metrics:
-    """Custom Prometheus metrics on Triton's /metrics: cache hits/misses, requests and seconds per mode,
-    seconds per phase (decode, compute, post, encode) summed over requests."""
-
-    def __init__(self, pb_utils):
-        counter = pb_utils.MetricFamily.COUNTER
-        self.hits = pb_utils.MetricFamily("sam3_cache_hits_total", "sam3 cache hits", counter)
-        self.misses = pb_utils.MetricFamily("sam3_cache_misses_total", "sam3 cache misses", counter)
-        self.latency = pb_utils.MetricFamily("sam3_request_seconds_total", "sam3 pipeline time per mode", counter)
-        self.count = pb_utils.MetricFamily("sam3_requests_total", "sam3 successful requests per mode", counter)
-        self.phases = pb_utils.MetricFamily("sam3_phase_seconds_total", "sam3 per-request seconds per phase", counter)
-        self._metrics, self._totals = {}, {}
-
-    def observe(self, answered: list, image_cache, text_cache) -> None:
-        """Add one execute's answered requests ([(mode, Timings)]) and the caches' new hits and misses. Each
-        increment is an IPC to the Triton process (py-spy: about 2.6 ms per request at one per metric and
-        request), so sums go once per metric and label per batch, and zeros not at all."""
-        sums = Counter()
-        for mode, timings in answered:
-            sums[self.latency, "mode", mode] += timings.wall
-            sums[self.count, "mode", mode] += 1
-            for phase, seconds in timings.seconds.items():
-                sums[self.phases, "phase", phase] += seconds
-        for (family, label, value), amount in sums.items():
-            if amount:
-                self._metric(family, **{label: value}).increment(amount)
-        for name, cache in (("image", image_cache), ("text", text_cache)):
-            self._delta(self.hits, name, cache.hits)
-            self._delta(self.misses, name, cache.misses)
-
-    def _delta(self, family, cache: str, total: int) -> None:
-        key = (id(family), cache)
-        change = total - self._totals.get(key, 0)
-        if change:
-            self._metric(family, cache=cache).increment(change)
-        self._totals[key] = total
-
-    def _metric(self, family, **labels):
-        key = (id(family), tuple(sorted(labels.items())))
-        if key not in self._metrics:
-            self._metrics[key] = family.Metric(labels=labels)
-        return self._metrics[key]

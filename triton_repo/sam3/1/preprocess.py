@@ -332,7 +332,7 @@ def _labels(values, name: str, count: int, meaning: str) -> np.ndarray:
         raise InputError(f"{name} must have one label per entry ({count}); got shape {list(arr.shape)}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(f"{name} contains NaN or infinity; each label is {meaning}")
-    if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
+    if arr.dtype.kind not in "biuf" or not ((arr == 0) | (arr == 1)).all():  # np.isin: 10x slower at this size
         raise InputError(f"{name} must be {meaning}; got {arr.tolist()!r:.80}")
     return arr.astype(np.int64)
 

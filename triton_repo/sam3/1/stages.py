@@ -40,7 +40,10 @@ class BlsStages:
     def _unpack(self, component: str, response, outputs: list) -> dict:
         if response.has_error():
             raise StageError(f"{self.prefix}{component} failed: {response.error().message()}")
-        return {name: _array(self.pb.get_output_tensor_by_name(response, name)) for name in outputs}
+        returned = {tensor.name(): tensor for tensor in response.output_tensors()}  # one pass, not one per name
+        if missing := [name for name in outputs if name not in returned]:
+            raise StageError(f"{self.prefix}{component} returned no {', '.join(missing)}")
+        return {name: _array(returned[name]) for name in outputs}
 
     def run(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
         outputs = outputs or self.outputs[component]

@@ -1,0 +1,82 @@
+"""The orchestrator's custom Prometheus metrics on Triton's /metrics, published off the response path.
+
+Each ``Metric.increment`` of the Python backend is a round trip to the Triton process (the stub sends a
+message and waits for the server to apply it): 0.1-0.3 ms each on the 2-core CPU, several per request.
+``execute`` therefore only sums one batch's amounts (``Sam3Metrics.observe``, microseconds) and hands
+them to one publisher thread, which makes the increments after the responses have gone. One thread
+owns every ``Metric`` object: the backend serializes the messages, but a ``Metric`` keeps the value
+being sent in the object itself, so two threads must not increment the same one at once.
+
+Consequence for readers: a response can arrive a few milliseconds before its metrics. Tests and the
+benchmark wait until ``sam3_requests_total`` has counted the requests they sent (``sam3-bench``:
+bench/stats.py ``PhaseMetrics.settled``).
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from collections import Counter
+
+FAMILIES = {  # attribute: (metric name, help text)
+    "hits": ("sam3_cache_hits_total", "sam3 cache hits"),
+    "misses": ("sam3_cache_misses_total", "sam3 cache misses"),
+    "latency": ("sam3_request_seconds_total", "sam3 pipeline time per mode"),
+    "count": ("sam3_requests_total", "sam3 successful requests per mode"),
+    "phases": ("sam3_phase_seconds_total", "sam3 per-request seconds per phase"),
+}
+
+
+class Sam3Metrics:
+    """Cache hits/misses, requests and seconds per mode, seconds per phase (decode, compute, post,
+    encode) summed over requests, as Prometheus counters. ``pb_utils``: triton_python_backend_utils."""
+
+    def __init__(self, pb_utils):
+        counter = pb_utils.MetricFamily.COUNTER
+        self.families = {key: pb_utils.MetricFamily(name, text, counter) for key, (name, text) in FAMILIES.items()}
+        self._metrics, self._totals = {}, {}
+        self._pending = queue.SimpleQueue()  # lists of (family key, labels, amount); None stops the thread
+        self._publisher = threading.Thread(target=self._publish_forever, name="sam3-metrics", daemon=True)
+        self._publisher.start()
+
+    def observe(self, answered: list, image_cache, text_cache) -> None:
+        """Queue one execute's answered requests ([(mode, Timings)]) and the caches' new hits and misses:
+        one increment per metric and label per batch, zeros not at all."""
+        sums = Counter()
+        for mode, timings in answered:
+            sums["latency", "mode", mode] += timings.wall
+            sums["count", "mode", mode] += 1
+            for phase, seconds in timings.seconds.items():
+                sums["phases", "phase", phase] += seconds
+        for name, cache in (("image", image_cache), ("text", text_cache)):
+            sums["hits", "cache", name] += self._delta(("hits", name), cache.hits)
+            sums["misses", "cache", name] += self._delta(("misses", name), cache.misses)
+        updates = [(key, {label: value}, amount) for (key, label, value), amount in sums.items() if amount]
+        if updates:
+            self._pending.put(updates)
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Publish what is queued, then stop the publisher (waits at most ``timeout_s``)."""
+        self._pending.put(None)
+        self._publisher.join(timeout_s)
+
+    def _delta(self, key: tuple, total: int) -> int:
+        """The change of a cumulative cache counter since the last batch."""
+        change = total - self._totals.get(key, 0)
+        self._totals[key] = total
+        return change
+
+    def _publish_forever(self) -> None:
+        while (updates := self._pending.get()) is not None:
+            try:
+                for key, labels, amount in updates:
+                    self._metric(key, labels).increment(amount)
+            except Exception as err:  # noqa: BLE001 - a metric lost must not stop the next ones; said in the log
+                print(f"sam3: metrics not published ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
+
+    def _metric(self, key: str, labels: dict):
+        metric_key = (key, tuple(sorted(labels.items())))
+        if metric_key not in self._metrics:
+            self._metrics[metric_key] = self.families[key].Metric(labels=labels)
+        return self._metrics[metric_key]
