@@ -42,6 +42,8 @@ MAX_IMAGE_ID = 256
 MAX_ITEMS = 1024  # longest list of points / boxes / labels / concepts the gateway parses (the server allows fewer)
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,")
 _TRUE_FALSE = np.frombuffer(b",false,true\0", np.uint8).reshape(2, 6)  # ",true" padded with NUL
+_ITEMS = (b"false,", b"true,")  # bool_mask_json's items of a run
+RUNS_PER_PIXEL = 8  # pixels per run from which bool_mask_json goes run by run
 
 
 class RestError(Exception):
@@ -366,7 +368,7 @@ def image_size(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)
+            orientation = _orientation(image, data)
     except UnidentifiedImageError as err:
         raise RestError(
             400,
@@ -380,6 +382,15 @@ def image_size(data: bytes) -> tuple[int, int]:
             "send a complete base64 JPEG, PNG or WebP file",
         ) from err
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def _orientation(image: Image.Image, data: bytes) -> int:
+    """The EXIF orientation tag of an opened image (1: as stored). A PNG may keep its EXIF in an eXIf chunk
+    after the pixels, which Pillow reaches only by decoding the whole image (8 ms for a 512² photo): a file
+    without the bytes ``eXIf`` anywhere has no such chunk, and is not decoded here."""
+    if image.format == "PNG" and b"eXIf" not in data:
+        return 1
+    return image.getexif().get(0x0112, 1)
 
 
 def _check_inside(values: dict, mode: str, image_hw: tuple[int, int]) -> None:
@@ -489,7 +500,35 @@ def _emit(value, out: list) -> None:
 
 
 def bool_mask_json(mask: np.ndarray) -> bytes:
-    """bool [H, W] → JSON text of nested lists of true/false (≈6x faster than json.dumps(mask.tolist()))."""
+    """bool [H, W] → JSON text of nested lists of true/false, equal to json.dumps(mask.tolist()) without spaces.
+
+    A mask is mostly long runs (a 512² blob: about 3 per row), and a run is one bytes repetition, so masks
+    with at most ``H * W / RUNS_PER_PIXEL`` runs go run by run (0.6 vs 5.3 ms for a 512² blob); speckled
+    ones through a per-pixel table.
+    """
+    h, w = mask.shape
+    if h * w == 0:
+        return json.dumps(mask.tolist(), separators=(",", ":")).encode()
+    flat = np.ascontiguousarray(mask, dtype=bool).reshape(-1).view(np.uint8)
+    changes = flat[1:] != flat[:-1]
+    if (np.count_nonzero(changes) + h) * RUNS_PER_PIXEL > h * w:  # at most that many runs: speckled
+        return _table_mask_json(mask)
+    starts = np.union1d(np.flatnonzero(changes) + 1, np.arange(0, h * w, w))  # the runs, split at rows
+    return _run_mask_json(starts, np.diff(starts, append=h * w), flat[starts], w)
+
+
+def _run_mask_json(starts: np.ndarray, lengths: np.ndarray, values: np.ndarray, width: int) -> bytes:
+    """The nested-list JSON of a mask given as runs that each lie in one row (``starts`` flat indices,
+    ``lengths``, ``values`` 0/1) of rows ``width`` pixels wide."""
+    pieces = [b"[["] + [_ITEMS[value] * length for value, length in zip(values.tolist(), lengths.tolist())]
+    for i in (np.flatnonzero(starts % width == 0)[1:]).tolist():  # pieces[i]: the last run of a row
+        pieces[i] = pieces[i][:-1] + b"],["  # its last item has no comma; the next row opens
+    pieces[-1] = pieces[-1][:-1] + b"]]"
+    return b"".join(pieces)
+
+
+def _table_mask_json(mask: np.ndarray) -> bytes:
+    """``bool_mask_json`` pixel by pixel: every item padded to 6 bytes by a table, the padding dropped."""
     h, w = mask.shape
     rows = np.empty((h, w * 6 + 2), np.uint8)
     rows[:, :-2] = np.take(_TRUE_FALSE, mask.view(np.uint8), axis=0).reshape(h, w * 6)

@@ -24,7 +24,7 @@ from pycocotools import mask as mask_utils
 from client.api import Sam3Client
 from sam3_spec import MODES
 from server.gateway import BackgroundServer, create_app
-from server.rest import FIELD_NAMES, MASK_FORMATS, _num, bool_mask_json
+from server.rest import FIELD_NAMES, MASK_FORMATS, _num, bool_mask_json, image_size
 
 TOKEN = "s3cret-token"
 SMALL_LIMIT = 256 * 1024
@@ -292,6 +292,12 @@ def bad_cases(b64: str, tiny: str) -> list:
             400,
             "`image` is not a decodable image",
         ),
+        (
+            "truncated-png",  # the gateway reads the header only; the orchestrator's decoder finds the cut
+            {"image": _truncated_png_b64(b64), "mode": "point", "point_coords": [[10, 10]]},
+            400,
+            "could not be decoded",
+        ),
         ("unknown-mode", img | {"mode": "segment"}, 422, "`mode`"),
         ("missing-text", img | {"mode": "text"}, 422, "`text`"),
         ("empty-text", img | {"text": " "}, 422, "`text`"),
@@ -342,6 +348,12 @@ def bad_cases(b64: str, tiny: str) -> list:
         ("too-many-points", img | {"mode": "point", "point_coords": [[1, 1]] * 14}, 400, "point_coords"),
         ("too-many-concepts", img | {"text": [f"c{i}" for i in range(17)]}, 400, "text"),
     ]
+
+
+def _truncated_png_b64(b64: str) -> str:
+    """The first half of a base64 PNG's bytes, base64 again ("" for "")."""
+    data = base64.b64decode(b64)
+    return base64.b64encode(data[: len(data) // 2]).decode()
 
 
 CASE_IDS = [case[0] for case in bad_cases("", "")]
@@ -470,11 +482,27 @@ def test_unknown_route_and_method_get_json_errors(api):
 # ---------------------------------------------------------------- pure helpers
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (37, 53)])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (37, 53), (0, 4), (4, 0), (96, 130)])
 def test_bool_mask_json_equals_json_dumps(shape):
+    """Both ways (run by run for masks of long runs, pixel by pixel for speckled ones) give json.dumps' text."""
     rng = np.random.default_rng(shape[0] * 100 + shape[1])
-    for mask in (rng.random(shape) > 0.5, np.zeros(shape, bool), np.ones(shape, bool)):
+    blob = np.zeros(shape, bool)
+    blob[shape[0] // 4 : shape[0] // 2, shape[1] // 3 :] = True
+    masks = (rng.random(shape) > 0.5, rng.random(shape) > 0.995, blob, np.zeros(shape, bool), np.ones(shape, bool))
+    for mask in masks + (np.asfortranarray(blob),):
         assert bool_mask_json(mask) == json.dumps(mask.tolist(), separators=(",", ":")).encode()
+
+
+def test_image_size_reads_png_exif_orientation_only_where_there_is_an_exif_chunk(astronaut_png):
+    """A PNG's eXIf chunk may follow the pixels (Pillow then decodes the image to read it): one there still
+    turns the size; a PNG without one is never decoded, so a cut in its pixel data passes the header check
+    (the orchestrator's decoder reports it)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: height and width swap
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(buf, "PNG", exif=exif)
+    assert b"eXIf" in buf.getvalue() and image_size(buf.getvalue()) == (40, 30)
+    assert image_size(astronaut_png[: len(astronaut_png) // 2]) == (512, 512)
 
 
 def test_non_finite_numbers_never_reach_the_json():
