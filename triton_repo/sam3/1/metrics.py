@@ -9,7 +9,7 @@ being sent in the object itself, so two threads must not increment the same one 
 
 Consequence for readers: a response can arrive a few milliseconds before its metrics. Tests and the
 benchmark wait until ``sam3_requests_total`` has counted the requests they sent (``sam3-bench``:
-bench/stats.py ``PhaseMetrics.settled``).
+bench/stats.py ``PhaseMetrics.since``).
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ class Sam3Metrics:
         counter = pb_utils.MetricFamily.COUNTER
         self.families = {key: pb_utils.MetricFamily(name, text, counter) for key, (name, text) in FAMILIES.items()}
         self._metrics, self._totals = {}, {}
-        self._pending = queue.SimpleQueue()  # lists of (family key, labels, amount); None stops the thread
+        self._pending = queue.SimpleQueue()  # Counters {(family key, label, value): amount}; None stops
         self._publisher = threading.Thread(target=self._publish_forever, name="sam3-metrics", daemon=True)
         self._publisher.start()
 
     def observe(self, answered: list, image_cache, text_cache) -> None:
         """Queue one execute's answered requests ([(mode, Timings)]) and the caches' new hits and misses:
-        one increment per metric and label per batch, zeros not at all."""
-        sums = Counter()
+        one increment per metric and label, zeros not at all."""
+        sums = Counter()  # (family key, label, value): amount
         for mode, timings in answered:
             sums["latency", "mode", mode] += timings.wall
             sums["count", "mode", mode] += 1
@@ -52,8 +52,7 @@ class Sam3Metrics:
         for name, cache in (("image", image_cache), ("text", text_cache)):
             sums["hits", "cache", name] += self._delta(("hits", name), cache.hits)
             sums["misses", "cache", name] += self._delta(("misses", name), cache.misses)
-        updates = [(key, {label: value}, amount) for (key, label, value), amount in sums.items() if amount]
-        if updates:
+        if updates := Counter({key: amount for key, amount in sums.items() if amount}):
             self._pending.put(updates)
 
     def close(self, timeout_s: float = 2.0) -> None:
@@ -68,15 +67,27 @@ class Sam3Metrics:
         return change
 
     def _publish_forever(self) -> None:
-        while (updates := self._pending.get()) is not None:
-            try:
-                for key, labels, amount in updates:
-                    self._metric(key, labels).increment(amount)
-            except Exception as err:  # noqa: BLE001 - a metric lost must not stop the next ones; said in the log
-                print(f"sam3: metrics not published ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
+        """Publish queued updates until ``close``. What queued up while the last ones went out is summed
+        first, so under load several batches cost one increment per metric and label."""
+        while True:
+            queued = [self._pending.get()]
+            while not self._pending.empty():
+                queued.append(self._pending.get_nowait())
+            total = Counter()
+            for updates in queued:
+                total.update(updates or {})
+            self._increment(total)
+            if None in queued:
+                return
 
-    def _metric(self, key: str, labels: dict):
-        metric_key = (key, tuple(sorted(labels.items())))
-        if metric_key not in self._metrics:
-            self._metrics[metric_key] = self.families[key].Metric(labels=labels)
-        return self._metrics[metric_key]
+    def _increment(self, total: Counter) -> None:
+        try:
+            for (key, label, value), amount in total.items():
+                self._metric(key, label, value).increment(amount)
+        except Exception as err:  # noqa: BLE001 - a metric lost must not stop the next ones; said in the log
+            print(f"sam3: metrics not published ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
+
+    def _metric(self, key: str, label: str, value: str):
+        if (key, label, value) not in self._metrics:
+            self._metrics[key, label, value] = self.families[key].Metric(labels={label: value})
+        return self._metrics[key, label, value]
