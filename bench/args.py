@@ -33,7 +33,14 @@ from sam3_spec import MODES, ORCHESTRATOR_PARAMETERS
 
 PROTOCOLS = ("grpc", "http")
 QUICK = dict(
-    warmup=1, repeats=2, concurrency="1,2", compare_repeats=2, clicks=3, points_per_side=4, throughput_concurrency=2
+    warmup=1,
+    repeats=2,
+    concurrency="1,2",
+    compare_repeats=2,
+    clicks=3,
+    points_per_side=4,
+    throughput_concurrency=2,
+    throughput_rounds=2,
 )
 
 
@@ -75,6 +82,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clicks", type=int, default=10, help="clicks per image in P2")
     p.add_argument(
         "--throughput-concurrency", type=int, default=8, help="concurrent clients of the throughput comparison (vs 1)"
+    )
+    p.add_argument(
+        "--throughput-rounds",
+        type=int,
+        default=3,
+        help="rounds of the throughput comparison (both loads each round, in alternating order; medians)",
     )
     p.add_argument(
         "--cache",
@@ -126,8 +139,12 @@ def _check_args(parser, args) -> argparse.Namespace:
         not args.concurrency
         or min(args.concurrency) < 1
         or min(args.warmup, args.repeats - 1, args.compare_repeats - 1, args.clicks - 1, args.keep - 1) < 0
+        or args.throughput_rounds < 1
     ):
-        parser.error("--concurrency, --repeats, --compare-repeats, --clicks and --keep must be ≥ 1, --warmup ≥ 0")
+        parser.error(
+            "--concurrency, --repeats, --compare-repeats, --clicks, --keep and --throughput-rounds must be ≥ 1, "
+            "--warmup ≥ 0"
+        )
     if not 0.05 <= args.photo_scale <= 16:
         parser.error(f"--photo-scale must be in [0.05, 16]; got {args.photo_scale}")
     if args.threshold != "auto":

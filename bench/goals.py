@@ -35,20 +35,43 @@ def throughput(client, probes: Probes, work: Workloads, args) -> dict:
     """Point requests at concurrency 1 vs ``--throughput-concurrency``, per THROUGHPUT_CASES: cold (a new
     image_id each: the vision model runs, and batches), warm (every client clicks one embedded image:
     their prompts share calls) and warm_per_client (each client clicks its own embedded image: one
-    prompt-head call per click)."""
+    prompt-head call per click). ``--throughput-rounds`` rounds of both loads, which goes first alternating,
+    so a machine whose speed drifts hits both alike: medians of the rates and of the per-round gains."""
     high, cases = args.throughput_concurrency, {}
     for case in THROUGHPUT_CASES:
-        log(f"throughput: point, {case}, concurrency 1 vs {high}")
-        rows = {c: _throughput_cell(client, probes, work, case, c, args.repeats * max(1, high // c)) for c in (1, high)}
-        cases[case] = {
-            "concurrency": [1, high],
-            "rps": [rows[1]["throughput_rps"], rows[high]["throughput_rps"]],
-            "gain": ratio(rows[high]["throughput_rps"], rows[1]["throughput_rps"]),
-            "vision_batch": [rows[1]["vision_batch"], rows[high]["vision_batch"]],
-            "sam3_batch": [rows[1]["sam3_batch"], rows[high]["sam3_batch"]],
-            "errors": rows[1]["errors"] + rows[high]["errors"],
-        }
+        log(f"throughput: point, {case}, concurrency 1 vs {high}, {args.throughput_rounds} round(s)")
+        rounds = [
+            _throughput_round(client, probes, work, case, high, args.repeats, r) for r in range(args.throughput_rounds)
+        ]
+        cases[case] = _throughput_summary(rounds, high)
     return cases
+
+
+def _throughput_round(client, probes: Probes, work: Workloads, case: str, high: int, repeats: int, r: int) -> dict:
+    """{concurrency: cell row} of one round: concurrency 1 first in even rounds, ``high`` first in odd ones."""
+    order = (1, high) if r % 2 == 0 else (high, 1)
+    return {c: _throughput_cell(client, probes, work, case, c, repeats * max(1, high // c)) for c in order}
+
+
+def _throughput_summary(rounds: list[dict], high: int) -> dict:
+    """One case's rates ([concurrency 1, high], medians over rounds), the median per-round gain, every round's
+    rates, requests per execution (medians) and errors (summed)."""
+    rps = [[row[c]["throughput_rps"] for row in rounds] for c in (1, high)]
+    gains = [ratio(fast, slow) for slow, fast in zip(*rps)]
+    return {
+        "concurrency": [1, high],
+        "rps": [round(float(np.median(r)), 3) for r in rps],
+        "gain": None if None in gains else round(float(np.median(gains)), 3),
+        "rounds": [list(pair) for pair in zip(*rps)],
+        "vision_batch": [_median_or_none([row[c]["vision_batch"] for row in rounds]) for c in (1, high)],
+        "sam3_batch": [_median_or_none([row[c]["sam3_batch"] for row in rounds]) for c in (1, high)],
+        "errors": sum(row[c]["errors"] for row in rounds for c in (1, high)),
+    }
+
+
+def _median_or_none(values: list) -> float | None:
+    """The median of ``values``; None when any is None (the model never ran)."""
+    return None if None in values else round(float(np.median(values)), 3)
 
 
 THROUGHPUT_CASES = ("cold", "warm", "warm_per_client")

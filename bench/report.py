@@ -158,7 +158,8 @@ def _throughput_lines(rates: dict | None) -> list[str]:
     """Throughput (requests/s) at concurrency 1 vs high, per image cache state."""
     return [
         f"throughput point {cache}: {t['rps'][0]:.2f} → {t['rps'][1]:.2f} req/s at concurrency "
-        f"{t['concurrency'][0]} → {t['concurrency'][1]} ({_x(t['gain'])}); requests per execution "
+        f"{t['concurrency'][0]} → {t['concurrency'][1]} ({_x(t['gain'])}, median of {len(t['rounds'])} "
+        f"round(s)); requests per execution "
         f"sam3 {_n(t['sam3_batch'][1])}, vision {_n(t['vision_batch'][1])}; errors {t['errors']}"
         for cache, t in (rates or {}).items()
     ]

@@ -126,6 +126,10 @@ def test_throughput_compares_concurrency_and_reports_batching(report):
     for case in rates.values():
         assert case["concurrency"] == [1, QUICK["throughput_concurrency"]] and case["errors"] == 0
         assert all(r > 0 for r in case["rps"]) and case["gain"] > 0
+        assert len(case["rounds"]) == QUICK["throughput_rounds"]  # medians of alternating rounds
+        assert case["rps"] == [pytest.approx(float(np.median(rates)), abs=1e-3) for rates in zip(*case["rounds"])]
+        gains = [high / one for one, high in case["rounds"]]
+        assert min(gains) - 1e-3 <= case["gain"] <= max(gains) + 1e-3
         assert case["sam3_batch"][0] == 1.0 and case["sam3_batch"][1] >= 1.0  # one client: never batched
     assert rates["cold"]["vision_batch"][0] == 1.0  # cached images run no vision:
     assert rates["warm"]["vision_batch"] == rates["warm_per_client"]["vision_batch"] == [None, None]
