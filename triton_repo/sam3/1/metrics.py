@@ -82,11 +82,15 @@ class Sam3Metrics:
                 return
 
     def _increment(self, total: Counter) -> None:
-        try:
-            for (key, label, value), amount in total.items():
+        for (key, label, value), amount in total.items():
+            try:
                 self._metric(key, label, value).increment(amount)
-        except Exception as err:  # noqa: BLE001 - a metric lost must not stop the next ones; said in the log
-            print(f"sam3: metrics not published ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
+            except Exception as err:  # noqa: BLE001 - one metric lost must not stop the others; said in the log
+                print(
+                    f"sam3: {FAMILIES[key][0]}{{{label}={value!r}}} not published ({type(err).__name__}: {err})",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def _metric(self, key: str, label: str, value: str):
         if (key, label, value) not in self._metrics:
