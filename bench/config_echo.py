@@ -9,6 +9,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from bench.progress import log
 from bench.stats import TritonStats
 from bench.target import Target
 from bench.workloads import Workloads
@@ -88,6 +89,7 @@ def echo_config(args, target: Target, stats: TritonStats, work: Workloads) -> di
         "urls": target.urls,
         "served_precision": target.precision,
         "dims": stats.dims(),
+        "local_components": _local_components(stats, target),
         "model_config": _model_summary(target.checkpoint),
         "images": images,
         "thresholds": work.thresholds,
@@ -97,6 +99,18 @@ def echo_config(args, target: Target, stats: TritonStats, work: Workloads) -> di
         "versions": versions(stats.server_version()),
         "machine": machine(),
     }
+
+
+def _local_components(stats: TritonStats, target: Target) -> list[str]:
+    """The components the orchestrator runs in its process; without a metrics URL their compute is missing from
+    P5's component compute, which the log says."""
+    local = stats.local_components()
+    if local and not target.metrics_url:
+        log(
+            f"warning: {local} run in the orchestrator's process and no --metrics-url was given: P5 counts their "
+            "compute as overhead"
+        )
+    return local
 
 
 def _model_summary(checkpoint: Path | str | None) -> dict | None:

@@ -35,7 +35,7 @@ def run(args) -> dict:
         if not protocols:
             raise SystemExit(f"no URL for protocol(s) {args.protocols}: give --grpc-url and/or --http-url")
         clients = {p: Sam3Client(target.urls[p], p, timeout_s=args.timeout) for p in protocols}
-        stats = TritonStats(target.urls[protocols[0]], protocols[0])
+        stats = TritonStats(target.urls[protocols[0]], protocols[0], target.metrics_url)
         try:
             report = _measure(args, target, clients, stats)
         finally:

@@ -21,11 +21,17 @@ COUNTS = ("inference_count", "execution_count")  # requests (batch items) and ex
 
 
 class TritonStats:
-    """Reads Triton's per-model inference statistics and server facts over HTTP or gRPC."""
+    """Reads Triton's per-model inference statistics and server facts over HTTP or gRPC.
 
-    def __init__(self, address: str, protocol: str):
+    With ``metrics_url``, a component the orchestrator runs in its own process (``local_components``) has
+    that compute added to its ``compute_infer`` (sam3_local_compute_seconds_total and sam3_local_calls_total
+    on Triton's /metrics): the same quantity, the inference time of the component's calls, whichever way
+    they ran."""
+
+    def __init__(self, address: str, protocol: str, metrics_url: str | None = None):
         module = importlib.import_module(f"tritonclient.{protocol}")
         self.client = module.InferenceServerClient(address)
+        self.metrics_url = metrics_url
 
     def snapshot(self) -> dict:
         """{model: {kind: (count, ns)}} cumulative, for the sam3 model and its components."""
@@ -36,7 +42,21 @@ class TritonStats:
             stats[entry["name"]] = {
                 k: (int(infer.get(k, {}).get("count", 0)), int(infer.get(k, {}).get("ns", 0))) for k in STAT_KINDS
             } | {k: (int(entry.get(k, 0)), 0) for k in COUNTS}
+        for model, (calls, ns) in self._local().items():
+            if model in stats:
+                count, total = stats[model]["compute_infer"]
+                stats[model]["compute_infer"] = (count + calls, total + ns)
         return stats
+
+    def _local(self) -> dict:
+        """{model: (calls, ns)} of the components run in the orchestrator's process ({} without them)."""
+        if not self.metrics_url:
+            return {}
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        seconds = {m: float(v) for m, v in LOCAL_SECONDS_METRIC.findall(text)}
+        calls = {m: round(float(v)) for m, v in LOCAL_CALLS_METRIC.findall(text)}
+        return {m: (calls.get(m, 0), round(seconds[m] * 1e9)) for m in seconds}
 
     def settled(self, expected: int = 0, pause_s: float = 0.05, limit_s: float = 5.0) -> dict:
         """A snapshot taken once sam3's success count is ≥ ``expected`` and has stopped moving.
@@ -48,7 +68,7 @@ class TritonStats:
         while time.monotonic() < deadline:
             time.sleep(pause_s)
             now = self.snapshot()
-            if successes(now) == successes(last) >= expected:
+            if successes(now) == successes(last) >= expected and _local_calls(now) == _local_calls(last):
                 return now
             last = now
         return last
@@ -64,9 +84,17 @@ class TritonStats:
 
     def dims(self) -> dict:
         """The served model's Dims (the sam3 config's ``dims`` parameter), {} if absent."""
+        return self._parameter("dims")
+
+    def local_components(self) -> list[str]:
+        """The components the orchestrator runs in its own process (its ``local_components`` parameter)."""
+        return sorted(self._parameter("local_components"))
+
+    def _parameter(self, key: str) -> dict:
+        """A JSON parameter of the sam3 config, {} if absent."""
         config = self.client.get_model_config(ORCHESTRATOR, as_json=True)
         config = config.get("config", config)
-        text = config.get("parameters", {}).get("dims", {}).get("string_value")
+        text = config.get("parameters", {}).get(key, {}).get("string_value")
         return json.loads(text) if text else {}
 
     def close(self) -> None:
@@ -75,6 +103,8 @@ class TritonStats:
 
 
 PHASE_METRIC = re.compile(r'^sam3_phase_seconds_total\{phase="(\w+)"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
+LOCAL_SECONDS_METRIC = re.compile(r'^sam3_local_compute_seconds_total\{model="(\w+)"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
+LOCAL_CALLS_METRIC = re.compile(r'^sam3_local_calls_total\{model="(\w+)"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
 REQUESTS_METRIC = re.compile(r'^sam3_requests_total\{mode="\w+"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
 
 
@@ -111,6 +141,11 @@ class PhaseMetrics:
             time.sleep(pause_s)
             now = self.snapshot()
         return {phase: now.seconds[phase] - before.seconds.get(phase, 0.0) for phase in now.seconds}
+
+
+def _local_calls(snapshot: dict) -> int:
+    """Calls counted in the components' compute_infer (moves while the orchestrator's metrics catch up)."""
+    return sum(kinds["compute_infer"][0] for model, kinds in snapshot.items() if model in COMPONENT_MODELS)
 
 
 def successes(snapshot: dict) -> int:

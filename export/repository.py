@@ -60,6 +60,9 @@ COMPONENT_QUEUE_DELAY_US = 0
 # OpenVINO's default threads), and its inputs are one image's features, so clicks on different images queue
 # behind each other in one instance. Two instances run two at once (docs/BENCHMARK.md, "Prompt instances").
 DEFAULT_INSTANCES = {"cpu": {"prompt": 2}, "gpu": {}}
+# Components the cpu target's orchestrator runs in its own process (triton_repo/sam3/1/local.py), with the
+# component model's runtime settings and instance count; their Triton models stay served for direct clients.
+DEFAULT_LOCAL_HEADS = {"cpu": ("prompt",), "gpu": ()}
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
@@ -217,19 +220,32 @@ def _write_cpu_component(spec, artifacts, out, count, source, cpu: CpuRuntime) -
     version_dir = out / spec.triton_name / VERSION
     _place_graph(artifacts, spec.onnx_file, version_dir, spec.onnx_file)
     shutil.copytree(source / COMPONENT_DIR, version_dir, ignore=IGNORED, dirs_exist_ok=True)
+    params = runtime_parameters(spec, cpu) | {
+        "shared_axes": shared_axes(spec),
+        "by_reference": reference_parameter(spec),  # image features through the orchestrator's arena
+    }
+    _write_config(out / spec.triton_name, component_config(by_reference(spec), "python", count, params))
+
+
+def runtime_parameters(spec: ComponentSpec, cpu: CpuRuntime) -> dict:
+    """How a cpu component's graph runs (file, runtime, precision, threads, OpenVINO cache and static copies):
+    the same values for its Triton model and for the orchestrator's in-process copy (``local_components``)."""
     openvino = cpu.runtime == "openvino"
-    params = {
+    return {
         "onnx_file": spec.onnx_file,
         "runtime": cpu.runtime,
         "precision": cpu.precisions[spec.name],
         "threads": str(cpu.threads),
         "cache_dir": cpu.cache_dir,
-        "shared_axes": shared_axes(spec),
         "static_shapes": static_shapes(spec, cpu.static_sizes[spec.name]) if openvino else [],
         "static_precisions": cpu.static_precisions[spec.name] if openvino else [],
-        "by_reference": reference_parameter(spec),  # image features through the orchestrator's arena
     }
-    _write_config(out / spec.triton_name, component_config(by_reference(spec), "python", count, params))
+
+
+def local_components(specs: list, counts: dict, cpu: CpuRuntime) -> dict:
+    """The orchestrator's ``local_components`` parameter: {component: runtime_parameters + "instances"} of
+    ``specs`` (each component runs as many calls at once as its Triton model has instances)."""
+    return {s.name: runtime_parameters(s, cpu) | {"instances": counts[s.triton_name]} for s in specs}
 
 
 def static_shapes(spec: ComponentSpec, size_sets: list[dict] | None = None) -> list[dict[str, list]]:
@@ -288,10 +304,16 @@ def _write_gpu_component(spec, artifacts, out, count, engines_dir) -> str:
     return platform
 
 
-def _write_orchestrator(manifest, artifacts, out, target, count, models, extra, source, batching) -> None:
-    # copies triton_repo/sam3/1/sam3_spec.py (a link to the top-level sam3_spec.py, the one contract) as a file
+def _write_orchestrator(manifest, artifacts, out, target, count, models, extra, source, batching, local) -> None:
+    """``local``: the local_components parameter ({} = every component through BLS); their graphs go beside
+    the orchestrator's code."""
+    # copies triton_repo/sam3/1/sam3_spec.py and component_runtime.py (links to the top-level sam3_spec.py, the one
+    # contract, and to ort_component's runtimes) as files
     shutil.copytree(source / ORCHESTRATOR, out / ORCHESTRATOR, ignore=IGNORED)
     _place(artifacts / manifest.tokenizer, out / ORCHESTRATOR / VERSION / Path(manifest.tokenizer).name)
+    for entry in local.values():
+        _place_graph(artifacts, entry["onnx_file"], out / ORCHESTRATOR / VERSION, entry["onnx_file"])
+    extra = extra | ({"local_components": local} if local else {})
     _write_config(out / ORCHESTRATOR, orchestrator_config(manifest, target, count, models, extra, batching))
 
 
@@ -322,6 +344,20 @@ def _instance_counts(manifest: Manifest, names: list[str], instances: dict | Non
         raise RepositoryError(f"instances {bad}: each key must be one of {names} and each count ≥ 1")
     defaults = {alias[k]: v for k, v in DEFAULT_INSTANCES[target].items() if k in alias}
     return {n: counts.get(n, defaults.get(n, 1)) for n in names}
+
+
+def _local_heads(names: list[str], target: str, heads) -> tuple[str, ...]:
+    """The components the orchestrator runs in its process: ``heads`` (None: the target's default, those of
+    them served); each must be a served component, and the gpu target has none."""
+    served = {name.removeprefix(f"{ORCHESTRATOR}_") for name in names if name != ORCHESTRATOR}
+    if heads is None:
+        return tuple(h for h in DEFAULT_LOCAL_HEADS[target] if h in served and ORCHESTRATOR in names)
+    heads = tuple(heads)
+    if heads and target != "cpu":
+        raise RepositoryError(f"local_heads {list(heads)}: only the cpu target runs components in the orchestrator")
+    if bad := [h for h in heads if h not in served]:
+        raise RepositoryError(f"local_heads {bad}: each must be one of the served components {sorted(served)}")
+    return heads
 
 
 def _check_source(source: Path, names: list[str], target: str) -> None:
@@ -376,6 +412,7 @@ def build_repository(
     runtime: str = "openvino",
     precision: str = "auto",
     cache_dir: Path | None = None,
+    local_heads=None,
     log=None,
 ) -> Path:
     """Build the Triton model repository ``out`` from ``artifacts``; return ``out``.
@@ -391,6 +428,8 @@ def build_repository(
     fails the parity gate (export/precision.py) is served in fp32 and ``log`` (default: a line on
     stderr) says so. cache_dir:
     OpenVINO's model cache (default ``<out's parent>/openvino-cache-<out's name>``, outside the replaced ``out``).
+    local_heads (cpu): components the orchestrator runs in its own process instead of calling their models
+    (default DEFAULT_LOCAL_HEADS: the prompt head, where it is served; () = none).
     ``out`` is replaced atomically; it must be new, empty or a previous build_repository output.
     """
     if target not in TARGETS:
@@ -406,6 +445,7 @@ def build_repository(
     manifest = load_manifest(artifacts)
     names = _model_names(manifest, models)
     counts = _instance_counts(manifest, names, instances, target)
+    local_heads = _local_heads(names, target, local_heads)
     _check_source(source, names, target)
     cpu = (
         _cpu_runtime(manifest, artifacts, out, names, runtime, precision, intra_op_threads, cache_dir, log or _log)
@@ -426,6 +466,7 @@ def build_repository(
             source,
             cpu,
             batching,
+            local_heads,
         )
         if cpu is not None:
             _write_precision_file(tmp, cpu)
@@ -463,12 +504,15 @@ def read_precisions(repo: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _write_models(manifest, artifacts, out, target, names, counts, engines_dir, extra, source, cpu, batching) -> None:
+def _write_models(
+    manifest, artifacts, out, target, names, counts, engines_dir, extra, source, cpu, batching, local_heads
+) -> None:
     specs = {s.triton_name: s for s in manifest.specs().values()}
     for name in names:
         if name == ORCHESTRATOR:
             models = {s.name: s.triton_name for s in specs.values() if s.triton_name in names}
-            _write_orchestrator(manifest, artifacts, out, target, counts[name], models, extra, source, batching)
+            local = local_components([s for s in specs.values() if s.name in local_heads], counts, cpu) if cpu else {}
+            _write_orchestrator(manifest, artifacts, out, target, counts[name], models, extra, source, batching, local)
         elif target == "cpu":
             _write_cpu_component(specs[name], artifacts, out, counts[name], source, cpu)
         else:

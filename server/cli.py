@@ -76,6 +76,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "its bf16 parity gate, else fp32 (default auto)",
     )
     serve.add_argument(
+        "--local-heads",
+        type=_heads,
+        help="cpu target: components the sam3 orchestrator runs in its own process, comma list or 'none' "
+        "(default: prompt; README, Heads in the orchestrator's process)",
+    )
+    serve.add_argument(
         "--queue-size",
         type=_positive_int,
         help="Triton queue policy on sam3: refuse (UNAVAILABLE, REST 503) beyond N queued requests. Off by "
@@ -124,6 +130,11 @@ def _batching(args):
     return replace(SAM3_BATCHING, max_queue_size=args.queue_size, queue_timeout_us=timeout_us)
 
 
+def _heads(text: str) -> tuple[str, ...]:
+    """--local-heads: "none" → (), else the comma list's names."""
+    return () if text.strip() == "none" else tuple(h.strip() for h in text.split(",") if h.strip())
+
+
 def _instances(text: str) -> dict[str, int]:
     pairs = [item.split("=") for item in text.split(",") if item.strip()]
     try:
@@ -148,6 +159,7 @@ def build(args) -> Path:
             runtime=args.runtime,
             precision=args.precision,
             batching=_batching(args),
+            local_heads=args.local_heads,
         )
     except RepositoryError as err:
         raise SystemExit(f"error: {err}") from None

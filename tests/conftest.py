@@ -65,9 +65,12 @@ class RunningServer:
     artifacts: Path
 
 
-def tiny_repository(tiny_artifacts: Path, out: Path) -> Path:
-    """The session server's cpu repository of the tiny model at ``out``: OpenVINO fp32, a 64 MiB image cache."""
-    return build_repository(tiny_artifacts, out, "cpu", orchestrator_params={"image_cache_mb": 64}, precision="fp32")
+def tiny_repository(tiny_artifacts: Path, out: Path, **options) -> Path:
+    """The session server's cpu repository of the tiny model at ``out``: OpenVINO fp32, a 64 MiB image cache, the
+    default in-process heads; ``options``: more build_repository keywords."""
+    return build_repository(
+        tiny_artifacts, out, "cpu", orchestrator_params={"image_cache_mb": 64}, precision="fp32", **options
+    )
 
 
 @pytest.fixture(scope="session")

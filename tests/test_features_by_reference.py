@@ -239,8 +239,9 @@ def test_a_bad_ref_fails_its_request_only(served, arena_module, layout):
 @pytest.fixture(scope="module")
 def old_prompt_server(tiny_artifacts, tmp_path_factory):
     """The tiny model served with a sam3_prompt configured as before features by reference (no features_ref
-    input, no by_reference parameter), like a repository built by an older version, beside new models."""
-    repo = tiny_repository(tiny_artifacts, tmp_path_factory.mktemp("old-prompt") / "cpu")
+    input, no by_reference parameter), like a repository built by an older version, beside new models; the
+    orchestrator calls it (no in-process heads)."""
+    repo = tiny_repository(tiny_artifacts, tmp_path_factory.mktemp("old-prompt") / "cpu", local_heads=())
     config_file = repo / "sam3_prompt" / "config.pbtxt"
     old = parse_config_text(config_file.read_text())
     params = {k: v for k, v in config_parameters(old).items() if k != "by_reference"}

@@ -29,6 +29,9 @@ class TorchOutputs:
     async def arun(self, component, feeds, outputs=None):
         return self.run(component, feeds, outputs)
 
+    def in_process(self, component):
+        return True
+
 
 def make_pipeline(modules, artifacts, post, torch_outputs=False):
     manifest = load_manifest(artifacts)
@@ -122,6 +125,9 @@ class CountingStages:
 
     async def arun(self, component, feeds, outputs=None):
         return self.run(component, feeds, outputs)
+
+    def in_process(self, component):
+        return True
 
 
 def test_point_and_box_requests_on_one_image_share_prompt_calls(modules, tiny_artifacts, coffee_jpeg):

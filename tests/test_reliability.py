@@ -67,6 +67,7 @@ def healing(tiny_artifacts, tmp_path_factory):
         "cpu",
         orchestrator_params={"image_cache_mb": 64},
         batching=Batching(max_queue_size=QUEUE_SIZE),
+        local_heads=(),  # every stage its own model: each can die alone (the session server covers in-process heads)
     )  # the optional queue policy, small
     with TritonServer(repo, ready_timeout_s=180) as server:
         watchdog = Watchdog(server, interval_s=0.5, canary_interval_s=2.0).start()

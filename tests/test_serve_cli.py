@@ -116,6 +116,14 @@ def test_queue_flags_take_whole_numbers_of_at_least_one(flag, value, capsys):
     assert "must be a whole number ≥ 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "value, heads", [("none", ()), ("prompt", ("prompt",)), ("prompt, concept", ("prompt", "concept"))]
+)
+def test_local_heads_flag(value, heads):
+    assert parse_args(["serve", "--local-heads", value]).local_heads == heads
+    assert parse_args(["serve"]).local_heads is None  # the repository's default
+
+
 def test_no_queue_flag_leaves_the_policy_out():
     assert _batching(parse_args(["serve"])) == SAM3_BATCHING
 

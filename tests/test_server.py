@@ -66,8 +66,21 @@ def test_second_click_on_same_image_skips_the_vision_encoder(client, triton, sam
     )
     second = client.points(coffee_jpeg, [[300, 200]], [1])
     assert executions(triton, "sam3_vision") == before, "the cached embedding should be reused"
-    assert executions(triton, "sam3_prompt") > 0 and len(second) == 1
+    assert len(second) == 1
     assert metric(sam3_server.metrics_url, "sam3_cache_hits_total", cache="image") == hits + 1
+
+
+def test_the_prompt_head_runs_in_the_orchestrators_process(client, triton, sam3_server, coffee_jpeg):
+    """The session server's default: a click's prompt head runs inside sam3 (local_components), not through its
+    Triton model, and the metrics count the call and its compute."""
+    client.points(coffee_jpeg, [[100, 100]], [1], image_id="local-head")
+    url = sam3_server.metrics_url
+    before = executions(triton, "sam3_prompt")
+    calls, seconds = (metric(url, f"sam3_local_{m}_total", model="sam3_prompt") for m in ("calls", "compute_seconds"))
+    client.points(None, [[300, 200]], [1], image_id="local-head")
+    assert executions(triton, "sam3_prompt") == before
+    assert metric(url, "sam3_local_calls_total", model="sam3_prompt") == calls + 1
+    assert metric(url, "sam3_local_compute_seconds_total", model="sam3_prompt") > seconds
 
 
 def test_image_id_reuses_the_embedding_of_the_first_request(client, triton, astronaut_png):

@@ -59,6 +59,18 @@ class RuntimeLoadError(RuntimeError):
     """The graph cannot be loaded in the requested runtime / precision."""
 
 
+def effective_precision(runtime: str, precision: str, warn) -> str:
+    """``precision``, or "fp32" when bf16 is asked of a CPU whose OpenVINO plugin lacks BF16 (``warn``, a
+    callable taking a message, says so)."""
+    if runtime != "openvino" or precision != "bf16":
+        return precision
+    capable, capabilities = bf16_capable()
+    if capable:
+        return precision
+    warn(f"precision bf16 requested but this CPU's OpenVINO capabilities are {capabilities} (no BF16): running fp32")
+    return "fp32"
+
+
 def bf16_capable() -> tuple[bool, list[str]]:
     """(whether OpenVINO's CPU plugin lists BF16 among its capabilities, the capability list)."""
     import openvino as ov  # noqa: PLC0415 (optional: only the openvino runtime needs it)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from component_runtime import RuntimeLoadError, bf16_capable, open_runner
+from component_runtime import RuntimeLoadError, effective_precision, open_runner
 from shared_features import ArenaMaps, FeatureRefError, parse_refs
 
 
@@ -94,16 +94,7 @@ def _axis_conflicts(arrays: dict, shared: dict) -> list[str]:
 
 def _effective_precision(name: str, runtime: str, precision: str) -> str:
     """``precision``, or "fp32" (logged) when bf16 is asked of a CPU whose OpenVINO lacks BF16."""
-    if runtime != "openvino" or precision != "bf16":
-        return precision
-    capable, capabilities = bf16_capable()
-    if capable:
-        return precision
-    pb_utils.Logger.log_warn(
-        f"{name}: precision bf16 requested but this CPU's OpenVINO capabilities are "
-        f"{capabilities} (no BF16): running fp32"
-    )
-    return "fp32"
+    return effective_precision(runtime, precision, lambda message: pb_utils.Logger.log_warn(f"{name}: {message}"))
 
 
 def _static_precisions(name: str, runtime: str, precisions: list) -> list:

@@ -62,6 +62,9 @@ class MergingStages:
     def run(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
         return self.stages.run(component, feeds, outputs)
 
+    def in_process(self, component: str) -> bool:
+        return self.stages.in_process(component)
+
     async def arun(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
         rule = self.rules.get(component)
         if rule is None or outputs is not None:

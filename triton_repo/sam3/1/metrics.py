@@ -26,6 +26,8 @@ FAMILIES = {  # attribute: (metric name, help text)
     "latency": ("sam3_request_seconds_total", "sam3 pipeline time per mode"),
     "count": ("sam3_requests_total", "sam3 successful requests per mode"),
     "phases": ("sam3_phase_seconds_total", "sam3 per-request seconds per phase"),
+    "local_seconds": ("sam3_local_compute_seconds_total", "inference seconds of components run in the sam3 process"),
+    "local_calls": ("sam3_local_calls_total", "calls of components run in the sam3 process"),
 }
 
 
@@ -41,9 +43,10 @@ class Sam3Metrics:
         self._publisher = threading.Thread(target=self._publish_forever, name="sam3-metrics", daemon=True)
         self._publisher.start()
 
-    def observe(self, answered: list, image_cache, text_cache) -> None:
-        """Queue one execute's answered requests ([(mode, Timings)]) and the caches' new hits and misses:
-        one increment per metric and label, zeros not at all."""
+    def observe(self, answered: list, image_cache, text_cache, stages=None) -> None:
+        """Queue one execute's answered requests ([(mode, Timings)]), the caches' new hits and misses and, for
+        ``stages`` with in-process components (stages.LocalStages), their new inference seconds and calls by
+        model name: one increment per metric and label, zeros not at all."""
         sums = Counter()  # (family key, label, value): amount
         for mode, timings in answered:
             sums["latency", "mode", mode] += timings.wall
@@ -53,6 +56,10 @@ class Sam3Metrics:
         for name, cache in (("image", image_cache), ("text", text_cache)):
             sums["hits", "cache", name] += self._delta(("hits", name), cache.hits)
             sums["misses", "cache", name] += self._delta(("misses", name), cache.misses)
+        for model, seconds in getattr(stages, "seconds", {}).items():
+            sums["local_seconds", "model", model] += self._delta(("local_seconds", model), seconds)
+        for model, calls in getattr(stages, "calls", {}).items():
+            sums["local_calls", "model", model] += self._delta(("local_calls", model), calls)
         if updates := Counter({key: amount for key, amount in sums.items() if amount}):
             self._pending.put(updates)
 

@@ -53,7 +53,7 @@ class TritonPythonModel:
         from metrics import Sam3Metrics  # noqa: PLC0415 (after sys.path setup)
         from pipeline import Sam3Pipeline  # noqa: PLC0415 (after sys.path setup)
         from request import Limits, parse_request  # noqa: PLC0415 (after sys.path setup)
-        from stages import BlsStages, StageError  # noqa: PLC0415 (after sys.path setup)
+        from stages import BlsStages, LocalStages, StageError  # noqa: PLC0415 (after sys.path setup)
         from text_tokens import TextTokenizer  # noqa: PLC0415 (after sys.path setup)
 
         from sam3_spec import (  # noqa: PLC0415 (after sys.path setup)
@@ -87,7 +87,12 @@ class TritonPythonModel:
         self.pool = ThreadPoolExecutor(max_workers=int(params["worker_threads"]), thread_name_prefix="sam3")
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(ThreadPoolExecutor(max_workers=BLS_THREADS, thread_name_prefix="sam3-bls"))
-        stages = BlsStages(pb_utils, {name: [t.name for t in spec.outputs] for name, spec in specs.items()})
+        outputs = {name: [t.name for t in spec.outputs] for name, spec in specs.items()}
+        stages = BlsStages(pb_utils, outputs)
+        local = json.loads(params.get("local_components", "{}")) if target != "gpu" else {}
+        if local:
+            stages = LocalStages(stages, _local_runners(pb_utils, local, here, specs), outputs)
+        self.stages = stages
         self.pipeline = Sam3Pipeline(
             stages,
             TextTokenizer.from_file(tokenizer_path),
@@ -117,7 +122,7 @@ class TritonPythonModel:
             self._error(p) if isinstance(p, BaseException) else self._respond(p, *next(results), answered)
             for p in parsed
         ]
-        self.metrics.observe(answered, self.image_cache, self.text_cache)
+        self.metrics.observe(answered, self.image_cache, self.text_cache, self.stages)
         return responses
 
     def _parse(self, request):
@@ -154,6 +159,8 @@ class TritonPythonModel:
 
     def finalize(self):
         self.metrics.close()
+        if hasattr(self.stages, "close"):
+            self.stages.close()
         if self.arena is not None:
             self.arena.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -168,6 +175,18 @@ def _one_torch_thread(torch) -> None:
         return
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
+
+def _local_runners(pb_utils, local: dict, here: str, specs: dict) -> dict[str, list]:
+    """The runners of the ``local_components`` parameter (local.py); a load error fails the model's load."""
+    from pathlib import Path  # noqa: PLC0415 (initialize only)
+
+    from local import LocalLoadError, open_local_runners  # noqa: PLC0415 (after sys.path setup)
+
+    try:
+        return open_local_runners(local, Path(here), specs, lambda message: print(message, flush=True))
+    except LocalLoadError as err:
+        raise pb_utils.TritonModelException(str(err)) from None
 
 
 def _parameters(config: dict) -> dict[str, str]:

@@ -267,8 +267,9 @@ class Sam3Pipeline:
 
     async def _with_features(self, component: str, features: Features, names: tuple, feeds: dict) -> dict:
         """``component``'s outputs for ``feeds`` plus the image features ``names``: by reference where the
-        image is in an arena slot, else as tensors."""
-        if features.ref is not None and self.by_reference:
+        image is in an arena slot and the component runs in another process, else as tensors (in this
+        process: views of the arena, no copy)."""
+        if features.ref is not None and self.by_reference and not self.stages.in_process(component):
             ref = {FEATURES_REF.name: np.array([features.ref], dtype=object)}
             out = await self._by_reference(self.stages.arun(component, feeds | ref))
             if out is not None:

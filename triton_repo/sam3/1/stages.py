@@ -9,9 +9,19 @@ Two interchangeable back ends with one interface, the coroutine
   GPU outputs stay on the GPU (DLPack → torch) and GPU inputs are passed by DLPack.
 - :class:`OrtStages` — the same ONNX graphs in in-process ONNX Runtime sessions (tests,
   embedded use without a server).
+- :class:`LocalStages` — some components in this process, the others through another back end
+  (the cpu target's heads: ``local_components``, README "Heads in the orchestrator's process").
+
+``in_process(component)`` says whether a component runs in this process: it then takes image features
+as arrays (views of the cache's memory), never a ``features_ref``.
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 
 class StageError(RuntimeError):
@@ -53,6 +63,9 @@ class BlsStages:
         outputs = outputs or self.outputs[component]
         return self._unpack(component, await self._request(component, feeds, outputs).async_exec(), outputs)
 
+    def in_process(self, component: str) -> bool:
+        return False
+
 
 def is_torch(value) -> bool:
     """A torch tensor (GPU target), told apart without importing torch."""
@@ -87,3 +100,92 @@ class OrtStages:
 
     async def arun(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
         return self.run(component, feeds, outputs)
+
+    def in_process(self, component: str) -> bool:
+        return True
+
+
+class LocalStages:
+    """The components of ``runners`` run in this process; every other component goes to ``other``
+    (BlsStages). ``outputs``: {component: [output names]} (what a call asks for by default).
+
+    ``runners``: {component: (wide runner, [narrow runners])} (component_runtime.py runners: one OpenVINO infer
+    request each, so one call at a time). The wide one runs on all its threads and takes a call that finds
+    the component otherwise idle: the lowest latency for a lone click. A call that arrives while others
+    run or wait takes a narrow one (one thread): under load, threads of concurrent calls only contend, and
+    OpenVINO's idle workers spin (served clicks cost 11 ms of CPU each on two threads, 4 on one). The calls
+    of one event-loop step (one batch) count each other before any chooses. They run in a thread pool (the
+    runtimes release the GIL).
+
+    ``seconds`` / ``calls`` (Counters by model name) add up each call's inference time, measured around
+    the runner alone: the compute a Triton model would report in its statistics (the metrics publish it).
+    """
+
+    def __init__(self, other, runners: dict[str, tuple], outputs: dict[str, list[str]], prefix: str = "sam3_"):
+        self.other, self.outputs, self.prefix = other, outputs, prefix
+        self.runners = {component: (wide, list(narrow)) for component, (wide, narrow) in runners.items()}
+        threads = sum(1 + len(narrow) for _, narrow in self.runners.values())
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="sam3-local")
+        self.free: dict[str, tuple] = {}  # component: (wide queue, narrow queue), made in the loop that calls
+        self.wanting = Counter()  # component: calls running or waiting
+        self.seconds, self.calls = Counter(), Counter()
+
+    def in_process(self, component: str) -> bool:
+        return component in self.runners
+
+    def run(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
+        if not self.in_process(component):
+            return self.other.run(component, feeds, outputs)
+        wide, _ = self.runners[component]
+        return self._record(component, *_timed(wide, feeds, outputs or self.outputs[component]))
+
+    async def arun(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
+        if not self.in_process(component):
+            return await self.other.arun(component, feeds, outputs)
+        self.wanting[component] += 1
+        try:
+            runner, queue = await self._acquire(component)
+            try:
+                names = outputs or self.outputs[component]
+                done = await asyncio.get_running_loop().run_in_executor(self.pool, _timed, runner, feeds, names)
+            except Exception as err:  # noqa: BLE001 - a runtime failure is the component's, as through BLS
+                raise StageError(f"{self.prefix}{component} (in process) failed: {type(err).__name__}: {err}") from err
+            finally:
+                queue.put_nowait(runner)
+        finally:
+            self.wanting[component] -= 1
+        return self._record(component, *done)
+
+    async def _acquire(self, component: str) -> tuple:
+        """(runner, the queue it goes back to): the wide runner for a call alone, else the next narrow one."""
+        wide, narrow = self._queues(component)
+        await asyncio.sleep(0)  # let the other calls of this loop step register in ``wanting``
+        if (self.wanting[component] == 1 and not wide.empty()) or not self.runners[component][1]:
+            return await wide.get(), wide
+        return await narrow.get(), narrow
+
+    def _queues(self, component: str) -> tuple:
+        if component not in self.free:
+            wide, narrow = asyncio.Queue(), asyncio.Queue()
+            runner, runners = self.runners[component]
+            wide.put_nowait(runner)
+            for one in runners:
+                narrow.put_nowait(one)
+            self.free[component] = (wide, narrow)
+        return self.free[component]
+
+    def _record(self, component: str, outputs: dict, seconds: float) -> dict:
+        self.seconds[self.prefix + component] += seconds
+        self.calls[self.prefix + component] += 1
+        return outputs
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.runners = {}
+
+
+def _timed(runner, feeds: dict, names: list) -> tuple[dict, float]:
+    """({name: fresh array}, seconds) of one run of ``runner`` (a component_runtime runner)."""
+    start = time.perf_counter()
+    arrays = runner.run(names, feeds, shared=False)
+    return dict(zip(names, arrays)), time.perf_counter() - start

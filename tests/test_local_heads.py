@@ -1,0 +1,158 @@
+"""Heads in the orchestrator's process (``local_components``, triton_repo/sam3/1/local.py, stages.LocalStages).
+
+The repository writes the in-process copy's settings from the same values as the component model's config;
+the pipeline on in-process OpenVINO runners gives the answers it gives on ONNX Runtime; a lone call takes the
+wide runner and the calls of a busy batch the one-thread ones; a runner's failure is a StageError. The served
+path (a click that never reaches sam3_prompt) is in tests/test_server.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from export.manifest import load_manifest
+from export.repository import RepositoryError, build_repository
+from sam3_spec import component_specs
+from tests.conftest import encode_image
+from tests.pbtxt import config_parameters, parse_config_text
+from tests.test_orchestrator import make_pipeline, request
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_artifacts, tmp_path_factory):
+    return build_repository(tiny_artifacts, tmp_path_factory.mktemp("local") / "cpu", "cpu", precision="fp32")
+
+
+def parameters(repo, model: str) -> dict:
+    return config_parameters(parse_config_text((repo / model / "config.pbtxt").read_text()))
+
+
+@pytest.fixture(scope="module")
+def runners(repo, orchestrator_modules, tiny_artifacts):
+    import local  # noqa: PLC0415 (after sys.path setup)
+
+    specs = component_specs(load_manifest(tiny_artifacts).dims)
+    parameter = json.loads(parameters(repo, "sam3")["local_components"])
+    return local.open_local_runners(parameter, repo / "sam3" / "1", specs, lambda message: None)
+
+
+def test_the_repository_runs_the_prompt_head_in_process_with_the_component_models_settings(repo):
+    local = json.loads(parameters(repo, "sam3")["local_components"])
+    prompt = parameters(repo, "sam3_prompt")
+    assert list(local) == ["prompt"]
+    for key, value in local["prompt"].items():
+        if key != "instances":
+            assert value == (prompt[key] if isinstance(value, str) else json.loads(prompt[key])), key
+    assert local["prompt"]["instances"] == 2  # sam3_prompt's instance count on the cpu target
+    assert (repo / "sam3" / "1" / local["prompt"]["onnx_file"]).is_file()
+    assert (repo / "sam3" / "1" / "component_runtime.py").is_file()
+
+
+def test_local_heads_can_be_turned_off_and_are_checked(tiny_artifacts, tmp_path):
+    off = build_repository(tiny_artifacts, tmp_path / "off", "cpu", precision="fp32", local_heads=())
+    assert "local_components" not in parameters(off, "sam3")
+    with pytest.raises(RepositoryError, match="served components"):
+        build_repository(tiny_artifacts, tmp_path / "bad", "cpu", precision="fp32", local_heads=("decoder",))
+    with pytest.raises(RepositoryError, match="only the cpu target"):
+        build_repository(tiny_artifacts, tmp_path / "gpu", "gpu", local_heads=("prompt",))
+    gpu = build_repository(
+        tiny_artifacts, tmp_path / "gpu-default", "gpu", models=["sam3", "sam3_vision", "sam3_prompt"]
+    )
+    assert "local_components" not in parameters(gpu, "sam3")
+
+
+class Recording:
+    """A real runner that records the thread count it was opened with, its calls and the calls in flight."""
+
+    in_flight, most = 0, 0
+    lock = threading.Lock()
+
+    def __init__(self, runner, name: str, log: list):
+        self.runner, self.name, self.log = runner, name, log
+
+    def run(self, names, feeds, shared=False):
+        with Recording.lock:
+            Recording.in_flight += 1
+            Recording.most = max(Recording.most, Recording.in_flight)
+        self.log.append(self.name)
+        try:
+            return self.runner.run(names, feeds, shared)
+        finally:
+            with Recording.lock:
+                Recording.in_flight -= 1
+
+
+def local_pipeline(modules, tiny_artifacts, runners, log: list):
+    pipe = make_pipeline(modules, tiny_artifacts, modules["post"])
+    wide, narrow = runners["prompt"]
+    recorded = {"prompt": (Recording(wide, "wide", log), [Recording(r, "narrow", log) for r in narrow])}
+    outputs = {"prompt": [name for name, _, _ in wide.outputs()]}
+    pipe.stages = modules["stages"].LocalStages(pipe.stages, recorded, outputs)
+    return pipe
+
+
+def click(modules, image, x: float, y: float):
+    return request(modules, image, mode=[b"point"], points=[[x, y]], point_labels=[1])
+
+
+def test_in_process_openvino_heads_answer_as_onnx_runtime_does(modules, tiny_artifacts, runners, coffee_jpeg):
+    """Points and boxes on in-process OpenVINO fp32 runners against the same graphs in ONNX Runtime."""
+    reference = make_pipeline(modules, tiny_artifacts, modules["post"])
+    log: list = []
+    pipe = local_pipeline(modules, tiny_artifacts, runners, log)
+    box = dict(mode=[b"box"], boxes=[[10.0, 20.0, 300.0, 350.0], [200.0, 50.0, 580.0, 390.0]])
+    for req in (click(modules, coffee_jpeg, 100.0, 120.0), request(modules, coffee_jpeg, **box)):
+        got, want = pipe.run(req), reference.run(req)
+        np.testing.assert_allclose(got.iou_scores, want.iou_scores, atol=1e-4)
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=1.0)
+        agree = (got.masks.dense() == want.masks.dense()).mean()
+        assert agree > 0.999, agree  # fp32 in two runtimes: a mask logit at the threshold may flip a pixel
+    assert log == ["wide", "wide"] and pipe.stages.calls["sam3_prompt"] == 2
+    assert pipe.stages.seconds["sam3_prompt"] > 0
+
+
+def test_a_busy_batch_takes_the_one_thread_runners_and_equals_serial_answers(
+    modules, tiny_artifacts, runners, coffee_jpeg, astronaut_png
+):
+    """Clicks on three different images in one batch: three prompt calls at once, each on a narrow runner (two
+    of them: at most two run together); each answer equals the same click alone (on the wide runner)."""
+    log: list = []
+    pipe = local_pipeline(modules, tiny_artifacts, runners, log)
+    flipped = encode_image(np.ascontiguousarray(np.asarray(Image.open(io.BytesIO(coffee_jpeg)))[::-1]))
+    reqs = [click(modules, image, 100.0, 50.0) for image in (coffee_jpeg, astronaut_png, flipped)]
+    for req in reqs:
+        pipe.run(req)  # embedded: the batch below makes prompt calls only
+    log.clear()
+    Recording.most = 0
+    together = [r for r, _ in asyncio.run(pipe.run_batch(reqs))]
+    assert sorted(log) == ["narrow"] * 3 and Recording.most <= 2
+    log.clear()
+    for req, got in zip(reqs, together):
+        alone = pipe.run(req)
+        np.testing.assert_allclose(got.iou_scores, alone.iou_scores, atol=1e-4)
+        assert (got.masks.dense() == alone.masks.dense()).mean() > 0.999
+    assert log == ["wide"] * 3
+
+
+class Broken:
+    def run(self, names, feeds, shared=False):
+        raise RuntimeError("Exception from src/inference: out of memory")
+
+
+def test_a_failing_in_process_head_is_that_requests_stage_error(modules, tiny_artifacts, runners, coffee_jpeg):
+    pipe = make_pipeline(modules, tiny_artifacts, modules["post"])
+    wide, _ = runners["prompt"]
+    outputs = {"prompt": [name for name, _, _ in wide.outputs()]}
+    pipe.stages = modules["stages"].LocalStages(pipe.stages, {"prompt": (Broken(), [])}, outputs)
+    results = [r for r, _ in asyncio.run(pipe.run_batch([click(modules, coffee_jpeg, 100.0, 120.0)]))]
+    assert isinstance(results[0], modules["stages"].StageError)
+    assert "sam3_prompt (in process) failed: RuntimeError" in str(results[0]) and "out of memory" in str(results[0])
+    text = request(modules, coffee_jpeg, mode=[b"text"], text=["cup"], threshold=[0.0])
+    assert len(pipe.run(text).scores) > 0  # the components that are not in process still answer

@@ -1,0 +1,1 @@
+../../ort_component/1/component_runtime.py
