@@ -220,3 +220,21 @@ def test_auto_mode_overlaps_its_prompt_calls_and_fails_cleanly(modules, tiny_art
     pipe.stages = FailingPrompt(counting.inner, fail_at=2)
     got, _ = asyncio.run(pipe.run_batch([request(modules, coffee_jpeg, **auto)]))[0]
     assert isinstance(got, modules["stages"].StageError) and "stub died" in str(got)
+
+
+def test_an_image_is_hashed_once_per_request(modules, tiny_artifacts, coffee_jpeg, astronaut_png, monkeypatch):
+    """Without an image_id the cache key is a hash of the image bytes: one per request, however many steps of
+    the batch ask for it (it was one per step and per other request: milliseconds each for a camera JPEG)."""
+    hashed = []
+    real = modules["request"].content_key
+    monkeypatch.setattr(modules["request"], "content_key", lambda data: hashed.append(len(data)) or real(data))
+    pipe = make_pipeline(modules, tiny_artifacts, modules["post"])
+    reqs = [
+        request(modules, coffee_jpeg, mode=[b"point"], points=[[100.0, 120.0]], point_labels=[1]),
+        request(modules, astronaut_png, mode=[b"box"], boxes=[[10.0, 20.0, 300.0, 350.0]]),
+        request(modules, coffee_jpeg, mode=[b"text"], text=["cup"], threshold=[0.0]),
+    ]
+    results = [r for r, _ in asyncio.run(pipe.run_batch(reqs))]
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert sorted(hashed) == sorted(len(image) for image in (coffee_jpeg, astronaut_png, coffee_jpeg))
+    assert reqs[0].cache_key == reqs[2].cache_key != reqs[1].cache_key

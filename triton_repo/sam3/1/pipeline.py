@@ -32,7 +32,7 @@ import preprocess as pre
 import prompts
 from amg import AmgConfig, AutomaticMaskGenerator, batch_slices, merge_candidates
 from arena import Reserved, SlotArena, slot_bytes
-from cache import ByteLRU, content_key, value_bytes
+from cache import ByteLRU, value_bytes
 from errors import InputError
 from merge import MergingStages
 from postprocess import MaskSet
@@ -170,7 +170,7 @@ class Sam3Pipeline:
         if isinstance(texts, BaseException):  # a failed text call fails the text-mode requests only
             texts = {t: texts for r in reqs if r.mode == "text" for t in (r.texts or [BOX_ONLY_TEXT])}
         if isinstance(images, BaseException):
-            images = {_cache_key(r): images for r in reqs}
+            images = {r.cache_key: images for r in reqs}
         return _Shared(images, texts)
 
     async def _embed_images(self, reqs, timings) -> dict:
@@ -183,7 +183,7 @@ class Sam3Pipeline:
         ready = {}
         for key, value in zip(sources, decoded):
             (found if isinstance(value, BaseException) else ready)[key] = value
-        users = {key: [t for r, t in zip(reqs, timings) if _cache_key(r) == key] for key in ready}
+        users = {key: [t for r, t in zip(reqs, timings) if r.cache_key == key] for key in ready}
         for keys in _chunks_of(list(ready), self.vision_batch):
             found |= await self._vision_call(keys, ready, users)
         return found
@@ -192,7 +192,7 @@ class Sam3Pipeline:
         """({key: cached Features or InputError}, {missing key: index of a request holding its bytes})."""
         found, sources = {}, {}
         for i, req in enumerate(reqs):
-            key = _cache_key(req)
+            key = req.cache_key
             if key in sources or isinstance(found.get(key), Features):
                 continue
             cached = None if key in found else self.image_cache.get(key)
@@ -308,10 +308,10 @@ class Sam3Pipeline:
         """{index of a point/box request: its prompt-head outputs (list of output dicts) or its error}."""
         plans, failed = {}, {}
         for i, req in enumerate(reqs):
-            features = shared.features.get(_cache_key(req)) if req.mode in ("point", "box") else None
+            features = shared.features.get(req.cache_key) if req.mode in ("point", "box") else None
             if isinstance(features, Features):
                 try:
-                    plans[i] = (_cache_key(req), prompts.plan(req, features.image_hw, self.dims.image_size))
+                    plans[i] = (req.cache_key, prompts.plan(req, features.image_hw, self.dims.image_size))
                 except InputError as err:
                     failed[i] = err
         if not plans:
@@ -327,7 +327,7 @@ class Sam3Pipeline:
 
     async def _mode(self, req: Sam3Request, shared: _Shared, t: Timings, heads) -> Sam3Result:
         """The request's result; ``heads``: its prompt-head outputs (point/box modes) from step 2."""
-        features = shared.features[_cache_key(req)]
+        features = shared.features[req.cache_key]
         if isinstance(features, BaseException):
             raise features
         if req.mode in ("point", "box"):
@@ -501,10 +501,6 @@ def _no_errors(items: list) -> list:
         if isinstance(item, BaseException):
             raise item
     return items
-
-
-def _cache_key(req: Sam3Request) -> str:
-    return "id:" + req.image_id if req.image_id else content_key(req.image)
 
 
 def _host(x) -> np.ndarray:
