@@ -63,6 +63,9 @@ DEFAULT_INSTANCES = {"cpu": {"prompt": 2}, "gpu": {}}
 # Components the cpu target's orchestrator runs in its own process (triton_repo/sam3/1/local.py), with the
 # component model's runtime settings and instance count; their Triton models stay served for direct clients.
 DEFAULT_LOCAL_HEADS = {"cpu": ("prompt",), "gpu": ()}
+# One-thread runners per in-process head, at least: two calls at once keep two cores busy (a text request's
+# concepts each make their own concept and mask calls; with one such runner they would queue on one core).
+LOCAL_MIN_NARROW = 2
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
@@ -244,8 +247,11 @@ def runtime_parameters(spec: ComponentSpec, cpu: CpuRuntime) -> dict:
 
 def local_components(specs: list, counts: dict, cpu: CpuRuntime) -> dict:
     """The orchestrator's ``local_components`` parameter: {component: runtime_parameters + "instances"} of
-    ``specs`` (each component runs as many calls at once as its Triton model has instances)."""
-    return {s.name: runtime_parameters(s, cpu) | {"instances": counts[s.triton_name]} for s in specs}
+    ``specs``. "instances" is the number of one-thread runners for calls that run beside others: the
+    component model's instance count, at least LOCAL_MIN_NARROW."""
+    return {
+        s.name: runtime_parameters(s, cpu) | {"instances": max(counts[s.triton_name], LOCAL_MIN_NARROW)} for s in specs
+    }
 
 
 def static_shapes(spec: ComponentSpec, size_sets: list[dict] | None = None) -> list[dict[str, list]]:

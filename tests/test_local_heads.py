@@ -156,3 +156,43 @@ def test_a_failing_in_process_head_is_that_requests_stage_error(modules, tiny_ar
     assert "sam3_prompt (in process) failed: RuntimeError" in str(results[0]) and "out of memory" in str(results[0])
     text = request(modules, coffee_jpeg, mode=[b"text"], text=["cup"], threshold=[0.0])
     assert len(pipe.run(text).scores) > 0  # the components that are not in process still answer
+
+
+@pytest.fixture(scope="module")
+def text_heads(tiny_artifacts, tmp_path_factory, orchestrator_modules):
+    """A repository with every head in process (prompt at one instance), and its runners."""
+    import local  # noqa: PLC0415 (after sys.path setup)
+
+    heads = ("prompt", "concept", "mask")
+    out = tmp_path_factory.mktemp("heads") / "cpu"
+    built = build_repository(tiny_artifacts, out, "cpu", {"prompt": 1}, precision="fp32", local_heads=heads)
+    parameter = json.loads(parameters(built, "sam3")["local_components"])
+    specs = component_specs(load_manifest(tiny_artifacts).dims)
+    return parameter, local.open_local_runners(parameter, built / "sam3" / "1", specs, lambda message: None)
+
+
+def test_every_head_in_process_has_at_least_two_one_thread_runners(text_heads):
+    parameter, runners = text_heads
+    assert sorted(parameter) == ["concept", "mask", "prompt"]
+    assert {c: e["instances"] for c, e in parameter.items()} == {"prompt": 2, "concept": 2, "mask": 2}
+    assert all(len(narrow) == 2 for _, narrow in runners.values())
+
+
+def test_text_requests_on_in_process_heads_answer_as_onnx_runtime_does(
+    modules, tiny_artifacts, text_heads, coffee_jpeg
+):
+    """Text mode with its concept and mask heads in process (two concepts: two calls of each at once, on the
+    one-thread runners) against the same graphs in ONNX Runtime."""
+    _, runners = text_heads
+    reference = make_pipeline(modules, tiny_artifacts, modules["post"])
+    pipe = make_pipeline(modules, tiny_artifacts, modules["post"])
+    outputs = {c: [name for name, _, _ in wide.outputs()] for c, (wide, _) in runners.items()}
+    pipe.stages = modules["stages"].LocalStages(pipe.stages, runners, outputs)
+    pipe.chunk_concepts = reference.chunk_concepts = 1  # the cpu target's: one call per concept
+    req = request(modules, coffee_jpeg, mode=[b"text"], text=["cup", "saucer"], threshold=[0.0])
+    got, want = pipe.run(req), reference.run(req)
+    assert len(got.scores) == len(want.scores) > 0
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=1.0)
+    assert (got.masks.dense() == want.masks.dense()).mean() > 0.999
+    assert pipe.stages.calls["sam3_concept"] == 2 and pipe.stages.calls["sam3_mask"] <= 2
