@@ -196,3 +196,17 @@ def test_text_requests_on_in_process_heads_answer_as_onnx_runtime_does(
     np.testing.assert_allclose(got.boxes, want.boxes, atol=1.0)
     assert (got.masks.dense() == want.masks.dense()).mean() > 0.999
     assert pipe.stages.calls["sam3_concept"] == 2 and pipe.stages.calls["sam3_mask"] <= 2
+
+
+def test_in_process_heads_serve_one_event_loop_after_another(modules, tiny_artifacts, runners, coffee_jpeg):
+    """``Sam3Pipeline.run`` starts an event loop per call: the runners' queues follow it, also when a call of
+    the new loop has to wait for a runner (three objects' calls, chunks of one, one wide runner only)."""
+    log: list = []
+    pipe = local_pipeline(modules, tiny_artifacts, runners, log)
+    wide, _ = pipe.stages.runners["prompt"]
+    pipe.stages.runners["prompt"] = (wide, [])
+    pipe.chunk_objects = 1
+    boxes = dict(mode=[b"box"], boxes=[[10.0, 20.0, 300.0, 350.0], [200.0, 50.0, 580.0, 390.0], [5.0, 5.0, 50.0, 50.0]])
+    first, second = (pipe.run(request(modules, coffee_jpeg, **boxes)) for _ in range(2))
+    assert len(first.scores) == len(second.scores) == 3 and log == ["wide"] * 6
+    np.testing.assert_allclose(first.iou_scores, second.iou_scores, atol=1e-6)

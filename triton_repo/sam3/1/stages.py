@@ -126,7 +126,8 @@ class LocalStages:
         self.runners = {component: (wide, list(narrow)) for component, (wide, narrow) in runners.items()}
         threads = sum(1 + len(narrow) for _, narrow in self.runners.values())
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="sam3-local")
-        self.free: dict[str, tuple] = {}  # component: (wide queue, narrow queue), made in the loop that calls
+        self.free: dict[str, tuple] = {}  # component: (wide queue, narrow queue), of the loop ``_loop``
+        self._loop = None
         self.wanting = Counter()  # component: calls running or waiting
         self.seconds, self.calls = Counter(), Counter()
 
@@ -165,6 +166,11 @@ class LocalStages:
         return await narrow.get(), narrow
 
     def _queues(self, component: str) -> tuple:
+        """(wide queue, narrow queue) of free runners, made anew for a new event loop (``Sam3Pipeline.run`` starts
+        one per call; asyncio queues belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self.free, self._loop = {}, loop
         if component not in self.free:
             wide, narrow = asyncio.Queue(), asyncio.Queue()
             runner, runners = self.runners[component]
