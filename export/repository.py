@@ -245,13 +245,10 @@ def runtime_parameters(spec: ComponentSpec, cpu: CpuRuntime) -> dict:
     }
 
 
-def local_components(specs: list, counts: dict, cpu: CpuRuntime) -> dict:
+def local_components(specs: list, narrow: dict, cpu: CpuRuntime) -> dict:
     """The orchestrator's ``local_components`` parameter: {component: runtime_parameters + "instances"} of
-    ``specs``. "instances" is the number of one-thread runners for calls that run beside others: the
-    component model's instance count, at least LOCAL_MIN_NARROW."""
-    return {
-        s.name: runtime_parameters(s, cpu) | {"instances": max(counts[s.triton_name], LOCAL_MIN_NARROW)} for s in specs
-    }
+    ``specs``; "instances": ``narrow[component]``, its one-thread runners for calls that run beside others."""
+    return {s.name: runtime_parameters(s, cpu) | {"instances": narrow[s.name]} for s in specs}
 
 
 def static_shapes(spec: ComponentSpec, size_sets: list[dict] | None = None) -> list[dict[str, list]]:
@@ -352,6 +349,16 @@ def _instance_counts(manifest: Manifest, names: list[str], instances: dict | Non
     return {n: counts.get(n, defaults.get(n, 1)) for n in names}
 
 
+def _local_counts(counts: dict, heads: tuple, given: dict | None) -> tuple[dict, dict]:
+    """(model instance counts, {head: one-thread runners}) for the in-process ``heads``. A head's runners take
+    its instance count (at least LOCAL_MIN_NARROW); its Triton model, left to direct clients, keeps one
+    instance unless ``given`` (the caller's ``instances``) sets one: another copy of the graph in an idle stub
+    process would only hold memory (real size: about 0.3 GB per prompt-head instance)."""
+    narrow = {h: max(counts[f"{ORCHESTRATOR}_{h}"], LOCAL_MIN_NARROW) for h in heads}
+    named = {key.removeprefix(f"{ORCHESTRATOR}_") for key in (given or {})}
+    return counts | {f"{ORCHESTRATOR}_{h}": 1 for h in heads if h not in named}, narrow
+
+
 def _local_heads(names: list[str], target: str, heads) -> tuple[str, ...]:
     """The components the orchestrator runs in its process: ``heads`` (None: the target's default, those of
     them served); each must be a served component, and the gpu target has none."""
@@ -450,8 +457,8 @@ def build_repository(
     artifacts, out, source = Path(artifacts), Path(out), Path(source)
     manifest = load_manifest(artifacts)
     names = _model_names(manifest, models)
-    counts = _instance_counts(manifest, names, instances, target)
     local_heads = _local_heads(names, target, local_heads)
+    counts, narrow = _local_counts(_instance_counts(manifest, names, instances, target), local_heads, instances)
     _check_source(source, names, target)
     cpu = (
         _cpu_runtime(manifest, artifacts, out, names, runtime, precision, intra_op_threads, cache_dir, log or _log)
@@ -472,7 +479,7 @@ def build_repository(
             source,
             cpu,
             batching,
-            local_heads,
+            narrow,
         )
         if cpu is not None:
             _write_precision_file(tmp, cpu)
@@ -511,13 +518,14 @@ def read_precisions(repo: Path) -> dict:
 
 
 def _write_models(
-    manifest, artifacts, out, target, names, counts, engines_dir, extra, source, cpu, batching, local_heads
+    manifest, artifacts, out, target, names, counts, engines_dir, extra, source, cpu, batching, narrow
 ) -> None:
+    """``narrow``: {in-process head: its one-thread runners} (_local_counts)."""
     specs = {s.triton_name: s for s in manifest.specs().values()}
     for name in names:
         if name == ORCHESTRATOR:
             models = {s.name: s.triton_name for s in specs.values() if s.triton_name in names}
-            local = local_components([s for s in specs.values() if s.name in local_heads], counts, cpu) if cpu else {}
+            local = local_components([s for s in specs.values() if s.name in narrow], narrow, cpu) if cpu else {}
             _write_orchestrator(manifest, artifacts, out, target, counts[name], models, extra, source, batching, local)
         elif target == "cpu":
             _write_cpu_component(specs[name], artifacts, out, counts[name], source, cpu)

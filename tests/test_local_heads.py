@@ -50,9 +50,25 @@ def test_the_repository_runs_the_prompt_head_in_process_with_the_component_model
     for key, value in local["prompt"].items():
         if key != "instances":
             assert value == (prompt[key] if isinstance(value, str) else json.loads(prompt[key])), key
-    assert local["prompt"]["instances"] == 2  # sam3_prompt's instance count on the cpu target
+    assert local["prompt"]["instances"] == 2  # the prompt head's default instance count on the cpu target
+    assert instances(repo, "sam3_prompt") == 1  # its model only serves direct clients now
     assert (repo / "sam3" / "1" / local["prompt"]["onnx_file"]).is_file()
     assert (repo / "sam3" / "1" / "component_runtime.py").is_file()
+
+
+def instances(repo, model: str) -> int:
+    return int(parse_config_text((repo / model / "config.pbtxt").read_text())["instance_group"][0]["count"])
+
+
+@pytest.mark.parametrize("given, model, runners", [({"prompt": 3}, 3, 3), ({"sam3_prompt": 1}, 1, 2), ({}, 1, 2)])
+def test_an_in_process_head_takes_the_instance_count_and_its_model_keeps_one_unless_asked(
+    tiny_artifacts, tmp_path, given, model, runners
+):
+    repo = build_repository(tiny_artifacts, tmp_path / "repo", "cpu", given, precision="fp32")
+    assert instances(repo, "sam3_prompt") == model
+    assert json.loads(parameters(repo, "sam3")["local_components"])["prompt"]["instances"] == runners
+    off = build_repository(tiny_artifacts, tmp_path / "off", "cpu", given, precision="fp32", local_heads=())
+    assert instances(off, "sam3_prompt") == (given.get("prompt") or given.get("sam3_prompt") or 2)
 
 
 def test_local_heads_can_be_turned_off_and_are_checked(tiny_artifacts, tmp_path):
