@@ -52,11 +52,10 @@ class TritonStats:
         """{model: (calls, ns)} of the components run in the orchestrator's process ({} without them)."""
         if not self.metrics_url:
             return {}
-        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
-            text = response.read().decode()
-        seconds = {m: float(v) for m, v in LOCAL_SECONDS_METRIC.findall(text)}
-        calls = {m: round(float(v)) for m, v in LOCAL_CALLS_METRIC.findall(text)}
-        return {m: (calls.get(m, 0), round(seconds[m] * 1e9)) for m in seconds}
+        text = metrics_text(self.metrics_url)
+        seconds = counters(text, "sam3_local_compute_seconds_total", "model")
+        calls = counters(text, "sam3_local_calls_total", "model")
+        return {m: (round(calls.get(m, 0)), round(seconds[m] * 1e9)) for m in seconds}
 
     def settled(self, expected: int = 0, pause_s: float = 0.05, limit_s: float = 5.0) -> dict:
         """A snapshot taken once sam3's success count is ≥ ``expected`` and has stopped moving.
@@ -102,10 +101,16 @@ class TritonStats:
         self.client.close()
 
 
-PHASE_METRIC = re.compile(r'^sam3_phase_seconds_total\{phase="(\w+)"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
-LOCAL_SECONDS_METRIC = re.compile(r'^sam3_local_compute_seconds_total\{model="(\w+)"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
-LOCAL_CALLS_METRIC = re.compile(r'^sam3_local_calls_total\{model="(\w+)"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
-REQUESTS_METRIC = re.compile(r'^sam3_requests_total\{mode="\w+"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
+def metrics_text(url: str) -> str:
+    """Triton's Prometheus text at ``url`` (its /metrics)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def counters(text: str, name: str, label: str) -> dict[str, float]:
+    """{label value: value} of the samples of the one-label metric ``name`` in Prometheus ``text``."""
+    pattern = re.compile(rf'^{re.escape(name)}\{{{label}="(\w+)"\}}\s+([0-9.eE+-]+)$', re.MULTILINE)
+    return {value: float(number) for value, number in pattern.findall(text)}
 
 
 @dataclass(frozen=True)
@@ -127,10 +132,9 @@ class PhaseMetrics:
         """The metrics now; empty without a metrics URL."""
         if not self.url:
             return PhaseSnapshot({}, 0)
-        with urllib.request.urlopen(self.url, timeout=10) as response:
-            text = response.read().decode()
-        seconds = {phase: float(value) for phase, value in PHASE_METRIC.findall(text)}
-        return PhaseSnapshot(seconds, round(sum(float(v) for v in REQUESTS_METRIC.findall(text))))
+        text = metrics_text(self.url)
+        seconds = counters(text, "sam3_phase_seconds_total", "phase")
+        return PhaseSnapshot(seconds, round(sum(counters(text, "sam3_requests_total", "mode").values())))
 
     def since(self, before: PhaseSnapshot, answered: int, pause_s: float = 0.02, limit_s: float = 5.0) -> dict:
         """{phase: seconds} from ``before`` to the snapshot that counts ``answered`` more requests. The

@@ -68,8 +68,9 @@ class Sam3Metrics:
         self._pending.put(None)
         self._publisher.join(timeout_s)
 
-    def _delta(self, key: tuple, total: int) -> int:
-        """The change of a cumulative cache counter since the last batch."""
+    def _delta(self, key: tuple, total: float) -> float:
+        """The change of a cumulative counter (a cache's hits or misses, an in-process head's seconds or calls)
+        since the last batch."""
         change = total - self._totals.get(key, 0)
         self._totals[key] = total
         return change
