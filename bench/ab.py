@@ -10,6 +10,12 @@ every request has a new image_id (decode and vision run); ``warm``: each photo i
 and every request reuses it. Per mode: each side's median latency (ms), the median of the per-round
 ratios B/A with a 95 % bootstrap interval (> 1: B is slower), and the share of rounds A was faster.
 Text thresholds are calibrated once on A (``--keep`` detections per concept) and sent to both.
+
+``--background auto`` (or any mode) measures the modes under load: in each round a side is measured in a
+phase of its own, while ``--background-clients`` clients send that mode's requests to it back to back on an
+embedded image, and ``--per-phase`` requests of the measured mode are timed one after another; the round's
+latency on that side is the phase's median. Also reported: each side's background requests per second.
+    sam3-bench ab --a 127.0.0.1:8001 --b 127.0.0.1:9001 --modes point --cache warm --background auto
 Exit status: 0 done, 1 a server unreachable, 2 bad arguments.
 """
 
@@ -18,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep", type=int, default=3, help="text detections per concept the thresholds keep")
     p.add_argument("--points-per-side", type=int, default=8, help="auto mode grid")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    p.add_argument("--background", choices=AB_MODES, help="measure under this mode's load (embedded image)")
+    p.add_argument("--background-clients", type=int, default=2, help="clients sending --background (2)")
+    p.add_argument("--per-phase", type=int, default=5, help="with --background: timed requests per phase (5)")
     p.add_argument("--json", type=Path, help="write the JSON report here")
     args = p.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -53,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--modes must be a comma list of {', '.join(AB_MODES)}; got {bad or 'none'}")
     if args.rounds < 2 or args.warmup < 0:
         p.error("--rounds must be at least 2 and --warmup at least 0")
+    if args.background_clients < 1 or args.per_phase < 1:
+        p.error("--background-clients and --per-phase must be at least 1")
     args.threshold = "auto"  # thresholds_for: calibrated on A
     return args
 
@@ -77,6 +90,8 @@ def paired(a_seconds, b_seconds, seed: int = 0) -> dict:
 def run_mode(clients: dict, work: Workloads, mode: str, args) -> dict:
     """Warm-up, then ``args.rounds`` alternating rounds of ``mode``; the paired figures."""
     request = sweep_request(work, mode, args.cache)
+    if args.background:
+        return run_under_load(clients, work, request, args)
     times = {"a": [], "b": []}
     for i in range(-args.warmup, args.rounds):
         order = ("a", "b") if i % 2 == 0 else ("b", "a")
@@ -87,6 +102,65 @@ def run_mode(clients: dict, work: Workloads, mode: str, args) -> dict:
     return paired(times["a"], times["b"])
 
 
+class Background:
+    """While the ``with`` block runs, ``count`` clients of their own send ``request(client, i)`` to ``url``
+    back to back; ``rate``: the requests they finished per second of the block. A failed request stops its
+    client, and the block's end raises it."""
+
+    def __init__(self, url: str, request, count: int, timeout_s: float, settle_s: float = 0.3):
+        self.clients = [Sam3Client(url, "grpc", timeout_s=timeout_s) for _ in range(count)]
+        self.request, self.settle_s, self.stop, self.done, self.errors = request, settle_s, threading.Event(), [], []
+        self.threads = [threading.Thread(target=self._send, args=(c,), daemon=True) for c in self.clients]
+        self.rate = 0.0
+
+    def _send(self, client) -> None:
+        i = 0
+        try:
+            while not self.stop.is_set():
+                self.request(client, i)
+                i += 1
+        except Exception as err:  # noqa: BLE001 - reported by __exit__
+            self.errors.append(f"{type(err).__name__}: {err}")
+        self.done.append(i)
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        time.sleep(self.settle_s)  # the load is under way before the first timed request
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+        for client in self.clients:
+            client.close()
+        self.rate = sum(self.done) / (elapsed + self.settle_s)
+        if self.errors and exc[0] is None:
+            raise RuntimeError(f"a background request failed: {self.errors[0]}")
+
+
+def run_under_load(clients: dict, work: Workloads, request, args) -> dict:
+    """``run_mode`` with ``--background``: per round and side a phase under that side's background load; the
+    paired phase medians, and each side's median background rate (requests/s)."""
+    background = sweep_request(work, args.background, "warm")
+    times, rates = {"a": [], "b": []}, {"a": [], "b": []}
+    for i in range(-args.warmup, args.rounds):
+        for side in ("a", "b") if i % 2 == 0 else ("b", "a"):
+            with Background(clients[side].url, background, args.background_clients, args.timeout) as load:
+                phase = [timed(request, clients[side], i * args.per_phase + j)[0] for j in range(args.per_phase)]
+            if i >= 0:
+                times[side].append(float(np.median(phase)))
+                rates[side].append(load.rate)
+    return paired(times["a"], times["b"]) | {
+        "background": f"{args.background_clients} x {args.background}",
+        "a_background_rps": round(float(np.median(rates["a"])), 3),
+        "b_background_rps": round(float(np.median(rates["b"])), 3),
+    }
+
+
 def report_lines(report: dict) -> list[str]:
     """The table: one line per mode."""
     lines = [f"A {report['a']}  vs  B {report['b']}  ({report['cache']} images, {report['rounds']} rounds each)"]
@@ -95,6 +169,11 @@ def report_lines(report: dict) -> list[str]:
         lines.append(
             f"  {mode:6} A {r['a_p50_ms']:8.1f} ms  B {r['b_p50_ms']:8.1f} ms  B/A {r['ratio_b_over_a']:.3f} "
             f"(95 % {low:.3f}-{high:.3f}), A faster in {100 * r['a_faster_share']:.0f} % of rounds"
+            + (
+                f"; under {r['background']}: A {r['a_background_rps']:.2f} req/s, B {r['b_background_rps']:.2f} req/s"
+                if "background" in r
+                else ""
+            )
         )
     return lines
 
@@ -121,6 +200,9 @@ def main(argv=None) -> int:
         for mode in args.modes:
             log(f"ab {mode}: {args.warmup} + {args.rounds} rounds")
             modes[mode] = run_mode(clients, work, mode, args)
+    except RuntimeError as err:  # a background request failed
+        print(f"sam3-bench ab: {err}", file=sys.stderr)
+        return 1
     finally:
         for client in clients.values():
             client.close()

@@ -102,13 +102,14 @@ def echo_config(args, target: Target, stats: TritonStats, work: Workloads) -> di
 
 
 def _local_components(stats: TritonStats, target: Target) -> list[str]:
-    """The components the orchestrator runs in its process; without a metrics URL their compute is missing from
-    P5's component compute, which the log says."""
+    """The components the orchestrator runs in its process. Without a metrics URL P5 has neither their compute
+    nor the orchestrator's own time (its ``execute`` returns before it answers), which the log says."""
     local = stats.local_components()
-    if local and not target.metrics_url:
+    if not target.metrics_url:
         log(
-            f"warning: {local} run in the orchestrator's process and no --metrics-url was given: P5 counts their "
-            "compute as overhead"
+            "warning: no --metrics-url: P5 reads sam3's time from Triton's statistics, which cover only its "
+            "execute's hand-off"
+            + (f", and counts the compute of {local} (run in the orchestrator's process) as overhead" if local else "")
         )
     return local
 

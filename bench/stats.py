@@ -23,10 +23,13 @@ COUNTS = ("inference_count", "execution_count")  # requests (batch items) and ex
 class TritonStats:
     """Reads Triton's per-model inference statistics and server facts over HTTP or gRPC.
 
-    With ``metrics_url``, a component the orchestrator runs in its own process (``local_components``) has
-    that compute added to its ``compute_infer`` (sam3_local_compute_seconds_total and sam3_local_calls_total
-    on Triton's /metrics): the same quantity, the inference time of the component's calls, whichever way
-    they ran."""
+    With ``metrics_url`` two numbers come from the orchestrator's own metrics on Triton's /metrics:
+    - ``sam3``'s ``compute_infer`` (and the compute part of its ``success``): ``sam3_request_seconds_total``,
+      each answered request's time from ``execute`` to its response sent. ``execute`` hands its batch on and
+      returns (triton_repo/sam3/1/model.py), so Triton's own figure covers only the hand-off;
+    - a component the orchestrator runs in its own process (``local_components``) has that compute added to
+      its ``compute_infer`` (sam3_local_compute_seconds_total and sam3_local_calls_total): the same quantity,
+      the inference time of the component's calls, whichever way they ran."""
 
     def __init__(self, address: str, protocol: str, metrics_url: str | None = None):
         module = importlib.import_module(f"tritonclient.{protocol}")
@@ -42,20 +45,29 @@ class TritonStats:
             stats[entry["name"]] = {
                 k: (int(infer.get(k, {}).get("count", 0)), int(infer.get(k, {}).get("ns", 0))) for k in STAT_KINDS
             } | {k: (int(entry.get(k, 0)), 0) for k in COUNTS}
-        for model, (calls, ns) in self._local().items():
-            if model in stats:
+        served = self._served()
+        for model, (calls, ns) in served.items():
+            if model == ORCHESTRATOR and model in stats:
+                kinds = stats[model]
+                kinds["compute_infer"] = (calls, ns)
+                kinds["success"] = (kinds["success"][0], kinds["queue"][1] + ns)
+            elif model in stats:
                 count, total = stats[model]["compute_infer"]
                 stats[model]["compute_infer"] = (count + calls, total + ns)
         return stats
 
-    def _local(self) -> dict:
-        """{model: (calls, ns)} of the components run in the orchestrator's process ({} without them)."""
+    def _served(self) -> dict:
+        """{model: (calls, ns)} from the orchestrator's metrics: its answered requests, and the components run in
+        its process ({} without a metrics URL)."""
         if not self.metrics_url:
             return {}
         text = metrics_text(self.metrics_url)
         seconds = counters(text, "sam3_local_compute_seconds_total", "model")
         calls = counters(text, "sam3_local_calls_total", "model")
-        return {m: (round(calls.get(m, 0)), round(seconds[m] * 1e9)) for m in seconds}
+        served = {m: (round(calls.get(m, 0)), round(seconds[m] * 1e9)) for m in seconds}
+        requests = sum(counters(text, "sam3_requests_total", "mode").values())
+        request_s = sum(counters(text, "sam3_request_seconds_total", "mode").values())
+        return served | {ORCHESTRATOR: (round(requests), round(request_s * 1e9))}
 
     def settled(self, expected: int = 0, pause_s: float = 0.05, limit_s: float = 5.0) -> dict:
         """A snapshot taken once sam3's success count is ≥ ``expected`` and has stopped moving.
@@ -148,8 +160,10 @@ class PhaseMetrics:
 
 
 def _local_calls(snapshot: dict) -> int:
-    """Calls counted in the components' compute_infer (moves while the orchestrator's metrics catch up)."""
-    return sum(kinds["compute_infer"][0] for model, kinds in snapshot.items() if model in COMPONENT_MODELS)
+    """Calls counted in sam3's and the components' compute_infer (moves while the orchestrator's metrics
+    catch up)."""
+    models = (ORCHESTRATOR, *COMPONENT_MODELS)
+    return sum(kinds["compute_infer"][0] for model, kinds in snapshot.items() if model in models)
 
 
 def successes(snapshot: dict) -> int:

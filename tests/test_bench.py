@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -295,6 +296,28 @@ def test_ab_compares_two_servers_round_by_round(sam3_server, tmp_path, capsys):
     assert "B/A" in capsys.readouterr().out
 
 
+def test_ab_measures_a_mode_under_another_modes_load(sam3_server, tmp_path, capsys):
+    """`sam3-bench ab --background auto`: clicks timed in phases while two clients send auto requests."""
+    out = tmp_path / "ab.json"
+    url = sam3_server.grpc_url
+    argv = ["ab", "--a", url, "--b", url, "--modes", "point", "--cache", "warm", "--rounds", "2", "--warmup", "0"]
+    flags = ["--background", "auto", "--points-per-side", "4", "--per-phase", "2"]
+    assert cli_main([*argv, *flags, "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["modes"]["point"]
+    assert row["rounds"] == 2 and row["a_p50_ms"] > 0 and row["background"] == "2 x auto"
+    assert row["a_background_rps"] > 0 and row["b_background_rps"] > 0
+    assert "under 2 x auto" in capsys.readouterr().out
+
+
+def test_a_failed_background_request_ends_ab_with_its_error():
+    """A background client whose requests fail (here: no server behind its address) is reported, not hidden
+    in a low rate."""
+    load = ab.Background("127.0.0.1:1", lambda client, i: client.points(None, [[1, 1]], [1], image_id="x"), 1, 2.0, 0.0)
+    with pytest.raises(RuntimeError, match="a background request failed"):
+        with load:
+            time.sleep(0.2)
+
+
 def test_ab_paired_figures():
     """B twice as slow as A in every round but one: median ratio 2, A faster in 3 of 4 rounds."""
     row = ab.paired([0.1, 0.2, 0.1, 0.3], [0.2, 0.4, 0.05, 0.6])
@@ -309,6 +332,8 @@ def test_ab_rejects_bad_flags(capsys):
         ["--a", "x:1"],
         ["--a", "x:1", "--b", "y:2", "--modes", "video"],
         ["--a", "x", "--b", "y", "--rounds", "1"],
+        ["--a", "x", "--b", "y", "--background", "video"],
+        ["--a", "x", "--b", "y", "--background", "auto", "--per-phase", "0"],
     ):
         with pytest.raises(SystemExit):
             ab.parse_args(argv)

@@ -226,3 +226,25 @@ def test_in_process_heads_serve_one_event_loop_after_another(modules, tiny_artif
     first, second = (pipe.run(request(modules, coffee_jpeg, **boxes)) for _ in range(2))
     assert len(first.scores) == len(second.scores) == 3 and log == ["wide"] * 6
     np.testing.assert_allclose(first.iou_scores, second.iou_scores, atol=1e-6)
+
+
+def test_a_click_during_auto_modes_calls_takes_the_idle_wide_runner(modules, tiny_artifacts, runners, coffee_jpeg):
+    """Auto mode's calls run at its lower priority on the one-thread runners; a click that arrives meanwhile is
+    alone at its priority and takes the wide runner, idle until then, instead of queueing behind them."""
+    log: list = []
+    pipe = local_pipeline(modules, tiny_artifacts, runners, log)
+    auto = request(modules, coffee_jpeg, mode=[b"auto"], points_per_side=[16])
+    tap = click(modules, coffee_jpeg, 100.0, 120.0)
+    alone = pipe.run(tap)  # also embeds the image
+    log.clear()
+
+    async def both():
+        busy = asyncio.ensure_future(pipe.run_batch([auto]))
+        while "narrow" not in log:  # auto's calls are under way
+            await asyncio.sleep(0.001)
+        clicked = await pipe.run_batch([tap])
+        return clicked, await busy
+
+    (([got, _],), _) = asyncio.run(both())
+    assert log.count("wide") == 1 and log.count("narrow") == 16  # 256 grid points, 16 per call
+    np.testing.assert_allclose(got.iou_scores, alone.iou_scores, atol=1e-6)

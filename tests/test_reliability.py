@@ -273,6 +273,28 @@ def test_a_killed_stage_is_reloaded_and_health_tells_the_truth(http, healing, mo
     assert "sam3_watchdog_ready 1" in metrics and 'sam3_gateway_responses_total{status="503"}' in metrics
 
 
+def test_a_request_in_flight_on_a_killed_orchestrator_gets_503_at_once(http, healing):
+    """An auto request is answered through its response sender after ``execute`` returned
+    (triton_repo/sam3/1/model.py); Triton never fails such a request when the stub dies. The gateway
+    cancels it when the watchdog finds the orchestrator dead: 503 + Retry-After long before its 60 s limit."""
+    settle(healing)
+    answers = []
+    worker = threading.Thread(
+        target=lambda: answers.append((post(http, SLOW | {"image": png_b64(700)}), time.monotonic()))
+    )
+    worker.start()
+    time.sleep(0.5)  # the request is running in the orchestrator
+    old = stub_pids(healing.server.pid, list(healing.models))["sam3"]
+    killed = time.monotonic()
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    worker.join(90)
+    response, answered = answers[0]
+    assert_503_with_retry_after(response)
+    assert answered - killed < 20, answered - killed
+    settle(healing)  # reloaded: a new request succeeds
+
+
 # ---------------------------------------------------------------- overload, timeouts, departed clients
 
 

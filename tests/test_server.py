@@ -166,6 +166,25 @@ def test_concurrent_mixed_requests_batch_and_equal_their_serial_results(client, 
     assert triton.is_server_ready() and triton.is_model_ready("sam3")
 
 
+def test_a_click_is_answered_while_a_slow_request_still_runs(client, coffee_jpeg):
+    """``execute`` hands its batch on and every request is answered when it is done: a click sent while an
+    auto request runs comes back first. Before, the click shared the auto request's execute or waited for it
+    to end, and was answered after it."""
+    client.points(coffee_jpeg, [[50, 60]], [1], image_id="head-of-line")  # embedded: the click is quick
+    done = {}
+
+    def timed(name, call):
+        call()
+        done[name] = time.perf_counter()
+
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(timed, "auto", lambda: client.auto(None, image_id="head-of-line", points_per_side=32))
+        time.sleep(0.05)
+        quick = pool.submit(timed, "click", lambda: client.points(None, [[80, 90]], [1], image_id="head-of-line"))
+        slow.result(), quick.result()
+    assert done["click"] < done["auto"], done
+
+
 def _result(call):
     try:
         return call()

@@ -23,7 +23,7 @@ from collections import Counter
 FAMILIES = {  # attribute: (metric name, help text)
     "hits": ("sam3_cache_hits_total", "sam3 cache hits"),
     "misses": ("sam3_cache_misses_total", "sam3 cache misses"),
-    "latency": ("sam3_request_seconds_total", "sam3 pipeline time per mode"),
+    "latency": ("sam3_request_seconds_total", "sam3 seconds per mode, from execute to the response handed over"),
     "count": ("sam3_requests_total", "sam3 successful requests per mode"),
     "phases": ("sam3_phase_seconds_total", "sam3 per-request seconds per phase"),
     "local_seconds": ("sam3_local_compute_seconds_total", "inference seconds of components run in the sam3 process"),

@@ -4,12 +4,25 @@ Triton's dynamic batcher hands ``execute`` several requests at once (``max_batch
 variable-length inputs ragged). They run together in one event loop (pipeline.py): one
 ``sam3_vision`` call for all uncached images, one ``sam3_text`` call for all uncached concepts,
 the head calls of every request overlapped through BLS ``async_exec``, decoding and
-post-processing in a thread pool. ``execute`` itself stays synchronous — Triton allows
-``async def execute`` only for decoupled models, and the plain KServe infer API must work.
+post-processing in a thread pool.
 
-The event loop lives as long as the model: ``async_exec`` runs each blocking BLS call in the
-loop's default executor, so a loop per ``execute`` (``asyncio.run``) would start and join a new
-set of executor threads for every batch.
+``execute`` need not wait for its batch to end. It copies the inputs and hands the batch to the event
+loop (a thread of its own, as long-lived as the model). A batch of points and boxes only is waited for
+and answered in the list ``execute`` returns, Triton's fastest path: no request could overtake it
+anyway (below). Any other batch returns at once with ``None`` in place of its answers, and each request
+is answered through its response sender the moment it is done (Python backend ≥ 24.06 allows this in
+the default, non-decoupled mode: exactly one response per request, with the FINAL flag; 24.10 allows
+such a list to mix responses and ``None``). Triton allows ``async def execute`` only for decoupled
+models, which the plain KServe infer API (HTTP and gRPC, non-streaming) cannot call; this keeps that
+API for every mode.
+
+Before handing a batch on, ``execute`` waits until no request as urgent as the batch's most urgent one
+is still unanswered (``MODE_PRIORITY``, priority.py: point and box before text before auto). So one
+batch of each priority runs at a time: requests of one kind still queue in Triton and batch together
+as they did when ``execute`` waited for its batch (one vision call for the cold images that queued up,
+Triton's queue policy where one is set), while a click is no longer held until the auto or text
+request batched with or running before it ends. Inside the loop, a request's pool jobs and in-process
+head calls wait by the same priority.
 
 Each request gets its own response: a bad request an INVALID_ARG error that starts "bad
 request:", a failed component an UNAVAILABLE error, anything unexpected one INTERNAL error
@@ -25,9 +38,12 @@ import asyncio
 import json
 import os
 import sys
+import threading
+import time
 import traceback
 import uuid
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -52,6 +68,7 @@ class TritonPythonModel:
         from errors import InputError  # noqa: PLC0415 (after sys.path setup)
         from metrics import Sam3Metrics  # noqa: PLC0415 (after sys.path setup)
         from pipeline import Sam3Pipeline  # noqa: PLC0415 (after sys.path setup)
+        from priority import MODE_PRIORITY, PriorityPool  # noqa: PLC0415 (after sys.path setup)
         from request import Limits, parse_request  # noqa: PLC0415 (after sys.path setup)
         from stages import BlsStages, LocalStages, StageError  # noqa: PLC0415 (after sys.path setup)
         from text_tokens import TextTokenizer  # noqa: PLC0415 (after sys.path setup)
@@ -84,7 +101,7 @@ class TritonPythonModel:
         # cpu target: the cache's host memory (arena.py); the gpu target's cache keeps device tensors
         layout = image_layout(specs["vision"], NP_DTYPES)
         self.arena = None if target == "gpu" else cache_arena(layout, self.image_cache.capacity)
-        self.pool = ThreadPoolExecutor(max_workers=int(params["worker_threads"]), thread_name_prefix="sam3")
+        self.pool = PriorityPool(max_workers=int(params["worker_threads"]), thread_name_prefix="sam3")
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(ThreadPoolExecutor(max_workers=BLS_THREADS, thread_name_prefix="sam3-bls"))
         outputs = {name: [t.name for t in spec.outputs] for name, spec in specs.items()}
@@ -111,19 +128,75 @@ class TritonPythonModel:
             by_reference=target != "gpu" and bool(int(params["features_by_reference"])),
         )
         self.metrics = Sam3Metrics(pb_utils)
+        self.priority_of = MODE_PRIORITY
+        self.gate = threading.Condition()  # guards ``running``
+        self.running = Counter()  # priority: requests handed to the loop and not yet answered
+        self.loop_thread = threading.Thread(target=self.loop.run_forever, name="sam3-loop", daemon=True)
+        self.loop_thread.start()
 
     def execute(self, requests):
-        """One response per request, in order; the valid ones run together as one batch."""
+        """Admit the batch (``_admit``) and hand it to the event loop. A batch of points and boxes only (nothing
+        could overtake it) is waited for and answered in the returned list; any other returns at once, and
+        each request is answered through its response sender as soon as it is done (None in the list)."""
+        start = time.perf_counter()
         parsed = [self._parse(request) for request in requests]
-        valid = [p for p in parsed if not isinstance(p, BaseException)]
-        results = iter(self.loop.run_until_complete(self.pipeline.run_batch(valid)) if valid else [])
+        batch = _Batch([request.get_response_sender() for request in requests])
+        levels = [None if isinstance(p, BaseException) else self.priority_of[p.mode] for p in parsed]
+        self._admit([level for level in levels if level is not None])
+        served = asyncio.run_coroutine_threadsafe(self._serve(parsed, batch, levels, start), self.loop)
+        if all(level == 0 for level in levels if level is not None):
+            served.result()  # the returned list is Triton's faster path than a response sender
+        return batch.detach()
+
+    def _admit(self, levels: list[int]) -> None:
+        """Block until no request of priority ≤ the most urgent of ``levels`` is running; count them in."""
+        if not levels:
+            return
+        urgent = min(levels)
+        with self.gate:
+            self.gate.wait_for(lambda: not any(n for level, n in self.running.items() if level <= urgent))
+            self.running.update(levels)
+
+    def _answered(self, level) -> None:
+        if level is not None:
+            with self.gate:
+                self.running[level] -= 1
+                self.gate.notify_all()
+
+    async def _serve(self, parsed: list, batch: _Batch, levels: list, start: float) -> None:
+        """Answer every request of one batch (``parsed``: Sam3Request or its parse error); each answered one's
+        ``Timings.wall`` covers execute's start to its response handed over."""
         answered = []  # (mode, Timings) of every request answered with a result
-        responses = [
-            self._error(p) if isinstance(p, BaseException) else self._respond(p, *next(results), answered)
-            for p in parsed
-        ]
-        self.metrics.observe(answered, self.image_cache, self.text_cache, self.stages)
-        return responses
+        pending = set(range(len(parsed)))
+        try:
+            for i, p in enumerate(parsed):
+                if isinstance(p, BaseException):
+                    pending.discard(i)
+                    await self._answer(batch, i, self._error(p), None)
+            valid = [i for i, p in enumerate(parsed) if not isinstance(p, BaseException)]
+
+            async def done(k, result, timings):
+                i = valid[k]
+                pending.discard(i)
+                await self._answer(batch, i, self._respond(parsed[i], result, timings, answered), levels[i])
+                timings.wall = time.perf_counter() - start
+
+            if valid:
+                await self.pipeline.run_batch([parsed[i] for i in valid], on_result=done)
+            self.metrics.observe(answered, self.image_cache, self.text_cache, self.stages)
+        except BaseException as err:  # noqa: BLE001 - every request still gets its one response
+            for i in sorted(pending):
+                await self._answer(batch, i, self._error(err), levels[i])
+
+    async def _answer(self, batch: _Batch, i: int, response, level) -> None:
+        """Request ``i``'s one response: into the list ``execute`` returns while it waits, else through the
+        request's sender (off the loop: a send waits for Triton). Then it counts out of ``running``."""
+        try:
+            if not batch.keep(i, response):
+                final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+                await self.loop.run_in_executor(None, lambda: batch.senders[i].send(response, flags=final))
+        finally:
+            self._answered(level)
 
     def _parse(self, request):
         try:
@@ -157,15 +230,47 @@ class TritonPythonModel:
             message, code = f"internal error (error id {error_id}); see the server log", self.pb.TritonError.INTERNAL
         return self.pb.InferenceResponse(error=self.pb.TritonError(message, code))
 
+    def _drain(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for every request handed to the loop to be answered."""
+        with self.gate:
+            if not self.gate.wait_for(lambda: not any(self.running.values()), timeout=timeout_s):
+                left = sum(self.running.values())
+                print(f"sam3: {left} request(s) unanswered at unload", file=sys.stderr, flush=True)
+
     def finalize(self):
+        self._drain(timeout_s=30.0)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop_thread.join(timeout=5.0)
         self.metrics.close()
         if hasattr(self.stages, "close"):
             self.stages.close()
         if self.arena is not None:
             self.arena.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.loop.close()  # also shuts its default executor down (without waiting)
+        if not self.loop.is_running():  # a batch that outlived the drain keeps its loop (and a daemon thread)
+            self.loop.close()  # also shuts its default executor down (without waiting)
         self.image_cache = self.text_cache = None
+
+
+class _Batch:
+    """One execute's answers: kept for its returned list until ``detach``, sent by ``senders`` after that."""
+
+    def __init__(self, senders: list):
+        self.senders, self.slots = senders, [None] * len(senders)
+        self.lock, self.detached = threading.Lock(), False
+
+    def keep(self, i: int, response) -> bool:
+        """Keep request ``i``'s response for the returned list; False once ``execute`` has returned."""
+        with self.lock:
+            if not self.detached:
+                self.slots[i] = response
+            return not self.detached
+
+    def detach(self) -> list:
+        """The list ``execute`` returns: the responses kept so far, None for the rest (they go by sender)."""
+        with self.lock:
+            self.detached = True
+            return list(self.slots)
 
 
 def _one_torch_thread(torch) -> None:
@@ -216,9 +321,10 @@ def _post_module(target: str):
 
 
 def _inputs(request, names) -> dict:
-    """{name: numpy array} of the inputs present in the request, without Triton's batch axis of 1."""
+    """{name: numpy array} of the inputs present in the request, without Triton's batch axis of 1. Copies:
+    the request's shared memory is released when ``execute`` returns, before the batch is served."""
     present = {tensor.name(): tensor for tensor in request.inputs()}  # one call: each builds every tensor
-    return {name: present[name].as_numpy()[0] for name in names if name in present}
+    return {name: np.array(present[name].as_numpy()[0]) for name in names if name in present}
 
 
 def _outputs(pb_utils, result, mask_format: str, dtypes: dict) -> list:

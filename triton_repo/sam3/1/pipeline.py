@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +36,7 @@ from cache import ByteLRU, value_bytes
 from errors import InputError
 from merge import MergingStages
 from postprocess import MaskSet
+from priority import MODE_PRIORITY, PRIORITY, PriorityPool
 from request import Sam3Request
 from stages import StageError
 
@@ -113,7 +114,7 @@ class Sam3Pipeline:
         text_cache: ByteLRU,
         *,
         post=post,
-        pool: ThreadPoolExecutor | None = None,
+        pool: Executor | None = None,
         max_pixels: int = ORCHESTRATOR_PARAMETERS["max_pixels"],
         vision_batch: int = 8,
         text_batch: int = 16,
@@ -128,7 +129,7 @@ class Sam3Pipeline:
         self.tokenizer, self.dims, self.post = tokenizer, dims, post
         self.image_cache, self.text_cache, self.arena, self.layout = image_cache, text_cache, arena, layout
         self.by_reference = bool(by_reference and arena is not None and layout)
-        self.pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam3")
+        self.pool = pool or PriorityPool(max_workers=2, thread_name_prefix="sam3")
         self.max_pixels, self.vision_batch, self.text_batch = max_pixels, vision_batch, text_batch
         self.chunk_concepts, self.chunk_objects = max_concepts_per_call, max_objects_per_call
 
@@ -139,23 +140,29 @@ class Sam3Pipeline:
             raise result
         return result
 
-    async def run_batch(self, reqs: list[Sam3Request]) -> list[tuple]:
-        """[(Sam3Result or the request's exception, Timings)] in request order."""
+    async def run_batch(self, reqs: list[Sam3Request], on_result=None) -> list[tuple]:
+        """[(Sam3Result or the request's exception, Timings)] in request order. ``on_result``: an optional
+        ``async (index, result, timings)`` awaited as each request finishes, before the batch does."""
         start, timings = time.perf_counter(), [Timings() for _ in reqs]
         shared = await self._shared(reqs, timings)
         heads = await self._prompt_heads(reqs, shared, timings)
         jobs = [
-            self._timed(self._mode(req, shared, t, heads.get(i)), t, start)
+            self._timed(self._mode(req, shared, t, heads.get(i)), t, start, i, on_result)
             for i, (req, t) in enumerate(zip(reqs, timings))
         ]
-        return list(zip(await asyncio.gather(*jobs, return_exceptions=True), timings))
+        return list(zip(await asyncio.gather(*jobs), timings))
 
     @staticmethod
-    async def _timed(job, t: Timings, start: float):
+    async def _timed(job, t: Timings, start: float, index: int, on_result):
+        """The job's result or exception, its wall time in ``t``, handed to ``on_result`` too."""
         try:
-            return await job
-        finally:
-            t.wall = time.perf_counter() - start
+            result = await job
+        except Exception as err:  # noqa: BLE001 - the request's own error, returned as its result
+            result = err
+        t.wall = time.perf_counter() - start
+        if on_result is not None:
+            await on_result(index, result, t)
+        return result
 
     async def in_pool(self, fn, *args):
         """``fn(*args)`` in the thread pool."""
@@ -326,7 +333,9 @@ class Sam3Pipeline:
     # ---- step 3: one request's mode -------------------------------------------------------------
 
     async def _mode(self, req: Sam3Request, shared: _Shared, t: Timings, heads) -> Sam3Result:
-        """The request's result; ``heads``: its prompt-head outputs (point/box modes) from step 2."""
+        """The request's result; ``heads``: its prompt-head outputs (point/box modes) from step 2. Runs in the
+        request's own task, whose pool jobs and in-process head calls take its mode's priority (priority.py)."""
+        PRIORITY.set(MODE_PRIORITY[req.mode])
         features = shared.features[req.cache_key]
         if isinstance(features, BaseException):
             raise features

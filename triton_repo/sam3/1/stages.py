@@ -23,6 +23,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from priority import PRIORITY, PriorityQueue
+
 
 class StageError(RuntimeError):
     """A component model failed (a server-side error, not the user's input)."""
@@ -128,7 +130,7 @@ class LocalStages:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="sam3-local")
         self.free: dict[str, tuple] = {}  # component: (wide queue, narrow queue), of the loop ``_loop``
         self._loop = None
-        self.wanting = Counter()  # component: calls running or waiting
+        self.wanting = Counter()  # (component, priority): calls running or waiting
         self.seconds, self.calls = Counter(), Counter()
 
     def in_process(self, component: str) -> bool:
@@ -143,7 +145,8 @@ class LocalStages:
     async def arun(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
         if not self.in_process(component):
             return await self.other.arun(component, feeds, outputs)
-        self.wanting[component] += 1
+        key = component, PRIORITY.get()
+        self.wanting[key] += 1
         try:
             runner, queue = await self._acquire(component)
             try:
@@ -154,14 +157,16 @@ class LocalStages:
             finally:
                 queue.put_nowait(runner)
         finally:
-            self.wanting[component] -= 1
+            self.wanting[key] -= 1
         return self._record(component, *done)
 
     async def _acquire(self, component: str) -> tuple:
-        """(runner, the queue it goes back to): the wide runner for a call alone, else the next narrow one."""
+        """(runner, the queue it goes back to): the wide runner for a call alone at its priority, else the next
+        narrow one (a click during auto mode's calls takes the idle wide runner; those calls take narrow ones)."""
         wide, narrow = self._queues(component)
         await asyncio.sleep(0)  # let the other calls of this loop step register in ``wanting``
-        if (self.wanting[component] == 1 and not wide.empty()) or not self.runners[component][1]:
+        alone = self.wanting[component, PRIORITY.get()] == 1
+        if (alone and not wide.empty()) or not self.runners[component][1]:
             return await wide.get(), wide
         return await narrow.get(), narrow
 
@@ -172,7 +177,7 @@ class LocalStages:
         if self._loop is not loop:
             self.free, self._loop = {}, loop
         if component not in self.free:
-            wide, narrow = asyncio.Queue(), asyncio.Queue()
+            wide, narrow = PriorityQueue(), PriorityQueue()
             runner, runners = self.runners[component]
             wide.put_nowait(runner)
             for one in runners:
