@@ -8,21 +8,20 @@ post-processing in a thread pool.
 
 ``execute`` need not wait for its batch to end. It copies the inputs and hands the batch to the event
 loop (a thread of its own, as long-lived as the model). A batch of points and boxes only is waited for
-and answered in the list ``execute`` returns, Triton's fastest path: no request could overtake it
-anyway (below). Any other batch returns at once with ``None`` in place of its answers, and each request
+and answered in the list ``execute`` returns, Triton's fastest path. Any other batch returns at once with ``None`` in place of its answers, and each request
 is answered through its response sender the moment it is done (Python backend ≥ 24.06 allows this in
 the default, non-decoupled mode: exactly one response per request, with the FINAL flag; 24.10 allows
 such a list to mix responses and ``None``). Triton allows ``async def execute`` only for decoupled
 models, which the plain KServe infer API (HTTP and gRPC, non-streaming) cannot call; this keeps that
 API for every mode.
 
-Before handing a batch on, ``execute`` waits until no request as urgent as the batch's most urgent one
-is still unanswered (``MODE_PRIORITY``, priority.py: point and box before text before auto). So one
-batch of each priority runs at a time: requests of one kind still queue in Triton and batch together
-as they did when ``execute`` waited for its batch (one vision call for the cold images that queued up,
-Triton's queue policy where one is set), while a click is no longer held until the auto or text
-request batched with or running before it ends. Inside the loop, a request's pool jobs and in-process
-head calls wait by the same priority.
+Text and auto requests then run in a lane each (``_lane``): one batch at a time of whatever queued
+meanwhile, as Triton's dynamic batcher formed them while ``execute`` waited for every batch. Points and
+boxes run at once. So a click is no longer held until the auto or text request batched with it, or
+running before it, ends, and text can pass auto. Inside the loop, the thread pool and the in-process
+head runners serve by each request's mode too (``MODE_PRIORITY``, priority.py: point and box before
+text before auto). At most ``DETACHED_REQUESTS`` requests answered by sender are unanswered at once;
+beyond that ``execute`` blocks, so Triton queues them (and its queue policy, where one is set, refuses).
 
 Each request gets its own response: a bad request an INVALID_ARG error that starts "bad
 request:", a failed component an UNAVAILABLE error, anything unexpected one INTERNAL error
@@ -43,12 +42,13 @@ import time
 import traceback
 import uuid
 import warnings
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 BLS_THREADS = 16  # BLS calls in flight at once: async_exec blocks one default-executor thread per call
+DETACHED_REQUESTS = 16  # text/auto requests answered by sender, unanswered at once (beyond: Triton's queue)
 
 
 class TritonPythonModel:
@@ -129,74 +129,100 @@ class TritonPythonModel:
         )
         self.metrics = Sam3Metrics(pb_utils)
         self.priority_of = MODE_PRIORITY
-        self.gate = threading.Condition()  # guards ``running``
-        self.running = Counter()  # priority: requests handed to the loop and not yet answered
+        self.gate = threading.Condition()  # guards ``unanswered``
+        self.unanswered = 0  # requests of batches execute did not wait for, not yet answered
+        self.lane_batch = int(json.loads(args["model_config"]).get("max_batch_size", 0)) or 1
+        self.lanes = {level: asyncio.Queue() for level in set(MODE_PRIORITY.values()) if level > 0}
         self.loop_thread = threading.Thread(target=self.loop.run_forever, name="sam3-loop", daemon=True)
         self.loop_thread.start()
+        for queue in self.lanes.values():
+            asyncio.run_coroutine_threadsafe(self._lane(queue), self.loop)
 
     def execute(self, requests):
-        """Admit the batch (``_admit``) and hand it to the event loop. A batch of points and boxes only (nothing
-        could overtake it) is waited for and answered in the returned list; any other returns at once, and
-        each request is answered through its response sender as soon as it is done (None in the list)."""
+        """Hand the batch to the event loop. A batch of points and boxes only is waited for and answered in the
+        returned list (Triton's faster path); any other returns at once (``None`` in the list), and each of its
+        requests is answered through its response sender as soon as it is done. Blocks while more than
+        ``DETACHED_REQUESTS`` such requests are unanswered, so Triton queues (and its policy refuses) beyond."""
         start = time.perf_counter()
         parsed = [self._parse(request) for request in requests]
         batch = _Batch([request.get_response_sender() for request in requests])
-        levels = [None if isinstance(p, BaseException) else self.priority_of[p.mode] for p in parsed]
-        self._admit([level for level in levels if level is not None])
-        served = asyncio.run_coroutine_threadsafe(self._serve(parsed, batch, levels, start), self.loop)
-        if all(level == 0 for level in levels if level is not None):
-            served.result()  # the returned list is Triton's faster path than a response sender
+        interactive = all(isinstance(p, BaseException) or self.priority_of[p.mode] == 0 for p in parsed)
+        if not interactive:
+            self._reserve(len(requests))
+        served = asyncio.run_coroutine_threadsafe(self._serve(parsed, batch, not interactive, start), self.loop)
+        if interactive:
+            served.result()
         return batch.detach()
 
-    def _admit(self, levels: list[int]) -> None:
-        """Block until no request of priority ≤ the most urgent of ``levels`` is running; count them in."""
-        if not levels:
-            return
-        urgent = min(levels)
+    def _reserve(self, count: int) -> None:
+        """Wait for room for ``count`` more detached requests, and take it."""
         with self.gate:
-            self.gate.wait_for(lambda: not any(n for level, n in self.running.items() if level <= urgent))
-            self.running.update(levels)
+            self.gate.wait_for(lambda: self.unanswered == 0 or self.unanswered + count <= DETACHED_REQUESTS)
+            self.unanswered += count
 
-    def _answered(self, level) -> None:
-        if level is not None:
+    def _answered(self, detached: bool) -> None:
+        if detached:
             with self.gate:
-                self.running[level] -= 1
+                self.unanswered -= 1
                 self.gate.notify_all()
 
-    async def _serve(self, parsed: list, batch: _Batch, levels: list, start: float) -> None:
-        """Answer every request of one batch (``parsed``: Sam3Request or its parse error); each answered one's
-        ``Timings.wall`` covers execute's start to its response handed over."""
-        answered = []  # (mode, Timings) of every request answered with a result
-        pending = set(range(len(parsed)))
+    async def _serve(self, parsed: list, batch: _Batch, detached: bool, start: float) -> None:
+        """Answer every request of one batch (``parsed``: Sam3Request or its parse error). Points and boxes run
+        at once; text and auto requests join their lane (``_lane``). Returns when the points and boxes are."""
+        groups: dict[int, list] = {}
+        for i, p in enumerate(parsed):
+            if isinstance(p, BaseException):
+                await self._answer(batch, i, self._error(p), detached)
+            else:
+                groups.setdefault(self.priority_of[p.mode], []).append(_Item(batch, i, p, start, detached))
+        for level, items in groups.items():
+            if level > 0:
+                self.lanes[level].put_nowait(items)
+        if 0 in groups:
+            await self._run(groups[0])
+
+    async def _lane(self, queue: asyncio.Queue) -> None:
+        """One lane (text, or auto): one batch at a time, of whatever queued meanwhile (up to ``lane_batch``
+        requests), as Triton's dynamic batcher did while ``execute`` waited for every batch."""
+        while True:
+            items = await queue.get()
+            while not queue.empty() and len(items) < self.lane_batch:
+                items = items + queue.get_nowait()
+            try:
+                await self._run(items)
+            except Exception:  # noqa: BLE001 - _run answers its requests; the lane must outlive anything else
+                print(f"sam3: lane error:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+
+    async def _run(self, items: list) -> None:
+        """Run ``items`` (``_Item``) as one pipeline batch and answer each as it is done; each answered one's
+        ``Timings.wall`` covers its execute's start to its response handed over."""
+        answered, left = [], set(range(len(items)))  # (mode, Timings) answered with a result; unanswered
+
+        async def done(k, result, timings):
+            item = items[k]
+            left.discard(k)
+            await self._answer(
+                item.batch, item.index, self._respond(item.req, result, timings, answered), item.detached
+            )
+            timings.wall = time.perf_counter() - item.start
+
         try:
-            for i, p in enumerate(parsed):
-                if isinstance(p, BaseException):
-                    pending.discard(i)
-                    await self._answer(batch, i, self._error(p), None)
-            valid = [i for i, p in enumerate(parsed) if not isinstance(p, BaseException)]
-
-            async def done(k, result, timings):
-                i = valid[k]
-                pending.discard(i)
-                await self._answer(batch, i, self._respond(parsed[i], result, timings, answered), levels[i])
-                timings.wall = time.perf_counter() - start
-
-            if valid:
-                await self.pipeline.run_batch([parsed[i] for i in valid], on_result=done)
-            self.metrics.observe(answered, self.image_cache, self.text_cache, self.stages)
+            await self.pipeline.run_batch([item.req for item in items], on_result=done)
         except BaseException as err:  # noqa: BLE001 - every request still gets its one response
-            for i in sorted(pending):
-                await self._answer(batch, i, self._error(err), levels[i])
+            for k in sorted(left):
+                await self._answer(items[k].batch, items[k].index, self._error(err), items[k].detached)
+        self.metrics.observe(answered, self.image_cache, self.text_cache, self.stages)
 
-    async def _answer(self, batch: _Batch, i: int, response, level) -> None:
+    async def _answer(self, batch: _Batch, i: int, response, detached: bool) -> None:
         """Request ``i``'s one response: into the list ``execute`` returns while it waits, else through the
-        request's sender (off the loop: a send waits for Triton). Then it counts out of ``running``."""
+        request's sender (off the loop: a send waits for Triton). A detached batch's request then frees its
+        place."""
         try:
             if not batch.keep(i, response):
                 final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
                 await self.loop.run_in_executor(None, lambda: batch.senders[i].send(response, flags=final))
         finally:
-            self._answered(level)
+            self._answered(detached)
 
     def _parse(self, request):
         try:
@@ -233,9 +259,8 @@ class TritonPythonModel:
     def _drain(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for every request handed to the loop to be answered."""
         with self.gate:
-            if not self.gate.wait_for(lambda: not any(self.running.values()), timeout=timeout_s):
-                left = sum(self.running.values())
-                print(f"sam3: {left} request(s) unanswered at unload", file=sys.stderr, flush=True)
+            if not self.gate.wait_for(lambda: self.unanswered == 0, timeout=timeout_s):
+                print(f"sam3: {self.unanswered} request(s) unanswered at unload", file=sys.stderr, flush=True)
 
     def finalize(self):
         self._drain(timeout_s=30.0)
@@ -250,6 +275,17 @@ class TritonPythonModel:
         if not self.loop.is_running():  # a batch that outlived the drain keeps its loop (and a daemon thread)
             self.loop.close()  # also shuts its default executor down (without waiting)
         self.image_cache = self.text_cache = None
+
+
+@dataclass
+class _Item:
+    """One valid request of a batch: where its answer goes, and when its execute started."""
+
+    batch: _Batch
+    index: int
+    req: object  # request.Sam3Request
+    start: float
+    detached: bool
 
 
 class _Batch:
