@@ -189,9 +189,21 @@ class TritonPythonModel:
             while not queue.empty() and len(items) < self.lane_batch:
                 items = items + queue.get_nowait()
             try:
-                await self._run(items)
+                await self._run(await self._live(items))
             except Exception:  # noqa: BLE001 - _run answers its requests; the lane must outlive anything else
                 print(f"sam3: lane error:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+
+    async def _live(self, items: list) -> list:
+        """``items`` whose clients still wait; a request cancelled while it queued in its lane (its client left or
+        timed out: Triton would have dropped it from its own queue) is answered CANCELLED and not run."""
+        cancelled = await self.loop.run_in_executor(
+            None, lambda: [item.batch.senders[item.index].is_cancelled() for item in items]
+        )
+        for item, gone in zip(items, cancelled):
+            if gone:
+                error = self.pb.TritonError("the request was cancelled while it waited", self.pb.TritonError.CANCELLED)
+                await self._answer(item.batch, item.index, self.pb.InferenceResponse(error=error), item.detached)
+        return [item for item, gone in zip(items, cancelled) if not gone]
 
     async def _run(self, items: list) -> None:
         """Run ``items`` (``_Item``) as one pipeline batch and answer each as it is done; each answered one's
@@ -207,7 +219,8 @@ class TritonPythonModel:
             timings.wall = time.perf_counter() - item.start
 
         try:
-            await self.pipeline.run_batch([item.req for item in items], on_result=done)
+            if items:
+                await self.pipeline.run_batch([item.req for item in items], on_result=done)
         except BaseException as err:  # noqa: BLE001 - every request still gets its one response
             for k in sorted(left):
                 await self._answer(items[k].batch, items[k].index, self._error(err), items[k].detached)
