@@ -376,7 +376,7 @@ def test_serve_drains_a_request_in_flight_on_sigterm(tiny_artifacts, tmp_path):
     url, answers = f"http://127.0.0.1:{port}", []
     try:
         assert READY in wait_for(process, log, READY)
-        slow = SLOW | {"image": png_b64(650, (512, 512))}
+        slow = SLOW | {"image": png_b64(650, (512, 512)), "points_per_side": 32}  # ~5 s alone: in flight at SIGTERM
         with httpx.Client(base_url=url, timeout=120, trust_env=False) as client:
             worker = threading.Thread(target=lambda: answers.append(post(client, slow)))
             worker.start()
