@@ -3,7 +3,7 @@
     sam3-triton serve --model tiny|facebook/sam3|DIR [--target cpu] [--http-port 8000]
                       [--grpc-port 8001] [--metrics-port 8002] [--gateway-port 8080]
                       [--drain-timeout 30] [--no-watchdog] [--runtime openvino|ort] [--precision auto|fp32|bf16]
-                      [--queue-size N] [--queue-timeout-ms MS]
+                      [--queue-size N] [--queue-timeout-ms MS] [--detached-requests N]
     sam3-triton gpu-check [--model bench|full] [--json FILE]    (NVIDIA GPU: see server/gpu_check)
 
 On the cpu target the components run in OpenVINO (default) or ONNX Runtime; ``--precision auto``
@@ -92,6 +92,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=_positive_int,
         help="Triton queue policy on sam3: refuse a request queued longer than this (clients may ask for less)",
     )
+    serve.add_argument(
+        "--detached-requests",
+        type=_positive_int,
+        default=ORCHESTRATOR_PARAMETERS["detached_requests"],
+        help="text/auto requests sam3 accepts past execute, unanswered at once (default %(default)s); beyond "
+        "them Triton queues, so the bound on waiting requests is this + max_batch_size + --queue-size",
+    )
     serve.add_argument("--ready-timeout", type=float, default=300.0)
     serve.add_argument(
         "--drain-timeout",
@@ -148,7 +155,7 @@ def build(args) -> Path:
     artifacts = args.artifacts or artifacts_dir(args.model)
     ensure_artifacts(args.model, artifacts, args.hf_token, verify=not args.skip_verify)
     repo = args.repo or artifacts.parent / f"repository-{args.target}"
-    params = {"image_cache_mb": args.image_cache_mb}
+    params = {"image_cache_mb": args.image_cache_mb, "detached_requests": args.detached_requests}
     try:
         repo = build_repository(
             artifacts,

@@ -33,7 +33,7 @@ from test_serve_cli import READY, start_serve, wait_for  # tests/ is on sys.path
 
 from bench.cli import main as bench_main
 from export.repository import build_repository
-from sam3_spec import COMPONENTS, Batching
+from sam3_spec import COMPONENTS, SAM3_BATCHING, Batching
 from server import failures
 from server.gateway import BackgroundServer, create_app
 from server.triton import TritonServer
@@ -43,6 +43,7 @@ MODELS = ["sam3"] + [f"sam3_{name}" for name in COMPONENTS]
 RECOVERY_LIMIT_S = 60  # bounded wait; the goal is <= 30 s on the tiny model
 LEAK = re.compile(r'Traceback|File "[^"]+", line \d+|(?<![\w.])/(?:[\w.-]+/)+[\w.-]+\.py|/tmp/|site-packages')
 QUEUE_SIZE = 2
+DETACHED = 2  # text/auto requests sam3 holds past execute; with the queue and one batch: the most that wait
 SLOW = {"mode": "auto", "points_per_side": 64}  # 4,096 clicks: a request that takes a while (seconds on CPU)
 
 pytestmark = pytest.mark.timeout(240)
@@ -65,7 +66,7 @@ def healing(tiny_artifacts, tmp_path_factory):
         tiny_artifacts,
         tmp_path_factory.mktemp("healing") / "cpu",
         "cpu",
-        orchestrator_params={"image_cache_mb": 64},
+        orchestrator_params={"image_cache_mb": 64, "detached_requests": DETACHED},
         batching=Batching(max_queue_size=QUEUE_SIZE),
         local_heads=(),  # every stage its own model: each can die alone (the session server covers in-process heads)
     )  # the optional queue policy, small
@@ -300,7 +301,8 @@ def test_a_request_in_flight_on_a_killed_orchestrator_gets_503_at_once(http, hea
 
 def test_a_full_queue_gets_503_with_retry_after(healing):
     settle(healing)
-    bodies = [{"image": png_b64(300 + i), "mode": "auto", "points_per_side": 8} for i in range(24)]
+    waiting = DETACHED + SAM3_BATCHING.max_batch_size + QUEUE_SIZE  # held past execute, in execute, queued
+    bodies = [{"image": png_b64(300 + i), "mode": "auto", "points_per_side": 8} for i in range(2 * waiting)]
     results: list[httpx.Response] = []
     with httpx.Client(base_url=healing.gateway_url, timeout=120, trust_env=False) as client:
         threads = [threading.Thread(target=lambda b=b: results.append(post(client, b))) for b in bodies]

@@ -6,6 +6,7 @@ Everything goes through the real Triton server (fixture ``sam3_server``) with tr
 
 from __future__ import annotations
 
+import io
 import struct
 import time
 import urllib.request
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from PIL import Image
 
 from client.api import Sam3Error
 
@@ -138,8 +140,9 @@ def statistics(triton, model: str) -> tuple[int, int]:
 
 
 def test_concurrent_mixed_requests_batch_and_equal_their_serial_results(client, triton, astronaut_png, coffee_jpeg):
-    """Mixed modes at once, one of them bad: only that one fails, the others equal their serial answers,
-    and the orchestrator served them in fewer executions than requests (dynamic batching)."""
+    """Mixed modes at once, one of them bad: only that one fails, the others equal their serial answers, and
+    Triton counted each. (Whether they share an ``execute`` depends on timing: ``execute`` returns at once for
+    text and auto; the next test shows requests queued meanwhile running together.)"""
     calls = [
         lambda: client.text(astronaut_png, "person", threshold=0.2),
         lambda: client.points(coffee_jpeg, [[50, 60]], [1]),
@@ -161,8 +164,8 @@ def test_concurrent_mixed_requests_batch_and_equal_their_serial_results(client, 
     error = together[2]
     assert isinstance(error, Sam3Error) and error.status == 400 and "outside the image" in error.message
     assert all(_same(a, b) for a, b in zip(serial, together) if not isinstance(a, Exception))
-    inferences, runs = (after - old for after, old in zip(statistics(triton, "sam3"), before))
-    assert inferences == len(calls) + 1 and runs < inferences  # Triton counts every request, the bad one too
+    inferences, _ = (after - old for after, old in zip(statistics(triton, "sam3"), before))
+    assert inferences == len(calls) + 1  # Triton counts every request, the bad one too
     assert triton.is_server_ready() and triton.is_model_ready("sam3")
 
 
@@ -183,6 +186,33 @@ def test_a_click_is_answered_while_a_slow_request_still_runs(client, coffee_jpeg
         quick = pool.submit(timed, "click", lambda: client.points(None, [[80, 90]], [1], image_id="head-of-line"))
         slow.result(), quick.result()
     assert done["click"] < done["auto"], done
+
+
+def test_auto_requests_queued_behind_a_slow_one_run_together(client, triton, coffee_jpeg):
+    """A lane (text, or auto) runs one batch at a time of whatever queued meanwhile: four auto requests sent
+    while a slow one runs wait in the auto lane and then run as one batch, so their four never-seen images
+    take fewer sam3_vision calls than four."""
+    client.points(coffee_jpeg, [[50, 60]], [1], image_id="lane-slow")  # embedded: the slow one needs no vision
+    images = [_png(seed) for seed in range(4)]
+    before = statistics(triton, "sam3_vision")
+    with ThreadPoolExecutor(5) as pool:
+        slow = pool.submit(client.auto, None, image_id="lane-slow", points_per_side=32)
+        time.sleep(0.3)  # the slow request runs (1,024 clicks: seconds on the tiny model)
+        queued = [pool.submit(client.auto, image, points_per_side=2) for image in images]
+        assert not slow.done(), "the slow request ended before the others were sent: nothing could queue"
+        results = [f.result() for f in queued]
+        slow.result()
+    images_encoded, vision_calls = (after - old for after, old in zip(statistics(triton, "sam3_vision"), before))
+    assert images_encoded == 4 and vision_calls < 4, (images_encoded, vision_calls)
+    assert all(r.masks.shape[1:] == (64, 48) for r in results), [r.masks.shape for r in results]
+
+
+def _png(seed: int) -> bytes:
+    """A never-seen random PNG, 64 px high and 48 wide."""
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def _result(call):

@@ -20,15 +20,17 @@ meanwhile, as Triton's dynamic batcher formed them while ``execute`` waited for 
 boxes run at once. So a click is no longer held until the auto or text request batched with it, or
 running before it, ends, and text can pass auto. Inside the loop, the thread pool and the in-process
 head runners serve by each request's mode too (``MODE_PRIORITY``, priority.py: point and box before
-text before auto). At most ``DETACHED_REQUESTS`` requests answered by sender are unanswered at once;
-beyond that ``execute`` blocks, so Triton queues them (and its queue policy, where one is set, refuses).
+text before auto). At most ``detached_requests`` (a config parameter) requests answered by sender are
+unanswered at once; beyond that ``execute`` blocks, so Triton queues them (and its queue policy, where one
+is set, refuses).
 
 Each request gets its own response: a bad request an INVALID_ARG error that starts "bad
 request:", a failed component an UNAVAILABLE error, anything unexpected one INTERNAL error
 with a short message and an error id (the traceback goes to the server log only).
 
 Config parameters (written by export/repository.py): tokenizer, dims, target, components, and
-sam3_spec.ORCHESTRATOR_PARAMETERS (cache sizes, image size limit, worker threads) with their defaults.
+sam3_spec.ORCHESTRATOR_PARAMETERS (cache sizes, image size limit, worker threads, detached requests)
+with their defaults.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ from dataclasses import dataclass
 import numpy as np
 
 BLS_THREADS = 16  # BLS calls in flight at once: async_exec blocks one default-executor thread per call
-DETACHED_REQUESTS = 16  # text/auto requests answered by sender, unanswered at once (beyond: Triton's queue)
 
 
 class TritonPythonModel:
@@ -131,6 +132,7 @@ class TritonPythonModel:
         self.priority_of = MODE_PRIORITY
         self.gate = threading.Condition()  # guards ``unanswered``
         self.unanswered = 0  # requests of batches execute did not wait for, not yet answered
+        self.detached_limit = int(params["detached_requests"])
         self.lane_batch = int(json.loads(args["model_config"]).get("max_batch_size", 0)) or 1
         self.lanes = {level: asyncio.Queue() for level in set(MODE_PRIORITY.values()) if level > 0}
         self.loop_thread = threading.Thread(target=self.loop.run_forever, name="sam3-loop", daemon=True)
@@ -142,14 +144,14 @@ class TritonPythonModel:
         """Hand the batch to the event loop. A batch of points and boxes only is waited for and answered in the
         returned list (Triton's faster path); any other returns at once (``None`` in the list), and each of its
         requests is answered through its response sender as soon as it is done. Blocks while more than
-        ``DETACHED_REQUESTS`` such requests are unanswered, so Triton queues (and its policy refuses) beyond."""
+        ``detached_requests`` such requests are unanswered, so Triton queues (and its policy refuses) beyond."""
         start = time.perf_counter()
         parsed = [self._parse(request) for request in requests]
-        batch = _Batch([request.get_response_sender() for request in requests])
         interactive = all(isinstance(p, BaseException) or self.priority_of[p.mode] == 0 for p in parsed)
-        if not interactive:
+        batch = _Batch([request.get_response_sender() for request in requests], counted=not interactive)
+        if batch.counted:
             self._reserve(len(requests))
-        served = asyncio.run_coroutine_threadsafe(self._serve(parsed, batch, not interactive, start), self.loop)
+        served = asyncio.run_coroutine_threadsafe(self._serve(parsed, batch, start), self.loop)
         if interactive:
             served.result()
         return batch.detach()
@@ -157,24 +159,25 @@ class TritonPythonModel:
     def _reserve(self, count: int) -> None:
         """Wait for room for ``count`` more detached requests, and take it."""
         with self.gate:
-            self.gate.wait_for(lambda: self.unanswered == 0 or self.unanswered + count <= DETACHED_REQUESTS)
+            self.gate.wait_for(lambda: self.unanswered == 0 or self.unanswered + count <= self.detached_limit)
             self.unanswered += count
 
-    def _answered(self, detached: bool) -> None:
-        if detached:
+    def _answered(self, batch: _Batch) -> None:
+        """One request of ``batch`` is answered: a counted batch's request frees its place."""
+        if batch.counted:
             with self.gate:
                 self.unanswered -= 1
                 self.gate.notify_all()
 
-    async def _serve(self, parsed: list, batch: _Batch, detached: bool, start: float) -> None:
+    async def _serve(self, parsed: list, batch: _Batch, start: float) -> None:
         """Answer every request of one batch (``parsed``: Sam3Request or its parse error). Points and boxes run
         at once; text and auto requests join their lane (``_lane``). Returns when the points and boxes are."""
         groups: dict[int, list] = {}
         for i, p in enumerate(parsed):
             if isinstance(p, BaseException):
-                await self._answer(batch, i, self._error(p), detached)
+                await self._answer(batch, i, self._error(p))
             else:
-                groups.setdefault(self.priority_of[p.mode], []).append(_Item(batch, i, p, start, detached))
+                groups.setdefault(self.priority_of[p.mode], []).append(_Item(batch, i, p, start))
         for level, items in groups.items():
             if level > 0:
                 self.lanes[level].put_nowait(items)
@@ -202,7 +205,7 @@ class TritonPythonModel:
         for item, gone in zip(items, cancelled):
             if gone:
                 error = self.pb.TritonError("the request was cancelled while it waited", self.pb.TritonError.CANCELLED)
-                await self._answer(item.batch, item.index, self.pb.InferenceResponse(error=error), item.detached)
+                await self._answer(item.batch, item.index, self.pb.InferenceResponse(error=error))
         return [item for item, gone in zip(items, cancelled) if not gone]
 
     async def _run(self, items: list) -> None:
@@ -213,9 +216,7 @@ class TritonPythonModel:
         async def done(k, result, timings):
             item = items[k]
             left.discard(k)
-            await self._answer(
-                item.batch, item.index, self._respond(item.req, result, timings, answered), item.detached
-            )
+            await self._answer(item.batch, item.index, self._respond(item.req, result, timings, answered))
             timings.wall = time.perf_counter() - item.start
 
         try:
@@ -223,19 +224,18 @@ class TritonPythonModel:
                 await self.pipeline.run_batch([item.req for item in items], on_result=done)
         except BaseException as err:  # noqa: BLE001 - every request still gets its one response
             for k in sorted(left):
-                await self._answer(items[k].batch, items[k].index, self._error(err), items[k].detached)
+                await self._answer(items[k].batch, items[k].index, self._error(err))
         self.metrics.observe(answered, self.image_cache, self.text_cache, self.stages)
 
-    async def _answer(self, batch: _Batch, i: int, response, detached: bool) -> None:
+    async def _answer(self, batch: _Batch, i: int, response) -> None:
         """Request ``i``'s one response: into the list ``execute`` returns while it waits, else through the
-        request's sender (off the loop: a send waits for Triton). A detached batch's request then frees its
-        place."""
+        request's sender (off the loop: a send waits for Triton)."""
         try:
             if not batch.keep(i, response):
                 final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
                 await self.loop.run_in_executor(None, lambda: batch.senders[i].send(response, flags=final))
         finally:
-            self._answered(detached)
+            self._answered(batch)
 
     def _parse(self, request):
         try:
@@ -298,14 +298,14 @@ class _Item:
     index: int
     req: object  # request.Sam3Request
     start: float
-    detached: bool
 
 
 class _Batch:
-    """One execute's answers: kept for its returned list until ``detach``, sent by ``senders`` after that."""
+    """One execute's answers: kept for its returned list until ``detach``, sent by ``senders`` after that.
+    ``counted``: execute does not wait for it, so its requests hold places of ``detached_requests``."""
 
-    def __init__(self, senders: list):
-        self.senders, self.slots = senders, [None] * len(senders)
+    def __init__(self, senders: list, counted: bool):
+        self.senders, self.slots, self.counted = senders, [None] * len(senders), counted
         self.lock, self.detached = threading.Lock(), False
 
     def keep(self, i: int, response) -> bool:
