@@ -18,7 +18,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from client.api import Sam3Error
+from client.api import Sam3Client, Sam3Error
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +192,11 @@ def test_auto_requests_queued_behind_a_slow_one_run_together(client, triton, cof
     """A lane (text, or auto) runs one batch at a time of whatever queued meanwhile: four auto requests sent
     while a slow one runs wait in the auto lane and then run as one batch, so their four never-seen images
     take fewer sam3_vision calls than four."""
-    client.points(coffee_jpeg, [[50, 60]], [1], image_id="lane-slow")  # embedded: the slow one needs no vision
     images = [_png(seed) for seed in range(4)]
-    before = statistics(triton, "sam3_vision")
     with ThreadPoolExecutor(5) as pool:
+        # embedded (the slow one needs no vision), from a pool thread: its connection is up before the clock runs
+        pool.submit(client.points, coffee_jpeg, [[50, 60]], [1], image_id="lane-slow").result()
+        before = statistics(triton, "sam3_vision")
         slow = pool.submit(client.auto, None, image_id="lane-slow", points_per_side=32)
         time.sleep(0.3)  # the slow request runs (1,024 clicks: seconds on the tiny model)
         queued = [pool.submit(client.auto, image, points_per_side=2) for image in images]
@@ -205,6 +206,23 @@ def test_auto_requests_queued_behind_a_slow_one_run_together(client, triton, cof
     images_encoded, vision_calls = (after - old for after, old in zip(statistics(triton, "sam3_vision"), before))
     assert images_encoded == 4 and vision_calls < 4, (images_encoded, vision_calls)
     assert all(r.masks.shape[1:] == (64, 48) for r in results), [r.masks.shape for r in results]
+
+
+def test_a_request_whose_client_left_while_it_waited_in_its_lane_is_not_run(sam3_server, client, triton, coffee_jpeg):
+    """An auto (or text) request whose client gives up while it waits in its lane is answered CANCELLED and
+    never runs, as Triton drops a cancelled request from its own queue: its never-seen image is not encoded."""
+    with Sam3Client(sam3_server.grpc_url, protocol="grpc", timeout_s=0.5) as impatient, ThreadPoolExecutor(1) as pool:
+        # embedded (the slow one needs no vision), from the pool's thread: its connection is up before the clock runs
+        pool.submit(client.points, coffee_jpeg, [[50, 60]], [1], image_id="lane-cancel").result()
+        before = statistics(triton, "sam3_vision")
+        slow = pool.submit(client.auto, None, image_id="lane-cancel", points_per_side=64)  # 4,096 clicks: seconds
+        time.sleep(0.3)  # the slow request runs: the auto lane is busy
+        with pytest.raises(Sam3Error) as gave_up:
+            impatient.auto(_png(99), points_per_side=2)
+        assert gave_up.value.status == 504, gave_up.value
+        assert not slow.done(), "the slow request ended before the other one gave up: nothing waited in the lane"
+        slow.result()
+    assert statistics(triton, "sam3_vision") == before  # the abandoned request's image was never encoded
 
 
 def _png(seed: int) -> bytes:
