@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -82,6 +83,30 @@ def test_local_heads_can_be_turned_off_and_are_checked(tiny_artifacts, tmp_path)
         tiny_artifacts, tmp_path / "gpu-default", "gpu", models=["sam3", "sam3_vision", "sam3_prompt"]
     )
     assert "local_components" not in parameters(gpu, "sam3")
+
+
+def test_an_in_process_head_whose_graph_differs_from_the_spec_fails_its_load_naming_each_difference(
+    orchestrator_modules, tiny_artifacts, repo
+):
+    """The graph's names, dtypes and ranks against the spec: every difference in one LocalLoadError."""
+    import local  # noqa: PLC0415 (after sys.path setup)
+
+    spec = component_specs(load_manifest(tiny_artifacts).dims)["prompt"]
+    first, second, *rest = spec.inputs
+    wrong = replace(
+        spec,
+        inputs=(replace(first, dtype="INT32"), replace(second, shape=(*second.shape, 1)), *rest),
+        outputs=spec.outputs[:-1],
+    )
+    entry = json.loads(parameters(repo, "sam3")["local_components"])["prompt"]
+    with pytest.raises(local.LocalLoadError) as failed:
+        local._runner("prompt", entry, repo / "sam3" / "1", wrong, 1, lambda message: None)
+    message = str(failed.value)
+    assert f"input {first.name!r}: graph ('TYPE_FP32'" in message and "vs spec ('TYPE_INT32'" in message
+    assert (
+        f"input {second.name!r}" in message and f"vs spec ('TYPE_{second.dtype}', {len(second.shape) + 1})" in message
+    )
+    assert f"outputs: graph {sorted(t.name for t in spec.outputs)}" in message
 
 
 class Recording:

@@ -67,15 +67,17 @@ def _runner(component: str, entry: dict, here: Path, spec, threads: int, log):
 
 
 def _check(component: str, runner, spec) -> None:
-    """LocalLoadError listing every input or output name the graph and the spec do not share."""
+    """LocalLoadError listing every difference between the graph's tensors and the spec's: names missing on
+    either side, and each shared name's dtype and rank (the graph's ports as (name, Triton type, rank))."""
     problems = []
-    for kind, graph, declared in (
-        ("inputs", runner.inputs(), spec.inputs),
-        ("outputs", runner.outputs(), spec.outputs),
-    ):
-        names, wanted = {name for name, _, _ in graph}, {t.name for t in declared}
-        if names != wanted:
-            problems.append(f"{kind}: graph {sorted(names)} vs spec {sorted(wanted)}")
+    for kind, graph, declared in (("input", runner.inputs(), spec.inputs), ("output", runner.outputs(), spec.outputs)):
+        found, wanted = {name: (dtype, rank) for name, dtype, rank in graph}, {t.name: t for t in declared}
+        if found.keys() != wanted.keys():
+            problems.append(f"{kind}s: graph {sorted(found)} vs spec {sorted(wanted)}")
+        for name in sorted(found.keys() & wanted.keys()):
+            expected = (f"TYPE_{wanted[name].dtype}", len(wanted[name].shape))
+            if found[name] != expected:
+                problems.append(f"{kind} {name!r}: graph {found[name]} vs spec {expected} (type, rank)")
     if problems:
         raise LocalLoadError(
             f"sam3_{component} (in process): the graph does not match the spec: " + "; ".join(problems)
