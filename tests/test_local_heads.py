@@ -273,3 +273,30 @@ def test_a_click_during_auto_modes_calls_takes_the_idle_wide_runner(modules, tin
     (([got, _],), _) = asyncio.run(both())
     assert log.count("wide") == 1 and log.count("narrow") == 16  # 256 grid points, 16 per call
     np.testing.assert_allclose(got.iou_scores, alone.iou_scores, atol=1e-6)
+
+
+def test_a_request_found_cancelled_stops_its_calls_and_frees_every_runner(
+    modules, tiny_artifacts, runners, coffee_jpeg
+):
+    """run_batch polls each request's ``cancelled``: an auto request found cancelled stops (its head calls not yet
+    started never run) and gets RequestCancelled; a click of the same batch gets its answer; the runners of calls
+    that were running go back to their queues once those end, so the next batch on the same loop is served."""
+    import errors  # noqa: PLC0415 (after sys.path setup)
+
+    log: list = []
+    pipe = local_pipeline(modules, tiny_artifacts, runners, log)
+    auto = request(modules, coffee_jpeg, mode=[b"auto"], points_per_side=[32])  # 1,024 points: 64 head calls
+    polled: list = []
+
+    async def batch_then_click():
+        cancelled = [lambda: polled.append("auto") or True, lambda: polled.append("click") or False]
+        first = await pipe.run_batch([auto, click(modules, coffee_jpeg, 100.0, 120.0)], cancelled=cancelled)
+        calls = len(log)
+        after = await asyncio.wait_for(pipe.run_batch([click(modules, coffee_jpeg, 30.0, 40.0)]), 60)
+        return first, calls, after
+
+    first, calls, after = asyncio.run(batch_then_click())
+    assert isinstance(first[0][0], errors.RequestCancelled) and "auto" in polled, first[0][0]
+    assert not isinstance(first[1][0], BaseException) and len(first[1][0].scores) == 1
+    assert calls < 1 + 1024 // 16, calls  # the click's call and a few of the auto request's, not all 64
+    assert not isinstance(after[0][0], BaseException)

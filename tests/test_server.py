@@ -225,6 +225,21 @@ def test_a_request_whose_client_left_while_it_waited_in_its_lane_is_not_run(sam3
     assert statistics(triton, "sam3_vision") == before  # the abandoned request's image was never encoded
 
 
+def test_a_request_whose_client_left_while_it_ran_stops(sam3_server, client, coffee_jpeg):
+    """A running auto request whose client gives up stops at the orchestrator's next poll (0.2 s): most of its
+    head calls never run. Before, it ran to its end (seconds of CPU for nobody)."""
+    client.points(coffee_jpeg, [[50, 60]], [1], image_id="run-cancel")  # embedded: the auto request starts at once
+    before = metric(sam3_server.metrics_url, "sam3_local_calls_total", model="sam3_prompt")
+    with Sam3Client(sam3_server.grpc_url, protocol="grpc", timeout_s=0.5) as impatient:
+        with pytest.raises(Sam3Error) as gave_up:
+            impatient.auto(None, image_id="run-cancel", points_per_side=64)  # 4,096 points: 256 head calls
+    assert gave_up.value.status == 504, gave_up.value
+    time.sleep(1.0)  # the calls running when the poll found the client gone end
+    client.points(None, [[60, 70]], [1], image_id="run-cancel")  # served, and publishes the calls counted since
+    ran = metric(sam3_server.metrics_url, "sam3_local_calls_total", model="sam3_prompt") - before - 1
+    assert 0 < ran < 4096 // 16 // 2, ran
+
+
 def _png(seed: int) -> bytes:
     """A never-seen random PNG, 64 px high and 48 wide."""
     buf = io.BytesIO()

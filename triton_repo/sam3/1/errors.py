@@ -8,3 +8,8 @@ class InputError(ValueError):
     per-request client error (HTTP 400 at the gateway); it never fails the other requests
     of a batch.
     """
+
+
+class RequestCancelled(Exception):
+    """The request's client left or timed out while it ran: the orchestrator stopped its remaining work and
+    answers it CANCELLED (nobody reads that answer; Triton records it)."""

@@ -24,9 +24,10 @@ text before auto). At most ``detached_requests`` (a config parameter) requests a
 unanswered at once; beyond that ``execute`` blocks, so Triton queues them (and its queue policy, where one
 is set, refuses).
 
-Each request gets its own response: a bad request an INVALID_ARG error that starts "bad
-request:", a failed component an UNAVAILABLE error, anything unexpected one INTERNAL error
-with a short message and an error id (the traceback goes to the server log only).
+Each request gets its own response: a bad request an INVALID_ARG error that starts "bad request:", a
+failed component an UNAVAILABLE error, a request whose client left (timed out, disconnected: checked
+while it waits in its lane and every 0.2 s while it runs) a CANCELLED error, anything unexpected one
+INTERNAL error with a short message and an error id (the traceback goes to the server log only).
 
 Config parameters (written by export/repository.py): tokenizer, dims, target, components, and
 sam3_spec.ORCHESTRATOR_PARAMETERS (cache sizes, image size limit, worker threads, detached requests)
@@ -66,7 +67,7 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils  # noqa: PLC0415 (only inside the python backend stub)
         from arena import cache_arena, image_layout  # noqa: PLC0415 (after sys.path setup)
         from cache import ByteLRU  # noqa: PLC0415 (after sys.path setup)
-        from errors import InputError  # noqa: PLC0415 (after sys.path setup)
+        from errors import InputError, RequestCancelled  # noqa: PLC0415 (after sys.path setup)
         from metrics import Sam3Metrics  # noqa: PLC0415 (after sys.path setup)
         from pipeline import Sam3Pipeline  # noqa: PLC0415 (after sys.path setup)
         from priority import MODE_PRIORITY, PriorityPool  # noqa: PLC0415 (after sys.path setup)
@@ -87,6 +88,7 @@ class TritonPythonModel:
         _one_torch_thread(preprocess.torch)
         self.pb = pb_utils
         self.parse_request, self.input_error, self.stage_error = parse_request, InputError, StageError
+        self.cancelled_error = RequestCancelled
         params = ORCHESTRATOR_PARAMETERS | _parameters(json.loads(args["model_config"]))
         dims = Dims(**json.loads(params["dims"]))
         specs = component_specs(dims, tuple(json.loads(params["components"])))
@@ -204,13 +206,14 @@ class TritonPythonModel:
         )
         for item, gone in zip(items, cancelled):
             if gone:
-                error = self.pb.TritonError("the request was cancelled while it waited", self.pb.TritonError.CANCELLED)
-                await self._answer(item.batch, item.index, self.pb.InferenceResponse(error=error))
+                error = self.cancelled_error("the request was cancelled while it waited (its client left or timed out)")
+                await self._answer(item.batch, item.index, self._error(error))
         return [item for item, gone in zip(items, cancelled) if not gone]
 
     async def _run(self, items: list) -> None:
         """Run ``items`` (``_Item``) as one pipeline batch and answer each as it is done; each answered one's
-        ``Timings.wall`` covers its execute's start to its response handed over."""
+        ``Timings.wall`` covers its execute's start to its response handed over. A request whose client leaves
+        while it runs stops (the pipeline polls its sender) and is answered CANCELLED."""
         answered, left = [], set(range(len(items)))  # (mode, Timings) answered with a result; unanswered
 
         async def done(k, result, timings):
@@ -221,7 +224,8 @@ class TritonPythonModel:
 
         try:
             if items:
-                await self.pipeline.run_batch([item.req for item in items], on_result=done)
+                cancelled = [item.batch.senders[item.index].is_cancelled for item in items]
+                await self.pipeline.run_batch([item.req for item in items], on_result=done, cancelled=cancelled)
         except BaseException as err:  # noqa: BLE001 - every request still gets its one response
             for k in sorted(left):
                 await self._answer(items[k].batch, items[k].index, self._error(err))
@@ -257,11 +261,14 @@ class TritonPythonModel:
 
     def _error(self, err: BaseException):
         """The error response of one request: INVALID_ARG for bad input, UNAVAILABLE for a failed
-        component, INTERNAL with an error id (traceback to the log) for anything else."""
+        component, CANCELLED for a request whose client left, INTERNAL with an error id (traceback to the log)
+        for anything else."""
         if isinstance(err, self.input_error):
             message, code = f"bad request: {err}", self.pb.TritonError.INVALID_ARG
         elif isinstance(err, self.stage_error):
             message, code = f"{err}; retry shortly", self.pb.TritonError.UNAVAILABLE
+        elif isinstance(err, self.cancelled_error):
+            message, code = str(err), self.pb.TritonError.CANCELLED
         else:
             error_id = uuid.uuid4().hex[:12]
             trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))

@@ -33,7 +33,7 @@ import prompts
 from amg import AmgConfig, AutomaticMaskGenerator, batch_slices, merge_candidates
 from arena import Reserved, SlotArena, slot_bytes
 from cache import ByteLRU, value_bytes
-from errors import InputError
+from errors import InputError, RequestCancelled
 from merge import MergingStages
 from postprocess import MaskSet
 from priority import MODE_PRIORITY, PRIORITY, PriorityPool
@@ -140,23 +140,37 @@ class Sam3Pipeline:
             raise result
         return result
 
-    async def run_batch(self, reqs: list[Sam3Request], on_result=None) -> list[tuple]:
+    async def run_batch(self, reqs: list[Sam3Request], on_result=None, cancelled: list | None = None) -> list[tuple]:
         """[(Sam3Result or the request's exception, Timings)] in request order. ``on_result``: an optional
-        ``async (index, result, timings)`` awaited as each request finishes, before the batch does."""
+        ``async (index, result, timings)`` awaited as each request finishes, before the batch does.
+        ``cancelled``: optional zero-argument callables, one per request (blocking: run off the loop), polled
+        every CANCEL_POLL_S once the batch's shared step is done; a request found cancelled stops its own
+        remaining calls and gets ``RequestCancelled`` as its result."""
         start, timings = time.perf_counter(), [Timings() for _ in reqs]
         shared = await self._shared(reqs, timings)
         heads = await self._prompt_heads(reqs, shared, timings)
-        jobs = [
-            self._timed(self._mode(req, shared, t, heads.get(i)), t, start, i, on_result)
+        modes = [
+            asyncio.ensure_future(self._mode(req, shared, t, heads.get(i)))
             for i, (req, t) in enumerate(zip(reqs, timings))
         ]
-        return list(zip(await asyncio.gather(*jobs), timings))
+        watch = asyncio.ensure_future(_cancel_when(cancelled, modes)) if cancelled else None
+        try:
+            jobs = [self._timed(job, t, start, i, on_result) for i, (job, t) in enumerate(zip(modes, timings))]
+            return list(zip(await asyncio.gather(*jobs), timings))
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     @staticmethod
     async def _timed(job, t: Timings, start: float, index: int, on_result):
-        """The job's result or exception, its wall time in ``t``, handed to ``on_result`` too."""
+        """The job's result or exception (``RequestCancelled`` where it was cancelled alone), its wall time in
+        ``t``, handed to ``on_result`` too."""
         try:
             result = await job
+        except asyncio.CancelledError:
+            if not job.cancelled() or asyncio.current_task().cancelling():
+                raise  # the batch itself is cancelled
+            result = RequestCancelled("the request was cancelled while it ran (its client left or timed out)")
         except Exception as err:  # noqa: BLE001 - the request's own error, returned as its result
             result = err
         t.wall = time.perf_counter() - start
@@ -497,11 +511,24 @@ class Sam3Pipeline:
 
 TRACKER_FEATURES = ("track_0", "track_1", "track_2")  # the vision outputs sam3_prompt reads
 AMG_PART = 16  # prompts per post-processing job of auto mode: parts run in parallel in the pool
+CANCEL_POLL_S = 0.2  # how often run_batch asks whether its requests' clients are still there
 
 
 async def _all(calls: list) -> list:
     """The results of ``calls`` run concurrently; after every one has ended, the first one's error is raised."""
     return _no_errors(await asyncio.gather(*calls, return_exceptions=True))
+
+
+async def _cancel_when(cancelled: list, tasks: list) -> None:
+    """Cancel each of ``tasks`` whose ``cancelled[i]()`` turns true, polling every CANCEL_POLL_S (the calls in
+    one executor job: each may be a round trip to Triton) until every task is done."""
+    loop = asyncio.get_running_loop()
+    while not all(task.done() for task in tasks):
+        await asyncio.sleep(CANCEL_POLL_S)
+        running = [i for i, task in enumerate(tasks) if not task.done()]
+        gone = await loop.run_in_executor(None, lambda: [i for i in running if cancelled[i]()])
+        for i in gone:
+            tasks[i].cancel()
 
 
 def _no_errors(items: list) -> list:

@@ -149,16 +149,16 @@ class LocalStages:
         self.wanting[key] += 1
         try:
             runner, queue = await self._acquire(component)
-            try:
-                names = outputs or self.outputs[component]
-                done = await asyncio.get_running_loop().run_in_executor(self.pool, _timed, runner, feeds, names)
+            names = outputs or self.outputs[component]
+            running = asyncio.get_running_loop().run_in_executor(self.pool, _timed, runner, feeds, names)
+            running.add_done_callback(lambda run: self._ended(component, run, queue, runner))
+            try:  # shielded: a caller cancelled meanwhile leaves the run to end before its runner is free
+                outputs, _ = await asyncio.shield(running)
             except Exception as err:  # noqa: BLE001 - a runtime failure is the component's, as through BLS
                 raise StageError(f"{self.prefix}{component} (in process) failed: {type(err).__name__}: {err}") from err
-            finally:
-                queue.put_nowait(runner)
         finally:
             self.wanting[key] -= 1
-        return self._record(component, *done)
+        return outputs
 
     async def _acquire(self, component: str) -> tuple:
         """(runner, the queue it goes back to): the wide runner for a call alone at its priority, else the next
@@ -184,6 +184,12 @@ class LocalStages:
                 narrow.put_nowait(one)
             self.free[component] = (wide, narrow)
         return self.free[component]
+
+    def _ended(self, component: str, run: asyncio.Future, queue, runner) -> None:
+        """``run`` ended (its caller may be gone): its runner goes back to ``queue``, its time is counted."""
+        queue.put_nowait(runner)
+        if not run.cancelled() and run.exception() is None:
+            self._record(component, *run.result())
 
     def _record(self, component: str, outputs: dict, seconds: float) -> dict:
         self.seconds[self.prefix + component] += seconds
