@@ -25,8 +25,8 @@ unanswered at once; beyond that ``execute`` blocks, so Triton queues them (and i
 is set, refuses).
 
 Each request gets its own response: a bad request an INVALID_ARG error that starts "bad request:", a
-failed component an UNAVAILABLE error, a request whose client left (timed out, disconnected: checked
-while it waits in its lane and every 0.2 s while it runs) a CANCELLED error, anything unexpected one
+failed component an UNAVAILABLE error, a text or auto request whose client left (timed out, disconnected:
+checked while it waits in its lane and every 0.2 s while it runs) a CANCELLED error, anything unexpected one
 INTERNAL error with a short message and an error id (the traceback goes to the server log only).
 
 Config parameters (written by export/repository.py): tokenizer, dims, target, components, and
@@ -194,7 +194,7 @@ class TritonPythonModel:
             while not queue.empty() and len(items) < self.lane_batch:
                 items = items + queue.get_nowait()
             try:
-                await self._run(await self._live(items))
+                await self._run(await self._live(items), watch=True)
             except Exception:  # noqa: BLE001 - _run answers its requests; the lane must outlive anything else
                 print(f"sam3: lane error:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
 
@@ -210,10 +210,10 @@ class TritonPythonModel:
                 await self._answer(item.batch, item.index, self._error(error))
         return [item for item, gone in zip(items, cancelled) if not gone]
 
-    async def _run(self, items: list) -> None:
+    async def _run(self, items: list, watch: bool = False) -> None:
         """Run ``items`` (``_Item``) as one pipeline batch and answer each as it is done; each answered one's
-        ``Timings.wall`` covers its execute's start to its response handed over. A request whose client leaves
-        while it runs stops (the pipeline polls its sender) and is answered CANCELLED."""
+        ``Timings.wall`` covers its execute's start to its response handed over. ``watch`` (a lane's batch): a
+        request whose client leaves while it runs stops (the pipeline polls its sender), answered CANCELLED."""
         answered, left = [], set(range(len(items)))  # (mode, Timings) answered with a result; unanswered
 
         async def done(k, result, timings):
@@ -224,7 +224,7 @@ class TritonPythonModel:
 
         try:
             if items:
-                cancelled = [item.batch.senders[item.index].is_cancelled for item in items]
+                cancelled = [item.batch.senders[item.index].is_cancelled for item in items] if watch else None
                 await self.pipeline.run_batch([item.req for item in items], on_result=done, cancelled=cancelled)
         except BaseException as err:  # noqa: BLE001 - every request still gets its one response
             for k in sorted(left):

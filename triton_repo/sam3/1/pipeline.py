@@ -149,11 +149,11 @@ class Sam3Pipeline:
         start, timings = time.perf_counter(), [Timings() for _ in reqs]
         shared = await self._shared(reqs, timings)
         heads = await self._prompt_heads(reqs, shared, timings)
-        modes = [
-            asyncio.ensure_future(self._mode(req, shared, t, heads.get(i)))
-            for i, (req, t) in enumerate(zip(reqs, timings))
-        ]
-        watch = asyncio.ensure_future(_cancel_when(cancelled, modes)) if cancelled else None
+        modes = [self._mode(req, shared, t, heads.get(i)) for i, (req, t) in enumerate(zip(reqs, timings))]
+        watch = None
+        if cancelled:  # each request a task of its own, which the watch can cancel alone
+            modes = [asyncio.ensure_future(mode) for mode in modes]
+            watch = asyncio.ensure_future(_cancel_when(cancelled, modes))
         try:
             jobs = [self._timed(job, t, start, i, on_result) for i, (job, t) in enumerate(zip(modes, timings))]
             return list(zip(await asyncio.gather(*jobs), timings))
@@ -168,7 +168,7 @@ class Sam3Pipeline:
         try:
             result = await job
         except asyncio.CancelledError:
-            if not job.cancelled() or asyncio.current_task().cancelling():
+            if not isinstance(job, asyncio.Task) or not job.cancelled() or asyncio.current_task().cancelling():
                 raise  # the batch itself is cancelled
             result = RequestCancelled("the request was cancelled while it ran (its client left or timed out)")
         except Exception as err:  # noqa: BLE001 - the request's own error, returned as its result
