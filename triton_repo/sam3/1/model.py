@@ -201,9 +201,7 @@ class TritonPythonModel:
     async def _live(self, items: list) -> list:
         """``items`` whose clients still wait; a request cancelled while it queued in its lane (its client left or
         timed out: Triton would have dropped it from its own queue) is answered CANCELLED and not run."""
-        cancelled = await self.loop.run_in_executor(
-            None, lambda: [item.batch.senders[item.index].is_cancelled() for item in items]
-        )
+        cancelled = await self.loop.run_in_executor(None, lambda: [item.sender.is_cancelled() for item in items])
         for item, gone in zip(items, cancelled):
             if gone:
                 error = self.cancelled_error("the request was cancelled while it waited (its client left or timed out)")
@@ -224,7 +222,7 @@ class TritonPythonModel:
 
         try:
             if items:
-                cancelled = [item.batch.senders[item.index].is_cancelled for item in items] if watch else None
+                cancelled = [item.sender.is_cancelled for item in items] if watch else None
                 await self.pipeline.run_batch([item.req for item in items], on_result=done, cancelled=cancelled)
         except BaseException as err:  # noqa: BLE001 - every request still gets its one response
             for k in sorted(left):
@@ -305,6 +303,11 @@ class _Item:
     index: int
     req: object  # request.Sam3Request
     start: float
+
+    @property
+    def sender(self):
+        """The request's response sender (its ``is_cancelled`` says whether its client left)."""
+        return self.batch.senders[self.index]
 
 
 class _Batch:
