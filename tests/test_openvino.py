@@ -11,6 +11,8 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +30,7 @@ from export.manifest import load_manifest
 from export.precision import (
     GATE_COSINE,
     REPORT_NAME,
+    RUNTIME_MODULE,
     GateResult,
     PrecisionError,
     component_precisions,
@@ -565,3 +568,38 @@ def test_export_verify_runs_the_bf16_gate_or_says_why_not(fake, tmp_path, capsys
         return
     assert set(json.loads((artifacts / REPORT_NAME).read_text())) == {"text", "prompt"}
     assert "bf16 gate text       pass" in log and "bf16 gate prompt     pass" in log
+
+
+FIRST_RUNS_AT_ONCE = """
+import importlib.util, sys, threading
+import numpy as np
+spec = importlib.util.spec_from_file_location("component_runtime", sys.argv[2])
+runtime = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runtime)
+runners = [runtime.OpenVinoRunner(sys.argv[1], "fp32", 1) for _ in range(2)]
+start = threading.Barrier(2)
+def first_run(runner):
+    start.wait()
+    runner.run(["y"], {"x": np.ones((2, 16), np.float32)})
+threads = [threading.Thread(target=first_run, args=(r,)) for r in runners]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("both ran")
+"""
+
+
+def test_two_runners_first_runs_at_once_do_not_deadlock(tmp_path):
+    """Two threads' first ``infer`` at once hung about one fresh process in four without
+    component_runtime.prime_numpy_bridge (9 of 30 with this script). Each try is a fresh process, as a
+    served stub is; the script loads the runtime module alone (importing torch first made the hang rarer)."""
+    cancelling_graph(tmp_path)
+    command = [sys.executable, "-c", FIRST_RUNS_AT_ONCE, str(tmp_path / "cancel.onnx"), str(RUNTIME_MODULE)]
+    tries, hung = 16, []
+    for attempt in range(tries):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            hung.append(attempt)
+            continue
+        assert done.stdout.strip() == "both ran", done.stderr[-2000:]
+    assert not hung, f"{len(hung)} of {tries} fresh processes hung on their first two runs at once"

@@ -391,7 +391,7 @@ def test_serve_drains_a_request_in_flight_on_sigterm(tiny_artifacts, tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=120)
-    assert answers and answers[0].status_code == 200, answers
+    assert answers and answers[0].status_code == 200, (answers and answers[0].text, wait_for(process, log, ""))
     assert code == 0, wait_for(process, log, "")
 
 

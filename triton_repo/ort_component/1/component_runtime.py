@@ -31,6 +31,7 @@ This module imports neither runtime at import time.
 from __future__ import annotations
 
 import fcntl
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,6 +54,7 @@ OV_TYPES = {
     "boolean": "TYPE_BOOL",
 }
 OV_HINTS = {"fp32": "f32", "bf16": "bf16"}
+_NUMPY_BRIDGE = {"lock": threading.Lock(), "primed": False}
 
 
 class RuntimeLoadError(RuntimeError):
@@ -79,6 +81,23 @@ def bf16_capable() -> tuple[bool, list[str]]:
     return "BF16" in capabilities, capabilities
 
 
+def prime_numpy_bridge(ov) -> None:
+    """Make OpenVINO's first element-type → numpy dtype conversion here, in one thread at a time.
+
+    That conversion (``Type.to_dtype``, which every ``infer`` makes per input) fills a function-static
+    table whose initializer drops the GIL (pybind11's ``gil_safe_call_once_and_store`` of the numpy API).
+    Two threads making their first ``infer`` at once deadlock: one holds the static's guard and waits
+    for the GIL, the other holds the GIL and waits for the guard (OpenVINO 2026.4: 11 of 40 fresh
+    processes hung with two threads' first ``infer`` at once, 0 of 40 once primed). The orchestrator's
+    heads run in a pool of threads, so their first two calls can be simultaneous: an auto request on a
+    fresh server hung for good that way.
+    """
+    with _NUMPY_BRIDGE["lock"]:
+        if not _NUMPY_BRIDGE["primed"]:
+            ov.Type.f32.to_dtype()
+            _NUMPY_BRIDGE["primed"] = True
+
+
 class OpenVinoRunner:
     """One ONNX graph compiled by OpenVINO for the CPU at ``precision`` ("fp32" | "bf16")."""
 
@@ -96,6 +115,7 @@ class OpenVinoRunner:
         static_shapes = static_shapes or []
         static_precisions = static_precisions or [precision] * len(static_shapes)
         _check_precisions(precision, static_precisions, len(static_shapes))
+        prime_numpy_bridge(ov)
         core = ov.Core()
         with compile_lock(cache_dir, Path(path)):
             # compiled from the path, so that a cache hit skips reading the ONNX file as well
