@@ -54,7 +54,7 @@ OV_TYPES = {
     "boolean": "TYPE_BOOL",
 }
 OV_HINTS = {"fp32": "f32", "bf16": "bf16"}
-_NUMPY_BRIDGE = {"lock": threading.Lock(), "primed": False}
+_NUMPY_BRIDGE_LOCK = threading.Lock()
 
 
 class RuntimeLoadError(RuntimeError):
@@ -92,10 +92,8 @@ def prime_numpy_bridge(ov) -> None:
     heads run in a pool of threads, so their first two calls can be simultaneous: an auto request on a
     fresh server hung for good that way.
     """
-    with _NUMPY_BRIDGE["lock"]:
-        if not _NUMPY_BRIDGE["primed"]:
-            ov.Type.f32.to_dtype()
-            _NUMPY_BRIDGE["primed"] = True
+    with _NUMPY_BRIDGE_LOCK:  # after the first call this is a lookup: no flag needed
+        ov.Type.f32.to_dtype()
 
 
 class OpenVinoRunner:
