@@ -331,3 +331,31 @@ def test_install_refusals():
     assert env == GPU_MACHINE
     with pytest.raises(CannotRunError, match="drop --no-install"):
         install([trt.TENSORRT_PIP], allowed=False, env=env, log=print)
+
+
+# ---------------------------------------------------------------- torch_probe (the GPU checks that need only torch)
+
+
+@NO_GPU
+def test_torch_probe_refuses_without_a_cuda_device(tmp_path):
+    done = _probe([], tmp_path)
+    assert done.returncode == 2 and "no CUDA device" in done.stderr and "--device cpu --small" in done.stderr
+
+
+def test_torch_probe_runs_small_on_the_cpu(tmp_path):
+    """The probe's own code path, small and on the CPU: parity rows pass, every table is printed,
+    the JSON holds a timing for each kept count, batch, dtype."""
+    args = ["--device", "cpu", "--small", "--image-hw", "40,70", "--kept", "1,4", "--batches", "1,2"]
+    done = _probe([*args, "--warmup", "0", "--iterations", "1", "--json", str(tmp_path / "p.json")], tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert result["ok"] and [r["kept"] for r in result["parity"]] == [1, 4]
+    assert all(r["flipped"] <= 1e-4 for r in result["parity"])
+    assert all(r["device_ms_per_mask"] > 0 and r["cpu_ms_per_mask"] > 0 for r in result["postprocess"])
+    assert [(r["dtype"], r["batch"]) for r in result["vision"]] == [(d, b) for d in ("fp32", "bf16") for b in (1, 2)]
+    assert [r["dtype"] for r in result["request"]] == ["fp32", "bf16"] and "parity ok" in done.stdout
+
+
+def _probe(args, tmp_path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "server.gpu_check.torch_probe", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=100)

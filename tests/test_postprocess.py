@@ -199,6 +199,21 @@ def test_rle_roundtrip_and_matches_transformers_uncompressed_rle():
     assert again.rle() == counts
 
 
+def test_device_rle_equals_pycocotools_encoding():
+    """postprocess_torch finds run boundaries with torch (on the GPU there) and compresses them on the
+    host: the bytes must be pycocotools' own, for empty, full, first-pixel-on and speckled masks."""
+    from postprocess_torch import rle_of_columns  # noqa: PLC0415 (imports torch)
+
+    rng = np.random.default_rng(5)
+    masks = rng.random((6, 37, 53)) > 0.6
+    masks[1], masks[2], masks[3] = False, True, False
+    masks[3, 0, 0] = masks[3, 36, 52] = True  # first and last pixel only
+    masks[4, :, 0] = True  # first column on, the rest speckled
+    columns = torch.from_numpy(np.ascontiguousarray(masks.transpose(0, 2, 1)))
+    assert rle_of_columns(columns, (37, 53)) == encode_rle(masks)
+    assert rle_of_columns(columns[:0], (37, 53)) == []
+
+
 def test_masks_to_boxes_matches_transformers():
     from transformers.models.sam3.image_processing_sam3 import _batched_mask_to_box  # noqa: PLC0415 (optional: export extra)
 

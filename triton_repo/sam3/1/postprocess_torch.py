@@ -1,8 +1,9 @@
 """GPU post-processing (target ``gpu``): the same interface and results as postprocess.py, in torch.
 
 Component outputs arrive as CUDA tensors (BLS + DLPack); scores, thresholds, the gather of the
-kept queries for the mask head, bilinear mask upsampling and binarization run on the device,
-and only the kept masks (and their scores and boxes) are copied to the host. Functions accept
+kept queries for the mask head, bilinear mask upsampling, binarization and the search for RLE
+run boundaries run on the device; only the kept masks' run boundaries (and their scores and
+boxes) are copied to the host, where pycocotools compresses them. Functions accept
 tensors on any device, so the CPU test suite checks them against the numpy implementation
 (transformers' own post-processing uses these same torch calls).
 """
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from postprocess import MaskSet, clip_boxes
+from pycocotools import mask as mask_utils
 
 
 def _host(x: torch.Tensor) -> np.ndarray:
@@ -35,7 +37,33 @@ def upsample_binarize(x: torch.Tensor, image_hw, threshold: float) -> MaskSet:
     if x.shape[0] == 0:
         return MaskSet.empty(image_hw)
     up = F.interpolate(x.transpose(-1, -2)[:, None].float(), size=(w, h), mode="bilinear", align_corners=False)
-    return MaskSet(_host(up[:, 0] > threshold), image_hw)
+    return MaskSet.from_rle(rle_of_columns(up[:, 0] > threshold, image_hw), image_hw)
+
+
+def rle_of_columns(columns: torch.Tensor, image_hw) -> list[bytes]:
+    """COCO compressed RLE ``counts`` (pycocotools' bytes) of bool [K, W, H] column-major masks.
+
+    The runs' boundaries are found where the masks live; on a GPU only their positions (int32)
+    and the first pixel of each mask reach the host, not K·H·W mask bytes (2 MB a 1080p mask).
+    pycocotools compresses the run lengths on the host.
+    """
+    k, n = columns.shape[0], columns.shape[1] * columns.shape[2]
+    if k == 0:
+        return []
+    flat = columns.reshape(k, n)
+    rows, starts = torch.nonzero(flat[:, 1:] != flat[:, :-1], as_tuple=True)
+    packed = _host(torch.cat([torch.bincount(rows, minlength=k), flat[:, 0], starts + 1]).int())  # one copy
+    per_mask, first = packed[:k], packed[k : 2 * k]
+    starts = np.split(packed[2 * k :], np.cumsum(per_mask)[:-1])
+    runs = [_run_lengths(s, n, bool(on)) for s, on in zip(starts, first)]
+    h, w = (int(v) for v in image_hw)
+    return [r["counts"] for r in mask_utils.frPyObjects([{"size": [h, w], "counts": c} for c in runs], h, w)]
+
+
+def _run_lengths(starts: np.ndarray, n: int, first_on: bool) -> np.ndarray:
+    """uint32 COCO run lengths (zeros first) of an n-pixel mask whose runs start at ``starts``."""
+    runs = np.diff(np.concatenate(([0], starts, [n]))).astype(np.uint32)
+    return np.concatenate((np.zeros(1, np.uint32), runs)) if first_on else runs
 
 
 def select_queries(logits, presence, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
