@@ -342,10 +342,11 @@ def test_torch_probe_refuses_without_a_cuda_device(tmp_path):
     assert done.returncode == 2 and "no CUDA device" in done.stderr and "--device cpu --small" in done.stderr
 
 
-def test_torch_probe_runs_small_on_the_cpu(tmp_path):
-    """The probe's own code path, small and on the CPU: parity rows pass, every table is printed,
-    the JSON holds a timing for each kept count, batch, dtype."""
+def test_torch_probe_runs_small_on_the_cpu(tmp_path, tiny_artifacts):
+    """The probe's own code path, small and on the CPU: parity rows pass, every mode's gpu path
+    equals its cpu path, every table is printed, the JSON holds a timing for each kept count, batch, dtype."""
     args = ["--device", "cpu", "--small", "--image-hw", "40,70", "--kept", "1,4", "--batches", "1,2"]
+    args += ["--artifacts", str(tiny_artifacts)]
     done = _probe([*args, "--warmup", "0", "--iterations", "1", "--json", str(tmp_path / "p.json")], tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "p.json").read_text())
@@ -354,6 +355,8 @@ def test_torch_probe_runs_small_on_the_cpu(tmp_path):
     assert all(r["device_ms_per_mask"] > 0 and r["cpu_ms_per_mask"] > 0 for r in result["postprocess"])
     assert [(r["dtype"], r["batch"]) for r in result["vision"]] == [(d, b) for d in ("fp32", "bf16") for b in (1, 2)]
     assert [r["dtype"] for r in result["request"]] == ["fp32", "bf16"] and "parity ok" in done.stdout
+    assert [r["mode"] for r in result["pipeline"]] == ["text", "point", "box", "auto"]
+    assert all(r["ok"] and r["detections"] >= 1 for r in result["pipeline"]), result["pipeline"]
 
 
 def _probe(args, tmp_path) -> subprocess.CompletedProcess:

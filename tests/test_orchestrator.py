@@ -11,26 +11,9 @@ import asyncio
 
 import numpy as np
 import pytest
-import torch
 
 from export.manifest import load_manifest
-
-
-class TorchOutputs:
-    """OrtStages whose outputs are torch tensors, as BLS hands them over on the GPU (DLPack)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def run(self, component, feeds, outputs=None):
-        feeds = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in feeds.items()}  # DLPack inputs
-        return {k: torch.from_numpy(v) for k, v in self.inner.run(component, feeds, outputs).items()}
-
-    async def arun(self, component, feeds, outputs=None):
-        return self.run(component, feeds, outputs)
-
-    def in_process(self, component):
-        return True
+from server.gpu_check.torch_pipeline import DeviceOutputs
 
 
 def make_pipeline(modules, artifacts, post, torch_outputs=False):
@@ -39,7 +22,12 @@ def make_pipeline(modules, artifacts, post, torch_outputs=False):
     tokenizer = modules["text_tokens"].TextTokenizer.from_file(artifacts / "tokenizer.json")
     lru = modules["cache"].ByteLRU
     return modules["pipeline"].Sam3Pipeline(
-        TorchOutputs(stages) if torch_outputs else stages, tokenizer, manifest.dims, lru(2**28), lru(2**24), post=post
+        DeviceOutputs(stages, "cpu") if torch_outputs else stages,
+        tokenizer,
+        manifest.dims,
+        lru(2**28),
+        lru(2**24),
+        post=post,
     )
 
 
