@@ -463,7 +463,11 @@ class TritonServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> int | None:
-        """SIGTERM, wait ``stop_grace_s``, then SIGKILL the whole process group; return the exit status."""
+        """SIGTERM, wait ``stop_grace_s``, then SIGKILL the whole process group; return the exit status.
+
+        Whatever of the group outlives tritonserver is killed too, however tritonserver ended: a Python
+        backend stub that hung (or outlived a tritonserver killed alone) would otherwise run on orphaned,
+        burning CPU and holding its shared memory."""
         if self._proc is None:
             return None
         if self._proc.poll() is None:
@@ -471,7 +475,8 @@ class TritonServer:
             try:
                 self._proc.wait(self.stop_grace_s)
             except subprocess.TimeoutExpired:
-                self._kill_group()
+                pass
+        self._kill_group()
         self._log.close()
         return self._proc.returncode
 

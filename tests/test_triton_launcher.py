@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -339,3 +341,38 @@ def test_model_that_fails_to_load_raises_start_error(artifacts, tmp_path):
     message = str(error.value)
     assert "sam3_text" in message and "does not match config.pbtxt" in message and "pixel_values" in message
     assert server.returncode not in (None, 0)
+
+
+def test_stop_kills_a_stub_that_outlived_tritonserver(artifacts, tmp_path):
+    """A stub that cannot exit on its own (stopped, as a deadlocked one is stuck) under a tritonserver
+    killed alone: stop() must leave no process of the group. One such stub once ran on orphaned after
+    its tritonserver was gone, burning a core through the rest of a CI run."""
+    repo = build_repository(artifacts, tmp_path / "repo", "cpu", models=["text"], intra_op_threads=1, precision="fp32")
+    with TritonServer(repo, ready_timeout_s=150) as server:
+        group = server.pid
+        stubs = [pid for pid in live_members(group) if pid != group]
+        assert stubs, "no Python backend stub in tritonserver's process group"
+        for pid in stubs:
+            os.kill(pid, signal.SIGSTOP)
+        os.kill(group, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while server.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.returncode is not None and set(stubs) <= set(live_members(group))
+    deadline = time.monotonic() + 10
+    while live_members(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not live_members(group), f"left running after stop(): {live_members(group)}"
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids of the processes of group ``pgid`` that are not zombies (from /proc/<pid>/stat)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
