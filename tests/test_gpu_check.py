@@ -346,7 +346,7 @@ def test_torch_probe_runs_small_on_the_cpu(tmp_path, tiny_artifacts):
     """The probe's own code path, small and on the CPU: parity rows pass, every mode's gpu path
     equals its cpu path, every table is printed, the JSON holds a timing for each kept count, batch, dtype."""
     args = ["--device", "cpu", "--small", "--image-hw", "40,70", "--kept", "1,4", "--batches", "1,2"]
-    args += ["--artifacts", str(tiny_artifacts)]
+    args += ["--artifacts", str(tiny_artifacts), "--stages"]
     done = _probe([*args, "--warmup", "0", "--iterations", "1", "--json", str(tmp_path / "p.json")], tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "p.json").read_text())
@@ -357,6 +357,8 @@ def test_torch_probe_runs_small_on_the_cpu(tmp_path, tiny_artifacts):
     assert [r["dtype"] for r in result["request"]] == ["fp32", "bf16"] and "parity ok" in done.stdout
     assert [r["mode"] for r in result["pipeline"]] == ["text", "point", "box", "auto"]
     assert all(r["ok"] and r["detections"] >= 1 for r in result["pipeline"]), result["pipeline"]
+    timed = {(r["component"], r["batch"]) for r in result["stages"] if r["ms"]}
+    assert {(c, 1) for c in ("vision", "text", "concept", "mask", "prompt")} <= timed, result["stages"]
 
 
 def _probe(args, tmp_path) -> subprocess.CompletedProcess:

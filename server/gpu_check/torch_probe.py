@@ -15,7 +15,9 @@ What a bare CUDA machine with torch, transformers, OpenCV and pycocotools can pr
 - the reference a served text request must beat: transformers' Sam3Model forward for one image and
   one text prompt, fp32 and bf16 autocast, p50 ms;
 - with ``--artifacts DIR`` (an export): every mode through the orchestrator's gpu path on device
-  tensors against its cpu path (server/gpu_check/torch_pipeline.py).
+  tensors against its cpu path (server/gpu_check/torch_pipeline.py);
+- with ``--stages``: our five exported stages (export/wrappers.py) in eager torch, bf16 autocast, at
+  each batch size (server/gpu_check/torch_stages.py).
 
 Times are CUDA-event medians after warm-up (host clock around a synchronize for host work).
 Exit 0 when every parity row passes; 1 when one fails; 2 when it cannot run (no CUDA device and
@@ -211,6 +213,12 @@ def run_probe(args) -> dict:
     model, config = sam3_model(device, args.small)
     report["vision"] = vision_rows(model, config, device, args)
     report["request"] = request_rows(model, config, device, args)
+    if args.stages:
+        from server.gpu_check.torch_stages import format_stages, stage_rows  # noqa: PLC0415 (export extra)
+
+        del model
+        report["stages"] = stage_rows(device, args, median_ms)
+        log(format_stages(report["stages"]))
     return report
 
 
@@ -246,6 +254,10 @@ def format_report(report: dict) -> str:
     lines.append("vision encoder (transformers, random weights):")
     lines += [f"  {r['dtype']} batch {r['batch']}: {r['ms']} ms, {r['images_per_s']} img/s" for r in report["vision"]]
     lines += [f"text request forward (transformers) {r['dtype']}: p50 {r['p50_ms']} ms" for r in report["request"]]
+    if "stages" in report:
+        from server.gpu_check.torch_stages import format_stages  # noqa: PLC0415
+
+        lines.append(format_stages(report["stages"]))
     lines.append("parity " + ("ok" if report["ok"] else "FAILED (see the rows above)"))
     return "\n".join(lines)
 
@@ -262,6 +274,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kept", type=lambda s: tuple(int(v) for v in s.split(",")), default=KEPT)
     p.add_argument("--batches", type=lambda s: tuple(int(v) for v in s.split(",")), default=BATCHES)
     p.add_argument("--postprocess-only", action="store_true", help="skip transformers' model (vision, request)")
+    p.add_argument("--stages", action="store_true", help="also time our five exported stages in eager torch")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
