@@ -5,6 +5,7 @@
     modal run modal_triton.py::smoke --image photo.jpg --text person
     modal run modal_triton.py::bench --args "--concurrency 8"
     modal run modal_triton.py::verify [--model bench|full|served]   # = sam3-triton gpu-check on an H200
+    modal run modal_triton.py::probe                    # the GPU checks that need only torch (no engines)
     modal run modal_triton.py::segment_dataset --images ./photos --text "person,dog" --out coco.json
     modal run modal_triton.py::tunnel                   # public gRPC address of a serving container
 
@@ -13,7 +14,7 @@ Everything is keyed so that a stale engine is never served: a build lives in
 starts from the build recorded for ITS TensorRT version and GPU name. See docs/DEPLOY.md.
 
 Two apps: ``app`` (deployed: the serving class and the client entrypoints) and ``build_app``
-(``::build`` and ``::verify``). ``modal run`` creates every object of the runnable's app, so
+(``::build``, ``::verify`` and ``::probe``). ``modal run`` creates every object of the runnable's app, so
 keeping them apart means building never needs the ``sam3-api-key`` secret nor the serving
 image, and serving never needs the Hugging Face secret.
 
@@ -127,6 +128,7 @@ WEB_SERVER_STARTUP_S = 60
 BUILD_CPU, BUILD_MEMORY_MIB = 16.0, 131072
 BUILD_TIMEOUT_S = 3 * 3600  # first build: download ~3.4 GB, export, 4 engines, parity
 VERIFY_TIMEOUT_S = 3600
+PROBE_TIMEOUT_S = 900  # torch_probe: ~80 s on an H200 once the image is up
 GPU_CHECK_DIR = VOLUME_ROOT / "gpu-check"  # gpu-check's exports and engines, kept between ::verify runs
 
 # Packages (pins: export/trt/pins.py). Serving: the orchestrator (numpy, pillow, tokenizers,
@@ -413,6 +415,16 @@ def gpu_check(model: str = "bench") -> dict:
     return report
 
 
+@build_app.function(image=gpu_check_image, gpu=GPU, timeout=PROBE_TIMEOUT_S)
+def torch_probe(stages: bool = True) -> dict:
+    """``python -m server.gpu_check.torch_probe`` on this H200 (no engines, no Triton): the gpu target's
+    post-processing against the CPU path, transformers' vision batching and text reference, and with
+    ``stages`` our five exported stages in eager torch. Returns its report."""
+    from server.gpu_check import torch_probe as probe  # noqa: PLC0415 (runs in the container)
+
+    return probe.run_probe(probe.parse_args(["--stages"] if stages else []))
+
+
 # ---------------------------------------------------------------- local entrypoints
 
 
@@ -482,6 +494,20 @@ def verify(model: str = "bench", out: str = "gpu-check.json") -> None:
     print(f"report written to {write_report(Path(out), report)}")
     if not report["ok"]:
         raise SystemExit("gpu-check failed: " + "; ".join(report["problems"]))
+
+
+@build_app.local_entrypoint()
+def probe(stages: bool = True, out: str = "torch-probe.json") -> None:
+    """The GPU checks that need only PyTorch, on an H200 (minutes; no engines): prints the tables,
+    writes the JSON report locally, fails when the device post-processing disagrees with the CPU's."""
+    from server.gpu_check.torch_probe import format_report  # noqa: PLC0415 (only ::probe)
+
+    report = torch_probe.remote(stages)
+    print(format_report(report))
+    Path(out).write_text(json.dumps(report, indent=2))
+    print(f"report written to {out}")
+    if not report["ok"]:
+        raise SystemExit("torch probe: the device post-processing disagrees with the CPU path (see the table)")
 
 
 @app.local_entrypoint()

@@ -104,6 +104,8 @@ def test_build_and_verify_functions_resources():
         assert spec.volumes[mt.VOLUME_ROOT] is _raw(mt.volume)
     assert _spec(mt.build).secrets == [_raw(mt.hf_secret)]  # the build never sees the API key
     assert _spec(mt.gpu_check).secrets == []
+    probe = _spec(mt.torch_probe)  # needs only torch: no Volume, no secret
+    assert probe.gpus == mt.GPU and probe.image is _raw(mt.gpu_check_image) and probe.secrets == []
 
 
 def test_build_app_needs_neither_the_api_key_nor_the_serving_image():
@@ -115,12 +117,12 @@ def test_build_app_needs_neither_the_api_key_nor_the_serving_image():
         return {**app._local_state.functions, **app._local_state.classes}
 
     build_objects = created_by_modal_run(mt.build_app)
-    assert set(build_objects) == {"build", "gpu_check"}
+    assert set(build_objects) == {"build", "gpu_check", "torch_probe"}
     for function in build_objects.values():
         assert _raw(mt.api_secret) not in function._spec_.secrets
         assert function._spec_.image is not _raw(mt.serving_image)
     assert set(created_by_modal_run(mt.app)) == {"Sam3Triton", "Sam3Triton.*"}
-    assert mt.verify.app is mt.build_app and mt.smoke.app is mt.app
+    assert mt.verify.app is mt.build_app and mt.probe.app is mt.build_app and mt.smoke.app is mt.app
     assert {name for name, obj in vars(mt).items() if isinstance(obj, modal.App)} == {"app", "build_app"}
 
 
@@ -174,7 +176,7 @@ def test_web_endpoints():
 
 
 def test_local_entrypoints():
-    for name in ("smoke", "bench", "verify", "segment_dataset", "tunnel"):
+    for name in ("smoke", "bench", "verify", "probe", "segment_dataset", "tunnel"):
         assert isinstance(getattr(mt, name), modal.app.LocalEntrypoint), name
 
 
