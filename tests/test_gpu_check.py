@@ -340,13 +340,15 @@ def test_install_refusals():
 def test_torch_probe_refuses_without_a_cuda_device(tmp_path):
     done = _probe([], tmp_path)
     assert done.returncode == 2 and "no CUDA device" in done.stderr and "--device cpu --small" in done.stderr
+    done = _probe(["--device", "cpu", "--small", "--serving"], tmp_path)
+    assert done.returncode == 2 and "--serving needs --artifacts" in done.stderr
 
 
 def test_torch_probe_runs_small_on_the_cpu(tmp_path, tiny_artifacts):
     """The probe's own code path, small and on the CPU: parity rows pass, every mode's gpu path
     equals its cpu path, every table is printed, the JSON holds a timing for each kept count, batch, dtype."""
     args = ["--device", "cpu", "--small", "--image-hw", "40,70", "--kept", "1,4", "--batches", "1,2"]
-    args += ["--artifacts", str(tiny_artifacts), "--stages"]
+    args += ["--artifacts", str(tiny_artifacts), "--stages", "--serving"]
     done = _probe([*args, "--warmup", "0", "--iterations", "1", "--json", str(tmp_path / "p.json")], tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "p.json").read_text())
@@ -359,6 +361,7 @@ def test_torch_probe_runs_small_on_the_cpu(tmp_path, tiny_artifacts):
     assert all(r["ok"] and r["detections"] >= 1 for r in result["pipeline"]), result["pipeline"]
     timed = {(r["component"], r["batch"]) for r in result["stages"] if r["ms"]}
     assert {(c, 1) for c in ("vision", "text", "concept", "mask", "prompt")} <= timed, result["stages"]
+    assert len(result["serving"]) == 7 and all(r["ms"] > 0 for r in result["serving"])
 
 
 def _probe(args, tmp_path) -> subprocess.CompletedProcess:

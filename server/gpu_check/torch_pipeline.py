@@ -12,14 +12,12 @@ expected, a host copy on the wrong side); tests run it on CPU tensors.
 from __future__ import annotations
 
 import io
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
 from export.manifest import load_manifest
-from server.gpu_check.torch_probe import orchestrator_modules
+from server.gpu_check.torch_probe import median_ms, orchestrator_modules
 
 # One request per mode on the coffee photo (400×600); auto with a small grid and no filters.
 MODES = {
@@ -53,7 +51,7 @@ class DeviceOutputs:
 
 def make_pipeline(artifacts: Path, device=None):
     """Sam3Pipeline on the exported graphs: the cpu target's (device None) or the gpu target's."""
-    modules = _modules()
+    modules = pipeline_modules()
     manifest = load_manifest(artifacts)
     stages = modules["stages"].OrtStages({n: artifacts / s.onnx_file for n, s in manifest.specs().items()})
     tokenizer = modules["text_tokens"].TextTokenizer.from_file(artifacts / "tokenizer.json")
@@ -70,11 +68,9 @@ def make_request(image: bytes, fields: dict):
     """A Sam3Request from request fields (Triton's tensor names) and encoded image bytes."""
     tensors = {"image": np.array([image], dtype=object)}
     for name, value in fields.items():
-        text_like = name in ("text", "mode")
-        tensors[name] = np.array(
-            [v.encode() for v in value] if name == "text" else value, object if text_like else None
-        )
-    return _modules()["request"].parse_request(tensors)
+        strings = isinstance(value[0], (str, bytes))
+        tensors[name] = np.array([v.encode() if isinstance(v, str) else v for v in value], object if strings else None)
+    return pipeline_modules()["request"].parse_request(tensors)
 
 
 def compare(a, b) -> dict:
@@ -99,7 +95,7 @@ def pipeline_rows(artifacts: Path, device, iterations: int = 5) -> list[dict]:
     rows = []
     for mode, fields in MODES.items():
         row = {"mode": mode, **compare(cpu.run(make_request(image, fields)), gpu.run(make_request(image, fields)))}
-        row["ms"] = _median_ms(lambda f=fields: gpu.run(make_request(image, f)), iterations)
+        row["ms"] = median_ms(lambda f=fields: gpu.run(make_request(image, f)), device, 0, iterations)
         rows.append(row)
     return rows
 
@@ -114,16 +110,7 @@ def coffee_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def _median_ms(fn, iterations: int) -> float:
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return round(statistics.median(times), 3)
-
-
-def _modules() -> dict:
+def pipeline_modules() -> dict:
     """The orchestrator's modules by short name (triton_repo/sam3/1 on sys.path)."""
     orchestrator_modules()
     import cache  # noqa: PLC0415 (after the sys.path setup)

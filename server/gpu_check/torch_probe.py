@@ -17,7 +17,9 @@ What a bare CUDA machine with torch, transformers, OpenCV and pycocotools can pr
 - with ``--artifacts DIR`` (an export): every mode through the orchestrator's gpu path on device
   tensors against its cpu path (server/gpu_check/torch_pipeline.py);
 - with ``--stages``: our five exported stages (export/wrappers.py) in eager torch, bf16 autocast, at
-  each batch size (server/gpu_check/torch_stages.py).
+  each batch size (server/gpu_check/torch_stages.py);
+- with ``--serving`` (and ``--artifacts`` for the tokenizer): our orchestrator end to end on those
+  eager stages, as the gpu target configures it (server/gpu_check/torch_serving.py).
 
 Times are CUDA-event medians after warm-up (host clock around a synchronize for host work).
 Exit 0 when every parity row passes; 1 when one fails; 2 when it cannot run (no CUDA device and
@@ -213,6 +215,11 @@ def run_probe(args) -> dict:
     model, config = sam3_model(device, args.small)
     report["vision"] = vision_rows(model, config, device, args)
     report["request"] = request_rows(model, config, device, args)
+    if args.serving:
+        from server.gpu_check.torch_serving import format_serving, serving_rows  # noqa: PLC0415 (export extra)
+
+        report["serving"] = serving_rows(device, args, args.artifacts / "tokenizer.json")
+        log(format_serving(report["serving"]))
     if args.stages:
         from server.gpu_check.torch_stages import format_stages, stage_rows  # noqa: PLC0415 (export extra)
 
@@ -258,6 +265,10 @@ def format_report(report: dict) -> str:
         from server.gpu_check.torch_stages import format_stages  # noqa: PLC0415
 
         lines.append(format_stages(report["stages"]))
+    if "serving" in report:
+        from server.gpu_check.torch_serving import format_serving  # noqa: PLC0415
+
+        lines.append(format_serving(report["serving"]))
     lines.append("parity " + ("ok" if report["ok"] else "FAILED (see the rows above)"))
     return "\n".join(lines)
 
@@ -275,6 +286,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batches", type=lambda s: tuple(int(v) for v in s.split(",")), default=BATCHES)
     p.add_argument("--postprocess-only", action="store_true", help="skip transformers' model (vision, request)")
     p.add_argument("--stages", action="store_true", help="also time our five exported stages in eager torch")
+    p.add_argument("--serving", action="store_true", help="also time our orchestrator end to end on eager-torch stages")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -285,6 +297,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.serving and not args.artifacts:
+        log("error: --serving needs --artifacts DIR (an export: its tokenizer.json)")
+        return 2
     try:
         import torch  # noqa: PLC0415
     except ImportError:
