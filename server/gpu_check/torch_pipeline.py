@@ -102,7 +102,7 @@ def pipeline_rows(artifacts: Path, device, iterations: int = 5) -> list[dict]:
 
 def coffee_jpeg() -> bytes:
     """scikit-image's coffee photo (400×600, a cup) as JPEG bytes."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415 (only for the probe photo)
     from skimage import data  # noqa: PLC0415 (optional: test extra; also on the GPU images)
 
     buffer = io.BytesIO()
@@ -114,11 +114,11 @@ def pipeline_modules() -> dict:
     """The orchestrator's modules by short name (triton_repo/sam3/1 on sys.path)."""
     orchestrator_modules()
     import cache  # noqa: PLC0415 (after the sys.path setup)
-    import pipeline  # noqa: PLC0415
-    import postprocess_torch  # noqa: PLC0415
-    import request  # noqa: PLC0415
-    import stages  # noqa: PLC0415
-    import text_tokens  # noqa: PLC0415
+    import pipeline  # noqa: PLC0415 (after the sys.path setup)
+    import postprocess_torch  # noqa: PLC0415 (after the sys.path setup)
+    import request  # noqa: PLC0415 (after the sys.path setup)
+    import stages  # noqa: PLC0415 (after the sys.path setup)
+    import text_tokens  # noqa: PLC0415 (after the sys.path setup)
 
     return {
         "cache": cache,

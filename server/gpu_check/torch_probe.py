@@ -29,6 +29,7 @@ no ``--device cpu``). ``--device cpu --small`` runs the same code here, small, a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -36,6 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 ORCHESTRATOR_DIR = Path(__file__).resolve().parents[2] / "triton_repo" / "sam3" / "1"
 MASK_SIDE = 288  # SAM3's concept mask logits at 1008 px input
@@ -56,8 +59,6 @@ def orchestrator_modules():
 
 def median_ms(fn, device, warmup: int, iterations: int) -> float:
     """Median wall time of ``fn()`` in ms, synchronizing ``device`` around each call."""
-    import torch  # noqa: PLC0415 (optional: export extra)
-
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
@@ -73,9 +74,6 @@ def median_ms(fn, device, warmup: int, iterations: int) -> float:
 
 def random_logits(kept: int, side: int, device, seed: int):
     """float32 [1, K, side, side] smooth-ish mask logits (blobs, not noise) on ``device``."""
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
-
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randn((1, kept, side // 8, side // 8), generator=g) * 4
     return F.interpolate(coarse, size=(side, side), mode="bilinear", align_corners=False).to(device)
@@ -112,8 +110,6 @@ def postprocess_cost(kept: int, image_hw, device, args) -> dict:
 def dense_copy_rle(logits, image_hw) -> list[bytes]:
     """The alternative the device path replaced: masks binarized on the device, copied to the host
     whole (K·H·W bytes), RLE-encoded there by pycocotools."""
-    import torch.nn.functional as F  # noqa: PLC0415
-
     post, _ = orchestrator_modules()
     h, w = image_hw
     up = F.interpolate(logits.sigmoid().transpose(-1, -2)[:, None], size=(w, h), mode="bilinear", align_corners=False)
@@ -122,7 +118,6 @@ def dense_copy_rle(logits, image_hw) -> list[bytes]:
 
 def sam3_model(device, small: bool):
     """transformers' Sam3Model with random weights: the real configuration, or a small one (tests)."""
-    import torch  # noqa: PLC0415
     from transformers import Sam3Config, Sam3Model  # noqa: PLC0415 (optional: export extra)
 
     config = Sam3Config() if not small else small_config()
@@ -140,17 +135,11 @@ def small_config():
 
 def autocast(device, bf16: bool):
     """bf16 autocast on ``device`` when ``bf16``, else a no-op context."""
-    import contextlib  # noqa: PLC0415
-
-    import torch  # noqa: PLC0415
-
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def vision_rows(model, config, device, args) -> list[dict]:
     """The vision encoder at each batch size, fp32 and bf16 autocast: ms per call and images/s."""
-    import torch  # noqa: PLC0415
-
     side, rows = config.vision_config.image_size, []
     for dtype in ("fp32", "bf16"):
         for batch in args.batches:
@@ -162,8 +151,6 @@ def vision_rows(model, config, device, args) -> list[dict]:
 
 def request_rows(model, config, device, args) -> list[dict]:
     """One image + one text prompt through Sam3Model.forward, fp32 and bf16 autocast: p50 ms."""
-    import torch  # noqa: PLC0415
-
     side = config.vision_config.image_size
     ids = torch.full((1, 32), 49407, dtype=torch.long, device=device)
     ids[0, :3] = torch.tensor([49406, 2533, 49407])  # <bos> "person" <eos>, then padding
@@ -177,16 +164,13 @@ def request_rows(model, config, device, args) -> list[dict]:
 
 def timed_forward(fn, inputs: dict, dtype: str, device, args) -> float:
     """Median ms of ``fn(**inputs)`` under inference mode, in fp32 or bf16 autocast."""
-    import torch  # noqa: PLC0415
-
     with torch.inference_mode(), autocast(device, dtype == "bf16"):
         return median_ms(lambda: fn(**inputs), device, args.warmup, args.iterations)
 
 
 def environment(device) -> dict:
     """Versions and the device's name."""
-    import torch  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
+    import transformers  # noqa: PLC0415 (optional: export extra)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": name, "torch": torch.__version__, "transformers": transformers.__version__}
@@ -194,8 +178,6 @@ def environment(device) -> dict:
 
 def run_probe(args) -> dict:
     """Every measurement of the probe, as one report dict."""
-    import torch  # noqa: PLC0415
-
     device, hw = torch.device(args.device), args.image_hw
     report = {"environment": environment(device), "image_hw": list(hw)}
     log(f"probe on {report['environment']}")
@@ -262,11 +244,11 @@ def format_report(report: dict) -> str:
     lines += [f"  {r['dtype']} batch {r['batch']}: {r['ms']} ms, {r['images_per_s']} img/s" for r in report["vision"]]
     lines += [f"text request forward (transformers) {r['dtype']}: p50 {r['p50_ms']} ms" for r in report["request"]]
     if "stages" in report:
-        from server.gpu_check.torch_stages import format_stages  # noqa: PLC0415
+        from server.gpu_check.torch_stages import format_stages  # noqa: PLC0415 (imports transformers)
 
         lines.append(format_stages(report["stages"]))
     if "serving" in report:
-        from server.gpu_check.torch_serving import format_serving  # noqa: PLC0415
+        from server.gpu_check.torch_serving import format_serving  # noqa: PLC0415 (imports transformers)
 
         lines.append(format_serving(report["serving"]))
     lines.append("parity " + ("ok" if report["ok"] else "FAILED (see the rows above)"))
@@ -299,11 +281,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.serving and not args.artifacts:
         log("error: --serving needs --artifacts DIR (an export: its tokenizer.json)")
-        return 2
-    try:
-        import torch  # noqa: PLC0415
-    except ImportError:
-        log("error: torch is not installed (pip install 'sam3-triton[export]')")
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         log("error: no CUDA device visible to torch; run on an NVIDIA GPU or pass --device cpu --small")

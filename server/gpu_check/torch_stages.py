@@ -23,7 +23,7 @@ def sam3_pair(device, small: bool):
     from transformers import Sam3Config, Sam3Model, Sam3TrackerConfig, Sam3TrackerModel  # noqa: PLC0415 (export extra)
 
     if small:
-        from export.tiny import tiny_video_config  # noqa: PLC0415
+        from export.tiny import tiny_video_config  # noqa: PLC0415 (export extra; the small CPU run only)
 
         video = tiny_video_config()
         detector_config, tracker_config = video.detector_config, video.tracker_config
