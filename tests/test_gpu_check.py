@@ -329,8 +329,9 @@ def test_install_refusals():
     env = dict(GPU_MACHINE)
     install([], allowed=False, env=env, log=print)  # nothing to install: nothing happens
     assert env == GPU_MACHINE
-    with pytest.raises(CannotRunError, match="drop --no-install"):
+    with pytest.raises(CannotRunError, match="drop --no-install") as refused:
         install([trt.TENSORRT_PIP], allowed=False, env=env, log=print)
+    assert "server.gpu_check.torch_probe" in str(refused.value)  # what still runs on that GPU
 
 
 # ---------------------------------------------------------------- torch_probe (the GPU checks that need only torch)

@@ -70,16 +70,22 @@ def preflight(opts: Options, env: dict | None = None) -> dict:
     return env
 
 
+TORCH_ONLY_HINT = (
+    "Without TensorRT, `python -m server.gpu_check.torch_probe --stages` still checks on this GPU what needs "
+    "only torch (post-processing parity and cost, our stages in eager torch)"
+)
+
+
 def install(requirements: list[str], allowed: bool, env: dict, log: Log) -> None:
     """pip install ``requirements`` into this interpreter and refresh ``env``'s package facts
     (CannotRunError if not ``allowed`` or pip fails)."""
     if not requirements:
         return
     if not allowed:
-        raise CannotRunError(f"gpu-check needs {requirements}; install them or drop --no-install")
+        raise CannotRunError(f"gpu-check needs {requirements}; install them or drop --no-install. {TORCH_ONLY_HINT}")
     log(f"installing {' '.join(requirements)} ...")
     if subprocess.run([sys.executable, "-m", "pip", "install", *requirements]).returncode != 0:
-        raise CannotRunError(f"pip could not install {requirements} (see its output above)")
+        raise CannotRunError(f"pip could not install {requirements} (see its output above). {TORCH_ONLY_HINT}")
 
     importlib.invalidate_caches()
     env["tensorrt"] = installed_version()
