@@ -419,10 +419,10 @@ def gpu_check(model: str = "bench") -> dict:
 def torch_probe(stages: bool = True) -> dict:
     """``python -m server.gpu_check.torch_probe`` on this H200 (no engines, no Triton): the gpu target's
     post-processing against the CPU path, transformers' vision batching and text reference, and with
-    ``stages`` our five exported stages in eager torch. Returns its report."""
+    ``stages`` our five exported stages and the orchestrator on them, in eager torch. Returns its report."""
     from server.gpu_check import torch_probe as probe  # noqa: PLC0415 (runs in the container)
 
-    return probe.run_probe(probe.parse_args(["--stages"] if stages else []))
+    return probe.run_probe(probe.parse_args(["--stages", "--serving"] if stages else []))
 
 
 # ---------------------------------------------------------------- local entrypoints

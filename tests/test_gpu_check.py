@@ -341,8 +341,6 @@ def test_install_refusals():
 def test_torch_probe_refuses_without_a_cuda_device(tmp_path):
     done = _probe([], tmp_path)
     assert done.returncode == 2 and "no CUDA device" in done.stderr and "--device cpu --small" in done.stderr
-    done = _probe(["--device", "cpu", "--small", "--serving"], tmp_path)
-    assert done.returncode == 2 and "--serving needs --artifacts" in done.stderr
 
 
 def test_torch_probe_runs_small_on_the_cpu(tmp_path, tiny_artifacts):
@@ -368,3 +366,13 @@ def test_torch_probe_runs_small_on_the_cpu(tmp_path, tiny_artifacts):
 def _probe(args, tmp_path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "server.gpu_check.torch_probe", *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=100)
+
+
+def test_torch_probe_serving_builds_its_tokenizer_without_artifacts(tiny_artifacts):
+    """``--serving`` without an export (as on Modal) builds the tokenizer from open_clip's vocabulary:
+    the same file every export carries."""
+    from server.gpu_check.torch_probe import parse_args, tokenizer_json  # noqa: PLC0415 (imports torch)
+
+    built = tokenizer_json(parse_args(["--serving"]))
+    assert built.read_text() == (tiny_artifacts / "tokenizer.json").read_text()
+    assert tokenizer_json(parse_args(["--artifacts", str(tiny_artifacts)])) == tiny_artifacts / "tokenizer.json"

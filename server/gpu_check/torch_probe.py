@@ -18,8 +18,8 @@ What a bare CUDA machine with torch, transformers, OpenCV and pycocotools can pr
   tensors against its cpu path (server/gpu_check/torch_pipeline.py);
 - with ``--stages``: our five exported stages (export/wrappers.py) in eager torch, bf16 autocast, at
   each batch size (server/gpu_check/torch_stages.py);
-- with ``--serving`` (and ``--artifacts`` for the tokenizer): our orchestrator end to end on those
-  eager stages, as the gpu target configures it (server/gpu_check/torch_serving.py).
+- with ``--serving``: our orchestrator end to end on those eager stages, as the gpu target configures
+  it (server/gpu_check/torch_serving.py); the tokenizer comes from ``--artifacts`` or open_clip.
 
 Times are CUDA-event medians after warm-up (host clock around a synchronize for host work).
 Exit 0 when every parity row passes; 1 when one fails; 2 when it cannot run (no CUDA device and
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import statistics
 import sys
@@ -200,7 +201,7 @@ def run_probe(args) -> dict:
     if args.serving:
         from server.gpu_check.torch_serving import format_serving, serving_rows  # noqa: PLC0415 (export extra)
 
-        report["serving"] = serving_rows(device, args, args.artifacts / "tokenizer.json")
+        report["serving"] = serving_rows(device, args, tokenizer_json(args))
         log(format_serving(report["serving"]))
     if args.stages:
         from server.gpu_check.torch_stages import format_stages, stage_rows  # noqa: PLC0415 (export extra)
@@ -209,6 +210,17 @@ def run_probe(args) -> dict:
         report["stages"] = stage_rows(device, args, median_ms)
         log(format_stages(report["stages"]))
     return report
+
+
+def tokenizer_json(args) -> Path:
+    """The export's tokenizer.json (``--artifacts``), else one built from open_clip's CLIP vocabulary."""
+    if args.artifacts:
+        return args.artifacts / "tokenizer.json"
+    import tempfile  # noqa: PLC0415 (only without --artifacts)
+
+    from export.tokenizer import build_tokenizer_json  # noqa: PLC0415 (export extra: open_clip's vocabulary)
+
+    return build_tokenizer_json(Path(tempfile.mkdtemp(prefix="sam3-probe-")) / "tokenizer.json")
 
 
 def format_postprocess(report: dict) -> str:
@@ -279,8 +291,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.serving and not args.artifacts:
-        log("error: --serving needs --artifacts DIR (an export: its tokenizer.json)")
+    if args.serving and not args.artifacts and importlib.util.find_spec("open_clip") is None:
+        log("error: --serving needs a tokenizer: --artifacts DIR (an export) or open_clip_torch installed")
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         log("error: no CUDA device visible to torch; run on an NVIDIA GPU or pass --device cpu --small")
