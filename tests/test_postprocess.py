@@ -214,6 +214,24 @@ def test_device_rle_equals_pycocotools_encoding():
     assert rle_of_columns(columns[:0], (37, 53)) == []
 
 
+def test_concat_joins_encoded_sets_without_decoding(monkeypatch):
+    """The gpu target's sets arrive RLE-encoded: joining a text request's concepts must not decode them
+    (a decode + re-encode would cost more than the device saved); dense sets still join densely."""
+    import postprocess  # noqa: PLC0415 (the module object, to guard its decoder)
+
+    rng = np.random.default_rng(6)
+    masks = rng.random((5, 21, 34)) > 0.5
+    parts = [MaskSet.from_rle(encode_rle(masks[:2]), (21, 34)), MaskSet.empty((21, 34))]
+    parts.append(MaskSet.from_rle(encode_rle(masks[2:]), (21, 34)))
+    with monkeypatch.context() as m:
+        m.setattr(postprocess.mask_utils, "decode", lambda *a: pytest.fail("decoded"))
+        joined = MaskSet.concat(parts, (21, 34))
+        assert len(joined) == 5 and joined.rle() == encode_rle(masks)
+    np.testing.assert_array_equal(joined.dense(), masks)
+    dense = [upsample_binarize(np.full((1, 4, 4), v, np.float32), (21, 34), 0.5) for v in (0.0, 1.0)]
+    np.testing.assert_array_equal(MaskSet.concat(dense, (21, 34)).dense().sum(axis=(1, 2)), [0, 21 * 34])
+
+
 def test_masks_to_boxes_matches_transformers():
     from transformers.models.sam3.image_processing_sam3 import _batched_mask_to_box  # noqa: PLC0415 (optional: export extra)
 

@@ -80,9 +80,13 @@ class MaskSet:
 
     @classmethod
     def concat(cls, sets: list["MaskSet"], image_hw) -> "MaskSet":
+        """The masks of ``sets`` in order. Sets that all hold their RLE already (the gpu target's, encoded on
+        the device) are joined as RLE, never decoded; otherwise as dense columns."""
         sets = [s for s in sets if len(s)]
         if not sets:
             return cls.empty(image_hw)
+        if all(s._rles is not None for s in sets):
+            return cls.from_rle([c for s in sets for c in s._rles], image_hw)
         return cls(np.concatenate([s.columns for s in sets]), image_hw)
 
     def __len__(self) -> int:
