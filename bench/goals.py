@@ -16,7 +16,7 @@ import json
 import numpy as np
 
 from bench.progress import log
-from bench.stats import Probes
+from bench.stats import Probes, overhead
 from bench.sweep import cell, sweep_request
 from bench.timing import latency_stats, repeat_timed, timed
 from bench.workloads import P3_WORKLOAD, TEXT_WORKLOADS, Workloads, fresh_id, workload_key
@@ -270,6 +270,32 @@ def _mask_bytes(seg) -> dict:
         "json_bytes": len(json.dumps(nested)),
         "json_compact_bytes": len(json.dumps(nested, separators=(",", ":"))),
     }
+
+
+def p5_per_mask(client, work: Workloads, probes: Probes, repeats: int) -> dict:
+    """P5's cost per extra mask: one concept on an embedded image (no decode, no vision call) at the
+    workload's threshold (few masks) and at threshold 0 (every query kept), ``repeats`` requests each at
+    concurrency 1. ``per_extra_mask_ms``: the difference of the overheads (end-to-end − component compute,
+    so the mask head's own compute is left out) over the difference of the masks returned."""
+    name, concepts = TEXT_WORKLOADS[0]
+    image, image_id = work.images[name].data, f"bench-{name}"
+    rows = {}
+    for label, threshold in (("few", work.thresholds[workload_key(name, concepts)]), ("many", 0.0)):
+
+        def request(c, i, t=threshold):
+            return c.text(image, list(concepts), threshold=t, image_id=image_id)
+
+        request(client, 0)  # embeds the image; warms this threshold's path
+        _, load, delta, phases = cell(client, probes, request, 1, repeats, f"text at threshold {threshold:g}")
+        rows[label] = {
+            "threshold": threshold,
+            "masks": float(np.mean(load.detections)),
+            **overhead(delta, load.latencies, phases),
+        }
+    extra = rows["many"]["masks"] - rows["few"]["masks"]
+    measured = extra > 0 and all(r.get("requests") for r in rows.values())
+    per = (rows["many"]["overhead_ms"] - rows["few"]["overhead_ms"]) / extra if measured else None
+    return {**rows, "per_extra_mask_ms": round(per, 3) if per is not None else None}
 
 
 def p5_summary(rows: list) -> dict:

@@ -139,7 +139,19 @@ def _p5_lines(p5: dict | None) -> list[str]:
         for r in p5["rows"]
         if r.get("breakdown")
     ]
-    return lines
+    return lines + _per_mask_lines(p5.get("per_mask"))
+
+
+def _per_mask_lines(per_mask: dict | None) -> list[str]:
+    """P5's per-extra-mask line: the overheads of few and many masks and their slope."""
+    if not per_mask or per_mask["per_extra_mask_ms"] is None:
+        return []
+    few, many = per_mask["few"], per_mask["many"]
+    return [
+        f"P5 per extra mask (one concept, embedded image): {few['masks']:.1f} masks → overhead "
+        f"{few['overhead_ms']:.1f} ms, {many['masks']:.1f} masks (threshold 0) → {many['overhead_ms']:.1f} ms: "
+        f"{per_mask['per_extra_mask_ms']:.3f} ms per extra mask"
+    ]
 
 
 def _cache(row: dict) -> str:

@@ -17,7 +17,7 @@ import time
 from bench.args import parse_args
 from bench.baselines import add_bf16_reference, load_reference, reference_echo
 from bench.config_echo import echo_config
-from bench.goals import p1_box, p1_text, p2_clicks, p3_concepts, p4_mask_bytes, p5_summary, throughput
+from bench.goals import p1_box, p1_text, p2_clicks, p3_concepts, p4_mask_bytes, p5_per_mask, p5_summary, throughput
 from bench.progress import log
 from bench.report import format_table
 from bench.stats import PhaseMetrics, Probes, TritonStats
@@ -85,7 +85,7 @@ def _comparisons(client: Sam3Client, work: Workloads, reference, args, probes, p
         "P2": p2_clicks(client, work, reference, repeats) if "point" in modes else None,
         "P3": p3_concepts(client, work, repeats, probes) if "text" in modes else None,
         "P4": p4_mask_bytes(client, work, modes),
-        "P5": p5_summary(p5),
+        "P5": {**p5_summary(p5), "per_mask": p5_per_mask(client, work, probes, repeats) if "text" in modes else None},
         "throughput": rates,
     }
 

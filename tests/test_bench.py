@@ -164,6 +164,12 @@ def test_mask_bytes_and_overhead(report):
         if parts["bls"] > 0:  # the floor P5 measures against: the overhead as a multiple of the copies
             assert row["floor"]["overhead_x"] == pytest.approx(row["overhead_ms"] / parts["bls"], rel=1e-2, abs=0.01)
             assert row["floor"]["without_decode_x"] <= row["floor"]["overhead_x"]
+    few, many = p5["per_mask"]["few"], p5["per_mask"]["many"]  # one concept on an embedded image
+    assert few["requests"] == many["requests"] == QUICK["repeats"] and few["consistent"] and many["consistent"]
+    assert many["threshold"] == 0 and many["masks"] > few["masks"]
+    assert many["components_ms"]["sam3_vision"] == 0  # embedded: no vision call, no decode
+    slope = (many["overhead_ms"] - few["overhead_ms"]) / (many["masks"] - few["masks"])
+    assert p5["per_mask"]["per_extra_mask_ms"] == pytest.approx(slope, abs=1e-3)
 
 
 def test_overlapped_component_calls_count_the_orchestrators_wait():
@@ -200,7 +206,7 @@ P5_KEYS = {"protocol": "grpc", "mode": "auto"}
 
 def test_table_lists_every_goal(report):
     text = format_table(report)
-    assert all(f"{goal} " in text for goal in SECTIONS)
+    assert all(f"{goal} " in text for goal in SECTIONS) and "ms per extra mask" in text
     assert text.count("\n") >= len(report["sweep"]) + 2
 
 

@@ -230,6 +230,7 @@ def test_concat_joins_encoded_sets_without_decoding(monkeypatch):
     np.testing.assert_array_equal(joined.dense(), masks)
     dense = [upsample_binarize(np.full((1, 4, 4), v, np.float32), (21, 34), 0.5) for v in (0.0, 1.0)]
     np.testing.assert_array_equal(MaskSet.concat(dense, (21, 34)).dense().sum(axis=(1, 2)), [0, 21 * 34])
+    assert MaskSet.concat([MaskSet.empty((21, 34)), dense[1]], (21, 34)) is dense[1]  # one set: no copy
 
 
 def test_masks_to_boxes_matches_transformers():

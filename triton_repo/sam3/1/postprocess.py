@@ -85,6 +85,8 @@ class MaskSet:
         sets = [s for s in sets if len(s)]
         if not sets:
             return cls.empty(image_hw)
+        if len(sets) == 1:  # one concept's masks: the set itself (a copy of K·H·W bytes saved)
+            return sets[0]
         if all(s._rles is not None for s in sets):
             return cls.from_rle([c for s in sets for c in s._rles], image_hw)
         return cls(np.concatenate([s.columns for s in sets]), image_hw)
