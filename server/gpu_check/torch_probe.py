@@ -119,19 +119,24 @@ def dense_copy_rle(logits, image_hw) -> list[bytes]:
 
 def sam3_model(device, small: bool):
     """transformers' Sam3Model with random weights: the real configuration, or a small one (tests)."""
-    from transformers import Sam3Config, Sam3Model  # noqa: PLC0415 (optional: export extra)
+    from transformers import Sam3Model  # noqa: PLC0415 (optional: export extra)
 
-    config = Sam3Config() if not small else small_config()
+    config = sam3_configs(small)[0]
     with torch.device(device):
         model = Sam3Model(config)
     return model.eval(), config
 
 
-def small_config():
-    """A small SAM3 config (the tiny test checkpoint's sizes) for running the probe on a CPU."""
-    from export.tiny import tiny_video_config  # noqa: PLC0415 (export extra; the CPU test run only)
+def sam3_configs(small: bool):
+    """(Sam3Config, Sam3TrackerConfig): transformers' defaults (the real size), or the tiny test checkpoint's."""
+    if small:
+        from export.tiny import tiny_video_config  # noqa: PLC0415 (export extra; the small CPU run only)
 
-    return tiny_video_config().detector_config
+        video = tiny_video_config()
+        return video.detector_config, video.tracker_config
+    from transformers import Sam3Config, Sam3TrackerConfig  # noqa: PLC0415 (optional: export extra)
+
+    return Sam3Config(), Sam3TrackerConfig(image_size=1008)
 
 
 def autocast(device, bf16: bool):
@@ -207,7 +212,7 @@ def run_probe(args) -> dict:
         from server.gpu_check.torch_stages import format_stages, stage_rows  # noqa: PLC0415 (export extra)
 
         del model
-        report["stages"] = stage_rows(device, args, median_ms)
+        report["stages"] = stage_rows(device, args)
         log(format_stages(report["stages"]))
     return report
 

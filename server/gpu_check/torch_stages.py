@@ -16,24 +16,19 @@ from export.checkpoint import dims_from_config
 from export.inputs import example_inputs
 from sam3_spec import component_specs
 from server.gpu_check.plan import stage_sizes
+from server.gpu_check.torch_probe import sam3_configs, timed_forward
 
 
 def sam3_pair(device, small: bool):
     """(Sam3Model, Sam3TrackerModel) with random weights on ``device``: the real size, or the tiny test size."""
-    from transformers import Sam3Config, Sam3Model, Sam3TrackerConfig, Sam3TrackerModel  # noqa: PLC0415 (export extra)
+    from transformers import Sam3Model, Sam3TrackerModel  # noqa: PLC0415 (export extra)
 
-    if small:
-        from export.tiny import tiny_video_config  # noqa: PLC0415 (export extra; the small CPU run only)
-
-        video = tiny_video_config()
-        detector_config, tracker_config = video.detector_config, video.tracker_config
-    else:
-        detector_config, tracker_config = Sam3Config(), Sam3TrackerConfig(image_size=1008)
+    detector_config, tracker_config = sam3_configs(small)
     with torch.device(device):
         return Sam3Model(detector_config).eval(), Sam3TrackerModel(tracker_config).eval()
 
 
-def stage_rows(device, args, median_ms) -> list[dict]:
+def stage_rows(device, args) -> list[dict]:
     """Per component and batch: ms per call and items/s under bf16 autocast (skipped: outside the profile)."""
     from export.wrappers import build_wrappers  # noqa: PLC0415 (imports transformers)
 
@@ -49,8 +44,7 @@ def stage_rows(device, args, median_ms) -> list[dict]:
             feeds = {
                 k: torch.from_numpy(v).to(device) for k, v in example_inputs(spec, run.sizes, dims.image_size).items()
             }
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
-                ms = median_ms(lambda w=wrappers[name], f=feeds: w(**f), device, args.warmup, args.iterations)
+            ms = timed_forward(wrappers[name], feeds, "bf16", device, args)
             rows.append({"component": name, "batch": batch, "ms": ms, "items_per_s": round(batch * 1e3 / ms, 1)})
     return rows
 

@@ -37,17 +37,18 @@ def upsample_binarize(x: torch.Tensor, image_hw, threshold: float) -> MaskSet:
     if x.shape[0] == 0:
         return MaskSet.empty(image_hw)
     up = F.interpolate(x.transpose(-1, -2)[:, None].float(), size=(w, h), mode="bilinear", align_corners=False)
-    return MaskSet.from_rle(rle_of_columns(up[:, 0] > threshold, image_hw), image_hw)
+    return MaskSet.from_rle(rle_of_columns(up[:, 0] > threshold), image_hw)
 
 
-def rle_of_columns(columns: torch.Tensor, image_hw) -> list[bytes]:
-    """COCO compressed RLE ``counts`` (pycocotools' bytes) of bool [K, W, H] column-major masks.
+def rle_of_columns(columns: torch.Tensor) -> list[bytes]:
+    """COCO compressed RLE ``counts`` (pycocotools' bytes) of bool [K, W, H] column-major masks of (H, W) images.
 
     The runs' boundaries are found where the masks live; on a GPU only their positions (int32)
     and the first pixel of each mask reach the host, not K·H·W mask bytes (2 MB a 1080p mask).
     pycocotools compresses the run lengths on the host.
     """
-    k, n = columns.shape[0], columns.shape[1] * columns.shape[2]
+    k, w, h = columns.shape
+    n = w * h
     if k == 0:
         return []
     flat = columns.reshape(k, n)
@@ -56,7 +57,6 @@ def rle_of_columns(columns: torch.Tensor, image_hw) -> list[bytes]:
     per_mask, first = packed[:k], packed[k : 2 * k]
     starts = np.split(packed[2 * k :], np.cumsum(per_mask)[:-1])
     runs = [_run_lengths(s, n, bool(on)) for s, on in zip(starts, first)]
-    h, w = (int(v) for v in image_hw)
     return [r["counts"] for r in mask_utils.frPyObjects([{"size": [h, w], "counts": c} for c in runs], h, w)]
 
 
