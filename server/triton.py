@@ -46,6 +46,7 @@ READY_PATH = "/v2/health/ready"
 CACHE_ENV = "SAM3_TRITON_CACHE"
 LOG_TAIL_LINES = 60
 LOCALHOST = "127.0.0.1"
+SHM_DIR = Path("/dev/shm")
 _LOAD_ERROR = re.compile(r"""failed to load '([^']+)' version \d+: (.*?)"?$""", re.MULTILINE)
 
 
@@ -158,6 +159,7 @@ def server_command(
     cache_dir=None,
     exit_timeout_s: int | None = None,
     cuda_pool_bytes: int | None = None,
+    shm_prefix: str | None = None,
 ) -> list[str]:
     """The tritonserver command line (argv list) used both locally and in the Modal container.
 
@@ -165,7 +167,8 @@ def server_command(
     NGC image). ``address`` None binds Triton's default (all interfaces); local runs pass
     127.0.0.1. ``exit_timeout_s`` bounds how long shutdown waits for in-flight work and open
     client connections (Triton's default: 30 s). ``cuda_pool_bytes`` sizes GPU 0's CUDA memory
-    pool (see :func:`cuda_pool_args`). Readiness is strict and a model that fails to load makes
+    pool (see :func:`cuda_pool_args`). ``shm_prefix`` names the Python backend's shared-memory regions
+    (``/dev/shm/<prefix>*``; Triton's default prefix is shared by every server). Readiness is strict and a model that fails to load makes
     the server exit non-zero. ``model_control="explicit"`` loads every model at start
     (``--load-model=*``) and lets the repository API reload one (server/watchdog.py does).
     """
@@ -195,6 +198,8 @@ def server_command(
         cmd.append(f"--exit-timeout-secs={int(exit_timeout_s)}")
     if cuda_pool_bytes is not None:
         cmd += cuda_pool_args(cuda_pool_bytes)
+    if shm_prefix is not None:
+        cmd.append(f"--backend-config=python,shm-region-prefix-name={shm_prefix}")
     return cmd + [str(a) for a in extra_args]
 
 
@@ -318,6 +323,9 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else None
         self.ready_timeout_s, self.stop_grace_s, self.exit_timeout_s = ready_timeout_s, stop_grace_s, exit_timeout_s
         self.command: list[str] = []
+        # this server's shared-memory regions: tritonserver removes them when it exits in order, never
+        # when it is killed (the watchdog's restart, a hung shutdown); stop() removes what is left
+        self.shm_prefix = f"sam3_triton_{os.getpid()}_{self.http_port}_"
         self._proc: subprocess.Popen | None = None
         self._log = None
 
@@ -367,7 +375,12 @@ class TritonServer:
             address=self.address,
             cache_dir=install.cache_dir,
             exit_timeout_s=self.exit_timeout_s,
+            shm_prefix=self.shm_prefix,
         )
+
+    def shm_regions(self) -> list[Path]:
+        """The Python backend's shared-memory files of this server (``/dev/shm/<shm_prefix>*``)."""
+        return sorted(SHM_DIR.glob(self.shm_prefix + "*"))
 
     def start(self) -> "TritonServer":
         """Launch tritonserver (does not wait for readiness; see :meth:`wait_ready`)."""
@@ -481,12 +494,15 @@ class TritonServer:
         return self._proc.returncode
 
     def _kill_group(self) -> None:
-        """SIGKILL tritonserver and its Python backend stubs (they share its process group)."""
+        """SIGKILL tritonserver and its Python backend stubs (they share its process group), then remove
+        the shared memory they left (each region is RAM: leaked, a server that restarts often runs out)."""
         try:
             os.killpg(self._proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass  # the group is already gone
         self._proc.wait(10)
+        for region in self.shm_regions():
+            region.unlink(missing_ok=True)
 
     def __enter__(self) -> "TritonServer":
         self.start()

@@ -479,13 +479,22 @@ class Watchdog:
 
     def _reload_or_restart(self, broken: dict[str, str]) -> str:
         if SERVER not in broken and self.server.model_control == "explicit":
-            failures = {m: self.http.reload(m, self.reload_timeout_s) for m in broken}
-            failures = {m: why for m, why in failures.items() if why}
+            failures = {m: why for m in broken if (why := self._reload(m))}
             if not failures:
                 return "reload"
             log.error("reload failed (%s); restarting tritonserver", failures)
         self.server.restart(self.restart_timeout_s)
         return "restart"
+
+    def _reload(self, model: str) -> str | None:
+        """None when ``model`` was unloaded and loaded again within ``reload_timeout_s``, else why not.
+        Triton's unload returns at once; the load then waits for the old instances to finish, and waits
+        for ever behind an ``execute`` that never returns (its stub still answers health checks) or a stub
+        that died holding its health lock: no answer in time is a failed reload, healed by a restart."""
+        try:
+            return self.http.reload(model, self.reload_timeout_s)
+        except OSError as err:  # socket timeout, or the server went away meanwhile
+            return f"no answer within {self.reload_timeout_s:g} s ({err})"
 
     def _canary_now(self) -> dict[str, str]:
         self._next_canary, self._forced = 0.0, True

@@ -189,6 +189,17 @@ class HealthWatch:
             thread.join(self.limit_s + 15)
 
 
+def diagnosis(healing: Healing, watch: HealthWatch | None = None, since: int = 0) -> str:
+    """What a failed recovery assertion shows: the health states seen, the watchdog's view and recoveries,
+    the stubs alive and the end of tritonserver's log."""
+    seen = f"gateway {watch.gateway[:3]}..{watch.gateway[-3:]} ({len(watch.gateway)} polls)\n" if watch else ""
+    stubs = stub_pids(healing.server.pid, list(healing.models)) if healing.server.pid else {}
+    return (
+        f"{seen}watchdog {healing.watchdog.status()}\nrecoveries {healing.watchdog.history[since:]}\n"
+        f"stubs {stubs}\ntritonserver log:\n{healing.server.log_tail(40)}"
+    )
+
+
 def wait_gone(pids, limit_s: float = 10) -> None:
     deadline = time.monotonic() + limit_s
     while any(Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X", "") for pid in pids):
@@ -252,14 +263,15 @@ def test_a_killed_stage_is_reloaded_and_health_tells_the_truth(http, healing, mo
     names = list(healing.models)
     recoveries = len(healing.watchdog.history)
     old = stub_pids(healing.server.pid, names)[model]
-    assert old, f"no stub process of {model} found"
+    assert old, (f"no stub process of {model} found", diagnosis(healing))
     for pid in old:
         os.kill(pid, signal.SIGKILL)
     wait_gone(old)
     with HealthWatch(healing) as watch:
         during = post(http, request_using(model, 100 + MODELS.index(model)))
     assert_503_with_retry_after(during)
-    assert 503 in watch.gateway and watch.gateway[-1] == 200, watch.gateway  # not ready, then ready again
+    # not ready, then ready again
+    assert 503 in watch.gateway and watch.gateway[-1] == 200, diagnosis(healing, watch, recoveries)
     assert any(s != 200 for s in watch.triton), (  # Triton's own ready endpoint too
         watch.triton_summary(),
         healing.watchdog.history[recoveries:],
@@ -464,7 +476,29 @@ def test_soak_reports_a_kill_and_its_recovery(healing, tmp_path):
     assert {"tritonserver", "sam3_0_0"} <= set(report["rss"]["samples"][0]["rss_kb"])
 
 
-# ---------------------------------------------------------------- last: tritonserver itself dies
+# ---------------------------------------------------------------- last: restarts of tritonserver
+
+
+def test_a_reload_without_an_answer_in_time_ends_in_a_restart(http, healing):
+    """A reload Triton does not finish within reload_timeout_s must heal by a restart, not be recorded as
+    one that never happened (the old code then retried the same stuck reload for ever). No reload finishes
+    in 50 ms: Triton alone waits 1 s on the old stub; the load starts a new one."""
+    old_pid, recoveries = healing.server.pid, len(healing.watchdog.history)
+    old, regions = stub_pids(old_pid, list(healing.models))["sam3_mask"], set(healing.server.shm_regions())
+    healing.watchdog.reload_timeout_s = 0.05
+    try:
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        with HealthWatch(healing, limit_s=120) as watch:
+            pass
+    finally:
+        healing.watchdog.reload_timeout_s = 120.0
+    assert 503 in watch.gateway and watch.gateway[-1] == 200, diagnosis(healing, watch, recoveries)
+    done = healing.watchdog.history[recoveries:]
+    assert [(r.models, r.action, r.ok) for r in done] == [(("sam3_mask",), "restart", True)], done
+    assert healing.server.pid != old_pid
+    assert regions and not regions & set(healing.server.shm_regions())  # the old server's shared memory is gone
+    assert post(http, request_using("sam3_mask", 720)).status_code == 200
 
 
 def test_a_dead_tritonserver_is_restarted(http, healing):
