@@ -200,7 +200,8 @@ REAL = Dims(image_size=1008, patch=14, hidden=256, queries=200, text_hidden=1024
 
 def test_triton_command_is_the_shared_builder(tmp_path):
     repo = tmp_path / "repository"
-    command = mt.container_triton(repo, REAL).build_command()
+    server = mt.container_triton(repo, REAL)
+    command = server.build_command()
     assert command == server_command(
         repo,
         binary="/opt/tritonserver/bin/tritonserver",
@@ -211,6 +212,7 @@ def test_triton_command_is_the_shared_builder(tmp_path):
         log_verbose=0,
         exit_timeout_s=10,
         extra_args=cuda_pool_args(cuda_pool_bytes(REAL)),
+        shm_prefix=server.shm_prefix,  # its own shared-memory names, removed if it is killed
     )
     assert command[0] == trt.TRITON_BINARY and f"--model-repository={repo}" in command
     assert not any(
