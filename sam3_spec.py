@@ -418,6 +418,7 @@ ORCHESTRATOR_PARAMETERS = {
     "detached_requests": 16,  # requests accepted past execute (text, auto, clicks under traffic), unanswered at once
 }
 ORCHESTRATOR = "sam3"  # the Triton model users call; components are "sam3_<component>"
+UNCACHED_IMAGE_ID = "is not in the embedding cache"  # words of the 400 for an image_id sent without its image
 MODES = ("text", "point", "box", "auto")
 MASK_FORMATS = ("rle", "bool")
 

@@ -21,13 +21,14 @@ import importlib
 import math
 import re
 import threading
+from collections import OrderedDict
 
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
 from client.images import encode_image_input
 from client.results import OUTPUT_SPECS, Segmentation, segmentation_from_outputs
-from sam3_spec import NP_DTYPES, ORCHESTRATOR, SAM3_INPUTS
+from sam3_spec import NP_DTYPES, ORCHESTRATOR, SAM3_INPUTS, UNCACHED_IMAGE_ID
 
 MODEL_NAME = ORCHESTRATOR
 PROTOCOLS = ("grpc", "http")
@@ -52,6 +53,29 @@ class Sam3Error(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status={self.status}, protocol={self.protocol!r}, message={self.message!r})"
+
+
+class UploadedIds:
+    """The image_ids a client has sent with their image and the server answered (thread safe; the newest
+    ``capacity`` kept): requests with such an id need not upload the image again."""
+
+    def __init__(self, capacity: int = 4096):
+        self.capacity, self._ids, self._lock = capacity, OrderedDict(), threading.Lock()
+
+    def has(self, image_id) -> bool:
+        with self._lock:
+            return image_id in self._ids
+
+    def add(self, image_id) -> None:
+        with self._lock:
+            self._ids[image_id] = None
+            self._ids.move_to_end(image_id)
+            while len(self._ids) > self.capacity:
+                self._ids.popitem(last=False)
+
+    def forget(self, image_id) -> None:
+        with self._lock:
+            self._ids.pop(image_id, None)
 
 
 class Sam3InputError(Sam3Error, ValueError):
@@ -149,6 +173,7 @@ class Sam3Client:
         timeout_s: float = 120.0,
         headers: dict | None = None,
         ssl: bool = False,
+        reuse_uploads: bool = True,
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
@@ -157,6 +182,7 @@ class Sam3Client:
         self.timeout_s, self.headers = float(timeout_s), dict(headers or {})
         self._module = importlib.import_module(f"tritonclient.{protocol}")
         self._local, self._lock, self._opened = threading.local(), threading.Lock(), []
+        self._uploaded = UploadedIds() if reuse_uploads else None
 
     # ---- high-level modes
     def text(
@@ -246,11 +272,31 @@ class Sam3Client:
     def segment(self, image, mode: str, **fields) -> Segmentation:
         """One request with any SAM3_INPUTS fields by name (None = leave out); the server validates mode.
 
-        ``image`` may be None when ``image_id`` names an image the server has cached (no upload).
+        ``image`` may be None when ``image_id`` names an image the server has cached (no upload). With
+        ``reuse_uploads`` (default), an image already sent with the same ``image_id`` by this client is not read,
+        encoded or sent again: the server keys its cache by the id and ignores the bytes of a cached id anyway. If the server
+        no longer has it (evicted, restarted), the request is sent again with the image, once.
         """
-        if image is None and not fields.get("image_id"):
+        image_id = fields.get("image_id")
+        if image is None and not image_id:
             raise Sam3InputError("image is required (or pass image_id of an image the server has cached)")
-        given = {"image": b"" if image is None else encode_image_input(image), "mode": mode, **fields}
+        reuse = self._uploaded if isinstance(image_id, str) and image_id else None
+        if image is not None and reuse is not None and reuse.has(image_id):
+            try:
+                return self._segment(b"", mode, fields)  # nor is the image read or encoded
+            except Sam3Error as err:
+                if err.status != 400 or UNCACHED_IMAGE_ID not in err.message:
+                    raise
+                reuse.forget(image_id)
+        data = b"" if image is None else encode_image_input(image)
+        result = self._segment(data, mode, fields)
+        if data and reuse is not None:
+            reuse.add(image_id)
+        return result
+
+    def _segment(self, data: bytes, mode: str, fields: dict) -> Segmentation:
+        """One infer call: ``data`` the encoded image (b"": none sent), ``fields`` the other inputs."""
+        given = {"image": data, "mode": mode, **fields}
         values = CANONICAL_INPUTS | {name: value for name, value in given.items() if value is not None}
         inputs = [self._input(name, value) for name, value in values.items()]
         result = self._call("infer", MODEL_NAME, inputs, **self._timeout_kw())

@@ -18,8 +18,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from client import Sam3Client, Sam3Error, Sam3InputError, Segmentation, encode_image_input
+from client.api import UploadedIds
 from client.overlay import draw_overlay
 from client.results import segmentation_from_outputs
+from sam3_spec import UNCACHED_IMAGE_ID
 
 PROTOCOLS = ("grpc", "http")
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,3 +228,38 @@ def test_to_json_and_overlay(sam3_server, astronaut):
 def test_client_imports_without_torch():
     code = "import sys, client, client.cli, client.overlay; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_an_image_sent_with_its_id_is_not_sent_again(sam3_server, coffee_jpeg, tmp_path):
+    """The second click on an image_id this client uploaded sends no image (nor reads it: the file is gone);
+    a client with reuse_uploads=False reads it every time."""
+    path = tmp_path / "coffee.jpg"
+    path.write_bytes(coffee_jpeg)
+    with Sam3Client(sam3_server.grpc_url) as client, Sam3Client(sam3_server.grpc_url, reuse_uploads=False) as plain:
+        first = client.points(path, [[300, 150]], [1], image_id="upload-once")
+        path.unlink()
+        again = client.points(path, [[300, 150]], [1], image_id="upload-once")
+        assert np.array_equal(again.masks, first.masks) and again.image_shape == (400, 600)
+        with pytest.raises(FileNotFoundError, match="coffee.jpg"):
+            plain.points(path, [[300, 150]], [1], image_id="upload-once")
+
+
+def test_an_id_the_server_no_longer_has_is_sent_again_with_its_image(sam3_server, coffee_jpeg):
+    """An id this client uploaded but the server lost (evicted, restarted: here, never sent to this server) is
+    retried once with the image; other errors are not retried."""
+    with Sam3Client(sam3_server.grpc_url) as client:
+        client._uploaded.add("lost-by-the-server")  # as after a server restart
+        seg = client.boxes(coffee_jpeg, [[150, 50, 450, 300]], image_id="lost-by-the-server")
+        assert len(seg) == 1 and seg.image_shape == (400, 600) and client._uploaded.has("lost-by-the-server")
+        with pytest.raises(Sam3Error) as info:  # a bad request of a remembered id: its own 400, as is
+            client.boxes(coffee_jpeg, [[150, 50, 450, 300]], mask_threshold=5.0, image_id="lost-by-the-server")
+        assert info.value.status == 400 and UNCACHED_IMAGE_ID not in info.value.message
+
+
+def test_uploaded_ids_keep_the_newest():
+    ids = UploadedIds(capacity=2)
+    for name in ("a", "b", "a", "c"):
+        ids.add(name)
+    assert [ids.has(n) for n in "abc"] == [True, False, True]
+    ids.forget("a")
+    assert not ids.has("a")

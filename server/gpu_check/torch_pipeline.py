@@ -29,7 +29,18 @@ MODES = {
 GPU_CONCEPTS_PER_CALL = 4
 
 
-class DeviceOutputs:
+class SyncStages:
+    """The stages interface the pipeline calls, for stages that compute synchronously in this process:
+    subclasses define ``run(component, feeds, outputs=None) -> {name: array}``."""
+
+    async def arun(self, component, feeds, outputs=None):
+        return self.run(component, feeds, outputs)
+
+    def in_process(self, component):
+        return True
+
+
+class DeviceOutputs(SyncStages):
     """Stages whose outputs are torch tensors on ``device`` (as BLS hands them over on the GPU);
     tensor inputs are brought back to numpy for the wrapped ONNX Runtime sessions."""
 
@@ -41,12 +52,6 @@ class DeviceOutputs:
 
         feeds = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in feeds.items()}
         return {k: torch.from_numpy(v).to(self.device) for k, v in self.inner.run(component, feeds, outputs).items()}
-
-    async def arun(self, component, feeds, outputs=None):
-        return self.run(component, feeds, outputs)
-
-    def in_process(self, component):
-        return True
 
 
 def make_pipeline(artifacts: Path, device=None):

@@ -19,7 +19,7 @@ import torch
 
 from export.checkpoint import dims_from_config
 from sam3_spec import component_specs
-from server.gpu_check.torch_pipeline import coffee_jpeg, make_request, pipeline_modules
+from server.gpu_check.torch_pipeline import SyncStages, coffee_jpeg, make_request, pipeline_modules
 from server.gpu_check.torch_probe import median_ms
 from server.gpu_check.torch_stages import sam3_pair
 
@@ -28,7 +28,7 @@ POINT = {"mode": [b"point"], "points": [[300.0, 200.0]], "point_labels": [1]}
 _IDS = itertools.count()
 
 
-class TorchStages:
+class TorchStages(SyncStages):
     """The exported components as eager torch modules on ``device`` (bf16 autocast), with the stages
     interface the pipeline calls (``run``/``arun``/``in_process``); float outputs come back as float32."""
 
@@ -43,12 +43,6 @@ class TorchStages:
         values = (values,) if isinstance(values, torch.Tensor) else values  # a one-output wrapper
         result = {n: v.float() if v.is_floating_point() else v for n, v in zip(names, values)}
         return {n: result[n] for n in outputs or names}
-
-    async def arun(self, component: str, feeds: dict, outputs: list | None = None) -> dict:
-        return self.run(component, feeds, outputs)
-
-    def in_process(self, component: str) -> bool:
-        return True
 
 
 def torch_pipeline(device, small: bool, tokenizer_json):

@@ -40,7 +40,13 @@ from priority import MODE_PRIORITY, PRIORITY, PriorityPool
 from request import Sam3Request
 from stages import StageError
 
-from sam3_spec import AMG_PROMPTS_PER_CALL, FEATURES_REF, FEATURES_WRITTEN, ORCHESTRATOR_PARAMETERS
+from sam3_spec import (
+    AMG_PROMPTS_PER_CALL,
+    FEATURES_REF,
+    FEATURES_WRITTEN,
+    ORCHESTRATOR_PARAMETERS,
+    UNCACHED_IMAGE_ID,
+)
 
 BOX_ONLY_TEXT = "visual"  # transformers' text for exemplar-box-only prompts
 PHASES = ("decode", "compute", "post", "encode")
@@ -224,8 +230,7 @@ class Sam3Pipeline:
                 sources[key] = i
             else:
                 found[key] = InputError(
-                    f"image_id {req.image_id!r} is not in the embedding cache (never sent, or "
-                    "evicted): send the image with it"
+                    f"image_id {req.image_id!r} {UNCACHED_IMAGE_ID} (never sent, or evicted): send the image with it"
                 )
         return found, sources
 
