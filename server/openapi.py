@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 
-from server.rest import FIELDS, MASK_FORMATS, MAX_IMAGE_ID, MAX_ITEMS, REQUIRED, Field
+from server.rest import FIELDS, MASK_FORMATS, MAX_IMAGE_ID, MAX_ITEMS, REQUIRED_ONE_OF, Field
 
 _NUMBER = {"type": "number"}
 _PAIR = {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2, "description": "[x, y] px"}
@@ -48,7 +48,7 @@ def request_schema() -> dict:
     """The segmentation request object; unknown properties are ignored by the gateway."""
     return {
         "type": "object",
-        "required": list(REQUIRED),
+        "anyOf": [{"required": [name]} for name in REQUIRED_ONE_OF],
         "additionalProperties": True,
         "properties": {f.name: field_schema(f) for f in FIELDS},
     }

@@ -5,7 +5,8 @@ validator below and the OpenAPI schema (server/openapi.py) are both generated fr
 
 Request (JSON object; ``null`` counts as absent; unknown fields are ignored)::
 
-    {"image": base64 (a "data:image/...;base64," prefix is accepted), "mode": one of MODES,
+    {"image": base64 (a "data:image/...;base64," prefix is accepted; may be left out with the "image_id" of
+     an image sent before), "mode": one of MODES,
      "text": "person" | ["person", "dog"], "threshold": number, "mask_threshold": number,
      "point_coords": [[x, y], ...], "point_labels": [1, 0, ...],
      "box_coords": [x0, y0, x1, y1] | [[x0, y0, x1, y1], ...], "exemplar_boxes": [[...]], "exemplar_labels": [1, 0],
@@ -142,27 +143,29 @@ FIELDS = (
     Field(
         "image_id",
         "string",
-        "key of the server's image-embedding cache: send the same id with the same image to skip the image encoder",
+        "key of the server's image-embedding cache: once an image was sent with an id, later requests with the "
+        "id skip the image encoder and may leave out `image` (400 if the server no longer has it: send it again)",
         triton="image_id",
     ),
 )
 FIELD_NAMES = tuple(f.name for f in FIELDS)
-REQUIRED = ("image",)
+REQUIRED_ONE_OF = ("image", "image_id")  # the image, or the id of one sent before
 
 
 @dataclass
 class SegmentRequest:
     """A validated request. ``fields``: keyword arguments of ``Sam3Client.segment`` (SAM3_INPUTS names).
 
-    image_hw: (height, width) px read from the image header (EXIF orientation applied);
+    image_hw: (height, width) px read from the image header (EXIF orientation applied), None without an image
+    (the model server then checks the coordinates against the cached image);
     concepts: the text list when ``text`` was a list (None for a single string);
     multi: ``box_coords`` was a list of boxes (list-shaped point/box response).
     """
 
-    image: bytes
+    image: bytes | None  # None: ``fields["image_id"]`` names an image the server has cached
     mode: str
     triton_mode: str
-    image_hw: tuple[int, int]
+    image_hw: tuple[int, int] | None  # None without ``image``
     mask_format: str = MASK_FORMAT
     fields: dict = field(default_factory=dict)
     concepts: list[str] | None = None
@@ -327,14 +330,14 @@ PARSERS = {
 
 def validate(body: dict) -> SegmentRequest:
     """Checked request dict → :class:`SegmentRequest`. Raises RestError (422 / 400) naming the field."""
-    for name in REQUIRED:
-        if body.get(name) is None:
-            raise _fail(name, "is required: the image file encoded as base64")
+    if body.get("image") is None and body.get("image_id") is None:
+        raise _fail("image", "is required: the image file encoded as base64 (or `image_id` of an image sent before)")
     values = {f.name: PARSERS[f.kind](f.name, body[f.name], f) for f in FIELDS if body.get(f.name) is not None}
     mode = values.get("mode", "text")
     _check_mode_needs(mode, values)
-    image_hw = image_size(values["image"])
-    _check_inside(values, mode, image_hw)
+    image_hw = image_size(values["image"]) if "image" in values else None
+    if image_hw is not None:
+        _check_inside(values, mode, image_hw)
     return _request(mode, values, image_hw)
 
 
@@ -425,7 +428,7 @@ def _inside(name: str, xy: np.ndarray, image_hw: tuple[int, int]) -> None:
 
 def _request(mode: str, values: dict, image_hw) -> SegmentRequest:
     """Build the SegmentRequest: which SAM3_INPUTS to send for this mode."""
-    req = SegmentRequest(values["image"], mode, mode, image_hw, values.get("mask_format", MASK_FORMAT))
+    req = SegmentRequest(values.get("image"), mode, mode, image_hw, values.get("mask_format", MASK_FORMAT))
     box = values.get("box_coords")
     if mode in ("point", "box"):
         req.triton_mode, req.multi = ("box" if box is not None else "point"), bool(box is not None and box[1])

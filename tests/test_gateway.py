@@ -240,6 +240,20 @@ def test_image_id_reuses_the_cached_embedding(api, image_b64, coffee_jpeg):
     assert ok_json(api.post("/", json={"image": coffee, "text": "person"}))["image_shape"] == [400, 600]
 
 
+def test_an_image_sent_with_its_id_need_not_be_sent_again(api, image_b64):
+    """After one request with the image and an image_id, the id alone will do (a web page's second click
+    uploads nothing); an id the server does not have, or a point outside the cached image, is a clear 400."""
+    body = {"mode": "point", "point_coords": [[100, 150]], "point_labels": [1], "mask_format": "rle"}
+    first = ok_json(api.post("/", json={"image": image_b64, "image_id": "gateway-id-only"} | body))
+    assert ok_json(api.post("/", json={"image_id": "gateway-id-only"} | body)) == first
+    unknown = api.post("/", json={"image_id": "gateway-never-sent"} | body)
+    assert unknown.status_code == 400 and "not in the embedding cache" in unknown.json()["error"]
+    assert "send the image" in unknown.json()["error"]
+    outside = api.post("/", json={"image_id": "gateway-id-only"} | body | {"point_coords": [[900, 150]]})
+    assert outside.status_code == 400 and "outside the image" in outside.json()["error"], outside.text
+    assert "point_coords" in outside.json()["error"]  # in this API's names
+
+
 def test_data_url_prefix_is_accepted(api, image_b64):
     plain = api.post("/", json={"image": image_b64, "mode": "box", "box_coords": [50, 50, 200, 200]})
     prefixed = api.post(
@@ -437,7 +451,10 @@ def test_health_ready(api):
 def test_openapi_lists_what_the_validator_accepts(api, image_b64):
     schema = ok_json(api.get("/openapi.json"))
     request = schema["paths"]["/segment"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(request["properties"]) == set(FIELD_NAMES) and request["required"] == ["image"]
+    assert set(request["properties"]) == set(FIELD_NAMES) and request["anyOf"] == [
+        {"required": ["image"]},
+        {"required": ["image_id"]},
+    ]
     assert request["properties"]["mode"]["enum"] == list(MODES)
     assert request["properties"]["mask_format"]["enum"] == list(MASK_FORMATS)
     every_field = {

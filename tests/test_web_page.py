@@ -164,3 +164,37 @@ def test_page_sample_image_and_box(page, screenshots):
     page.screenshot(path=str(screenshots / "web_box.png"), full_page=True)
     assert not report["error"], report
     assert report["masks"] == 1 and report["pixels"] > 0
+
+
+def test_page_sends_its_image_once_then_only_its_id(page):
+    """The first request for an image carries it with an image_id, the next clicks the id alone (no upload);
+    when the server no longer has the id (evicted, restarted), the page sends the image again by itself."""
+    bodies = []
+
+    def record(request):
+        if request.method == "POST" and request.url.endswith("/segment"):
+            bodies.append(request.post_data_json)
+
+    page.on("request", record)
+    try:
+        page.click("#sample")
+        page.wait_for_function("document.getElementById('status').textContent.includes('640×480')")
+        page.select_option("#mode", "point")
+        box = page.locator("#view").bounding_box()
+        for fx in (0.4, 0.6):
+            reset_status(page)
+            page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * 0.5)
+            assert not run_and_wait(page, click=None)["error"]
+        page.evaluate("() => { window.sam3.state.imageId = 'page-lost-by-the-server'; }")  # still imageSent
+        reset_status(page)
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.3)
+        report = run_and_wait(page, click=None)
+    finally:
+        page.remove_listener("request", record)
+    assert not report["error"] and report["masks"] == 1, report
+    assert [("image" in b, b["image_id"]) for b in bodies] == [
+        (True, bodies[0]["image_id"]),
+        (False, bodies[0]["image_id"]),
+        (False, "page-lost-by-the-server"),
+        (True, "page-lost-by-the-server"),
+    ]

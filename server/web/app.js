@@ -45,7 +45,8 @@ function decodeRle(rle) {
 function setImage(dataUrl) {
   const img = new Image();
   img.onload = () => {
-    Object.assign(state, { image: img, dataUrl, points: [], boxes: [], detections: [], overlay: null });
+    Object.assign(state, { image: img, dataUrl, points: [], boxes: [], detections: [], overlay: null,
+      imageId: newImageId(), imageSent: false });
     $("view").width = img.naturalWidth;
     $("view").height = img.naturalHeight;
     showStatus(`Image ${img.naturalWidth}×${img.naturalHeight}. Type concepts and press Segment, or click it.`, 0);
@@ -54,6 +55,13 @@ function setImage(dataUrl) {
   };
   img.onerror = () => showError("this file is not an image the browser can open");
   img.src = dataUrl;
+}
+
+// The server keeps an image's embedding under its image_id: once the image went with the id, later
+// requests send the id alone (no upload); if the server no longer has it, the image goes again.
+function newImageId() {
+  const random = self.crypto && crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+  return `page-${random}`;
 }
 
 function readFile(file) {
@@ -161,7 +169,8 @@ async function loadDefaults() {
 }
 
 function buildRequest() {
-  const mode = $("mode").value, body = { image: state.dataUrl, mode, mask_format: "rle" };
+  const mode = $("mode").value, body = { image_id: state.imageId, mode, mask_format: "rle" };
+  if (!state.imageSent) body.image = state.dataUrl;
   const points = state.points, boxes = state.boxes;
   if (mode === "text") {
     const names = concepts();
@@ -203,7 +212,7 @@ async function segment() {
   showError("");
   const start = performance.now(), mode = $("mode").value;
   try {
-    const res = await post(buildRequest());
+    const res = await postImage(buildRequest());
     state.detections = detections(res, mode);
     drawMasks();
     listResults();
@@ -216,6 +225,19 @@ async function segment() {
     state.busy = false;
     $("run").disabled = false;
     if (state.again) { state.again = false; segment(); }
+  }
+}
+
+// POST body; a request that left its image out and hears the server no longer has it goes again with it.
+async function postImage(body) {
+  try {
+    const res = await post(body);
+    if (body.image && body.image_id === state.imageId) state.imageSent = true;
+    return res;
+  } catch (err) {
+    if (body.image || !err.message.includes("not in the embedding cache")) throw err;
+    state.imageSent = false;
+    return postImage({ ...body, image: state.dataUrl });
   }
 }
 
