@@ -207,7 +207,7 @@ def serve(args) -> int:
     try:
         server.start().wait_ready()
     except TritonStartError as err:
-        print(f"error: Triton did not become ready:\n{err}", file=sys.stderr)
+        print(f"error: Triton could not start or did not become ready:\n{err}", file=sys.stderr)
         server.stop()
         return 1
     watchdog = None if args.no_watchdog else _start_watchdog(server, args.watchdog_interval)

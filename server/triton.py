@@ -55,7 +55,8 @@ class TritonNotFoundError(RuntimeError):
 
 
 class TritonStartError(RuntimeError):
-    """tritonserver exited or did not become ready; the message holds the tail of its log."""
+    """tritonserver could not start (its ports are taken), exited, or did not become ready; the message says why
+    (with the tail of its log when it ran)."""
 
 
 @dataclass
@@ -281,6 +282,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ports_in_use(ports, address: str | None = LOCALHOST) -> list[int]:
+    """Those of ``ports`` that something already listens on at ``address`` (None: all interfaces). A port
+    left in TIME_WAIT by a stopped server counts as free, as it does for tritonserver."""
+    busy = []
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((address or "0.0.0.0", int(port)))
+            except OSError:
+                busy.append(int(port))
+    return busy
+
+
 # ---------------------------------------------------------------- the server process
 
 
@@ -392,6 +407,7 @@ class TritonServer:
             )
         install = self.install = self.install or find_tritonserver()
         self.command = self.build_command()
+        self._check_ports()
         self._open_log()
         self._proc = subprocess.Popen(
             self.command,
@@ -402,6 +418,20 @@ class TritonServer:
             start_new_session=True,
         )
         return self
+
+    def _check_ports(self, wait_s: float = 0.0) -> None:
+        """TritonStartError when another process listens on one of this server's ports (for up to ``wait_s``):
+        its ready endpoint would answer for this one (which then exits), and requests would go to it."""
+        deadline = time.monotonic() + wait_s
+        while busy := ports_in_use((self.http_port, self.grpc_port, self.metrics_port), self.address):
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        if busy:
+            raise TritonStartError(
+                f"port(s) {', '.join(map(str, busy))} on {self.address or 'all interfaces'} are already in use "
+                "(another tritonserver?): stop it, or choose other ports (--http-port, --grpc-port, --metrics-port)"
+            )
 
     def _open_log(self, mode: str = "wb") -> None:
         if self.log_path is None:
@@ -416,6 +446,7 @@ class TritonServer:
         """
         self.stop()
         self._proc = None
+        self._check_ports(wait_s=10.0)  # the old server's stubs may hold its sockets while they die
         self._open_log("ab")
         self._proc = subprocess.Popen(
             self.command,

@@ -36,6 +36,7 @@ from server.triton import (
     cuda_pool_bytes,
     find_tritonserver,
     free_port,
+    ports_in_use,
     python3_dir,
     server_command,
     server_env,
@@ -308,6 +309,18 @@ def test_dynamic_batching_returns_each_request_its_rows(client, artifacts):
     pending = [client.async_infer("sam3_text", inputs_for(httpclient, "text", f)) for f in feeds]
     for f, request in zip(feeds, pending):
         assert_outputs(request.get_result(timeout=TIMEOUT_S), "text", reference(artifacts, "text", f))
+
+
+def test_a_second_server_on_the_same_ports_refuses_to_start(server, tmp_path):
+    """Another tritonserver on our ports would answer our readiness checks while ours exits on its bind
+    error (``serve`` then proxied to it and its watchdog "restarted" ours every few seconds): refused first."""
+    clash = TritonServer(
+        server.repo, http_port=server.http_port, grpc_port=server.grpc_port, metrics_port=server.metrics_port
+    )
+    with pytest.raises(TritonStartError, match=f"{server.http_port}, {server.grpc_port}, {server.metrics_port}"):
+        clash.start()
+    assert clash.pid is None and server.is_ready()
+    assert ports_in_use([server.http_port, free_port()]) == [server.http_port]
 
 
 def test_wrong_shape_is_rejected_and_server_stays_ready(server, client):
