@@ -244,16 +244,16 @@ def test_an_image_sent_with_its_id_is_not_sent_again(sam3_server, coffee_jpeg, t
             plain.points(path, [[300, 150]], [1], image_id="upload-once")
 
 
-def test_an_id_the_server_no_longer_has_is_sent_again_with_its_image(sam3_server, coffee_jpeg):
+def test_an_id_the_server_no_longer_has_is_sent_again_with_its_image(sam, coffee_jpeg):
     """An id this client uploaded but the server lost (evicted, restarted: here, never sent to this server) is
     retried once with the image; other errors are not retried."""
-    with Sam3Client(sam3_server.grpc_url) as client:
-        client._uploaded.add("lost-by-the-server")  # as after a server restart
-        seg = client.boxes(coffee_jpeg, [[150, 50, 450, 300]], image_id="lost-by-the-server")
-        assert len(seg) == 1 and seg.image_shape == (400, 600) and client._uploaded.has("lost-by-the-server")
-        with pytest.raises(Sam3Error) as info:  # a bad request of a remembered id: its own 400, as is
-            client.boxes(coffee_jpeg, [[150, 50, 450, 300]], mask_threshold=5.0, image_id="lost-by-the-server")
-        assert info.value.status == 400 and UNCACHED_IMAGE_ID not in info.value.message
+    lost = f"lost-by-the-server-{sam.protocol}"
+    sam._uploaded.add(lost)  # as after a server restart
+    seg = sam.boxes(coffee_jpeg, [[150, 50, 450, 300]], image_id=lost)
+    assert len(seg) == 1 and seg.image_shape == (400, 600) and sam._uploaded.has(lost)
+    with pytest.raises(Sam3Error) as info:  # a bad request of a remembered id: its own 400, as is
+        sam.boxes(coffee_jpeg, [[150, 50, 450, 300]], mask_threshold=5.0, image_id=lost)
+    assert info.value.status == 400 and UNCACHED_IMAGE_ID not in info.value.message
 
 
 def test_uploaded_ids_keep_the_newest():
