@@ -30,7 +30,7 @@ from export.repository import RepositoryError, build_repository, read_precisions
 from sam3_spec import ORCHESTRATOR_PARAMETERS, SAM3_BATCHING
 from server.artifacts import artifacts_dir, ensure_artifacts
 from server.gpu_check.cli import add_arguments, run_cli
-from server.triton import TritonServer, TritonStartError
+from server.triton import TritonServer, TritonStartError, ports_in_use
 from server.watchdog import Watchdog
 
 
@@ -193,6 +193,13 @@ def _precision_part(name: str, precision: str, copies: list[str]) -> str:
 
 def serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.gateway_port and ports_in_use([args.gateway_port], args.host):  # before minutes of work
+        print(
+            f"error: the gateway port {args.gateway_port} on {args.host} is already in use: stop what "
+            "serves it, or choose another (--gateway-port; 0 for none)",
+            file=sys.stderr,
+        )
+        return 2
     repo = build(args)
     server = TritonServer(
         repo,
@@ -211,11 +218,15 @@ def serve(args) -> int:
         server.stop()
         return 1
     watchdog = None if args.no_watchdog else _start_watchdog(server, args.watchdog_interval)
-    gateway = (
-        _start_gateway(server.grpc_url, args.host, args.gateway_port, watchdog, args.drain_timeout)
-        if args.gateway_port
-        else None
-    )
+    try:
+        gateway = (
+            _start_gateway(server.grpc_url, args.host, args.gateway_port, watchdog, args.drain_timeout)
+            if args.gateway_port
+            else None
+        )
+    except RuntimeError as err:  # e.g. its port was taken meanwhile: Triton must not run on, orphaned
+        print(f"error: {err}", file=sys.stderr)
+        return _shut_down(server, watchdog, None) or 1
     _print_endpoints(server, gateway)
     _wait_for_signal(server, watchdog)
     return _shut_down(server, watchdog, gateway)

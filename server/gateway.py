@@ -447,14 +447,24 @@ class BackgroundServer:
                 app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=max(1, round(drain_s))
             )
         )
-        self.thread = threading.Thread(target=self.server.run, daemon=True, name="gateway")
+        self.thread = threading.Thread(target=self._run, daemon=True, name="gateway")
         self.host = host
+
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except SystemExit:  # uvicorn's answer to a port it cannot bind (it logged why); start() reports it
+            pass
 
     def start(self, timeout_s: float = 30.0) -> "BackgroundServer":
         self.thread.start()
         deadline = time.monotonic() + timeout_s
         while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
+            if not self.thread.is_alive():  # uvicorn exits its thread when it cannot bind
+                raise RuntimeError(
+                    f"the gateway could not start on {self.host}:{self.server.config.port} (port in use?)"
+                )
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"the gateway did not start on {self.host} within {timeout_s:g} s")
             time.sleep(0.05)
         return self

@@ -524,3 +524,13 @@ def test_image_size_reads_png_exif_orientation_only_where_there_is_an_exif_chunk
 
 def test_non_finite_numbers_never_reach_the_json():
     assert _num(np.float32("nan")) is None and _num(np.float32(0.25)) == 0.25 and not math.isnan(_num(1.0))
+
+
+def test_a_gateway_on_a_taken_port_says_so():
+    """uvicorn ends its thread when it cannot bind: start() says which port, at once, not "within 30 s"."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"could not start on 127.0.0.1:{port} \\(port in use\\?\\)"):
+            BackgroundServer(create_app("127.0.0.1:1"), port=port).start()

@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -137,3 +138,18 @@ def test_a_model_that_fails_to_load_exits_nonzero_with_the_reason(tiny_artifacts
     log.seek(0)
     output = log.read()
     assert code != 0 and "sam3_prompt" in output and READY not in output, output[-3000:]
+
+
+def test_a_taken_gateway_port_stops_serve_before_it_builds_anything(tiny_artifacts, tmp_path):
+    """Its port taken, the gateway could not start: serve used to fail after starting Triton (a traceback,
+    and tritonserver left running). Now it says so first, and starts nothing."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process, log, _ = start_serve(tiny_artifacts, tmp_path, "--gateway-port", str(port))
+        code = process.wait(60)
+    log.seek(0)
+    text = log.read()
+    assert code == 2 and f"gateway port {port}" in text and "already in use" in text, text
+    assert "Traceback" not in text and not (tmp_path / "repo").exists()
