@@ -193,10 +193,11 @@ def _precision_part(name: str, precision: str, copies: list[str]) -> str:
 
 def serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.gateway_port and ports_in_use([args.gateway_port], args.host):  # before minutes of work
+    taken = _taken_ports(args)
+    if taken:  # before minutes of building and loading
         print(
-            f"error: the gateway port {args.gateway_port} on {args.host} is already in use: stop what "
-            "serves it, or choose another (--gateway-port; 0 for none)",
+            f"error: already in use on {args.host}: {', '.join(taken)}. Stop what serves it, or choose other "
+            "ports (0: a free one; --gateway-port 0: no gateway)",
             file=sys.stderr,
         )
         return 2
@@ -230,6 +231,14 @@ def serve(args) -> int:
     _print_endpoints(server, gateway)
     _wait_for_signal(server, watchdog)
     return _shut_down(server, watchdog, gateway)
+
+
+def _taken_ports(args) -> list[str]:
+    """ "--<flag> <port>" for each port given to serve that something already listens on."""
+    flags = {"gateway": args.gateway_port, "http": args.http_port, "grpc": args.grpc_port, "metrics": args.metrics_port}
+    given = {name: port for name, port in flags.items() if port}
+    busy = set(ports_in_use(given.values(), args.host))
+    return [f"--{name}-port {port}" for name, port in given.items() if port in busy]
 
 
 def _start_watchdog(server, interval_s: float):

@@ -142,7 +142,8 @@ def test_a_model_that_fails_to_load_exits_nonzero_with_the_reason(tiny_artifacts
 
 def test_a_taken_gateway_port_stops_serve_before_it_builds_anything(tiny_artifacts, tmp_path):
     """Its port taken, the gateway could not start: serve used to fail after starting Triton (a traceback,
-    and tritonserver left running). Now it says so first, and starts nothing."""
+    and tritonserver left running); a taken Triton port let another server answer for ours. Now serve names
+    the taken ports first, and starts nothing."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -151,5 +152,5 @@ def test_a_taken_gateway_port_stops_serve_before_it_builds_anything(tiny_artifac
         code = process.wait(60)
     log.seek(0)
     text = log.read()
-    assert code == 2 and f"gateway port {port}" in text and "already in use" in text, text
+    assert code == 2 and f"already in use on 127.0.0.1: --gateway-port {port}." in text, text
     assert "Traceback" not in text and not (tmp_path / "repo").exists()
