@@ -16,6 +16,11 @@ phase of its own, while ``--background-clients`` clients send that mode's reques
 embedded image, and ``--per-phase`` requests of the measured mode are timed one after another; the round's
 latency on that side is the phase's median. Also reported: each side's background requests per second.
     sam3-bench ab --a 127.0.0.1:8001 --b 127.0.0.1:9001 --modes point --cache warm --background auto
+
+``--clients 8`` compares throughput: in each round a side gets ``--clients`` clients at once, each sending
+``--per-phase`` requests back to back (bench.timing.run_load); the round's figure is the wall time per
+request (1 / requests per second), paired like a latency (B/A > 1: B serves fewer requests per second).
+    sam3-bench ab --a 127.0.0.1:8001 --b 127.0.0.1:9001 --modes point --cache warm --clients 8 --per-phase 12
 Exit status: 0 done, 1 a server unreachable, 2 bad arguments.
 """
 
@@ -32,7 +37,7 @@ import numpy as np
 
 from bench.progress import log
 from bench.sweep import sweep_request
-from bench.timing import timed
+from bench.timing import run_load, timed
 from bench.workloads import Workloads, box_around_astronaut, click_points, load_images, thresholds_for
 from client.api import Sam3Client
 
@@ -55,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.add_argument("--background", choices=AB_MODES, help="measure under this mode's load (embedded image)")
     p.add_argument("--background-clients", type=int, default=2, help="clients sending --background (2)")
-    p.add_argument("--per-phase", type=int, default=5, help="with --background: timed requests per phase (5)")
+    p.add_argument("--per-phase", type=int, default=5, help="requests per phase (--background) or per client (5)")
+    p.add_argument("--clients", type=int, default=1, help="concurrent clients per side: throughput (1: latency)")
     p.add_argument("--json", type=Path, help="write the JSON report here")
     args = p.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -64,8 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--modes must be a comma list of {', '.join(AB_MODES)}; got {bad or 'none'}")
     if args.rounds < 2 or args.warmup < 0:
         p.error("--rounds must be at least 2 and --warmup at least 0")
-    if args.background_clients < 1 or args.per_phase < 1:
-        p.error("--background-clients and --per-phase must be at least 1")
+    if args.background_clients < 1 or args.per_phase < 1 or args.clients < 1:
+        p.error("--background-clients, --per-phase and --clients must be at least 1")
+    if args.clients > 1 and args.background:
+        p.error("--clients and --background measure different things: give one of them")
     args.threshold = "auto"  # thresholds_for: calibrated on A
     return args
 
@@ -92,6 +100,8 @@ def run_mode(clients: dict, work: Workloads, mode: str, args) -> dict:
     request = sweep_request(work, mode, args.cache)
     if args.background:
         return run_under_load(clients, work, request, args)
+    if args.clients > 1:
+        return run_concurrent(clients, request, args)
     times = {"a": [], "b": []}
     for i in range(-args.warmup, args.rounds):
         order = ("a", "b") if i % 2 == 0 else ("b", "a")
@@ -161,6 +171,26 @@ def run_under_load(clients: dict, work: Workloads, request, args) -> dict:
     }
 
 
+def run_concurrent(clients: dict, request, args) -> dict:
+    """``run_mode`` with ``--clients``: per round and side, ``--clients`` clients at once; the paired wall time
+    per request, each side's median requests/s and the failed requests (RuntimeError if any)."""
+    per_request, rates = {"a": [], "b": []}, {"a": [], "b": []}
+    for i in range(-args.warmup, args.rounds):
+        for side in ("a", "b") if i % 2 == 0 else ("b", "a"):
+            load = run_load(clients[side], request, args.clients, args.per_phase)
+            if load.errors:
+                raise RuntimeError(f"server {side.upper()}: {len(load.errors)} request(s) failed: {load.errors[0]}")
+            if i >= 0:
+                count = args.clients * args.per_phase
+                per_request[side].append(load.wall_s / count)
+                rates[side].append(count / load.wall_s)
+    return paired(per_request["a"], per_request["b"]) | {
+        "clients": args.clients,
+        "a_rps": round(float(np.median(rates["a"])), 3),
+        "b_rps": round(float(np.median(rates["b"])), 3),
+    }
+
+
 def report_lines(report: dict) -> list[str]:
     """The table: one line per mode."""
     lines = [f"A {report['a']}  vs  B {report['b']}  ({report['cache']} images, {report['rounds']} rounds each)"]
@@ -168,14 +198,18 @@ def report_lines(report: dict) -> list[str]:
         low, high = r["ratio_ci95"]
         lines.append(
             f"  {mode:6} A {r['a_p50_ms']:8.1f} ms  B {r['b_p50_ms']:8.1f} ms  B/A {r['ratio_b_over_a']:.3f} "
-            f"(95 % {low:.3f}-{high:.3f}), A faster in {100 * r['a_faster_share']:.0f} % of rounds"
-            + (
-                f"; under {r['background']}: A {r['a_background_rps']:.2f} req/s, B {r['b_background_rps']:.2f} req/s"
-                if "background" in r
-                else ""
-            )
+            f"(95 % {low:.3f}-{high:.3f}), A faster in {100 * r['a_faster_share']:.0f} % of rounds" + _extra(r)
         )
     return lines
+
+
+def _extra(r: dict) -> str:
+    """The end of a mode's line: the background rates, or the throughput at ``--clients``."""
+    if "background" in r:
+        return f"; under {r['background']}: A {r['a_background_rps']:.2f} req/s, B {r['b_background_rps']:.2f} req/s"
+    if "clients" in r:
+        return f"; wall time per request at {r['clients']} clients: A {r['a_rps']:.2f} req/s, B {r['b_rps']:.2f} req/s"
+    return ""
 
 
 def main(argv=None) -> int:
@@ -200,7 +234,7 @@ def main(argv=None) -> int:
         for mode in args.modes:
             log(f"ab {mode}: {args.warmup} + {args.rounds} rounds")
             modes[mode] = run_mode(clients, work, mode, args)
-    except RuntimeError as err:  # a background request failed
+    except RuntimeError as err:  # a background or concurrent request failed
         print(f"sam3-bench ab: {err}", file=sys.stderr)
         return 1
     finally:

@@ -344,3 +344,17 @@ def test_ab_rejects_bad_flags(capsys):
         with pytest.raises(SystemExit):
             ab.parse_args(argv)
     assert "error" in capsys.readouterr().err
+
+
+def test_ab_compares_throughput_with_several_clients(sam3_server, tmp_path, capsys):
+    """`sam3-bench ab --clients 3`: each round, three clients at once per side; paired wall time per request."""
+    out = tmp_path / "ab.json"
+    url = sam3_server.grpc_url
+    argv = ["ab", "--a", url, "--b", url, "--modes", "point", "--cache", "warm", "--rounds", "2", "--warmup", "0"]
+    assert cli_main([*argv, "--clients", "3", "--per-phase", "2", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["modes"]["point"]
+    assert row["rounds"] == 2 and row["clients"] == 3 and row["a_rps"] > 0 and row["b_rps"] > 0
+    assert row["a_p50_ms"] == pytest.approx(1e3 / row["a_rps"], rel=0.5)  # the same rounds, two ways
+    assert "at 3 clients" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ab.parse_args(["--a", url, "--b", url, "--clients", "2", "--background", "auto"])
