@@ -415,7 +415,7 @@ ORCHESTRATOR_PARAMETERS = {
     "max_pixels": 40_000_000,  # largest decoded image, H*W (bigger ones: INVALID_ARG)
     "worker_threads": 2,  # the orchestrator's pool: decode, post-processing, encoding
     "features_by_reference": 1,  # cpu target: image features through the shared arena (1) or as BLS tensors (0)
-    "detached_requests": 16,  # requests accepted past execute (text, auto, clicks under traffic), unanswered at once
+    "detached_requests": 16,  # text/auto requests accepted past execute, unanswered at once (beyond: Triton's queue)
 }
 ORCHESTRATOR = "sam3"  # the Triton model users call; components are "sam3_<component>"
 UNCACHED_IMAGE_ID = "is not in the embedding cache"  # words of the 400 for an image_id sent without its image

@@ -96,8 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--detached-requests",
         type=_positive_int,
         default=ORCHESTRATOR_PARAMETERS["detached_requests"],
-        help="requests sam3 accepts past execute (text, auto, clicks under traffic), unanswered at once "
-        "(default %(default)s); beyond "
+        help="text/auto requests sam3 accepts past execute, unanswered at once (default %(default)s); beyond "
         "them Triton queues, so the bound on waiting requests is this + max_batch_size + --queue-size",
     )
     serve.add_argument("--ready-timeout", type=float, default=300.0)

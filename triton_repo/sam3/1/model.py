@@ -7,9 +7,8 @@ the head calls of every request overlapped through BLS ``async_exec``, decoding 
 post-processing in a thread pool.
 
 ``execute`` need not wait for its batch to end. It copies the inputs and hands the batch to the event
-loop (a thread of its own, as long-lived as the model). A lone point or box request, while nothing else is
-unanswered, is waited for and answered in the list ``execute`` returns, Triton's fastest path. Any other
-batch (under traffic: see ``_waits_for``) returns at once with ``None`` in place of its answers, and each request
+loop (a thread of its own, as long-lived as the model). A batch of points and boxes only is waited for
+and answered in the list ``execute`` returns, Triton's fastest path. Any other batch returns at once with ``None`` in place of its answers, and each request
 is answered through its response sender the moment it is done (Python backend ≥ 24.06 allows this in
 the default, non-decoupled mode: exactly one response per request, with the FINAL flag; 24.10 allows
 such a list to mix responses and ``None``). Triton allows ``async def execute`` only for decoupled
@@ -144,30 +143,20 @@ class TritonPythonModel:
             asyncio.run_coroutine_threadsafe(self._lane(queue), self.loop)
 
     def execute(self, requests):
-        """Hand the batch to the event loop. A lone click (``_waits_for``) is waited for and answered in the
-        returned list (Triton's faster path); any other batch returns at once (``None`` in the list), and each of its
+        """Hand the batch to the event loop. A batch of points and boxes only is waited for and answered in the
+        returned list (Triton's faster path); any other returns at once (``None`` in the list), and each of its
         requests is answered through its response sender as soon as it is done. Blocks while more than
         ``detached_requests`` such requests are unanswered, so Triton queues (and its policy refuses) beyond."""
         start = time.perf_counter()
         parsed = [self._parse(request) for request in requests]
-        waited = self._waits_for(parsed)
-        batch = _Batch([request.get_response_sender() for request in requests], counted=not waited)
+        interactive = all(isinstance(p, BaseException) or self.priority_of[p.mode] == 0 for p in parsed)
+        batch = _Batch([request.get_response_sender() for request in requests], counted=not interactive)
         if batch.counted:
             self._reserve(len(requests))
         served = asyncio.run_coroutine_threadsafe(self._serve(parsed, batch, start), self.loop)
-        if waited:
+        if interactive:
             served.result()
         return batch.detach()
-
-    def _waits_for(self, parsed: list) -> bool:
-        """Whether execute waits for this batch: one point or box request while nothing else is unanswered (a
-        lone click: the returned list is the fastest answer). Under traffic a batch is not waited for, so
-        Triton hands over the next one while it runs: waiting held every click that queued meanwhile until
-        the slowest of the batch was done, and the head runners idled between batches."""
-        if len(parsed) != 1 or not (isinstance(parsed[0], BaseException) or self.priority_of[parsed[0].mode] == 0):
-            return False
-        with self.gate:
-            return self.unanswered == 0
 
     def _reserve(self, count: int) -> None:
         """Wait for room for ``count`` more detached requests, and take it."""
