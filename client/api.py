@@ -273,9 +273,10 @@ class Sam3Client:
         """One request with any SAM3_INPUTS fields by name (None = leave out); the server validates mode.
 
         ``image`` may be None when ``image_id`` names an image the server has cached (no upload). With
-        ``reuse_uploads`` (default), an image already sent with the same ``image_id`` by this client is not read,
-        encoded or sent again: the server keys its cache by the id and ignores the bytes of a cached id anyway. If the server
-        no longer has it (evicted, restarted), the request is sent again with the image, once.
+        ``reuse_uploads`` (default), an image already sent with the same ``image_id`` by this client is not
+        read, encoded or sent again: the server keys its cache by the id and ignores the bytes of a cached id
+        anyway. If the server no longer has it (evicted, restarted), the request is sent again with the image,
+        once.
         """
         image_id = fields.get("image_id")
         if image is None and not image_id:

@@ -330,7 +330,7 @@ PARSERS = {
 
 def validate(body: dict) -> SegmentRequest:
     """Checked request dict → :class:`SegmentRequest`. Raises RestError (422 / 400) naming the field."""
-    if body.get("image") is None and body.get("image_id") is None:
+    if all(body.get(name) is None for name in REQUIRED_ONE_OF):
         raise _fail("image", "is required: the image file encoded as base64 (or `image_id` of an image sent before)")
     values = {f.name: PARSERS[f.kind](f.name, body[f.name], f) for f in FIELDS if body.get(f.name) is not None}
     mode = values.get("mode", "text")

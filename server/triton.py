@@ -169,8 +169,8 @@ def server_command(
     127.0.0.1. ``exit_timeout_s`` bounds how long shutdown waits for in-flight work and open
     client connections (Triton's default: 30 s). ``cuda_pool_bytes`` sizes GPU 0's CUDA memory
     pool (see :func:`cuda_pool_args`). ``shm_prefix`` names the Python backend's shared-memory regions
-    (``/dev/shm/<prefix>*``; Triton's default prefix is shared by every server). Readiness is strict and a model that fails to load makes
-    the server exit non-zero. ``model_control="explicit"`` loads every model at start
+    (``/dev/shm/<prefix>*``; Triton's default prefix is shared by every server). Readiness is strict and a
+    model that fails to load makes the server exit non-zero. ``model_control="explicit"`` loads every model at start
     (``--load-model=*``) and lets the repository API reload one (server/watchdog.py does).
     """
     if model_control not in MODEL_CONTROL_MODES:
