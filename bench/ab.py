@@ -7,7 +7,8 @@ two benchmark runs one after the other compare the minutes more than the code).
 Each round sends one request of each mode to A and to B with the same inputs, one at a time (A first in
 even rounds, B first in odd ones), so a slow minute hits both sides alike. ``--cache cold`` (default):
 every request has a new image_id (decode and vision run); ``warm``: each photo is embedded once per side
-and every request reuses it. Per mode: each side's median latency (ms), the median of the per-round
+and every request reuses it; ``own`` (with ``--clients``): each client clicks an embedded image of its own,
+so no two clients' requests share a head call. Per mode: each side's median latency (ms), the median of the per-round
 ratios B/A with a 95 % bootstrap interval (> 1: B is slower), and the share of rounds A was faster.
 Text thresholds are calibrated once on A (``--keep`` detections per concept) and sent to both.
 
@@ -27,6 +28,7 @@ Exit status: 0 done, 1 a server unreachable, 2 bad arguments.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import threading
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.progress import log
-from bench.sweep import sweep_request
+from bench.sweep import own_image_request, sweep_request
 from bench.timing import run_load, timed
 from bench.workloads import Workloads, box_around_astronaut, click_points, load_images, thresholds_for
 from client.api import Sam3Client
@@ -54,7 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--modes", default="text,point,box", help="comma list of " + ",".join(AB_MODES))
     p.add_argument("--rounds", type=int, default=40, help="requests per mode and server")
     p.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
-    p.add_argument("--cache", choices=("cold", "warm"), default="cold", help="a new image per request, or one")
+    p.add_argument(
+        "--cache",
+        choices=("cold", "warm", "own"),
+        default="cold",
+        help="a new image per request, one for all, or (with --clients) one per client",
+    )
     p.add_argument("--keep", type=int, default=3, help="text detections per concept the thresholds keep")
     p.add_argument("--points-per-side", type=int, default=8, help="auto mode grid")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
@@ -72,6 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--rounds must be at least 2 and --warmup at least 0")
     if args.background_clients < 1 or args.per_phase < 1 or args.clients < 1:
         p.error("--background-clients, --per-phase and --clients must be at least 1")
+    if args.cache == "own" and (args.clients < 2 or args.background):
+        p.error(
+            "--cache own gives each of --clients (at least 2) an image of its own: give --clients, not --background"
+        )
     if args.clients > 1 and args.background:
         p.error("--clients and --background measure different things: give one of them")
     args.threshold = "auto"  # thresholds_for: calibrated on A
@@ -97,7 +108,12 @@ def paired(a_seconds, b_seconds, seed: int = 0) -> dict:
 
 def run_mode(clients: dict, work: Workloads, mode: str, args) -> dict:
     """Warm-up, then ``args.rounds`` alternating rounds of ``mode``; the paired figures."""
-    request = sweep_request(work, mode, args.cache)
+    if args.cache == "own":
+        request = own_image_request(work, mode, args.per_phase)
+        for side, k in itertools.product(clients, range(args.clients)):  # embedded before any round
+            request(clients[side], k * args.per_phase)
+    else:
+        request = sweep_request(work, mode, args.cache)
     if args.background:
         return run_under_load(clients, work, request, args)
     if args.clients > 1:

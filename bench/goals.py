@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.progress import log
 from bench.stats import Probes, overhead
-from bench.sweep import cell, sweep_request
+from bench.sweep import cell, own_image_request, sweep_request
 from bench.timing import latency_stats, repeat_timed, timed
 from bench.workloads import P3_WORKLOAD, TEXT_WORKLOADS, Workloads, fresh_id, workload_key
 
@@ -79,20 +79,13 @@ THROUGHPUT_CASES = ("cold", "warm", "warm_per_client")
 
 def _throughput_cell(client, probes: Probes, work: Workloads, case: str, concurrency: int, per_client: int) -> dict:
     """One throughput load of ``case``; the images it clicks are embedded before the clock starts."""
-    request = _own_image_request(work, per_client) if case == "warm_per_client" else sweep_request(work, "point", case)
+    if case == "warm_per_client":
+        request = own_image_request(work, "point", per_client)
+    else:
+        request = sweep_request(work, "point", case)
     for k in range(concurrency if case == "warm_per_client" else 1):
         request(client, k * per_client)
     return cell(client, probes, request, concurrency, per_client)[0]
-
-
-def _own_image_request(work: Workloads, per_client: int):
-    """request(client, i): a click on client ``i // per_client``'s own image (bench.timing.run_load numbers
-    client k's requests k * per_client ...)."""
-
-    def request(client, i):
-        return work.call(client, "point", i, f"bench-client-{i // per_client}")
-
-    return request
 
 
 def p1_text(client, work: Workloads, reference, repeats: int) -> dict:

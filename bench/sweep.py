@@ -64,6 +64,17 @@ def sweep_request(work: Workloads, mode: str, cache: str):
     return request
 
 
+def own_image_request(work: Workloads, mode: str, per_client: int):
+    """request(client, i) where each client sends ``mode`` on an embedded image of its own: client ``i //
+    per_client``'s id (bench.timing.run_load numbers client k's requests k * per_client ...). Its first request
+    carries the image, the client's later ones the id alone."""
+
+    def request(client, i):
+        return work.call(client, mode, i, f"bench-client-{i // per_client}")
+
+    return request
+
+
 def cell(client, probes: Probes, request, concurrency: int, per_client: int, what: str = ""):
     """One load; returns (row, load, Triton statistics delta, phase seconds delta)."""
     log(

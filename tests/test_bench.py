@@ -20,6 +20,7 @@ from bench.report import _p5_lines, format_table
 from bench.stats import COUNTS, STAT_KINDS, overhead
 from bench.timing import latency_stats
 from bench.workloads import box_around_astronaut, click_points, load_images
+from client.api import Sam3Client
 from sam3_spec import MODES
 
 SECTIONS = ("P1", "P2", "P3", "P4", "P5")
@@ -346,15 +347,24 @@ def test_ab_rejects_bad_flags(capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_ab_compares_throughput_with_several_clients(sam3_server, tmp_path, capsys):
-    """`sam3-bench ab --clients 3`: each round, three clients at once per side; paired wall time per request."""
+@pytest.mark.parametrize("cache", ["warm", "own"])
+def test_ab_compares_throughput_with_several_clients(sam3_server, tmp_path, capsys, cache):
+    """`sam3-bench ab --clients 3`: each round, three clients at once per side; paired wall time per request.
+    ``--cache own``: each client clicks an image of its own, which the server then holds under that client's id."""
     out = tmp_path / "ab.json"
     url = sam3_server.grpc_url
-    argv = ["ab", "--a", url, "--b", url, "--modes", "point", "--cache", "warm", "--rounds", "2", "--warmup", "0"]
+    argv = ["ab", "--a", url, "--b", url, "--modes", "point", "--cache", cache, "--rounds", "2", "--warmup", "0"]
     assert cli_main([*argv, "--clients", "3", "--per-phase", "2", "--json", str(out)]) == 0
-    row = json.loads(out.read_text())["modes"]["point"]
-    assert row["rounds"] == 2 and row["clients"] == 3 and row["a_rps"] > 0 and row["b_rps"] > 0
+    report = json.loads(out.read_text())
+    row = report["modes"]["point"]
+    assert report["cache"] == cache and row["rounds"] == 2 and row["clients"] == 3
+    assert row["a_rps"] > 0 and row["b_rps"] > 0
     assert row["a_p50_ms"] == pytest.approx(1e3 / row["a_rps"], rel=0.5)  # the same rounds, two ways
     assert "at 3 clients" in capsys.readouterr().out
+    if cache == "own":  # client 2's image is embedded under its own id: a click needs no image
+        with Sam3Client(url, "grpc", reuse_uploads=False) as client:
+            assert len(client.points(None, [[100.0, 100.0]], [1], image_id="bench-client-2").scores) == 1
     with pytest.raises(SystemExit):
         ab.parse_args(["--a", url, "--b", url, "--clients", "2", "--background", "auto"])
+    with pytest.raises(SystemExit):
+        ab.parse_args(["--a", url, "--b", url, "--cache", "own"])  # own images need --clients

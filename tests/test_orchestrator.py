@@ -141,6 +141,48 @@ def test_point_and_box_requests_on_one_image_share_prompt_calls(modules, tiny_ar
     assert len(together[3].scores) == 2 and len(together[2].scores) == 1
 
 
+class HoldFirstPromptCall(CountingStages):
+    """OrtStages whose first sam3_prompt call waits (at most ``hold_s``) until a request of the batch is answered."""
+
+    def __init__(self, inner, hold_s: float = 10.0):
+        super().__init__(inner)
+        self.answered, self.hold_s, self.saw_an_answer = asyncio.Event(), hold_s, None
+
+    async def arun(self, component, feeds, outputs=None):
+        if component == "prompt" and self.saw_an_answer is None:
+            self.saw_an_answer = False
+            try:
+                await asyncio.wait_for(self.answered.wait(), self.hold_s)
+                self.saw_an_answer = True
+            except TimeoutError:
+                pass
+        return self.run(component, feeds, outputs)
+
+
+def test_a_click_is_answered_without_waiting_for_another_images_head_call(
+    modules, tiny_artifacts, coffee_jpeg, astronaut_png
+):
+    """Clicks on two images are two prompt-head calls; the click whose call ends first is post-processed and
+    answered while the other call still runs (it used to wait for every call of its batch), and both equal
+    their serial results."""
+    pipe = make_pipeline(modules, tiny_artifacts, modules["post"])
+    held = HoldFirstPromptCall(pipe.stages)
+    pipe.stages = held
+    reqs = [
+        request(modules, coffee_jpeg, mode=[b"point"], points=[[100.0, 120.0]], point_labels=[1]),
+        request(modules, astronaut_png, mode=[b"point"], points=[[250.0, 200.0]], point_labels=[1]),
+    ]
+
+    async def answered(index, result, timings):
+        held.answered.set()
+
+    together = [r for r, _ in asyncio.run(pipe.run_batch(reqs, on_result=answered))]
+    assert held.calls["prompt"] == 2
+    assert held.saw_an_answer is True
+    for req, got in zip(reqs, together):
+        np.testing.assert_array_equal(got.masks.dense(), pipe.run(req).masks.dense())
+
+
 @pytest.mark.parametrize("max_rows, concept_calls, gpu", [(8, 2, False), (2, 4, False), (8, 2, True)])
 def test_text_requests_on_one_image_share_concept_and_mask_calls(
     modules, tiny_artifacts, coffee_jpeg, astronaut_png, max_rows, concept_calls, gpu

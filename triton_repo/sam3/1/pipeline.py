@@ -154,7 +154,7 @@ class Sam3Pipeline:
         remaining calls and gets ``RequestCancelled`` as its result."""
         start, timings = time.perf_counter(), [Timings() for _ in reqs]
         shared = await self._shared(reqs, timings)
-        heads = await self._prompt_heads(reqs, shared, timings)
+        heads = self._prompt_heads(reqs, shared, timings)
         modes = [self._mode(req, shared, t, heads.get(i)) for i, (req, t) in enumerate(zip(reqs, timings))]
         watch = None
         if cancelled:  # each request a task of its own, which the watch can cancel alone
@@ -330,8 +330,9 @@ class Sam3Pipeline:
 
     # ---- step 2: the point and box prompts of the batch ---------------------------------------------
 
-    async def _prompt_heads(self, reqs, shared: _Shared, timings) -> dict:
-        """{index of a point/box request: its prompt-head outputs (list of output dicts) or its error}."""
+    def _prompt_heads(self, reqs, shared: _Shared, timings) -> dict:
+        """{index of a point/box request: an awaitable of its prompt-head outputs (list of output dicts), or its
+        error}. The calls start now (prompts.grouped_calls: one group per image and prompt length)."""
         plans, failed = {}, {}
         for i, req in enumerate(reqs):
             features = shared.features.get(req.cache_key) if req.mode in ("point", "box") else None
@@ -346,14 +347,17 @@ class Sam3Pipeline:
         def run(key, coords, labels):
             return self._prompt_call(shared.features[key], coords, labels)
 
-        calls = prompts.grouped_calls(run, plans, self.chunk_objects)
-        return failed | await Timings.shared([timings[i] for i in plans], "compute", calls)
+        def measure(members, calls):
+            return Timings.shared([timings[i] for i in members], "compute", calls)
+
+        return failed | prompts.grouped_calls(run, plans, self.chunk_objects, measure)
 
     # ---- step 3: one request's mode -------------------------------------------------------------
 
     async def _mode(self, req: Sam3Request, shared: _Shared, t: Timings, heads) -> Sam3Result:
-        """The request's result; ``heads``: its prompt-head outputs (point/box modes) from step 2. Runs in the
-        request's own task, whose pool jobs and in-process head calls take its mode's priority (priority.py)."""
+        """The request's result; ``heads``: an awaitable of its prompt-head outputs (point/box modes), from step 2,
+        or the error that prevented them. Runs in the request's own task, whose pool jobs and in-process head
+        calls take its mode's priority (priority.py)."""
         PRIORITY.set(MODE_PRIORITY[req.mode])
         features = shared.features[req.cache_key]
         if isinstance(features, BaseException):
@@ -361,7 +365,10 @@ class Sam3Pipeline:
         if req.mode in ("point", "box"):
             if isinstance(heads, BaseException):
                 raise heads
-            result = await self._prompt_result(features, heads, req, t)
+            outputs = await heads
+            if isinstance(outputs, BaseException):
+                raise outputs
+            result = await self._prompt_result(features, outputs, req, t)
         else:
             result = await {"text": self._text, "auto": self._auto}[req.mode](req, features, shared, t)
         if req.mask_format == "rle":

@@ -1,7 +1,7 @@
 """Point and box prompts of a batch of requests, for the tracker's prompt head (sam3_prompt).
 
 ``plan`` turns one point/box request into its objects (validated, in the model frame).
-``grouped_calls`` runs the plans of a whole batch: requests on the same image whose objects have
+``grouped_calls`` starts the plans of a whole batch: requests on the same image whose objects have
 the same number of points share ONE sam3_prompt call, their objects stacked on the objects axis
 (chunks of at most ``chunk`` objects); each request then gets the rows of its own objects. One
 call instead of one per click saves the copy of the image embeddings into the prompt model
@@ -45,17 +45,30 @@ def plan(req, image_hw, size: int) -> PromptPlan:
     return PromptPlan(coords, labels)
 
 
-async def grouped_calls(run, plans: dict, chunk: int) -> dict:
-    """{request index: [prompt-call outputs holding its objects, in order] or the call's exception}.
+def grouped_calls(run, plans: dict, chunk: int, measure=None) -> dict:
+    """{request index: an awaitable of its prompt-call outputs (a list of output dicts holding its objects, in
+    order) or of the call's exception}. Each group's calls start now, as one task; a request's awaitable is
+    done when its own group's are, so its post-processing need not wait for the other groups of the batch.
 
     plans: {request index: (image key, PromptPlan)}; run(image key, coords, labels) → awaitable
-    outputs {pred_masks [P,3,m,m], iou_scores [P,3], ...} of one sam3_prompt call.
+    outputs {pred_masks [P,3,m,m], iou_scores [P,3], ...} of one sam3_prompt call. ``measure``: optional
+    ``(member indices, awaitable) → awaitable`` wrapped around each group's calls (the pipeline's timings).
     """
     groups: dict[tuple, list[int]] = {}
     for i, (key, p) in plans.items():
         groups.setdefault((key, p.coords.shape[1]), []).append(i)
-    parts = await asyncio.gather(*(_group(run, key, members, plans, chunk) for (key, _), members in groups.items()))
-    return {i: out for part in parts for i, out in part.items()}
+    awaitables = {}
+    for (key, _), members in groups.items():
+        calls = _group(run, key, members, plans, chunk)
+        task = asyncio.ensure_future(calls if measure is None else measure(members, calls))
+        awaitables |= {i: _member(task, i) for i in members}
+    return awaitables
+
+
+async def _member(task: asyncio.Task, i: int):
+    """Request ``i``'s part of its group's ``task``; shielded, so one request cancelled alone (its client left)
+    leaves the calls the others of its group wait for running."""
+    return (await asyncio.shield(task))[i]
 
 
 async def _group(run, key, members: list[int], plans: dict, chunk: int) -> dict:
