@@ -65,6 +65,7 @@ def _throughput_summary(rounds: list[dict], high: int) -> dict:
         "rounds": [list(pair) for pair in zip(*rps)],
         "vision_batch": [_median_or_none([row[c]["vision_batch"] for row in rounds]) for c in (1, high)],
         "sam3_batch": [_median_or_none([row[c]["sam3_batch"] for row in rounds]) for c in (1, high)],
+        "cpu_busy": [_median_or_none([row[c]["cpu_busy"] for row in rounds]) for c in (1, high)],
         "errors": sum(row[c]["errors"] for row in rounds for c in (1, high)),
     }
 

@@ -172,9 +172,17 @@ def _throughput_lines(rates: dict | None) -> list[str]:
         f"throughput point {cache}: {t['rps'][0]:.2f} → {t['rps'][1]:.2f} req/s at concurrency "
         f"{t['concurrency'][0]} → {t['concurrency'][1]} ({_x(t['gain'])}, median of {len(t['rounds'])} "
         f"round(s)); requests per execution "
-        f"sam3 {_n(t['sam3_batch'][1])}, vision {_n(t['vision_batch'][1])}; errors {t['errors']}"
+        f"sam3 {_n(t['sam3_batch'][1])}, vision {_n(t['vision_batch'][1])}; errors {t['errors']}" + _busy(t)
         for cache, t in (rates or {}).items()
     ]
+
+
+def _busy(t: dict) -> str:
+    """ "; this machine's CPU busy a % → b %" of a throughput case, where both loads measured it."""
+    low, high = t.get("cpu_busy") or (None, None)
+    if low is None or high is None:
+        return ""
+    return f"; this machine's CPU busy {100 * low:.0f} % → {100 * high:.0f} %"
 
 
 def bf16_lines(c: dict) -> list[str]:

@@ -94,5 +94,6 @@ def cell(client, probes: Probes, request, concurrency: int, per_client: int, wha
         "detections_mean": round(float(np.mean(load.detections)), 2) if load.detections else 0.0,
         "sam3_batch": batches.get(ORCHESTRATOR),
         "vision_batch": batches.get("sam3_vision"),
+        "cpu_busy": load.cpu_busy,
     }
     return row, load, delta, probes.phases.since(phases_before, len(load.latencies))

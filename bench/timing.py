@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -44,21 +45,44 @@ def repeat_timed(fn, count: int) -> list[float]:
 
 @dataclass
 class Load:
-    """Result of one sweep cell: latencies (s), wall time (s), errors (messages), detections per request."""
+    """Result of one sweep cell: latencies (s), wall time (s), errors (messages), detections per request, and
+    ``cpu_busy``: the share of this machine's CPU time spent busy meanwhile (None without /proc/stat)."""
 
     latencies: list = field(default_factory=list)
     wall_s: float = 0.0
     errors: list = field(default_factory=list)
     detections: list = field(default_factory=list)
+    cpu_busy: float | None = None
+
+
+def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all this machine's CPUs since boot, from /proc/stat's ``cpu`` line: busy =
+    user + nice + system + irq + softirq; total adds idle, iowait and steal (time the hypervisor gave to
+    others). None where the file is missing (not Linux)."""
+    try:
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, stat.read_text().split()[1:9])
+    except OSError:
+        return None
+    busy = user + nice + system + irq + softirq
+    return busy, busy + idle + iowait + steal
+
+
+def busy_share(before: tuple | None, after: tuple | None) -> float | None:
+    """The busy share of the CPU time between two ``cpu_times`` readings (None if either is missing)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
 
 
 def run_load(client: Sam3Client, request, concurrency: int, per_client: int) -> Load:
     """``concurrency`` threads, each sending ``per_client`` requests request(client, i) back to back.
 
-    Sam3Errors are counted in the Load; any other exception in a thread is raised here.
+    Sam3Errors are counted in the Load; any other exception in a thread is raised here. ``Load.cpu_busy`` is
+    this machine's, so it describes the server only where the server runs here (the load's own client
+    threads count too).
     """
-    load, lock, starts = Load(), threading.Lock(), []
-    barrier = threading.Barrier(concurrency, action=lambda: starts.append(time.perf_counter()))
+    load, lock, starts = Load(), threading.Lock(), []  # starts: (clock, cpu_times) when all threads are ready
+    barrier = threading.Barrier(concurrency, action=lambda: starts.append((time.perf_counter(), cpu_times())))
 
     def worker(k: int) -> None:
         try:
@@ -73,7 +97,8 @@ def run_load(client: Sam3Client, request, concurrency: int, per_client: int) -> 
     with ThreadPoolExecutor(concurrency) as pool:
         futures = [pool.submit(worker, k) for k in range(concurrency)]
     _raise_first([f.exception() for f in futures])
-    load.wall_s = time.perf_counter() - starts[0]
+    load.wall_s = time.perf_counter() - starts[0][0]
+    load.cpu_busy = busy_share(starts[0][1], cpu_times())
     return load
 
 

@@ -18,7 +18,7 @@ from bench.goals import ratio
 from bench.reference import ReferencePipeline
 from bench.report import _p5_lines, format_table
 from bench.stats import COUNTS, STAT_KINDS, overhead
-from bench.timing import latency_stats
+from bench.timing import busy_share, cpu_times, latency_stats
 from bench.workloads import box_around_astronaut, click_points, load_images
 from client.api import Sam3Client
 from sam3_spec import MODES
@@ -133,6 +133,7 @@ def test_throughput_compares_concurrency_and_reports_batching(report):
         gains = [high / one for one, high in case["rounds"]]
         assert min(gains) - 1e-3 <= case["gain"] <= max(gains) + 1e-3
         assert case["sam3_batch"][0] == 1.0 and case["sam3_batch"][1] >= 1.0  # one client: never batched
+        assert all(0.0 < busy <= 1.0 for busy in case["cpu_busy"])  # server and clients run here: never idle
     assert rates["cold"]["vision_batch"][0] == 1.0  # cached images run no vision:
     assert rates["warm"]["vision_batch"] == rates["warm_per_client"]["vision_batch"] == [None, None]
 
@@ -242,6 +243,20 @@ def test_photo_scale_enlarges_the_photos_and_their_coordinates():
     np.testing.assert_allclose(click_points(7, 2.5), np.asarray(click_points(7)) * 2.5)
     np.testing.assert_allclose(box_around_astronaut(2.5), np.asarray(box_around_astronaut()) * 2.5)
     assert parse_args(["--model", "tiny", "--photo-scale", "2.5"]).photo_scale == 2.5
+
+
+def test_cpu_busy_share_from_proc_stat(tmp_path):
+    """/proc/stat's cpu line: busy = user + nice + system + irq + softirq; idle, iowait and steal are not."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 5 5 30 0 0\ncpu0 1 2 3 4\n")
+    before = cpu_times(stat)
+    assert before == (160, 1000)
+    stat.write_text("cpu  160 0 70 900 10 5 5 50 0 0\n")
+    assert busy_share(before, cpu_times(stat)) == pytest.approx(80 / 200)
+    assert cpu_times(tmp_path / "missing") is None and busy_share(None, before) is None
+    assert busy_share(before, before) is None  # no time passed
+    here = cpu_times()
+    assert here is not None and 0 <= here[0] <= here[1]  # this machine's own /proc/stat reads
 
 
 def test_latency_stats_and_ratio():
