@@ -110,8 +110,9 @@ def run_mode(clients: dict, work: Workloads, mode: str, args) -> dict:
     """Warm-up, then ``args.rounds`` alternating rounds of ``mode``; the paired figures."""
     if args.cache == "own":
         request = own_image_request(work, mode, args.per_phase)
-        for side, k in itertools.product(clients, range(args.clients)):  # embedded before any round
-            request(clients[side], k * args.per_phase)
+        firsts = range(min(2, args.per_phase))  # text alternates two photos: both embedded before any round
+        for side, k, j in itertools.product(clients, range(args.clients), firsts):
+            request(clients[side], k * args.per_phase + j)
     else:
         request = sweep_request(work, mode, args.cache)
     if args.background:

@@ -65,12 +65,12 @@ def sweep_request(work: Workloads, mode: str, cache: str):
 
 
 def own_image_request(work: Workloads, mode: str, per_client: int):
-    """request(client, i) where each client sends ``mode`` on an embedded image of its own: client ``i //
-    per_client``'s id (bench.timing.run_load numbers client k's requests k * per_client ...). Its first request
-    carries the image, the client's later ones the id alone."""
+    """request(client, i) where each client sends ``mode`` on embedded images of its own: client ``k = i //
+    per_client`` (bench.timing.run_load numbers client k's requests k * per_client ...) uses the id
+    ``bench-client-<k>-<photo>``. Its first request on a photo carries the image, its later ones the id alone."""
 
     def request(client, i):
-        return work.call(client, mode, i, f"bench-client-{i // per_client}")
+        return work.call(client, mode, i, f"bench-client-{i // per_client}-{work.image_of(mode, i)}")
 
     return request
 

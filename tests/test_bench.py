@@ -378,7 +378,7 @@ def test_ab_compares_throughput_with_several_clients(sam3_server, tmp_path, caps
     assert "at 3 clients" in capsys.readouterr().out
     if cache == "own":  # client 2's image is embedded under its own id: a click needs no image
         with Sam3Client(url, "grpc", reuse_uploads=False) as client:
-            assert len(client.points(None, [[100.0, 100.0]], [1], image_id="bench-client-2").scores) == 1
+            assert len(client.points(None, [[100.0, 100.0]], [1], image_id="bench-client-2-astronaut").scores) == 1
     with pytest.raises(SystemExit):
         ab.parse_args(["--a", url, "--b", url, "--clients", "2", "--background", "auto"])
     with pytest.raises(SystemExit):
