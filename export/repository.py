@@ -66,6 +66,11 @@ DEFAULT_LOCAL_HEADS = {"cpu": ("prompt",), "gpu": ()}
 # One-thread runners per in-process head, at least: two calls at once keep two cores busy (a text request's
 # concepts each make their own concept and mask calls; with one such runner they would queue on one core).
 LOCAL_MIN_NARROW = 2
+# One-thread runners of an in-process head whose count the caller did not name (``instances=``), where it
+# differs from the component's instance count. prompt: three on the 2-core CPU served eight clients each
+# clicking its own image 4-7 % faster than two (docs/BENCHMARK.md, eighteenth stop); a runner costs about
+# 0.25 GB at real size (bf16).
+LOCAL_DEFAULT_NARROW = {"prompt": 3}
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
@@ -351,11 +356,13 @@ def _instance_counts(manifest: Manifest, names: list[str], instances: dict | Non
 
 def _local_counts(counts: dict, heads: tuple, given: dict | None) -> tuple[dict, dict]:
     """(model instance counts, {head: one-thread runners}) for the in-process ``heads``. A head's runners take
-    its instance count (at least LOCAL_MIN_NARROW); its Triton model, left to direct clients, keeps one
-    instance unless ``given`` (the caller's ``instances``) sets one: another copy of the graph in an idle stub
-    process would only hold memory (real size: about 0.3 GB per prompt-head instance)."""
-    narrow = {h: max(counts[f"{ORCHESTRATOR}_{h}"], LOCAL_MIN_NARROW) for h in heads}
+    the instance count ``given`` (the caller's ``instances``) names for it, else LOCAL_DEFAULT_NARROW's or the
+    model's default count, at least LOCAL_MIN_NARROW; its Triton model, left to direct clients, keeps one
+    instance unless ``given`` sets one: another copy of the graph in an idle stub process would only hold
+    memory (real size: about 0.3 GB per prompt-head instance)."""
     named = {key.removeprefix(f"{ORCHESTRATOR}_") for key in (given or {})}
+    default = {h: LOCAL_DEFAULT_NARROW.get(h, counts[f"{ORCHESTRATOR}_{h}"]) for h in heads}
+    narrow = {h: max(counts[f"{ORCHESTRATOR}_{h}"] if h in named else default[h], LOCAL_MIN_NARROW) for h in heads}
     return counts | {f"{ORCHESTRATOR}_{h}": 1 for h in heads if h not in named}, narrow
 
 

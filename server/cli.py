@@ -48,7 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--gateway-port", type=int, default=8080, help="REST gateway + web page port (0 = off)")
     serve.add_argument(
-        "--instances", default="", help="e.g. sam3=1,vision=2 (default 1 each, but prompt=2 on the cpu target)"
+        "--instances",
+        default="",
+        help="e.g. sam3=1,vision=2 (default 1 each, but prompt=2 on the cpu target; with the prompt head in "
+        "the orchestrator's process, the default, prompt=N sets its one-thread runners there, 3 unless given)",
     )
     serve.add_argument(
         "--image-cache-mb",

@@ -51,7 +51,7 @@ def test_the_repository_runs_the_prompt_head_in_process_with_the_component_model
     for key, value in local["prompt"].items():
         if key != "instances":
             assert value == (prompt[key] if isinstance(value, str) else json.loads(prompt[key])), key
-    assert local["prompt"]["instances"] == 2  # the prompt head's default instance count on the cpu target
+    assert local["prompt"]["instances"] == 3  # LOCAL_DEFAULT_NARROW: the prompt head's one-thread runners
     assert instances(repo, "sam3_prompt") == 1  # its model only serves direct clients now
     assert (repo / "sam3" / "1" / local["prompt"]["onnx_file"]).is_file()
     assert (repo / "sam3" / "1" / "component_runtime.py").is_file()
@@ -61,7 +61,9 @@ def instances(repo, model: str) -> int:
     return int(parse_config_text((repo / model / "config.pbtxt").read_text())["instance_group"][0]["count"])
 
 
-@pytest.mark.parametrize("given, model, runners", [({"prompt": 3}, 3, 3), ({"sam3_prompt": 1}, 1, 2), ({}, 1, 2)])
+@pytest.mark.parametrize(
+    "given, model, runners", [({"prompt": 4}, 4, 4), ({"prompt": 2}, 2, 2), ({"sam3_prompt": 1}, 1, 2), ({}, 1, 3)]
+)
 def test_an_in_process_head_takes_the_instance_count_and_its_model_keeps_one_unless_asked(
     tiny_artifacts, tmp_path, given, model, runners
 ):
@@ -162,24 +164,28 @@ def test_in_process_openvino_heads_answer_as_onnx_runtime_does(modules, tiny_art
 def test_a_busy_batch_takes_the_one_thread_runners_and_equals_serial_answers(
     modules, tiny_artifacts, runners, coffee_jpeg, astronaut_png
 ):
-    """Clicks on three different images in one batch: three prompt calls at once, each on a narrow runner (two
-    of them: at most two run together); each answer equals the same click alone (on the wide runner)."""
+    """Clicks on four different images in one batch: four prompt calls, each on a narrow runner (three of them:
+    at most three run together); each answer equals the same click alone (on the wide runner)."""
     log: list = []
     pipe = local_pipeline(modules, tiny_artifacts, runners, log)
-    flipped = encode_image(np.ascontiguousarray(np.asarray(Image.open(io.BytesIO(coffee_jpeg)))[::-1]))
-    reqs = [click(modules, image, 100.0, 50.0) for image in (coffee_jpeg, astronaut_png, flipped)]
+    assert len(runners["prompt"][1]) == 3
+    flipped = [
+        encode_image(np.ascontiguousarray(np.asarray(Image.open(io.BytesIO(i)))[::-1]))
+        for i in (coffee_jpeg, astronaut_png)
+    ]
+    reqs = [click(modules, image, 100.0, 50.0) for image in (coffee_jpeg, astronaut_png, *flipped)]
     for req in reqs:
         pipe.run(req)  # embedded: the batch below makes prompt calls only
     log.clear()
     Recording.most = 0
     together = [r for r, _ in asyncio.run(pipe.run_batch(reqs))]
-    assert sorted(log) == ["narrow"] * 3 and Recording.most <= 2
+    assert sorted(log) == ["narrow"] * 4 and Recording.most <= 3
     log.clear()
     for req, got in zip(reqs, together):
         alone = pipe.run(req)
         np.testing.assert_allclose(got.iou_scores, alone.iou_scores, atol=1e-4)
         assert (got.masks.dense() == alone.masks.dense()).mean() > 0.999
-    assert log == ["wide"] * 3
+    assert log == ["wide"] * 4
 
 
 class Broken:
