@@ -197,8 +197,8 @@ def test_auto_requests_queued_behind_a_slow_one_run_together(client, triton, cof
         # embedded (the slow one needs no vision), from a pool thread: its connection is up before the clock runs
         pool.submit(client.points, coffee_jpeg, [[50, 60]], [1], image_id="lane-slow").result()
         before = statistics(triton, "sam3_vision")
-        slow = pool.submit(client.auto, None, image_id="lane-slow", points_per_side=32)
-        time.sleep(0.3)  # the slow request runs (1,024 clicks: seconds on the tiny model)
+        slow = pool.submit(client.auto, None, image_id="lane-slow", points_per_side=64)
+        time.sleep(0.3)  # the slow request runs (4,096 clicks: seconds on the tiny model)
         queued = [pool.submit(client.auto, image, points_per_side=2) for image in images]
         assert not slow.done(), "the slow request ended before the others were sent: nothing could queue"
         results = [f.result() for f in queued]
@@ -230,13 +230,15 @@ def test_a_request_whose_client_left_while_it_ran_stops(sam3_server, client, cof
     head calls never run. Before, it ran to its end (seconds of CPU for nobody)."""
     client.points(coffee_jpeg, [[50, 60]], [1], image_id="run-cancel")  # embedded: the auto request starts at once
     before = metric(sam3_server.metrics_url, "sam3_local_calls_total", model="sam3_prompt")
-    with Sam3Client(sam3_server.grpc_url, protocol="grpc", timeout_s=0.5) as impatient:
+    with Sam3Client(sam3_server.grpc_url, protocol="grpc", timeout_s=0.25) as impatient:
         with pytest.raises(Sam3Error) as gave_up:
             impatient.auto(None, image_id="run-cancel", points_per_side=64)  # 4,096 points: 256 head calls
     assert gave_up.value.status == 504, gave_up.value
     time.sleep(1.0)  # the calls running when the poll found the client gone end
     client.points(None, [[60, 70]], [1], image_id="run-cancel")  # served, and publishes the calls counted since
     ran = metric(sam3_server.metrics_url, "sam3_local_calls_total", model="sam3_prompt") - before - 1
+    # the client left after 0.25 s of a request that runs 1.1-1.4 s with three one-thread runners; the poll
+    # stops it within 0.2 s more: 73-80 of its 256 calls ran (with a 0.5 s timeout, 138 once)
     assert 0 < ran < 4096 // 16 // 2, ran
 
 
