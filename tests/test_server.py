@@ -211,7 +211,8 @@ def test_auto_requests_queued_behind_a_slow_one_run_together(client, triton, cof
 def test_a_request_whose_client_left_while_it_waited_in_its_lane_is_not_run(sam3_server, client, triton, coffee_jpeg):
     """An auto (or text) request whose client gives up while it waits in its lane is answered CANCELLED and
     never runs, as Triton drops a cancelled request from its own queue: its never-seen image is not encoded."""
-    with Sam3Client(sam3_server.grpc_url, protocol="grpc", timeout_s=0.5) as impatient, ThreadPoolExecutor(1) as pool:
+    # the client gives up after 0.25 s, well inside the slow request's 1.1-1.4 s (three one-thread prompt runners)
+    with Sam3Client(sam3_server.grpc_url, protocol="grpc", timeout_s=0.25) as impatient, ThreadPoolExecutor(1) as pool:
         # embedded (the slow one needs no vision), from the pool's thread: its connection is up before the clock runs
         pool.submit(client.points, coffee_jpeg, [[50, 60]], [1], image_id="lane-cancel").result()
         before = statistics(triton, "sam3_vision")
