@@ -198,7 +198,7 @@ def test_auto_requests_queued_behind_a_slow_one_run_together(client, triton, cof
         pool.submit(client.points, coffee_jpeg, [[50, 60]], [1], image_id="lane-slow").result()
         before = statistics(triton, "sam3_vision")
         slow = pool.submit(client.auto, None, image_id="lane-slow", points_per_side=64)
-        time.sleep(0.3)  # the slow request runs (4,096 clicks: seconds on the tiny model)
+        time.sleep(0.1)  # the slow request runs (4,096 clicks: 1.1-1.4 s on the tiny model)
         queued = [pool.submit(client.auto, image, points_per_side=2) for image in images]
         assert not slow.done(), "the slow request ended before the others were sent: nothing could queue"
         results = [f.result() for f in queued]
@@ -217,7 +217,7 @@ def test_a_request_whose_client_left_while_it_waited_in_its_lane_is_not_run(sam3
         pool.submit(client.points, coffee_jpeg, [[50, 60]], [1], image_id="lane-cancel").result()
         before = statistics(triton, "sam3_vision")
         slow = pool.submit(client.auto, None, image_id="lane-cancel", points_per_side=64)  # 4,096 clicks: seconds
-        time.sleep(0.3)  # the slow request runs: the auto lane is busy
+        time.sleep(0.1)  # the slow request runs: the auto lane is busy
         with pytest.raises(Sam3Error) as gave_up:
             impatient.auto(_png(99), points_per_side=2)
         assert gave_up.value.status == 504, gave_up.value
