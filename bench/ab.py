@@ -8,8 +8,8 @@ Each round sends one request of each mode to A and to B with the same inputs, on
 even rounds, B first in odd ones), so a slow minute hits both sides alike. ``--cache cold`` (default):
 every request has a new image_id (decode and vision run); ``warm``: each photo is embedded once per side
 and every request reuses it; ``own`` (with ``--clients``): each client clicks an embedded image of its own,
-so no two clients' requests share a head call. Per mode: each side's median latency (ms), the median of the per-round
-ratios B/A with a 95 % bootstrap interval (> 1: B is slower), and the share of rounds A was faster.
+so no two clients' requests share a head call. Per mode: each side's median latency (ms), the median of the
+per-round ratios B/A with a 95 % bootstrap interval (> 1: B is slower), and the share of rounds A was faster.
 Text thresholds are calibrated once on A (``--keep`` detections per concept) and sent to both.
 
 ``--background auto`` (or any mode) measures the modes under load: in each round a side is measured in a
@@ -28,7 +28,6 @@ Exit status: 0 done, 1 a server unreachable, 2 bad arguments.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import threading
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.progress import log
-from bench.sweep import own_image_request, sweep_request
+from bench.sweep import embed_own_images, own_image_request, sweep_request
 from bench.timing import run_load, timed
 from bench.workloads import Workloads, box_around_astronaut, click_points, load_images, thresholds_for
 from client.api import Sam3Client
@@ -110,9 +109,8 @@ def run_mode(clients: dict, work: Workloads, mode: str, args) -> dict:
     """Warm-up, then ``args.rounds`` alternating rounds of ``mode``; the paired figures."""
     if args.cache == "own":
         request = own_image_request(work, mode, args.per_phase)
-        firsts = range(min(2, args.per_phase))  # text alternates two photos: both embedded before any round
-        for side, k, j in itertools.product(clients, range(args.clients), firsts):
-            request(clients[side], k * args.per_phase + j)
+        for client in clients.values():  # embedded before any round
+            embed_own_images(work, mode, request, client, args.clients, args.per_phase)
     else:
         request = sweep_request(work, mode, args.cache)
     if args.background:

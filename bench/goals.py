@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.progress import log
 from bench.stats import Probes, overhead
-from bench.sweep import cell, own_image_request, sweep_request
+from bench.sweep import cell, embed_own_images, own_image_request, sweep_request
 from bench.timing import latency_stats, repeat_timed, timed
 from bench.workloads import P3_WORKLOAD, TEXT_WORKLOADS, Workloads, fresh_id, workload_key
 
@@ -82,10 +82,10 @@ def _throughput_cell(client, probes: Probes, work: Workloads, case: str, concurr
     """One throughput load of ``case``; the images it clicks are embedded before the clock starts."""
     if case == "warm_per_client":
         request = own_image_request(work, "point", per_client)
+        embed_own_images(work, "point", request, client, concurrency, per_client)
     else:
         request = sweep_request(work, "point", case)
-    for k in range(concurrency if case == "warm_per_client" else 1):
-        request(client, k * per_client)
+        request(client, 0)
     return cell(client, probes, request, concurrency, per_client)[0]
 
 

@@ -37,8 +37,7 @@ def _embedded_p5(client, probes: Probes, work: Workloads, mode: str, args) -> di
     """The P5 row of ``mode`` on embedded images at the lowest concurrency (warm-up: one request per photo
     embeds it, then --warmup more)."""
     request = sweep_request(work, mode, "warm")
-    firsts = {work.image_of(mode, i): i for i in reversed(range(args.repeats))}
-    for i in list(firsts.values()) + list(range(args.warmup)):
+    for i in first_per_photo(work, mode, args.repeats) + list(range(args.warmup)):
         request(client, i)
     _, load, delta, phases = cell(client, probes, request, args.concurrency[0], args.repeats, "embedded image")
     return _p5_row(client.protocol, mode, args.concurrency[0], "warm", load, delta, phases)
@@ -73,6 +72,19 @@ def own_image_request(work: Workloads, mode: str, per_client: int):
         return work.call(client, mode, i, f"bench-client-{i // per_client}-{work.image_of(mode, i)}")
 
     return request
+
+
+def first_per_photo(work: Workloads, mode: str, count: int) -> list[int]:
+    """The first of request numbers 0 .. count-1 of ``mode`` on each photo: sending them embeds every photo."""
+    return sorted({work.image_of(mode, i): i for i in reversed(range(count))}.values())
+
+
+def embed_own_images(work: Workloads, mode: str, request, client, clients: int, per_client: int) -> None:
+    """Embed the photos of ``clients`` clients of ``own_image_request(work, mode, per_client)`` before a timed
+    load: each client's first request on each photo."""
+    for k in range(clients):
+        for j in first_per_photo(work, mode, per_client):
+            request(client, k * per_client + j)
 
 
 def cell(client, probes: Probes, request, concurrency: int, per_client: int, what: str = ""):
