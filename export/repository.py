@@ -361,8 +361,12 @@ def _local_counts(counts: dict, heads: tuple, given: dict | None) -> tuple[dict,
     instance unless ``given`` sets one: another copy of the graph in an idle stub process would only hold
     memory (real size: about 0.3 GB per prompt-head instance)."""
     named = {key.removeprefix(f"{ORCHESTRATOR}_") for key in (given or {})}
-    default = {h: LOCAL_DEFAULT_NARROW.get(h, counts[f"{ORCHESTRATOR}_{h}"]) for h in heads}
-    narrow = {h: max(counts[f"{ORCHESTRATOR}_{h}"] if h in named else default[h], LOCAL_MIN_NARROW) for h in heads}
+
+    def runners(head: str) -> int:
+        count = counts[f"{ORCHESTRATOR}_{head}"]
+        return max(count if head in named else LOCAL_DEFAULT_NARROW.get(head, count), LOCAL_MIN_NARROW)
+
+    narrow = {h: runners(h) for h in heads}
     return counts | {f"{ORCHESTRATOR}_{h}": 1 for h in heads if h not in named}, narrow
 
 

@@ -331,8 +331,8 @@ class Sam3Pipeline:
     # ---- step 2: the point and box prompts of the batch ---------------------------------------------
 
     def _prompt_heads(self, reqs, shared: _Shared, timings) -> dict:
-        """{index of a point/box request: an awaitable of its prompt-head outputs (list of output dicts), or its
-        error}. The calls start now (prompts.grouped_calls: one group per image and prompt length)."""
+        """{index of a point/box request: an awaitable of its prompt-head outputs (list of output dicts; it raises
+        the call's error), or the error that prevented the call}. The calls start now (prompts.grouped_calls: one group per image and prompt length)."""
         plans, failed = {}, {}
         for i, req in enumerate(reqs):
             features = shared.features.get(req.cache_key) if req.mode in ("point", "box") else None
@@ -365,10 +365,7 @@ class Sam3Pipeline:
         if req.mode in ("point", "box"):
             if isinstance(heads, BaseException):
                 raise heads
-            outputs = await heads
-            if isinstance(outputs, BaseException):
-                raise outputs
-            result = await self._prompt_result(features, outputs, req, t)
+            result = await self._prompt_result(features, await heads, req, t)
         else:
             result = await {"text": self._text, "auto": self._auto}[req.mode](req, features, shared, t)
         if req.mask_format == "rle":

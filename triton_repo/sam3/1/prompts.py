@@ -47,7 +47,7 @@ def plan(req, image_hw, size: int) -> PromptPlan:
 
 def grouped_calls(run, plans: dict, chunk: int, measure=None) -> dict:
     """{request index: an awaitable of its prompt-call outputs (a list of output dicts holding its objects, in
-    order) or of the call's exception}. Each group's calls start now, as one task; a request's awaitable is
+    order), which raises its call's exception}. Each group's calls start now, as one task; a request's awaitable is
     done when its own group's are, so its post-processing need not wait for the other groups of the batch.
 
     plans: {request index: (image key, PromptPlan)}; run(image key, coords, labels) → awaitable
@@ -65,10 +65,13 @@ def grouped_calls(run, plans: dict, chunk: int, measure=None) -> dict:
     return awaitables
 
 
-async def _member(task: asyncio.Task, i: int):
-    """Request ``i``'s part of its group's ``task``; shielded, so one request cancelled alone (its client left)
-    leaves the calls the others of its group wait for running."""
-    return (await asyncio.shield(task))[i]
+async def _member(task: asyncio.Task, i: int) -> list[dict]:
+    """Request ``i``'s part of its group's ``task`` (its call's exception raised); shielded, so one request
+    cancelled alone (its client left) leaves the calls the others of its group wait for running."""
+    outputs = (await asyncio.shield(task))[i]
+    if isinstance(outputs, BaseException):
+        raise outputs
+    return outputs
 
 
 async def _group(run, key, members: list[int], plans: dict, chunk: int) -> dict:
